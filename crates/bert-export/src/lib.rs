@@ -1,0 +1,115 @@
+//! Builds an ONNX graph for a BERT-family sentence-transformers encoder from a
+//! Hugging Face model directory (`config.json` + `model.safetensors`).
+//!
+//! The graph follows the contract of Hugging Face/optimum's exports:
+//! int64 inputs `input_ids`, `attention_mask` and (BERT only, not MPNet)
+//! `token_type_ids`, each `[batch_size, sequence_length]`, and one float32
+//! output `last_hidden_state` of shape `[batch_size, sequence_length,
+//! hidden_size]` (no pooling), opset 17.
+
+mod bert;
+mod config;
+mod graph;
+pub mod onnx_proto;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{BertConfig, SUPPORTED_ACTIVATIONS, SUPPORTED_MODEL_TYPES};
+
+/// ONNX IR version written into the model.
+pub const IR_VERSION: i64 = 8;
+/// Default-domain opset the graph uses.
+pub const OPSET_VERSION: i64 = 17;
+
+/// Errors from [`export_onnx`] and [`BertConfig::from_file`].
+#[derive(thiserror::Error, Debug)]
+pub enum ExportError {
+    #[error("required file not found: {}", .0.display())]
+    MissingFile(PathBuf),
+
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid config file {}: {source}", path.display())]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error(
+        "unsupported model_type {model_type:?} (architectures: {architectures:?}); supported model types: {}",
+        SUPPORTED_MODEL_TYPES.join(", ")
+    )]
+    UnsupportedModelType {
+        model_type: String,
+        architectures: Vec<String>,
+    },
+
+    #[error(
+        "unsupported hidden_act {act:?}; supported activations: {}",
+        SUPPORTED_ACTIVATIONS.join(", ")
+    )]
+    UnsupportedActivation { act: String },
+
+    #[error("unsupported model configuration: {0}")]
+    UnsupportedConfig(String),
+
+    #[error("invalid safetensors file {}: {message}", path.display())]
+    Safetensors { path: PathBuf, message: String },
+
+    #[error("tensor {name:?} not found in model.safetensors (also looked for: {alternatives:?})")]
+    MissingTensor {
+        name: String,
+        alternatives: Vec<String>,
+    },
+
+    #[error("tensor {name:?} has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    #[error("tensor {name:?} has unsupported dtype {dtype}; supported: F32, F16, BF16, F64")]
+    UnsupportedDtype { name: String, dtype: String },
+
+    #[error("exported model would be {bytes} bytes, above the 2 GiB protobuf limit")]
+    TooLarge { bytes: usize },
+}
+
+impl ExportError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ExportError::MissingFile(path.to_path_buf())
+        } else {
+            ExportError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// Reads `<dir>/config.json` and `<dir>/model.safetensors` and returns the
+/// serialised ONNX `ModelProto` bytes.
+pub fn export_onnx(model_dir: &Path) -> Result<Vec<u8>, ExportError> {
+    let config_path = model_dir.join("config.json");
+    let weights_path = model_dir.join("model.safetensors");
+    let config = BertConfig::from_file(&config_path)?;
+    config.validate()?;
+    let bytes = std::fs::read(&weights_path).map_err(|e| ExportError::io(&weights_path, e))?;
+    let arch = bert::Arch::from_model_type(&config.model_type)
+        .expect("validate() accepts only supported model types");
+    let model = bert::build_model(arch, &config, &bytes, &weights_path)?;
+    drop(bytes);
+    let len = prost::Message::encoded_len(&model);
+    if len > i32::MAX as usize {
+        return Err(ExportError::TooLarge { bytes: len });
+    }
+    Ok(prost::Message::encode_to_vec(&model))
+}

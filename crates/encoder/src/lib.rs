@@ -1,0 +1,20 @@
+//! The encoder core shared by the extension and the CLI, with no PostgreSQL in it:
+//! a model directory (manifest + tokenizer.json + model.onnx), tokenisation, ONNX Runtime
+//! inference in length-sorted batches, pooling and normalisation.
+
+mod batching;
+mod encoder;
+mod error;
+mod manifest;
+mod pooling;
+mod runtime;
+
+pub use batching::plan_batches;
+pub use encoder::{Encoder, EncoderOptions, TextKind};
+pub use error::EncoderError;
+pub use manifest::{
+    compute_fingerprint, validate_model_name, Manifest, Pooling, Similarity, MANIFEST_FILE,
+    MODEL_FILE, TOKENIZER_FILE,
+};
+pub use pooling::{l2_normalize, pool};
+pub use runtime::{init_runtime, ExecutionProvider};

@@ -1,0 +1,60 @@
+use crate::manifest::Pooling;
+
+/// Pools one text's token vectors (`hidden`: `seq_len` rows of `dim` floats, row-major) into a
+/// sentence vector. `mask` marks real tokens (1) versus padding (0); mean pooling averages the
+/// real tokens only, as sentence-transformers does.
+pub fn pool(pooling: Pooling, hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+    match pooling {
+        Pooling::Cls => hidden[..dim].to_vec(),
+        Pooling::Mean => {
+            let mut sum = vec![0f32; dim];
+            let mut count = 0usize;
+            for (row, &m) in hidden.chunks_exact(dim).zip(mask) {
+                if m != 0 {
+                    count += 1;
+                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                }
+            }
+            // sentence-transformers clamps the token count at 1e-9; with [CLS]/[SEP] always
+            // present the count is never zero, but keep the guard for foreign tokenizers.
+            let count = count.max(1) as f32;
+            sum.iter_mut().for_each(|s| *s /= count);
+            sum
+        }
+    }
+}
+
+/// Scales `v` to unit length in place (a zero vector stays zero).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_pooling_ignores_padding() {
+        let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
+        assert_eq!(pool(Pooling::Mean, &hidden, &[1, 1, 0], 2), vec![2.0, 3.0]);
+    }
+
+    #[test]
+    fn cls_pooling_takes_first_token() {
+        let hidden = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(pool(Pooling::Cls, &hidden, &[1, 1], 2), vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn normalize_gives_unit_length() {
+        let mut v = vec![3.0, 4.0];
+        l2_normalize(&mut v);
+        assert_eq!(v, vec![0.6, 0.8]);
+        let mut zero = vec![0.0, 0.0];
+        l2_normalize(&mut zero);
+        assert_eq!(zero, vec![0.0, 0.0]);
+    }
+}

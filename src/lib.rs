@@ -1,0 +1,18 @@
+//! The pgrx layer of `semantic`: settings, SQL functions and (later) the faiss index access
+//! method. The work itself happens in the Postgres-free crates under `crates/`.
+
+use pgrx::prelude::*;
+
+mod embed;
+mod errors;
+mod gucs;
+mod models;
+
+::pgrx::pg_module_magic!(name, version);
+
+/// Only registers settings: ONNX Runtime, its thread pools and models are created lazily in the
+/// backend that needs them (thread pools do not survive the postmaster's fork).
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::register();
+}

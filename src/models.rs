@@ -1,0 +1,109 @@
+//! The per-backend model cache: each model is loaded once per backend, on first use, and
+//! reloaded when its files or the thread/provider settings change.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use pgrx::PgSqlErrorCode;
+use semantic_encoder::{
+    init_runtime, validate_model_name, Encoder, EncoderError, EncoderOptions, ExecutionProvider,
+    MANIFEST_FILE, MODEL_FILE,
+};
+
+use crate::errors::{raise, raise_encoder_error};
+use crate::gucs;
+
+/// What a cached encoder was loaded from; any difference means "load again".
+#[derive(PartialEq)]
+struct LoadKey {
+    dir: PathBuf,
+    threads: usize,
+    provider: ExecutionProvider,
+    manifest_modified: Option<SystemTime>,
+    model_modified: Option<SystemTime>,
+}
+
+impl LoadKey {
+    fn current(dir: &Path) -> Self {
+        let modified = |file: &str| std::fs::metadata(dir.join(file)).and_then(|m| m.modified()).ok();
+        LoadKey {
+            dir: dir.to_path_buf(),
+            threads: gucs::threads(),
+            provider: gucs::execution_provider(),
+            manifest_modified: modified(MANIFEST_FILE),
+            model_modified: modified(MODEL_FILE),
+        }
+    }
+}
+
+thread_local! {
+    // A backend is single-threaded; ONNX Runtime's own threads never touch this.
+    static CACHE: RefCell<HashMap<String, (LoadKey, Encoder)>> = RefCell::new(HashMap::new());
+}
+
+/// The model directory setting, or an error saying how to set it.
+pub fn model_root() -> PathBuf {
+    gucs::model_dir().unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "semantic.model_dir is not set",
+            Some("A superuser sets semantic.model_dir (postgresql.conf or ALTER SYSTEM) to the directory that semantic-tools import-model writes to."),
+        )
+    })
+}
+
+/// The folder of model `name`, checked to be a plain name that exists.
+pub fn model_path(name: &str) -> PathBuf {
+    if let Err(e) = validate_model_name(name) {
+        raise_encoder_error(e);
+    }
+    let path = model_root().join(name);
+    if !path.is_dir() {
+        raise_encoder_error(EncoderError::ModelNotFound { name: name.to_string(), path });
+    }
+    path
+}
+
+fn ensure_runtime() {
+    let Some(library) = gucs::onnxruntime_library() else {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "semantic.onnxruntime_library is not set",
+            Some("A superuser sets semantic.onnxruntime_library to the absolute path of libonnxruntime.so."),
+        )
+    };
+    if let Err(e) = init_runtime(&library) {
+        raise_encoder_error(e);
+    }
+}
+
+/// Runs `f` with the loaded encoder of model `name`, loading it first if needed.
+pub fn with_encoder<R>(name: &str, f: impl FnOnce(&mut Encoder) -> Result<R, EncoderError>) -> R {
+    let dir = model_path(name);
+    let key = LoadKey::current(&dir);
+    let result = CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let stale = cache.get(name).is_none_or(|(loaded, _)| *loaded != key);
+        if stale {
+            cache.remove(name);
+            ensure_runtime();
+            let options = EncoderOptions {
+                threads: key.threads,
+                provider: key.provider,
+                ..EncoderOptions::default()
+            };
+            let encoder = Encoder::load(&dir, &options)?;
+            cache.insert(name.to_string(), (key, encoder));
+        }
+        let (_, encoder) = cache.get_mut(name).expect("inserted above");
+        f(encoder)
+    });
+    result.unwrap_or_else(|e| raise_encoder_error(e))
+}
+
+/// Whether model `name` is loaded in this backend.
+pub fn is_loaded(name: &str) -> bool {
+    CACHE.with(|cache| cache.borrow().contains_key(name))
+}

@@ -1,0 +1,197 @@
+//! A small harness for integration tests in the spirit of pgvector's TAP tests: each test gets
+//! its own PostgreSQL cluster on a loopback port (run as the `postgres` user when the tests run
+//! as root), with the installed `semantic` extension, and the cluster is removed afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+
+/// Paths the tests need, from the environment the test script sets (with defaults matching it).
+pub struct Env {
+    pub repo: PathBuf,
+    pub bin_dir: PathBuf,
+    pub model_dir: PathBuf,
+    pub onnxruntime: PathBuf,
+}
+
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let from = |var: &str, default: PathBuf| std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+        let pg_config_bindir = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+        Env {
+            bin_dir: from("SEMANTIC_TEST_PG_BINDIR", pg_config_bindir),
+            model_dir: from("SEMANTIC_MODEL_DIR", repo.join(".semantic/models")),
+            onnxruntime: from("ORT_DYLIB_PATH", repo.join(".semantic/lib/libonnxruntime.so.1.32.0")),
+            repo,
+        }
+    })
+}
+
+/// `../shared` beside the checkout, when present (tests that need it skip without it).
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = env().repo.join("../shared");
+    dir.is_dir().then_some(dir)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a server binary, as `postgres` when we are root (initdb and postgres refuse root).
+fn server_command(program: &Path) -> Command {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    // One BLAS/OpenMP thread per backend: backends are processes, parallelism comes from them.
+    cmd.env("OMP_NUM_THREADS", "1").env("OPENBLAS_NUM_THREADS", "1");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn chown_postgres(path: &Path) -> Result<()> {
+    if is_root() {
+        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path))?;
+    }
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An initdb'd data folder made once per test process and copied for every cluster.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let root = test_root();
+        let dir = root.join(format!("template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_postgres(&dir).unwrap();
+        run(server_command(&env().bin_dir.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C", "-D"])
+            .arg(&dir))
+        .expect("initdb failed");
+        dir
+    })
+}
+
+fn test_root() -> PathBuf {
+    let root = env().repo.join("target/test-clusters");
+    std::fs::create_dir_all(&root).unwrap();
+    if is_root() {
+        // postgres must be able to reach its data folder.
+        let _ = run(Command::new("chmod").arg("o+x").arg(&root));
+    }
+    root
+}
+
+/// One running PostgreSQL cluster, stopped and removed on drop.
+pub struct Cluster {
+    pub data: PathBuf,
+    pub port: u16,
+    pub name: String,
+}
+
+impl Cluster {
+    /// Starts a cluster named `name` with the semantic settings pointing at the test model
+    /// directory; `extra_conf` lines are appended to postgresql.conf.
+    pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
+        Self::try_start(name, extra_conf).unwrap_or_else(|e| panic!("cannot start cluster {name}: {e:#}"))
+    }
+
+    fn try_start(name: &str, extra_conf: &[&str]) -> Result<Cluster> {
+        let data = test_root().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        run(Command::new("cp").arg("-a").arg(template()).arg(&data))?;
+        let port = free_port();
+        let env = env();
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nmax_connections = 40\nshared_buffers = 64MB\n\
+             semantic.model_dir = '{}'\nsemantic.onnxruntime_library = '{}'\n",
+            data.display(),
+            env.model_dir.display(),
+            env.onnxruntime.display()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path)?;
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text)?;
+        chown_postgres(&data)?;
+        let cluster = Cluster { data, port, name: name.to_string() };
+        cluster.pg_ctl(&["start", "-w", "-t", "60"])?;
+        Ok(cluster)
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        run(server_command(&env().bin_dir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.join("server.log"))
+            .args(args))
+    }
+
+    pub fn connect(&self) -> postgres::Client {
+        self.connect_as("postgres")
+    }
+
+    pub fn connect_as(&self, user: &str) -> postgres::Client {
+        postgres::Client::connect(
+            &format!("host=127.0.0.1 port={} user={user} dbname=postgres", self.port),
+            postgres::NoTls,
+        )
+        .unwrap_or_else(|e| panic!("cannot connect to {} as {user}: {e}", self.name))
+    }
+
+    /// The server log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        if std::thread::panicking() {
+            eprintln!("cluster {} kept for inspection at {}", self.name, self.data.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.data);
+        }
+    }
+}
