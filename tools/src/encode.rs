@@ -87,8 +87,8 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     let mut encoder = Encoder::load(&args.model_dir.join(&args.model), &options)?;
     let kind = if args.query { TextKind::Query } else { TextKind::Passage };
 
-    let start = Instant::now();
     let tokens: usize = texts.iter().map(|t| encoder.tokenize(t, kind).map(|ids| ids.len())).sum::<Result<_, _>>()?;
+    let start = Instant::now();
     let vectors = encoder.encode(&texts, kind)?;
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(
