@@ -16,7 +16,9 @@ fn embed_default(input: &str) -> Vec<f32> {
 /// The embedding of `input` under the installed model `model`.
 #[pg_extern(stable, parallel_safe, name = "embed")]
 fn embed_with(input: &str, model: &str) -> Vec<f32> {
-    with_encoder(model, |encoder| encoder.encode_one(input, TextKind::Passage))
+    with_encoder(model, |encoder| {
+        encoder.encode_one(input, TextKind::Passage)
+    })
 }
 
 /// The models installed in `semantic.model_dir`.

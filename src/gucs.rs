@@ -7,11 +7,16 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use semantic_encoder::ExecutionProvider;
 
 pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static EXECUTION_PROVIDER: GucSetting<ProviderSetting> = GucSetting::<ProviderSetting>::new(ProviderSetting::Cpu);
+pub static SCAN_CANDIDATES: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static IVF_NPROBE: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static EXECUTION_PROVIDER: GucSetting<ProviderSetting> =
+    GucSetting::<ProviderSetting>::new(ProviderSetting::Cpu);
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ProviderSetting {
@@ -56,6 +61,36 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"semantic.scan_candidates",
+        c"Rows a faiss index scan asks FAISS for at first; it searches 4x deeper each time the query needs more.",
+        c"",
+        &SCAN_CANDIDATES,
+        1,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"semantic.hnsw_ef_search",
+        c"HNSW efSearch of faiss index scans (at least the number of candidates asked).",
+        c"",
+        &HNSW_EF_SEARCH,
+        1,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"semantic.ivf_nprobe",
+        c"IVF lists probed by faiss index scans.",
+        c"",
+        &IVF_NPROBE,
+        1,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"semantic.execution_provider",
         c"Where inference runs: cpu or cuda.",
@@ -82,7 +117,10 @@ pub fn onnxruntime_library() -> Option<PathBuf> {
 }
 
 pub fn default_model() -> String {
-    DEFAULT_MODEL.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    DEFAULT_MODEL
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub fn threads() -> usize {
@@ -94,4 +132,16 @@ pub fn execution_provider() -> ExecutionProvider {
         ProviderSetting::Cpu => ExecutionProvider::Cpu,
         ProviderSetting::Cuda => ExecutionProvider::Cuda,
     }
+}
+
+pub fn scan_candidates() -> usize {
+    SCAN_CANDIDATES.get().max(1) as usize
+}
+
+pub fn hnsw_ef_search() -> usize {
+    HNSW_EF_SEARCH.get().max(1) as usize
+}
+
+pub fn ivf_nprobe() -> usize {
+    IVF_NPROBE.get().max(1) as usize
 }

@@ -3,10 +3,12 @@
 
 use pgrx::prelude::*;
 
+mod am;
 mod embed;
 mod errors;
 mod gucs;
 mod models;
+mod search;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -15,4 +17,5 @@ mod models;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
+    am::options::register();
 }

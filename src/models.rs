@@ -27,7 +27,11 @@ struct LoadKey {
 
 impl LoadKey {
     fn current(dir: &Path) -> Self {
-        let modified = |file: &str| std::fs::metadata(dir.join(file)).and_then(|m| m.modified()).ok();
+        let modified = |file: &str| {
+            std::fs::metadata(dir.join(file))
+                .and_then(|m| m.modified())
+                .ok()
+        };
         LoadKey {
             dir: dir.to_path_buf(),
             threads: gucs::threads(),
@@ -61,7 +65,10 @@ pub fn model_path(name: &str) -> PathBuf {
     }
     let path = model_root().join(name);
     if !path.is_dir() {
-        raise_encoder_error(EncoderError::ModelNotFound { name: name.to_string(), path });
+        raise_encoder_error(EncoderError::ModelNotFound {
+            name: name.to_string(),
+            path,
+        });
     }
     path
 }

@@ -19,8 +19,13 @@ pub struct Env {
 pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let from = |var: &str, default: PathBuf| std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let from = |var: &str, default: PathBuf| {
+            std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+        };
         let pg_config_bindir = Command::new("pg_config")
             .arg("--bindir")
             .output()
@@ -30,7 +35,10 @@ pub fn env() -> &'static Env {
         Env {
             bin_dir: from("SEMANTIC_TEST_PG_BINDIR", pg_config_bindir),
             model_dir: from("SEMANTIC_MODEL_DIR", repo.join(".semantic/models")),
-            onnxruntime: from("ORT_DYLIB_PATH", repo.join(".semantic/lib/libonnxruntime.so.1.32.0")),
+            onnxruntime: from(
+                "ORT_DYLIB_PATH",
+                repo.join(".semantic/lib/libonnxruntime.so.1.32.0"),
+            ),
             repo,
         }
     })
@@ -62,12 +70,15 @@ fn server_command(program: &Path) -> Command {
         Command::new(program)
     };
     // One BLAS/OpenMP thread per backend: backends are processes, parallelism comes from them.
-    cmd.env("OMP_NUM_THREADS", "1").env("OPENBLAS_NUM_THREADS", "1");
+    cmd.env("OMP_NUM_THREADS", "1")
+        .env("OPENBLAS_NUM_THREADS", "1");
     cmd
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}\n{}",
@@ -80,13 +91,19 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn chown_postgres(path: &Path) -> Result<()> {
     if is_root() {
-        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path))?;
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path))?;
     }
     Ok(())
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An initdb'd data folder made once per test process and copied for every cluster.
@@ -99,7 +116,18 @@ fn template() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         chown_postgres(&dir).unwrap();
         run(server_command(&env().bin_dir.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+                "-D",
+            ])
             .arg(&dir))
         .expect("initdb failed");
         dir
@@ -127,7 +155,8 @@ impl Cluster {
     /// Starts a cluster named `name` with the semantic settings pointing at the test model
     /// directory; `extra_conf` lines are appended to postgresql.conf.
     pub fn start(name: &str, extra_conf: &[&str]) -> Cluster {
-        Self::try_start(name, extra_conf).unwrap_or_else(|e| panic!("cannot start cluster {name}: {e:#}"))
+        Self::try_start(name, extra_conf)
+            .unwrap_or_else(|e| panic!("cannot start cluster {name}: {e:#}"))
     }
 
     fn try_start(name: &str, extra_conf: &[&str]) -> Result<Cluster> {
@@ -153,7 +182,11 @@ impl Cluster {
         text.push_str(&conf);
         std::fs::write(&conf_path, text)?;
         chown_postgres(&data)?;
-        let cluster = Cluster { data, port, name: name.to_string() };
+        let cluster = Cluster {
+            data,
+            port,
+            name: name.to_string(),
+        };
         cluster.pg_ctl(&["start", "-w", "-t", "60"])?;
         Ok(cluster)
     }
@@ -173,7 +206,10 @@ impl Cluster {
 
     pub fn connect_as(&self, user: &str) -> postgres::Client {
         postgres::Client::connect(
-            &format!("host=127.0.0.1 port={} user={user} dbname=postgres", self.port),
+            &format!(
+                "host=127.0.0.1 port={} user={user} dbname=postgres",
+                self.port
+            ),
             postgres::NoTls,
         )
         .unwrap_or_else(|e| panic!("cannot connect to {} as {user}: {e}", self.name))
@@ -189,7 +225,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
         if std::thread::panicking() {
-            eprintln!("cluster {} kept for inspection at {}", self.name, self.data.display());
+            eprintln!(
+                "cluster {} kept for inspection at {}",
+                self.name,
+                self.data.display()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.data);
         }

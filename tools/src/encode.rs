@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use semantic_encoder::{init_runtime, validate_model_name, Encoder, EncoderOptions, ExecutionProvider, TextKind};
+use semantic_encoder::{
+    init_runtime, validate_model_name, Encoder, EncoderOptions, ExecutionProvider, TextKind,
+};
 
 #[derive(Args)]
 pub struct EncodeArgs {
@@ -39,7 +41,8 @@ pub struct EncodeArgs {
 }
 
 fn read_texts(path: &Path, field: &str) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => {
             let mut reader = csv::Reader::from_reader(text.as_bytes());
@@ -80,14 +83,25 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     init_runtime(&args.onnxruntime)?;
     let options = EncoderOptions {
         threads: args.threads,
-        provider: if args.provider == "cuda" { ExecutionProvider::Cuda } else { ExecutionProvider::Cpu },
+        provider: if args.provider == "cuda" {
+            ExecutionProvider::Cuda
+        } else {
+            ExecutionProvider::Cpu
+        },
         batch_size: args.batch_size,
         verify_fingerprint: true,
     };
     let mut encoder = Encoder::load(&args.model_dir.join(&args.model), &options)?;
-    let kind = if args.query { TextKind::Query } else { TextKind::Passage };
+    let kind = if args.query {
+        TextKind::Query
+    } else {
+        TextKind::Passage
+    };
 
-    let tokens: usize = texts.iter().map(|t| encoder.tokenize(t, kind).map(|ids| ids.len())).sum::<Result<_, _>>()?;
+    let tokens: usize = texts
+        .iter()
+        .map(|t| encoder.tokenize(t, kind).map(|ids| ids.len()))
+        .sum::<Result<_, _>>()?;
     let start = Instant::now();
     let vectors = encoder.encode(&texts, kind)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -106,11 +120,17 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         let sink: Box<dyn Write> = if output.as_os_str() == "-" {
             Box::new(std::io::stdout().lock())
         } else {
-            Box::new(std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?)
+            Box::new(
+                std::fs::File::create(&output)
+                    .with_context(|| format!("cannot create {}", output.display()))?,
+            )
         };
         let mut sink = BufWriter::new(sink);
         for (text, vector) in texts.iter().zip(vectors) {
-            serde_json::to_writer(&mut sink, &serde_json::json!({ "text": text, "embedding": vector }))?;
+            serde_json::to_writer(
+                &mut sink,
+                &serde_json::json!({ "text": text, "embedding": vector }),
+            )?;
             sink.write_all(b"\n")?;
         }
         sink.flush()?;

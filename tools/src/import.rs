@@ -3,7 +3,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use semantic_encoder::{
-    compute_fingerprint, validate_model_name, Manifest, Pooling, Similarity, MODEL_FILE, TOKENIZER_FILE,
+    compute_fingerprint, validate_model_name, Manifest, Pooling, Similarity, MODEL_FILE,
+    TOKENIZER_FILE,
 };
 use serde::Deserialize;
 
@@ -70,7 +71,8 @@ struct ModelType {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
 }
 
@@ -86,16 +88,20 @@ struct Pipeline {
 fn read_pipeline(source: &Path) -> Result<Pipeline> {
     let modules: Vec<Module> = read_json(&source.join("modules.json"))?;
     let find = |suffix: &str| modules.iter().find(|m| m.kind.ends_with(suffix));
-    let transformer = find(".Transformer").context("modules.json has no sentence_transformers.models.Transformer module")?;
+    let transformer = find(".Transformer")
+        .context("modules.json has no sentence_transformers.models.Transformer module")?;
     let pooling_module = find(".Pooling").context("modules.json has no Pooling module")?;
     for m in &modules {
-        let known = [".Transformer", ".Pooling", ".Normalize"].iter().any(|s| m.kind.ends_with(s));
+        let known = [".Transformer", ".Pooling", ".Normalize"]
+            .iter()
+            .any(|s| m.kind.ends_with(s));
         if !known {
             bail!("unsupported sentence-transformers module {} (supported: Transformer, Pooling, Normalize)", m.kind);
         }
     }
     let transformer_dir = source.join(&transformer.path);
-    let pooling_cfg: PoolingConfig = read_json(&source.join(&pooling_module.path).join("config.json"))?;
+    let pooling_cfg: PoolingConfig =
+        read_json(&source.join(&pooling_module.path).join("config.json"))?;
     let pooling = match (
         pooling_cfg.pooling_mode_mean_tokens,
         pooling_cfg.pooling_mode_cls_token,
@@ -105,8 +111,9 @@ fn read_pipeline(source: &Path) -> Result<Pipeline> {
         (false, true, false) => Pooling::Cls,
         _ => bail!("unsupported pooling configuration: only mean or cls pooling (one of them) is supported"),
     };
-    let st_config: SentenceBertConfig = read_json(&transformer_dir.join("sentence_bert_config.json"))
-        .or_else(|_| read_json(&source.join("sentence_bert_config.json")))?;
+    let st_config: SentenceBertConfig =
+        read_json(&transformer_dir.join("sentence_bert_config.json"))
+            .or_else(|_| read_json(&source.join("sentence_bert_config.json")))?;
     let similarity_path = source.join("config_sentence_transformers.json");
     let similarity = if similarity_path.exists() {
         read_json::<SentenceTransformersConfig>(&similarity_path)?.similarity_fn_name
@@ -133,7 +140,11 @@ pub fn run(args: ImportArgs) -> Result<()> {
     let model_type: ModelType = read_json(&pipeline.transformer_dir.join("config.json"))?;
     let target = args.model_dir.join(&args.name);
     if target.exists() && !args.force {
-        bail!("model {} already exists in {} (use --force to replace it)", args.name, args.model_dir.display());
+        bail!(
+            "model {} already exists in {} (use --force to replace it)",
+            args.name,
+            args.model_dir.display()
+        );
     }
     let similarity = match args.similarity.as_deref() {
         Some("dot") => Similarity::Dot,
@@ -145,7 +156,9 @@ pub fn run(args: ImportArgs) -> Result<()> {
     // Build in a sibling folder and rename, so a running server never sees half a model.
     std::fs::create_dir_all(&args.model_dir)
         .with_context(|| format!("cannot create {}", args.model_dir.display()))?;
-    let staging = args.model_dir.join(format!(".{}.import-{}", args.name, std::process::id()));
+    let staging = args
+        .model_dir
+        .join(format!(".{}.import-{}", args.name, std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
@@ -156,13 +169,27 @@ pub fn run(args: ImportArgs) -> Result<()> {
         std::fs::write(staging.join(MODEL_FILE), onnx)?;
         let tokenizer_src = pipeline.transformer_dir.join(TOKENIZER_FILE);
         if !tokenizer_src.exists() {
-            bail!("{} is missing (only fast tokenizers in tokenizer.json form are supported)", tokenizer_src.display());
+            bail!(
+                "{} is missing (only fast tokenizers in tokenizer.json form are supported)",
+                tokenizer_src.display()
+            );
         }
-        write_tokenizer(&tokenizer_src, &staging.join(TOKENIZER_FILE), max_seq_length)?;
-        let config = semantic_bert_export::BertConfig::from_file(&pipeline.transformer_dir.join("config.json"))?;
+        write_tokenizer(
+            &tokenizer_src,
+            &staging.join(TOKENIZER_FILE),
+            max_seq_length,
+        )?;
+        let config = semantic_bert_export::BertConfig::from_file(
+            &pipeline.transformer_dir.join("config.json"),
+        )?;
         let mut manifest = Manifest {
             name: args.name.clone(),
-            source: args.source.canonicalize().unwrap_or(args.source.clone()).display().to_string(),
+            source: args
+                .source
+                .canonicalize()
+                .unwrap_or(args.source.clone())
+                .display()
+                .to_string(),
             architecture: model_type.model_type.clone(),
             dimension: config.hidden_size,
             pooling: pipeline.pooling,
@@ -208,7 +235,12 @@ fn write_tokenizer(source: &Path, target: &Path, max_seq_length: usize) -> Resul
         .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", source.display()))?;
     tokenizer.with_padding(None);
     tokenizer
-        .with_truncation(Some(tokenizers::TruncationParams { max_length: max_seq_length, ..Default::default() }))
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max_seq_length,
+            ..Default::default()
+        }))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tokenizer.save(target, false).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", target.display()))
+    tokenizer
+        .save(target, false)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", target.display()))
 }

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "semantic-tools", version, about = "Companion CLI of the semantic PostgreSQL extension")]
+#[command(
+    name = "semantic-tools",
+    version,
+    about = "Companion CLI of the semantic PostgreSQL extension"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -47,6 +47,8 @@ pub struct Encoder {
     manifest: Manifest,
     dir: PathBuf,
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, for long-text chunks.
+    full_tokenizer: Tokenizer,
     session: Session,
     takes_token_type_ids: bool,
     batch_size: usize,
@@ -62,6 +64,10 @@ impl Encoder {
             manifest.verify_files(dir)?;
         }
         let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE), manifest.max_seq_length)?;
+        let mut full_tokenizer = tokenizer.clone();
+        full_tokenizer
+            .with_truncation(None)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
 
         let model_path = dir.join(MODEL_FILE);
         let invalid = |e: ort::Error| EncoderError::InvalidModel {
@@ -114,7 +120,9 @@ impl Encoder {
             if !input_names.contains(&required) {
                 return Err(EncoderError::InvalidModel {
                     path: model_path.clone(),
-                    reason: format!("the graph has no input named {required} (inputs: {input_names:?})"),
+                    reason: format!(
+                        "the graph has no input named {required} (inputs: {input_names:?})"
+                    ),
                 });
             }
         }
@@ -123,6 +131,7 @@ impl Encoder {
             manifest,
             dir: dir.to_path_buf(),
             tokenizer,
+            full_tokenizer,
             session,
             takes_token_type_ids,
             batch_size: options.batch_size.max(1),
@@ -143,28 +152,100 @@ impl Encoder {
         Ok(self.tokenize_all(&texts, kind)?.pop().unwrap_or_default())
     }
 
-    fn tokenize_all<S: AsRef<str>>(&self, texts: &[S], kind: TextKind) -> Result<Vec<Vec<u32>>, EncoderError> {
-        let prefix = match kind {
+    /// Token windows covering all of `text`: windows of the model's length overlapping by an
+    /// eighth of it, each framed by the model's special tokens. A text that fits gives one
+    /// window, equal to [`Encoder::tokenize`]'s. (The tokenizers crate's own overflow windows
+    /// stop after the first overflow, so the windows are cut here.)
+    pub fn tokenize_chunks(
+        &self,
+        text: &str,
+        kind: TextKind,
+    ) -> Result<Vec<Vec<u32>>, EncoderError> {
+        let encode = |input: String| {
+            self.full_tokenizer
+                .encode(input, true)
+                .map_err(|e| EncoderError::Tokenizer(e.to_string()))
+        };
+        let full = encode(format!("{}{text}", self.prefix(kind)))?;
+        let max_len = self.manifest.max_seq_length;
+        if full.get_ids().len() <= max_len {
+            return Ok(vec![full.get_ids().to_vec()]);
+        }
+        // The special tokens framing a text, read off a one-word text.
+        let probe = encode("a".to_string())?;
+        let mask = probe.get_special_tokens_mask();
+        let first = mask.iter().position(|&m| m == 0).unwrap_or(mask.len());
+        let last = mask
+            .iter()
+            .rposition(|&m| m == 0)
+            .map_or(mask.len(), |i| i + 1);
+        let (head, tail) = (&probe.get_ids()[..first], &probe.get_ids()[last..]);
+
+        let content: Vec<u32> = full
+            .get_ids()
+            .iter()
+            .zip(full.get_special_tokens_mask())
+            .filter(|(_, &m)| m == 0)
+            .map(|(&id, _)| id)
+            .collect();
+        let width = max_len.saturating_sub(head.len() + tail.len()).max(1);
+        let step = width.saturating_sub(chunk_overlap(max_len)).max(1);
+        let mut windows = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = (start + width).min(content.len());
+            windows.push([head, &content[start..end], tail].concat());
+            if end == content.len() {
+                break;
+            }
+            start += step;
+        }
+        Ok(windows)
+    }
+
+    fn prefix(&self, kind: TextKind) -> &str {
+        match kind {
             TextKind::Query => &self.manifest.query_prefix,
             TextKind::Passage => &self.manifest.passage_prefix,
-        };
-        let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{}", t.as_ref())).collect();
+        }
+    }
+
+    fn tokenize_all<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        kind: TextKind,
+    ) -> Result<Vec<Vec<u32>>, EncoderError> {
+        let prefix = self.prefix(kind);
+        let inputs: Vec<String> = texts
+            .iter()
+            .map(|t| format!("{prefix}{}", t.as_ref()))
+            .collect();
         let encodings = self
             .tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 
     /// Embeds one text.
     pub fn encode_one(&mut self, text: &str, kind: TextKind) -> Result<Vec<f32>, EncoderError> {
-        Ok(self.encode(&[text], kind)?.pop().expect("one text gives one vector"))
+        Ok(self
+            .encode(&[text], kind)?
+            .pop()
+            .expect("one text gives one vector"))
     }
 
     /// Embeds `texts`, returning one vector per text in input order. Texts are tokenised, grouped
     /// into length-sorted batches padded only to their own longest text, run, pooled and (if the
     /// manifest says so) L2-normalised.
-    pub fn encode<S: AsRef<str>>(&mut self, texts: &[S], kind: TextKind) -> Result<Vec<Vec<f32>>, EncoderError> {
+    pub fn encode<S: AsRef<str>>(
+        &mut self,
+        texts: &[S],
+        kind: TextKind,
+    ) -> Result<Vec<Vec<f32>>, EncoderError> {
         let ids = self.tokenize_all(texts, kind)?;
         self.encode_token_ids(&ids)
     }
@@ -201,13 +282,18 @@ impl Encoder {
             "attention_mask" => Tensor::from_array((shape, mask.clone())).map_err(failed)?,
         ];
         if self.takes_token_type_ids {
-            let token_types = Tensor::from_array((shape, vec![0i64; batch * seq])).map_err(failed)?;
+            let token_types =
+                Tensor::from_array((shape, vec![0i64; batch * seq])).map_err(failed)?;
             inputs.push(("token_type_ids".into(), token_types.into()));
         }
         let outputs = self.session.run(inputs).map_err(failed)?;
         let (out_shape, hidden) = outputs[0].try_extract_tensor::<f32>().map_err(failed)?;
         let dim = self.manifest.dimension;
-        if out_shape.len() != 3 || out_shape[0] as usize != batch || out_shape[1] as usize != seq || out_shape[2] as usize != dim {
+        if out_shape.len() != 3
+            || out_shape[0] as usize != batch
+            || out_shape[1] as usize != seq
+            || out_shape[2] as usize != dim
+        {
             return Err(EncoderError::Inference(format!(
                 "the model returned shape {out_shape:?}, expected [{batch}, {seq}, {dim}] (token vectors of the manifest's dimension)"
             )));
@@ -227,6 +313,11 @@ impl Encoder {
     }
 }
 
+/// Tokens shared by consecutive chunks of a long text, so that no sentence is only ever seen cut.
+fn chunk_overlap(max_len: usize) -> usize {
+    max_len / 8
+}
+
 /// Loads tokenizer.json with truncation at the model's own limit and no padding (batches are
 /// padded here, to their own longest text). Published tokenizer.json files often carry other
 /// settings (all-MiniLM-L6-v2's says 128 while the model is trained for 256).
@@ -237,7 +328,10 @@ fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer, EncoderError
     })?;
     tokenizer.with_padding(None);
     tokenizer
-        .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+        .with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
         .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
     Ok(tokenizer)
 }

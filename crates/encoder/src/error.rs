@@ -13,11 +13,18 @@ pub enum EncoderError {
     #[error("model manifest {path} is invalid: {reason}")]
     InvalidManifest { path: PathBuf, reason: String },
     #[error("model \"{name}\" does not match its manifest fingerprint (expected {expected}, found {actual}): the files changed after installation; reinstall the model")]
-    FingerprintMismatch { name: String, expected: String, actual: String },
+    FingerprintMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
     #[error("could not load the ONNX Runtime library {path}: {reason}")]
     RuntimeLibrary { path: PathBuf, reason: String },
     #[error("the {provider} execution provider is not available: {reason}")]
-    ProviderUnavailable { provider: &'static str, reason: String },
+    ProviderUnavailable {
+        provider: &'static str,
+        reason: String,
+    },
     #[error("ONNX model {path} could not be loaded: {reason}")]
     InvalidModel { path: PathBuf, reason: String },
     #[error("tokenizer error: {0}")]

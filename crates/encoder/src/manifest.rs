@@ -59,9 +59,11 @@ impl Manifest {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-            EncoderError::InvalidManifest { path: path.clone(), reason: e.to_string() }
-        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| EncoderError::InvalidManifest {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         if manifest.dimension == 0 || manifest.max_seq_length < 2 {
             return Err(EncoderError::InvalidManifest {
                 path,
@@ -134,7 +136,9 @@ pub fn validate_model_name(name: &str) -> Result<(), EncoderError> {
         && name.len() <= 128
         && !name.starts_with('.')
         && !name.contains("..")
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -151,7 +155,9 @@ mod tests {
         for good in ["all-MiniLM-L6-v2", "e5.small_v2", "m1"] {
             assert!(validate_model_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "../etc", "a/b", "..", ".hidden", "a..b", "x y", "/abs", "a\\b", "é"] {
+        for bad in [
+            "", "../etc", "a/b", "..", ".hidden", "a..b", "x y", "/abs", "a\\b", "é",
+        ] {
             assert!(validate_model_name(bad).is_err(), "{bad}");
         }
     }
@@ -183,12 +189,21 @@ mod tests {
         assert_eq!(Manifest::load(&dir).unwrap(), m);
 
         m.max_seq_length = 8;
-        assert!(matches!(m.verify_files(&dir), Err(EncoderError::FingerprintMismatch { .. })));
+        assert!(matches!(
+            m.verify_files(&dir),
+            Err(EncoderError::FingerprintMismatch { .. })
+        ));
         m.max_seq_length = 16;
         std::fs::write(dir.join(MODEL_FILE), b"other bytes").unwrap();
-        assert!(matches!(m.verify_files(&dir), Err(EncoderError::FingerprintMismatch { .. })));
+        assert!(matches!(
+            m.verify_files(&dir),
+            Err(EncoderError::FingerprintMismatch { .. })
+        ));
         std::fs::remove_file(dir.join(MODEL_FILE)).unwrap();
-        assert!(matches!(m.verify_files(&dir), Err(EncoderError::MissingFile { .. })));
+        assert!(matches!(
+            m.verify_files(&dir),
+            Err(EncoderError::MissingFile { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

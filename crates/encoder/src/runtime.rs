@@ -30,7 +30,10 @@ pub fn init_runtime(library: &Path) -> Result<(), EncoderError> {
     if ENVIRONMENT.get().is_some() {
         return Ok(());
     }
-    let failed = |reason: String| EncoderError::RuntimeLibrary { path: library.to_path_buf(), reason };
+    let failed = |reason: String| EncoderError::RuntimeLibrary {
+        path: library.to_path_buf(),
+        reason,
+    };
     if !library.is_absolute() {
         return Err(failed("the path must be absolute".into()));
     }

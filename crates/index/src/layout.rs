@@ -1,0 +1,375 @@
+//! What the index relation's pages hold, as bytes, with no PostgreSQL in it.
+//!
+//! Block 0 is the metapage; every other page belongs to one *chain* (a linked list of pages):
+//! - the records chain: (TID, vector) records, the index's source of truth, appended to by
+//!   inserts and rewritten by vacuum;
+//! - the snapshot chain: the serialised FAISS index covering the records before
+//!   [`Meta::snapshot_end`], so a backend need not rebuild an HNSW graph to search;
+//! - free pages, listed as block ranges in the metapage, reused by the next rewrite.
+//!
+//! Every chain page carries the generation it was written in: a reader that finds a page of
+//! another generation knows the chain was rewritten under it, and starts again.
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: u32 = 0x5345_4d49; // "SEMI"
+pub const FORMAT_VERSION: u32 = 1;
+/// Block numbers use PostgreSQL's InvalidBlockNumber for "none".
+pub const NO_BLOCK: u32 = u32::MAX;
+
+/// What an index column holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnKind {
+    /// text/varchar, embedded with the index's model.
+    Text,
+    /// real[], indexed as given.
+    Vector,
+}
+
+/// The index's distance, as users choose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexMetric {
+    /// Inner product of L2-normalised vectors; distance 1 - cosine.
+    Cosine,
+    /// Inner product of raw vectors; distance -(a . b).
+    Dot,
+    /// Euclidean; distance |a - b|.
+    L2,
+}
+
+impl IndexMetric {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cosine" => Some(Self::Cosine),
+            "dot" => Some(Self::Dot),
+            "l2" => Some(Self::L2),
+            _ => None,
+        }
+    }
+
+    pub fn faiss_metric(self) -> crate::Metric {
+        match self {
+            Self::Cosine | Self::Dot => crate::Metric::InnerProduct,
+            Self::L2 => crate::Metric::L2,
+        }
+    }
+
+    /// Whether vectors are L2-normalised before they reach FAISS.
+    pub fn normalises(self) -> bool {
+        self == Self::Cosine
+    }
+
+    /// The SQL-visible distance (smaller is nearer) of a FAISS score.
+    pub fn distance(self, score: f32) -> f64 {
+        let score = f64::from(score);
+        match self {
+            Self::Cosine => 1.0 - score,
+            Self::Dot => -score,
+            Self::L2 => score.max(0.0).sqrt(),
+        }
+    }
+}
+
+/// How texts longer than the model's limit are indexed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongText {
+    Truncate,
+    /// Overlapping windows, one vector each, all under the row's TID.
+    Chunks,
+}
+
+impl LongText {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "truncate" => Some(Self::Truncate),
+            "chunks" => Some(Self::Chunks),
+            _ => None,
+        }
+    }
+}
+
+/// A position in the records chain: the `slot`-th record of page `block`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPos {
+    pub block: u32,
+    pub slot: u32,
+}
+
+/// The metapage. Stored as JSON: it is small, read once per scan or insert, and JSON keeps
+/// the format readable and extensible (unknown fields are an error, caught by the version).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub magic: u32,
+    pub version: u32,
+    pub kind: ColumnKind,
+    pub metric: IndexMetric,
+    pub long_text: LongText,
+    /// 0 until the first vector of a real[] index built on an empty table.
+    pub dim: u32,
+    /// Text indexes: the model's name and content fingerprint.
+    pub model: String,
+    pub fingerprint: String,
+    pub factory: String,
+    /// Bumped by every rewrite (build, vacuum); stamps every chain page written in it.
+    pub generation: u64,
+    pub records_head: u32,
+    pub records_tail: u32,
+    /// Records ever appended to the current chain (dead ones included until vacuum).
+    pub record_count: u64,
+    pub snapshot_head: u32,
+    pub snapshot_bytes: u64,
+    /// The first record not in the snapshot: records from here on are replayed into it.
+    pub snapshot_end: ChainPos,
+    /// Records (vectors) in the snapshot.
+    pub snapshot_records: u64,
+    /// Distinct rows at the last rewrite plus rows inserted since.
+    pub rows: u64,
+    /// Reusable blocks, as (first, count) ranges.
+    pub free: Vec<(u32, u32)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("not a semantic faiss index metapage (bad magic); REINDEX the index")]
+    BadMagic,
+    #[error("index format version {0} is not supported by this build (expected {FORMAT_VERSION}); REINDEX the index")]
+    Version(u32),
+    #[error("corrupt metapage: {0}; REINDEX the index")]
+    Corrupt(String),
+}
+
+impl Meta {
+    pub fn new(
+        kind: ColumnKind,
+        metric: IndexMetric,
+        long_text: LongText,
+        dim: u32,
+        factory: &str,
+    ) -> Self {
+        Meta {
+            magic: MAGIC,
+            version: FORMAT_VERSION,
+            kind,
+            metric,
+            long_text,
+            dim,
+            model: String::new(),
+            fingerprint: String::new(),
+            factory: factory.to_string(),
+            generation: 0,
+            records_head: NO_BLOCK,
+            records_tail: NO_BLOCK,
+            record_count: 0,
+            snapshot_head: NO_BLOCK,
+            snapshot_bytes: 0,
+            snapshot_end: ChainPos {
+                block: NO_BLOCK,
+                slot: 0,
+            },
+            snapshot_records: 0,
+            rows: 0,
+            free: Vec::new(),
+        }
+    }
+
+    /// Length-prefixed JSON, to be stored from the start of the page contents.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("a metapage always serialises");
+        let mut out = Vec::with_capacity(4 + json.len());
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Meta, LayoutError> {
+        let len = bytes
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| LayoutError::Corrupt("truncated".into()))?;
+        let json = bytes
+            .get(4..4 + len)
+            .ok_or_else(|| LayoutError::Corrupt("truncated".into()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|_| LayoutError::BadMagic)?;
+        if value.get("magic").and_then(|m| m.as_u64()) != Some(u64::from(MAGIC)) {
+            return Err(LayoutError::BadMagic);
+        }
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if version != FORMAT_VERSION {
+            return Err(LayoutError::Version(version));
+        }
+        serde_json::from_value(value).map_err(|e| LayoutError::Corrupt(e.to_string()))
+    }
+
+    /// Takes one reusable block, if any.
+    pub fn pop_free(&mut self) -> Option<u32> {
+        let (first, count) = self.free.first_mut()?;
+        let block = *first;
+        *first += 1;
+        *count -= 1;
+        if *count == 0 {
+            self.free.remove(0);
+        }
+        Some(block)
+    }
+
+    /// Adds blocks to the free list, merged into ranges. The list is capped so the metapage
+    /// stays small: the smallest ranges beyond the cap are forgotten (their space is lost
+    /// until the next REINDEX, which only happens with very fragmented chains).
+    pub fn release(&mut self, blocks: impl IntoIterator<Item = u32>) {
+        let mut all: Vec<u32> = self
+            .free
+            .iter()
+            .flat_map(|&(first, count)| first..first + count)
+            .chain(blocks)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        for b in all {
+            match ranges.last_mut() {
+                Some((first, count)) if *first + *count == b => *count += 1,
+                _ => ranges.push((b, 1)),
+            }
+        }
+        const MAX_RANGES: usize = 200;
+        if ranges.len() > MAX_RANGES {
+            ranges.sort_by(|a, b| b.1.cmp(&a.1));
+            ranges.truncate(MAX_RANGES);
+            ranges.sort();
+        }
+        self.free = ranges;
+    }
+
+    pub fn free_blocks(&self) -> u64 {
+        self.free.iter().map(|&(_, c)| u64::from(c)).sum()
+    }
+}
+
+/// Which chain a page belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PageKind {
+    Records = 1,
+    Snapshot = 2,
+}
+
+/// The special area at the end of every chain page (16 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainPage {
+    pub kind: PageKind,
+    pub generation: u64,
+    pub next: u32,
+    /// Records pages: records on the page; snapshot pages: bytes on the page.
+    pub used: u16,
+}
+
+pub const CHAIN_SPECIAL_SIZE: usize = 16;
+
+impl ChainPage {
+    pub fn encode(&self) -> [u8; CHAIN_SPECIAL_SIZE] {
+        let mut out = [0u8; CHAIN_SPECIAL_SIZE];
+        out[0..8].copy_from_slice(&self.generation.to_le_bytes());
+        out[8..12].copy_from_slice(&self.next.to_le_bytes());
+        out[12..14].copy_from_slice(&self.used.to_le_bytes());
+        out[14] = self.kind as u8;
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<ChainPage> {
+        let b = bytes.get(..CHAIN_SPECIAL_SIZE)?;
+        let kind = match b[14] {
+            1 => PageKind::Records,
+            2 => PageKind::Snapshot,
+            _ => return None,
+        };
+        Some(ChainPage {
+            kind,
+            generation: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            next: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            used: u16::from_le_bytes(b[12..14].try_into().ok()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trip_and_checks() {
+        let mut meta = Meta::new(
+            ColumnKind::Text,
+            IndexMetric::Cosine,
+            LongText::Chunks,
+            384,
+            "HNSW32",
+        );
+        meta.model = "all-MiniLM-L6-v2".into();
+        meta.free = vec![(5, 3)];
+        let bytes = meta.encode();
+        assert_eq!(Meta::decode(&bytes).unwrap(), meta);
+        assert!(matches!(
+            Meta::decode(&[0, 0, 0, 0]),
+            Err(LayoutError::BadMagic)
+        ));
+        assert!(matches!(
+            Meta::decode(&[9, 0]),
+            Err(LayoutError::Corrupt(_))
+        ));
+        let mut future = meta.clone();
+        future.version = 99;
+        assert!(matches!(
+            Meta::decode(&future.encode()),
+            Err(LayoutError::Version(99))
+        ));
+    }
+
+    #[test]
+    fn free_list_merges_pops_and_is_bounded() {
+        let mut meta = Meta::new(
+            ColumnKind::Vector,
+            IndexMetric::L2,
+            LongText::Truncate,
+            3,
+            "Flat",
+        );
+        meta.release([7, 5, 6, 10]);
+        assert_eq!(meta.free, vec![(5, 3), (10, 1)]);
+        assert_eq!(meta.free_blocks(), 4);
+        assert_eq!(meta.pop_free(), Some(5));
+        assert_eq!(meta.free, vec![(6, 2), (10, 1)]);
+        meta.release([8, 9]);
+        assert_eq!(meta.free, vec![(6, 5)]);
+        meta.release((100..2000).step_by(2));
+        assert!(meta.free.len() <= 200);
+        while meta.pop_free().is_some() {}
+        assert!(meta.free.is_empty());
+    }
+
+    #[test]
+    fn chain_page_round_trip() {
+        let page = ChainPage {
+            kind: PageKind::Snapshot,
+            generation: 42,
+            next: NO_BLOCK,
+            used: 8000,
+        };
+        assert_eq!(ChainPage::decode(&page.encode()), Some(page));
+        assert_eq!(ChainPage::decode(&[0u8; 16]), None);
+    }
+
+    #[test]
+    fn distances() {
+        assert!((IndexMetric::Cosine.distance(0.25) - 0.75).abs() < 1e-9);
+        assert!((IndexMetric::Dot.distance(2.0) + 2.0).abs() < 1e-9);
+        assert!((IndexMetric::L2.distance(9.0) - 3.0).abs() < 1e-9);
+        assert_eq!(IndexMetric::parse("l2"), Some(IndexMetric::L2));
+        assert_eq!(IndexMetric::parse("L2"), None);
+        assert_eq!(LongText::parse("chunks"), Some(LongText::Chunks));
+    }
+}

@@ -1,0 +1,277 @@
+//! CREATE INDEX / REINDEX: scan the table, embed (text) or take (real[]) every value, build the
+//! FAISS index and write records + snapshot to the index's pages. Progress is reported through
+//! pg_stat_progress_create_index.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use semantic_index::layout::{ColumnKind, IndexMetric, Meta};
+use semantic_index::records::encode_record;
+use semantic_index::{tid_to_id, VectorIndex};
+
+use super::options::IndexOptions;
+use super::storage::{check_dimension, create_meta, rewrite};
+use super::vectors::{datum_text, datum_vector, embed_passages, prepare};
+use crate::errors::raise;
+use crate::models::with_encoder;
+
+/// Build phases, as pg_stat_progress_create_index shows them (see `ambuildphasename`).
+pub const PHASE_EMBEDDING: i64 = 2;
+pub const PHASE_TRAINING: i64 = 3;
+pub const PHASE_ADDING: i64 = 4;
+pub const PHASE_WRITING: i64 = 5;
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildphasename(phase: i64) -> *mut std::ffi::c_char {
+    let name: &std::ffi::CStr = match phase {
+        PHASE_EMBEDDING => c"embedding rows",
+        PHASE_TRAINING => c"training",
+        PHASE_ADDING => c"adding vectors",
+        PHASE_WRITING => c"writing index pages",
+        _ => return std::ptr::null_mut(),
+    };
+    name.as_ptr() as *mut _
+}
+
+fn progress(param: u32, value: i64) {
+    unsafe { pg_sys::pgstat_progress_update_param(param as i32, value) };
+}
+
+/// Texts are embedded this many at a time while the table is scanned (length-sorted batches
+/// inside), so memory holds vectors, not the whole table's text.
+const EMBED_CHUNK: usize = 256;
+
+struct BuildState {
+    meta: Meta,
+    index_name: String,
+    /// Encoded (TID, vector) records, in order.
+    records: Vec<u8>,
+    /// The vectors again, row-major, with their FAISS ids, for the FAISS build.
+    ids: Vec<i64>,
+    vectors: Vec<f32>,
+    rows: u64,
+    pending_tids: Vec<(u32, u16)>,
+    pending_texts: Vec<String>,
+}
+
+impl BuildState {
+    fn push(&mut self, block: u32, offset: u16, vector: Vec<f32>) {
+        if self.meta.dim == 0 {
+            check_dimension(vector.len());
+            self.meta.dim = vector.len() as u32;
+        }
+        let vector = prepare(&self.meta, vector);
+        encode_record(block, offset, &vector, &mut self.records);
+        self.ids.push(tid_to_id(block, offset));
+        self.vectors.extend_from_slice(&vector);
+    }
+
+    fn flush_texts(&mut self) {
+        if self.pending_texts.is_empty() {
+            return;
+        }
+        let texts = std::mem::take(&mut self.pending_texts);
+        let tids = std::mem::take(&mut self.pending_tids);
+        for ((block, offset), vectors) in
+            tids.into_iter()
+                .zip(embed_passages(&self.meta, &self.index_name, &texts))
+        {
+            for v in vectors {
+                self.push(block, offset, v);
+            }
+        }
+        progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, self.rows as i64);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn build_callback(
+    _index: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    _alive: bool,
+    state: *mut std::ffi::c_void,
+) {
+    if *isnull {
+        return;
+    }
+    let state = &mut *(state as *mut BuildState);
+    let (block, offset) = tid_parts(tid);
+    state.rows += 1;
+    match state.meta.kind {
+        ColumnKind::Text => {
+            state.pending_tids.push((block, offset));
+            state.pending_texts.push(datum_text(*values));
+            if state.pending_texts.len() >= EMBED_CHUNK {
+                state.flush_texts();
+            }
+        }
+        ColumnKind::Vector => state.push(block, offset, datum_vector(*values)),
+    }
+}
+
+pub unsafe fn tid_parts(tid: pg_sys::ItemPointer) -> (u32, u16) {
+    let t = &*tid;
+    let block = (u32::from(t.ip_blkid.bi_hi) << 16) | u32::from(t.ip_blkid.bi_lo);
+    (block, t.ip_posid)
+}
+
+pub unsafe fn relation_name(rel: pg_sys::Relation) -> String {
+    std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The metapage of a new index: what its options and (for text) its model say.
+pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
+    let options = IndexOptions::of(index);
+    let mut meta = match options.kind {
+        ColumnKind::Text => {
+            let (dim, similarity, fingerprint) = with_encoder(&options.model, |e| {
+                let m = e.manifest();
+                Ok((m.dimension, m.similarity, m.fingerprint.clone()))
+            });
+            let metric = options.metric.unwrap_or(match similarity {
+                semantic_encoder::Similarity::Cosine => IndexMetric::Cosine,
+                semantic_encoder::Similarity::Dot => IndexMetric::Dot,
+            });
+            let mut meta = Meta::new(
+                ColumnKind::Text,
+                metric,
+                options.long_text,
+                dim as u32,
+                &options.factory,
+            );
+            meta.model = options.model.clone();
+            meta.fingerprint = fingerprint;
+            meta
+        }
+        ColumnKind::Vector => Meta::new(
+            ColumnKind::Vector,
+            options.metric.unwrap_or(IndexMetric::L2),
+            options.long_text,
+            0,
+            &options.factory,
+        ),
+    };
+    // Check the factory string now, before any work: FAISS itself is the judge.
+    let probe_dim = if meta.dim == 0 { 8 } else { meta.dim as usize };
+    if let Err(e) = VectorIndex::new(probe_dim, &meta.factory, meta.metric.faiss_metric()) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "invalid faiss option \"factory\" = \"{}\": {e}",
+                meta.factory
+            ),
+            Some("Use a FAISS index factory string such as Flat, HNSW32 or IVF100,Flat."),
+        );
+    }
+    meta.generation = 0;
+    meta
+}
+
+/// Builds the FAISS index over `ids`/`vectors` (training IVF-style indexes on them first).
+pub fn build_faiss(meta: &Meta, ids: &[i64], vectors: &[f32]) -> VectorIndex {
+    let dim = meta.dim as usize;
+    let mut index = VectorIndex::new(dim.max(1), &meta.factory, meta.metric.faiss_metric())
+        .unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                e.to_string(),
+                None,
+            )
+        });
+    if index.needs_training() {
+        progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_TRAINING);
+        index.train(vectors).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("cannot train faiss index \"{}\": {e}", meta.factory),
+                Some("Build IVF indexes once the table holds enough rows, or use Flat or HNSW32."),
+            )
+        });
+    }
+    progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_ADDING);
+    if !ids.is_empty() {
+        index
+            .add(ids, vectors)
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+    }
+    index
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuild(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
+    let meta = initial_meta(index);
+    if meta.dim != 0 {
+        check_dimension(meta.dim as usize);
+    }
+    let mut state = BuildState {
+        meta,
+        index_name: relation_name(index),
+        records: Vec::new(),
+        ids: Vec::new(),
+        vectors: Vec::new(),
+        rows: 0,
+        pending_tids: Vec::new(),
+        pending_texts: Vec::new(),
+    };
+    progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_EMBEDDING);
+    progress(
+        pg_sys::PROGRESS_CREATEIDX_TUPLES_TOTAL,
+        (*(*heap).rd_rel).reltuples.max(0.0) as i64,
+    );
+    let heap_tuples = pg_sys::table_index_build_scan(
+        heap,
+        index,
+        index_info,
+        true,
+        true,
+        Some(build_callback),
+        &mut state as *mut BuildState as *mut std::ffi::c_void,
+        std::ptr::null_mut(),
+    );
+    state.flush_texts();
+
+    let faiss = build_faiss(&state.meta, &state.ids, &state.vectors);
+    let snapshot = if state.meta.dim == 0 {
+        Vec::new() // an empty real[] table: no dimension yet, nothing to snapshot
+    } else {
+        faiss
+            .to_bytes()
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
+    };
+    drop(faiss);
+    progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
+    create_meta(index, &state.meta);
+    let dim = state.meta.dim as usize;
+    rewrite(
+        index,
+        &mut state.meta,
+        dim,
+        &state.records,
+        state.rows,
+        &snapshot,
+    );
+    super::cache::forget((*index).rd_id);
+
+    let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
+    result.heap_tuples = heap_tuples;
+    result.index_tuples = state.rows as f64;
+    result.into_pg()
+}
+
+/// Unlogged tables would need an init fork; they are refused rather than half supported.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildempty(_index: pg_sys::Relation) {
+    raise(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "faiss indexes on unlogged tables are not supported",
+        None,
+    );
+}

@@ -1,0 +1,55 @@
+//! INSERT and UPDATE: embed the new value outside any lock, then append its record(s) to the
+//! records chain under the metapage lock. Other backends add it to their FAISS cache on their
+//! next search; the executor's visibility check hides it until the inserting transaction
+//! commits (and forever if it rolls back).
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use semantic_index::layout::ColumnKind;
+
+use super::build::{relation_name, tid_parts};
+use super::storage::{append_record, check_dimension, read_meta, MetaGuard};
+use super::vectors::{datum_text, datum_vector, embed_passages, prepare};
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn aminsert(
+    index: pg_sys::Relation,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    heap_tid: pg_sys::ItemPointer,
+    _heap: pg_sys::Relation,
+    _check_unique: pg_sys::IndexUniqueCheck::Type,
+    _unchanged: bool,
+    _index_info: *mut pg_sys::IndexInfo,
+) -> bool {
+    if *isnull {
+        return false;
+    }
+    let meta = read_meta(index);
+    let vectors = match meta.kind {
+        ColumnKind::Text => embed_passages(&meta, &relation_name(index), &[datum_text(*values)])
+            .pop()
+            .unwrap_or_default(),
+        ColumnKind::Vector => {
+            let v = datum_vector(*values);
+            check_dimension(v.len());
+            vec![v]
+        }
+    };
+    let (block, offset) = tid_parts(heap_tid);
+    let mut guard = MetaGuard::lock(index);
+    if guard.meta.kind == ColumnKind::Vector && guard.meta.dim == 0 {
+        // The first vector of a real[] index built on an empty table fixes its dimension.
+        guard.meta.dim = vectors[0].len() as u32;
+    }
+    let vectors: Vec<Vec<f32>> = vectors
+        .into_iter()
+        .map(|v| prepare(&guard.meta, v))
+        .collect();
+    guard.meta.rows += 1; // written with the first record
+    for v in &vectors {
+        append_record(index, &mut guard, block, offset, v);
+    }
+    drop(guard);
+    false
+}

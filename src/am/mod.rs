@@ -1,0 +1,127 @@
+//! The `faiss` index access method: the handler and its SQL (access method, operator
+//! classes). One file per phase: build, insert, scan, vacuum, cost; pages in storage, the
+//! per-backend FAISS cache in cache.
+
+mod build;
+mod cache;
+mod cost;
+mod insert;
+pub mod options;
+pub mod scan;
+mod storage;
+mod vacuum;
+mod vectors;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+#[pg_extern(sql = "
+CREATE FUNCTION faiss_amhandler(internal) RETURNS index_am_handler
+    PARALLEL SAFE IMMUTABLE STRICT LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+CREATE ACCESS METHOD faiss TYPE INDEX HANDLER faiss_amhandler;
+COMMENT ON ACCESS METHOD faiss IS 'FAISS vector index over text (embedded) or real[] columns';
+")]
+fn faiss_amhandler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRoutine> {
+    let mut am =
+        unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
+    am.amstrategies = 1;
+    am.amsupport = 0;
+    am.amoptsprocnum = 0;
+    am.amcanorder = false;
+    am.amcanorderbyop = true;
+    am.amcanbackward = false;
+    am.amcanunique = false;
+    am.amcanmulticol = false;
+    am.amoptionalkey = true;
+    am.amsearcharray = false;
+    am.amsearchnulls = false;
+    am.amstorage = false;
+    am.amclusterable = false;
+    am.ampredlocks = false;
+    am.amcanparallel = false;
+    am.amcaninclude = false;
+    am.amusemaintenanceworkmem = false;
+    am.amparallelvacuumoptions = pg_sys::VACUUM_OPTION_NO_PARALLEL as u8;
+    am.amkeytype = pg_sys::InvalidOid;
+
+    am.ambuild = Some(build::ambuild);
+    am.ambuildempty = Some(build::ambuildempty);
+    am.aminsert = Some(insert::aminsert);
+    am.ambulkdelete = Some(vacuum::ambulkdelete);
+    am.amvacuumcleanup = Some(vacuum::amvacuumcleanup);
+    am.amcostestimate = Some(cost::amcostestimate);
+    am.amoptions = Some(options::amoptions);
+    am.ambuildphasename = Some(build::ambuildphasename);
+    am.amvalidate = Some(amvalidate);
+    am.ambeginscan = Some(scan::ambeginscan);
+    am.amrescan = Some(scan::amrescan);
+    am.amgettuple = Some(scan::amgettuple);
+    am.amendscan = Some(scan::amendscan);
+    am.into_pg_boxed()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amvalidate(_opclass: pg_sys::Oid) -> bool {
+    true
+}
+
+extension_sql!(
+    "
+CREATE OPERATOR CLASS faiss_text_ops DEFAULT FOR TYPE text USING faiss AS
+    OPERATOR 1 <=> (text, text) FOR ORDER BY float_ops;
+CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
+    OPERATOR 1 <=> (real[], real[]) FOR ORDER BY float_ops;
+",
+    name = "faiss_opclasses",
+    requires = [faiss_amhandler, "semantic_operators"]
+);
+
+/// What a faiss index holds: its model and settings, sizes and free space.
+#[pg_extern(stable, strict)]
+fn semantic_index_info(
+    index: pgrx::PgRelation,
+) -> TableIterator<
+    'static,
+    (
+        name!(model, String),
+        name!(fingerprint, String),
+        name!(metric, String),
+        name!(factory, String),
+        name!(long_text, String),
+        name!(dimension, i32),
+        name!(rows, i64),
+        name!(vectors, i64),
+        name!(generation, i64),
+        name!(pages, i64),
+        name!(free_pages, i64),
+    ),
+> {
+    unsafe {
+        let rel = index.as_ptr();
+        let faiss_am = pg_sys::get_index_am_oid(c"faiss".as_ptr(), false);
+        if (*(*rel).rd_rel).relam != faiss_am {
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("\"{}\" is not a faiss index", index.name()),
+                None,
+            );
+        }
+        let meta = storage::read_meta(rel);
+        let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        let lower = |s: String| s.to_lowercase();
+        TableIterator::once((
+            meta.model.clone(),
+            meta.fingerprint.clone(),
+            lower(format!("{:?}", meta.metric)),
+            meta.factory.clone(),
+            lower(format!("{:?}", meta.long_text)),
+            meta.dim as i32,
+            meta.rows as i64,
+            meta.record_count as i64,
+            meta.generation as i64,
+            i64::from(pages),
+            meta.free_blocks() as i64,
+        ))
+    }
+}

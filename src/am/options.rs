@@ -1,0 +1,213 @@
+//! Reloptions of faiss indexes: `model`, `factory`, `metric`, `long_text`.
+
+use std::ffi::CStr;
+use std::mem::offset_of;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use semantic_index::layout::{ColumnKind, IndexMetric, LongText};
+
+use crate::errors::raise;
+
+static mut RELOPT_KIND: pg_sys::relopt_kind::Type = 0;
+
+/// The parsed options as PostgreSQL stores them: a varlena whose string fields are offsets
+/// from the struct's start (0 = not given).
+#[repr(C)]
+struct RawOptions {
+    vl_len_: i32,
+    model: i32,
+    factory: i32,
+    metric: i32,
+    long_text: i32,
+}
+
+/// One index's options, with defaults applied.
+pub struct IndexOptions {
+    pub kind: ColumnKind,
+    /// Text indexes only.
+    pub model: String,
+    pub factory: String,
+    pub metric: Option<IndexMetric>,
+    pub long_text: LongText,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn validate_metric(value: *const std::ffi::c_char) {
+    if !value.is_null() {
+        let v = CStr::from_ptr(value).to_string_lossy();
+        if IndexMetric::parse(&v).is_none() {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid value for faiss option \"metric\": \"{v}\""),
+                Some("Valid values are cosine, dot and l2."),
+            );
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn validate_long_text(value: *const std::ffi::c_char) {
+    if !value.is_null() {
+        let v = CStr::from_ptr(value).to_string_lossy();
+        if LongText::parse(&v).is_none() {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid value for faiss option \"long_text\": \"{v}\""),
+                Some("Valid values are truncate and chunks."),
+            );
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn validate_model(value: *const std::ffi::c_char) {
+    if !value.is_null() {
+        if let Err(e) =
+            semantic_encoder::validate_model_name(&CStr::from_ptr(value).to_string_lossy())
+        {
+            crate::errors::raise_encoder_error(e);
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn validate_factory(value: *const std::ffi::c_char) {
+    if !value.is_null() {
+        let v = CStr::from_ptr(value).to_string_lossy();
+        // FAISS checks the grammar when the index is built; refuse what can never be one.
+        let plausible = !v.is_empty()
+            && v.len() <= 200
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ",_.=".contains(c));
+        if !plausible {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid value for faiss option \"factory\": \"{v}\""),
+                Some("Use a FAISS index factory string such as Flat, HNSW32 or IVF100,Flat."),
+            );
+        }
+    }
+}
+
+/// Registers the options; called from _PG_init (cheap: no FAISS or ONNX state).
+pub fn register() {
+    unsafe {
+        RELOPT_KIND = pg_sys::add_reloption_kind();
+        let lock = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+        pg_sys::add_string_reloption(
+            RELOPT_KIND as _,
+            c"model".as_ptr(),
+            c"Model that embeds a text column (default: semantic.default_model)".as_ptr(),
+            std::ptr::null(),
+            Some(validate_model),
+            lock,
+        );
+        pg_sys::add_string_reloption(
+            RELOPT_KIND as _,
+            c"factory".as_ptr(),
+            c"FAISS index factory string: Flat, HNSW32, IVF100,Flat ...".as_ptr(),
+            c"Flat".as_ptr(),
+            Some(validate_factory),
+            lock,
+        );
+        pg_sys::add_string_reloption(
+            RELOPT_KIND as _,
+            c"metric".as_ptr(),
+            c"cosine, dot or l2 (default: the model's similarity for text, l2 for real[])".as_ptr(),
+            std::ptr::null(),
+            Some(validate_metric),
+            lock,
+        );
+        pg_sys::add_string_reloption(
+            RELOPT_KIND as _,
+            c"long_text".as_ptr(),
+            c"truncate or chunks: how texts longer than the model's limit are indexed".as_ptr(),
+            c"truncate".as_ptr(),
+            Some(validate_long_text),
+            lock,
+        );
+    }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn amoptions(
+    reloptions: pg_sys::Datum,
+    validate: bool,
+) -> *mut pg_sys::bytea {
+    let table = [
+        ("model", offset_of!(RawOptions, model)),
+        ("factory", offset_of!(RawOptions, factory)),
+        ("metric", offset_of!(RawOptions, metric)),
+        ("long_text", offset_of!(RawOptions, long_text)),
+    ];
+    let names = [c"model", c"factory", c"metric", c"long_text"];
+    let elts: Vec<pg_sys::relopt_parse_elt> = table
+        .iter()
+        .zip(names)
+        .map(|((_, offset), name)| pg_sys::relopt_parse_elt {
+            optname: name.as_ptr(),
+            opttype: pg_sys::relopt_type::RELOPT_TYPE_STRING,
+            offset: *offset as i32,
+        })
+        .collect();
+    pg_sys::build_reloptions(
+        reloptions,
+        validate,
+        RELOPT_KIND,
+        std::mem::size_of::<RawOptions>(),
+        elts.as_ptr(),
+        elts.len() as i32,
+    ) as *mut pg_sys::bytea
+}
+
+unsafe fn string_at(raw: *const RawOptions, offset: i32) -> Option<String> {
+    (offset != 0).then(|| {
+        CStr::from_ptr((raw as *const std::ffi::c_char).add(offset as usize))
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+impl IndexOptions {
+    /// The options of `index`, defaults applied, and the kind of its one column.
+    pub unsafe fn of(index: pg_sys::Relation) -> IndexOptions {
+        let raw = (*index).rd_options as *const RawOptions;
+        let get = |field: fn(&RawOptions) -> i32| {
+            if raw.is_null() {
+                None
+            } else {
+                string_at(raw, field(&*raw))
+            }
+        };
+        let desc = (*index).rd_att;
+        if (*desc).natts != 1 {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "faiss indexes have exactly one column",
+                None,
+            );
+        }
+        let atttype = (*(*desc).attrs.as_ptr()).atttypid;
+        let kind = match atttype {
+            pg_sys::TEXTOID | pg_sys::VARCHAROID => ColumnKind::Text,
+            pg_sys::FLOAT4ARRAYOID => ColumnKind::Vector,
+            _ => raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                "faiss indexes support text, varchar and real[] columns",
+                None,
+            ),
+        };
+        let model = get(|r| r.model).unwrap_or_else(crate::gucs::default_model);
+        IndexOptions {
+            kind,
+            model,
+            factory: get(|r| r.factory).unwrap_or_else(|| "Flat".into()),
+            metric: get(|r| r.metric).and_then(|m| IndexMetric::parse(&m)),
+            long_text: get(|r| r.long_text)
+                .and_then(|m| LongText::parse(&m))
+                .unwrap_or(LongText::Truncate),
+        }
+    }
+}

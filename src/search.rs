@@ -1,0 +1,156 @@
+//! The `<=>` operators and semantic_search().
+
+use std::cell::RefCell;
+
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use semantic_encoder::TextKind;
+
+use crate::am::scan::last_distance;
+use crate::errors::raise;
+use crate::gucs;
+use crate::models::with_encoder;
+
+thread_local! {
+    /// The right-hand side of the last text <=> text: the constant query of a scan, embedded
+    /// once rather than once per row.
+    static LAST_QUERY: RefCell<Option<(String, String, Vec<f32>)>> = const { RefCell::new(None) };
+}
+
+fn embed_query(model: &str, text: &str) -> Vec<f32> {
+    let hit = LAST_QUERY.with(|q| {
+        q.borrow()
+            .as_ref()
+            .filter(|(m, t, _)| m == model && t == text)
+            .map(|(_, _, v)| v.clone())
+    });
+    hit.unwrap_or_else(|| {
+        let v = with_encoder(model, |e| e.encode_one(text, TextKind::Query));
+        LAST_QUERY
+            .with(|q| *q.borrow_mut() = Some((model.to_string(), text.to_string(), v.clone())));
+        v
+    })
+}
+
+fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let denominator = norm(a) * norm(b);
+    if denominator == 0.0 {
+        1.0
+    } else {
+        1.0 - dot / denominator
+    }
+}
+
+/// `document <=> query` for text: the cosine distance of their embeddings under
+/// `semantic.default_model`. A faiss index on the column answers the same ORDER BY with its
+/// own model and metric, without embedding every row.
+#[pg_extern(stable, parallel_safe, cost = 10000)]
+fn semantic_text_distance(document: &str, query: &str) -> f64 {
+    let model = gucs::default_model();
+    let q = embed_query(&model, query);
+    let d = with_encoder(&model, |e| e.encode_one(document, TextKind::Passage));
+    cosine_distance(&d, &q)
+}
+
+/// `a <=> b` for real[]: the Euclidean distance, the default metric of faiss indexes on
+/// real[] (an index built with metric = cosine or dot orders by that metric instead).
+#[pg_extern(immutable, parallel_safe, strict)]
+fn semantic_vector_distance(a: Vec<f32>, b: Vec<f32>) -> f64 {
+    if a.len() != b.len() {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!(
+                "vectors of different dimensions: {} and {}",
+                a.len(),
+                b.len()
+            ),
+            None,
+        );
+    }
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The distance at which the current scan returned row `row_id` (NULL if no faiss index scan
+/// returned it). Used by semantic_search() to report scores.
+#[pg_extern(volatile, parallel_unsafe)]
+fn semantic_scan_distance(row_id: pgrx::pg_sys::ItemPointerData) -> Option<f64> {
+    let block = (u32::from(row_id.ip_blkid.bi_hi) << 16) | u32::from(row_id.ip_blkid.bi_lo);
+    last_distance(block, row_id.ip_posid)
+}
+
+extension_sql!(
+    r#"
+CREATE OPERATOR <=> (LEFTARG = text, RIGHTARG = text, PROCEDURE = semantic_text_distance);
+CREATE OPERATOR <=> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_distance, COMMUTATOR = <=>);
+
+CREATE FUNCTION semantic_search(query text, k integer, index regclass DEFAULT NULL)
+RETURNS TABLE (rank bigint, score double precision, row_id tid, "row" jsonb)
+LANGUAGE plpgsql VOLATILE
+-- The row ranking must come from the index: a sequential scan would embed every row.
+SET enable_seqscan = off
+AS $function$
+DECLARE
+    idx regclass := index;
+    names text[];
+    tbl regclass;
+    expr text;
+    metric text;
+BEGIN
+    IF query IS NULL OR k IS NULL THEN
+        RETURN;
+    END IF;
+    IF k < 1 THEN
+        RAISE EXCEPTION 'k must be at least 1, got %', k USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF idx IS NULL THEN
+        SELECT array_agg(c.oid::regclass::text ORDER BY c.oid::regclass::text) INTO names
+        FROM pg_class c JOIN pg_am a ON a.oid = c.relam
+        WHERE a.amname = 'faiss' AND c.relkind = 'i';
+        IF names IS NULL THEN
+            RAISE EXCEPTION 'there is no faiss index in this database'
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Create one: CREATE INDEX ON my_table USING faiss (my_text_column).';
+        ELSIF cardinality(names) > 1 THEN
+            RAISE EXCEPTION 'there are % faiss indexes: %', cardinality(names), array_to_string(names, ', ')
+                USING ERRCODE = 'ambiguous_parameter',
+                      HINT = 'Name one: semantic_search(query, k, ''index_name'').';
+        END IF;
+        idx := names[1]::regclass;
+    END IF;
+    SELECT i.indrelid::regclass, pg_get_indexdef(i.indexrelid, 1, true) INTO tbl, expr
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+    WHERE i.indexrelid = idx AND a.amname = 'faiss';
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION '"%" is not a faiss index', idx USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT i.metric INTO metric FROM semantic_index_info(idx) i;
+    RETURN QUERY EXECUTE format(
+        'SELECT row_number() OVER (), %s, s.ctid, s.r FROM ('
+        '  SELECT t.ctid, semantic_scan_distance(t.ctid) AS d, to_jsonb(t) AS r'
+        '  FROM %s t ORDER BY (%s) <=> $1 LIMIT $2) s',
+        CASE metric WHEN 'cosine' THEN '1 - s.d' WHEN 'dot' THEN '-s.d' ELSE '-s.d' END,
+        tbl, expr)
+    USING query, k;
+END
+$function$;
+COMMENT ON FUNCTION semantic_search(text, integer, regclass) IS
+    'Top k rows of the table behind a faiss index for a query text: rank, score (cosine similarity, inner product, or minus the L2 distance), row id and the row as jsonb';
+"#,
+    name = "semantic_operators",
+    requires = [
+        semantic_text_distance,
+        semantic_vector_distance,
+        semantic_scan_distance,
+        am::semantic_index_info
+    ]
+);
