@@ -85,14 +85,17 @@ if [ ! -f "$MODELS/$MODEL_NAME/manifest.json" ]; then
   "$TOOLS" import-model "$SOURCE_MODEL" --name "$MODEL_NAME" --model-dir "$MODELS" >/dev/null
 fi
 
-# 5. The extension. A running cluster with the old .so loaded would crash when it is
-#    overwritten, so the demo cluster is stopped first (the demo starts it again).
-if [ -f "$STATE/pgdata/postmaster.pid" ]; then
-  log "stopping the demo cluster to reinstall the extension"
-  "$ROOT/scripts/pg.sh" stop >/dev/null || true
-fi
+# 5. The extension: packaged, then copied file by file with `install`, which replaces each
+#    file by a new one instead of overwriting it in place (a running server that has the old
+#    library loaded would crash on an in-place overwrite; with a new file it keeps the old one
+#    until its backends exit).
 log "building and installing the extension"
-$SUDO env PATH="$PATH" HOME="$HOME" cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+PACKAGE="$STATE/package"
+rm -rf "$PACKAGE"
+cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$PACKAGE" >/dev/null
+(cd "$PACKAGE" && find . -type f) | while read -r f; do
+  $SUDO install -D -m 0644 "$PACKAGE/$f" "/${f#./}"
+done
 
 # 6. The server runs as another user: let it read the library and the models, and reach them.
 chmod -R o+rX "$STATE/lib" "$MODELS"

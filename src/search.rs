@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::TextKind;
 
-use crate::am::scan::last_distance;
+use crate::am::scan::returned_row_distance;
 use crate::errors::raise;
 use crate::gucs;
 use crate::models::with_encoder;
@@ -52,6 +52,12 @@ fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
 /// own model and metric, without embedding every row.
 #[pg_extern(stable, parallel_safe, cost = 10000)]
 fn semantic_text_distance(document: &str, query: &str) -> f64 {
+    // On a row a faiss index scan just returned (PostgreSQL evaluates the ORDER BY expression
+    // again for it), the index's own distance: no embedding of the row, and the same value the
+    // rows were ordered by.
+    if let Some(distance) = returned_row_distance(semantic_index::records::text_hash(document), query) {
+        return distance;
+    }
     let model = gucs::default_model();
     let q = embed_query(&model, query);
     let d = with_encoder(&model, |e| e.encode_one(document, TextKind::Passage));
@@ -78,14 +84,6 @@ fn semantic_vector_distance(a: Vec<f32>, b: Vec<f32>) -> f64 {
         .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
         .sum::<f64>()
         .sqrt()
-}
-
-/// The distance at which the current scan returned row `row_id` (NULL if no faiss index scan
-/// returned it). Used by semantic_search() to report scores.
-#[pg_extern(volatile, parallel_unsafe)]
-fn semantic_scan_distance(row_id: pgrx::pg_sys::ItemPointerData) -> Option<f64> {
-    let block = (u32::from(row_id.ip_blkid.bi_hi) << 16) | u32::from(row_id.ip_blkid.bi_lo);
-    last_distance(block, row_id.ip_posid)
 }
 
 extension_sql!(
@@ -136,10 +134,10 @@ BEGIN
     SELECT i.metric INTO metric FROM semantic_index_info(idx) i;
     RETURN QUERY EXECUTE format(
         'SELECT row_number() OVER (), %s, s.ctid, s.r FROM ('
-        '  SELECT t.ctid, semantic_scan_distance(t.ctid) AS d, to_jsonb(t) AS r'
+        '  SELECT t.ctid, (%s) <=> $1 AS d, to_jsonb(t) AS r'
         '  FROM %s t ORDER BY (%s) <=> $1 LIMIT $2) s',
-        CASE metric WHEN 'cosine' THEN '1 - s.d' WHEN 'dot' THEN '-s.d' ELSE '-s.d' END,
-        tbl, expr)
+        CASE metric WHEN 'cosine' THEN '1 - s.d' ELSE '-s.d' END,
+        expr, tbl, expr)
     USING query, k;
 END
 $function$;
@@ -150,7 +148,6 @@ COMMENT ON FUNCTION semantic_search(text, integer, regclass) IS
     requires = [
         semantic_text_distance,
         semantic_vector_distance,
-        semantic_scan_distance,
         am::semantic_index_info
     ]
 );

@@ -5,8 +5,8 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ColumnKind, IndexMetric, Meta};
-use semantic_index::records::encode_record;
+use semantic_index::layout::{encode_snapshot, ColumnKind, IndexMetric, Meta};
+use semantic_index::records::{encode_record, text_hash, RecordKey};
 use semantic_index::{tid_to_id, VectorIndex};
 
 use super::options::IndexOptions;
@@ -46,23 +46,25 @@ struct BuildState {
     index_name: String,
     /// Encoded (TID, vector) records, in order.
     records: Vec<u8>,
-    /// The vectors again, row-major, with their FAISS ids, for the FAISS build.
+    /// The vectors again, row-major, with their FAISS ids and text hashes, for the snapshot.
     ids: Vec<i64>,
+    hashes: Vec<u64>,
     vectors: Vec<f32>,
     rows: u64,
-    pending_tids: Vec<(u32, u16)>,
+    pending_keys: Vec<RecordKey>,
     pending_texts: Vec<String>,
 }
 
 impl BuildState {
-    fn push(&mut self, block: u32, offset: u16, vector: Vec<f32>) {
+    fn push(&mut self, key: &RecordKey, vector: Vec<f32>) {
         if self.meta.dim == 0 {
             check_dimension(vector.len());
             self.meta.dim = vector.len() as u32;
         }
         let vector = prepare(&self.meta, vector);
-        encode_record(block, offset, &vector, &mut self.records);
-        self.ids.push(tid_to_id(block, offset));
+        encode_record(key, &vector, &mut self.records);
+        self.ids.push(tid_to_id(key.block, key.offset));
+        self.hashes.push(key.text_hash);
         self.vectors.extend_from_slice(&vector);
     }
 
@@ -71,13 +73,13 @@ impl BuildState {
             return;
         }
         let texts = std::mem::take(&mut self.pending_texts);
-        let tids = std::mem::take(&mut self.pending_tids);
-        for ((block, offset), vectors) in
-            tids.into_iter()
-                .zip(embed_passages(&self.meta, &self.index_name, &texts))
+        let keys = std::mem::take(&mut self.pending_keys);
+        for (key, vectors) in keys
+            .iter()
+            .zip(embed_passages(&self.meta, &self.index_name, &texts))
         {
             for v in vectors {
-                self.push(block, offset, v);
+                self.push(key, v);
             }
         }
         progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, self.rows as i64);
@@ -101,13 +103,14 @@ unsafe extern "C-unwind" fn build_callback(
     state.rows += 1;
     match state.meta.kind {
         ColumnKind::Text => {
-            state.pending_tids.push((block, offset));
-            state.pending_texts.push(datum_text(*values));
+            let text = datum_text(*values);
+            state.pending_keys.push(RecordKey { block, offset, text_hash: text_hash(&text) });
+            state.pending_texts.push(text);
             if state.pending_texts.len() >= EMBED_CHUNK {
                 state.flush_texts();
             }
         }
-        ColumnKind::Vector => state.push(block, offset, datum_vector(*values)),
+        ColumnKind::Vector => state.push(&RecordKey { block, offset, text_hash: 0 }, datum_vector(*values)),
     }
 }
 
@@ -171,17 +174,18 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
     meta
 }
 
-/// Builds the FAISS index over `ids`/`vectors` (training IVF-style indexes on them first).
-pub fn build_faiss(meta: &Meta, ids: &[i64], vectors: &[f32]) -> VectorIndex {
+/// The snapshot of a FAISS index over `ids`/`vectors` (trained on them first for IVF-style
+/// factories), with the rows' text hashes: what build and vacuum write.
+pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Vec<u8> {
     let dim = meta.dim as usize;
-    let mut index = VectorIndex::new(dim.max(1), &meta.factory, meta.metric.faiss_metric())
-        .unwrap_or_else(|e| {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                e.to_string(),
-                None,
-            )
-        });
+    if dim == 0 {
+        return Vec::new(); // a real[] index that has seen no vector: nothing to snapshot
+    }
+    let internal = |e: semantic_index::IndexError| -> ! {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
+    };
+    let mut index = VectorIndex::new(dim, &meta.factory, meta.metric.faiss_metric())
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), None));
     if index.needs_training() {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_TRAINING);
         index.train(vectors).unwrap_or_else(|e| {
@@ -194,11 +198,11 @@ pub fn build_faiss(meta: &Meta, ids: &[i64], vectors: &[f32]) -> VectorIndex {
     }
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_ADDING);
     if !ids.is_empty() {
-        index
-            .add(ids, vectors)
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
+        index.add(ids, vectors).unwrap_or_else(|e| internal(e));
     }
-    index
+    let faiss = index.to_bytes().unwrap_or_else(|e| internal(e));
+    let hashes: &[u64] = if meta.kind == ColumnKind::Text { hashes } else { &[] };
+    encode_snapshot(&faiss, ids, hashes)
 }
 
 #[pg_guard]
@@ -218,7 +222,8 @@ pub unsafe extern "C-unwind" fn ambuild(
         ids: Vec::new(),
         vectors: Vec::new(),
         rows: 0,
-        pending_tids: Vec::new(),
+        pending_keys: Vec::new(),
+        hashes: Vec::new(),
         pending_texts: Vec::new(),
     };
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_EMBEDDING);
@@ -238,15 +243,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     );
     state.flush_texts();
 
-    let faiss = build_faiss(&state.meta, &state.ids, &state.vectors);
-    let snapshot = if state.meta.dim == 0 {
-        Vec::new() // an empty real[] table: no dimension yet, nothing to snapshot
-    } else {
-        faiss
-            .to_bytes()
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None))
-    };
-    drop(faiss);
+    let snapshot = snapshot(&state.meta, &state.ids, &state.hashes, &state.vectors);
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
     create_meta(index, &state.meta);
     let dim = state.meta.dim as usize;

@@ -6,6 +6,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use semantic_index::layout::ColumnKind;
+use semantic_index::records::{text_hash, RecordKey};
 
 use super::build::{relation_name, tid_parts};
 use super::storage::{append_record, check_dimension, read_meta, MetaGuard};
@@ -26,17 +27,20 @@ pub unsafe extern "C-unwind" fn aminsert(
         return false;
     }
     let meta = read_meta(index);
-    let vectors = match meta.kind {
-        ColumnKind::Text => embed_passages(&meta, &relation_name(index), &[datum_text(*values)])
-            .pop()
-            .unwrap_or_default(),
+    let (block, offset) = tid_parts(heap_tid);
+    let (vectors, key) = match meta.kind {
+        ColumnKind::Text => {
+            let text = datum_text(*values);
+            let key = RecordKey { block, offset, text_hash: text_hash(&text) };
+            let vectors = embed_passages(&meta, &relation_name(index), &[text]).pop().unwrap_or_default();
+            (vectors, key)
+        }
         ColumnKind::Vector => {
             let v = datum_vector(*values);
             check_dimension(v.len());
-            vec![v]
+            (vec![v], RecordKey { block, offset, text_hash: 0 })
         }
     };
-    let (block, offset) = tid_parts(heap_tid);
     let mut guard = MetaGuard::lock(index);
     if guard.meta.kind == ColumnKind::Vector && guard.meta.dim == 0 {
         // The first vector of a real[] index built on an empty table fixes its dimension.
@@ -48,7 +52,7 @@ pub unsafe extern "C-unwind" fn aminsert(
         .collect();
     guard.meta.rows += 1; // written with the first record
     for v in &vectors {
-        append_record(index, &mut guard, block, offset, v);
+        append_record(index, &mut guard, &key, v);
     }
     drop(guard);
     false

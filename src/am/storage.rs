@@ -5,7 +5,7 @@
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPage, ChainPos, Meta, PageKind, CHAIN_SPECIAL_SIZE, NO_BLOCK};
-use semantic_index::records::{encode_record, record_size};
+use semantic_index::records::{encode_record, record_size, RecordKey};
 
 use crate::errors::raise;
 
@@ -190,13 +190,12 @@ pub unsafe fn create_meta(rel: pg_sys::Relation, meta: &Meta) {
 pub unsafe fn append_record(
     rel: pg_sys::Relation,
     guard: &mut MetaGuard,
-    block: u32,
-    offset: u16,
+    key: &RecordKey,
     vector: &[f32],
 ) {
     let meta = &mut guard.meta;
     let mut record = Vec::with_capacity(record_size(vector.len()));
-    encode_record(block, offset, vector, &mut record);
+    encode_record(key, vector, &mut record);
     let per_page = records_per_page(vector.len());
 
     let tail = (meta.records_tail != NO_BLOCK).then(|| {

@@ -10,7 +10,7 @@ use semantic_index::layout::{ChainPos, NO_BLOCK};
 use semantic_index::records::{decode_records_into, encode_record};
 use semantic_index::tid_to_id;
 
-use super::build::build_faiss;
+use super::build::snapshot;
 use super::storage::{read_meta, read_records, rewrite, ChainRead};
 use crate::errors::raise;
 
@@ -39,7 +39,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     let mut meta = read_meta(index);
     let dim = meta.dim as usize;
 
-    let mut tids = Vec::new();
+    let mut keys = Vec::new();
     let mut vectors = Vec::new();
     let read = read_records(
         index,
@@ -50,7 +50,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         meta.generation,
         dim,
         |bytes| {
-            decode_records_into(bytes, dim, &mut tids, &mut vectors);
+            decode_records_into(bytes, dim, &mut keys, &mut vectors);
         },
     );
     if !matches!(read, ChainRead::Done(_)) {
@@ -63,10 +63,12 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
 
     let mut live_records = Vec::new();
     let mut live_ids = Vec::new();
+    let mut live_hashes = Vec::new();
     let mut live_vectors = Vec::new();
     let mut removed = 0u64;
     let mut rows = std::collections::HashSet::new();
-    for (i, &(block, offset)) in tids.iter().enumerate() {
+    for (i, key) in keys.iter().enumerate() {
+        let (block, offset) = (key.block, key.offset);
         let mut tid = pg_sys::ItemPointerData::default();
         tid.ip_blkid.bi_hi = (block >> 16) as u16;
         tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
@@ -76,8 +78,9 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             continue;
         }
         let vector = &vectors[i * dim..(i + 1) * dim];
-        encode_record(block, offset, vector, &mut live_records);
+        encode_record(key, vector, &mut live_records);
         live_ids.push(tid_to_id(block, offset));
+        live_hashes.push(key.text_hash);
         live_vectors.extend_from_slice(vector);
         rows.insert((block, offset));
         if i % 1024 == 0 {
@@ -85,11 +88,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         }
     }
     if removed > 0 && meta.records_head != NO_BLOCK {
-        let faiss = build_faiss(&meta, &live_ids, &live_vectors);
-        let snapshot = faiss
-            .to_bytes()
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        drop(faiss);
+        let snapshot = snapshot(&meta, &live_ids, &live_hashes, &live_vectors);
         rewrite(
             index,
             &mut meta,

@@ -238,7 +238,7 @@ impl Meta {
         }
         const MAX_RANGES: usize = 200;
         if ranges.len() > MAX_RANGES {
-            ranges.sort_by(|a, b| b.1.cmp(&a.1));
+            ranges.sort_by_key(|r| std::cmp::Reverse(r.1));
             ranges.truncate(MAX_RANGES);
             ranges.sort();
         }
@@ -371,5 +371,58 @@ mod tests {
         assert_eq!(IndexMetric::parse("l2"), Some(IndexMetric::L2));
         assert_eq!(IndexMetric::parse("L2"), None);
         assert_eq!(LongText::parse("chunks"), Some(LongText::Chunks));
+    }
+}
+
+/// The snapshot chain's payload: the serialised FAISS index, then each vector id's text hash
+/// (text indexes; empty for real[]), so a backend loading the snapshot knows the rows' hashes
+/// without reading every record.
+pub fn encode_snapshot(faiss: &[u8], ids: &[i64], hashes: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + faiss.len() + 16 * hashes.len());
+    out.extend_from_slice(&(faiss.len() as u64).to_le_bytes());
+    out.extend_from_slice(faiss);
+    out.extend_from_slice(&(hashes.len() as u64).to_le_bytes());
+    for (id, hash) in ids.iter().zip(hashes) {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&hash.to_le_bytes());
+    }
+    out
+}
+
+/// Splits a snapshot payload into the FAISS bytes and the (id, text hash) pairs.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(&[u8], Vec<(i64, u64)>), LayoutError> {
+    let corrupt = || LayoutError::Corrupt("truncated snapshot".into());
+    let u64_at = |at: usize| -> Result<u64, LayoutError> {
+        Ok(u64::from_le_bytes(bytes.get(at..at + 8).ok_or_else(corrupt)?.try_into().expect("8 bytes")))
+    };
+    let faiss_len = usize::try_from(u64_at(0)?).map_err(|_| corrupt())?;
+    let faiss = bytes.get(8..8 + faiss_len).ok_or_else(corrupt)?;
+    let n = usize::try_from(u64_at(8 + faiss_len)?).map_err(|_| corrupt())?;
+    let pairs = bytes.get(16 + faiss_len..).ok_or_else(corrupt)?;
+    if pairs.len() != n.checked_mul(16).ok_or_else(corrupt)? {
+        return Err(corrupt());
+    }
+    let hashes = pairs
+        .chunks_exact(16)
+        .map(|c| (i64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
+        .collect();
+    Ok((faiss, hashes))
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_round_trip_and_truncation() {
+        let bytes = encode_snapshot(b"faiss!", &[3, 9], &[30, 90]);
+        let (faiss, hashes) = decode_snapshot(&bytes).unwrap();
+        assert_eq!(faiss, b"faiss!");
+        assert_eq!(hashes, vec![(3, 30), (9, 90)]);
+        let empty = encode_snapshot(b"x", &[], &[]);
+        assert_eq!(decode_snapshot(&empty).unwrap().1, vec![]);
+        for cut in 0..bytes.len() {
+            assert!(decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -1,0 +1,441 @@
+//! The faiss index access method: exactness against brute force computed in SQL from embed(),
+//! recall of approximate factories, every way a table changes, filters, privileges, the model
+//! guard and bad input.
+
+use std::io::Write;
+
+use postgres::error::SqlState;
+use postgres::Client;
+use semantic_tests::{env, shared_dir, Cluster};
+
+const QUERIES: [&str; 8] = [
+    "romance and separation",
+    "a robot learns to love",
+    "heist in a casino",
+    "survival in the arctic",
+    "a haunted house",
+    "time travel paradox",
+    "a dog finds its way home",
+    "a musician chasing fame",
+];
+
+fn setup(name: &str) -> (Cluster, Client) {
+    let cluster = Cluster::start(name, &[]);
+    let mut client = cluster.connect();
+    client.batch_execute("CREATE EXTENSION semantic").unwrap();
+    (cluster, client)
+}
+
+/// The project's demo corpus in table `movies` (id, title, year, genre, plot).
+fn load_demo(client: &mut Client) {
+    client
+        .batch_execute("CREATE TABLE movies (id serial PRIMARY KEY, title text, year int, genre text, plot text)")
+        .unwrap();
+    let csv = std::fs::read(env().repo.join("scripts/demo/movies.csv")).unwrap();
+    let mut writer = client
+        .copy_in("COPY movies(title, year, genre, plot) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .unwrap();
+    writer.write_all(&csv).unwrap();
+    writer.finish().unwrap();
+}
+
+/// Top-k ids by brute force in SQL: cosine of embed() vectors stored in column `emb`.
+fn exact_top(client: &mut Client, table: &str, query: &str, k: i64) -> Vec<i32> {
+    client
+        .query(
+            &format!(
+                "WITH q AS (SELECT embed($1) AS v)
+                 SELECT id FROM {table}, q
+                 ORDER BY (SELECT sum(a::float8 * b) FROM unnest(emb, q.v) AS t(a, b)) DESC, id
+                 LIMIT $2"
+            ),
+            &[&query, &k],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn index_top(client: &mut Client, table: &str, query: &str, k: i64) -> Vec<i32> {
+    client
+        .query(&format!("SELECT id FROM {table} ORDER BY plot <=> $1 LIMIT $2"), &[&query, &k])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn recall(found: &[i32], exact: &[i32]) -> f64 {
+    found.iter().filter(|id| exact.contains(id)).count() as f64 / exact.len() as f64
+}
+
+fn uses_index(client: &mut Client, sql: &str, index: &str) {
+    let plan: Vec<String> = client.query(&format!("EXPLAIN {sql}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains(&format!("Index Scan using {index}")), "plan does not use {index}:\n{plan}");
+}
+
+#[test]
+fn flat_equals_brute_force_and_approximate_factories_reach_recall() {
+    let (_cluster, mut client) = setup("index_exact");
+    load_demo(&mut client);
+    client.batch_execute("ALTER TABLE movies ADD COLUMN emb real[]; UPDATE movies SET emb = embed(plot)").unwrap();
+    client.batch_execute("CREATE INDEX movies_flat ON movies USING faiss (plot)").unwrap();
+    uses_index(&mut client, "SELECT id FROM movies ORDER BY plot <=> 'x' LIMIT 10", "movies_flat");
+    for q in QUERIES {
+        assert_eq!(index_top(&mut client, "movies", q, 10), exact_top(&mut client, "movies", q, 10), "{q}");
+    }
+    // The scores semantic_search reports are the exact cosine similarities.
+    let rows = client.query("SELECT rank, score, (\"row\"->>'id')::int FROM semantic_search('a haunted house', 5)", &[]).unwrap();
+    assert_eq!(rows.len(), 5);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.get::<_, i64>(0), i as i64 + 1);
+        let id: i32 = row.get(2);
+        let exact: f64 = client
+            .query_one(
+                "SELECT sum(a::float8 * b) FROM movies, unnest(emb, embed('a haunted house')) AS t(a, b) WHERE id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        assert!((row.get::<_, f64>(1) - exact).abs() < 1e-4, "score of row {id}");
+    }
+    client.batch_execute("DROP INDEX movies_flat").unwrap();
+
+    for (factory, name) in [("HNSW32", "movies_hnsw"), ("IVF4,Flat", "movies_ivf")] {
+        client
+            .batch_execute(&format!("CREATE INDEX {name} ON movies USING faiss (plot) WITH (factory = '{factory}')"))
+            .unwrap();
+        let mut total = 0.0;
+        for q in QUERIES {
+            total += recall(&index_top(&mut client, "movies", q, 10), &exact_top(&mut client, "movies", q, 10));
+        }
+        let r = total / QUERIES.len() as f64;
+        assert!(r >= 0.95, "{factory}: recall@10 {r}");
+        client.batch_execute(&format!("DROP INDEX {name}")).unwrap();
+    }
+}
+
+#[test]
+fn flat_equals_brute_force_on_the_movies_subset() {
+    let Some(shared) = shared_dir() else {
+        eprintln!("skipped: ../shared is absent");
+        return;
+    };
+    let (_cluster, mut client) = setup("index_movies");
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE wiki (release_year int, title text, origin text, director text, \"cast\" text,
+                                     genre text, wiki_page text, plot text);
+             CREATE TABLE films (id serial PRIMARY KEY, plot text, emb real[]);",
+        )
+        .unwrap();
+    let csv = std::fs::read(shared.join("data/movies/wiki_movie_plots_subset.csv")).unwrap();
+    let mut writer = client.copy_in("COPY wiki FROM STDIN WITH (FORMAT csv, HEADER true)").unwrap();
+    writer.write_all(&csv).unwrap();
+    writer.finish().unwrap();
+    // 300 plots keep the test within a minute on two cores (each plot is embedded twice).
+    client
+        .batch_execute(
+            "INSERT INTO films(plot) SELECT plot FROM wiki ORDER BY title LIMIT 300;
+             UPDATE films SET emb = embed(plot);
+             SET semantic.threads = 2;
+             CREATE INDEX films_plot ON films USING faiss (plot);",
+        )
+        .unwrap();
+    for q in QUERIES {
+        assert_eq!(index_top(&mut client, "films", q, 10), exact_top(&mut client, "films", q, 10), "{q}");
+    }
+}
+
+#[test]
+fn rows_follow_inserts_updates_deletes_and_vacuum() {
+    let (cluster, mut client) = setup("index_changes");
+    load_demo(&mut client);
+    client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot)").unwrap();
+    let q = "an astronaut grows tomatoes on the moon";
+    let plot = "Stranded at a lunar base, an astronaut keeps herself alive by growing tomatoes in moon dust.";
+
+    // Inserted after the build: found at once from another session, after commit only.
+    let mut other = cluster.connect();
+    let mut tx = client.transaction().unwrap();
+    tx.execute("INSERT INTO movies(title, genre, plot) VALUES ('Moon Garden', 'drama', $1)", &[&plot]).unwrap();
+    let seen: Vec<String> = other.query("SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1", &[&q]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_ne!(seen, vec!["Moon Garden".to_string()], "uncommitted row visible");
+    tx.commit().unwrap();
+    let top: String = other.query_one("SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1", &[&q]).unwrap().get(0);
+    assert_eq!(top, "Moon Garden");
+
+    // Rolled back: never appears.
+    let mut tx = client.transaction().unwrap();
+    tx.execute("INSERT INTO movies(title, genre, plot) VALUES ('Ghost Row', 'drama', 'A ghost row about penguins skiing down a volcano.')", &[]).unwrap();
+    tx.rollback().unwrap();
+    let titles: Vec<String> = other
+        .query("SELECT title FROM movies ORDER BY plot <=> 'penguins skiing down a volcano' LIMIT 5", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!titles.contains(&"Ghost Row".to_string()));
+
+    // UPDATE changes what is found.
+    client
+        .execute("UPDATE movies SET plot = 'A submarine crew befriends a giant squid in the deep ocean.' WHERE title = 'Moon Garden'", &[])
+        .unwrap();
+    let top: String = other.query_one("SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1", &[&q]).unwrap().get(0);
+    assert_ne!(top, "Moon Garden");
+    let top: String = other.query_one("SELECT title FROM movies ORDER BY plot <=> 'friendship with a giant squid' LIMIT 1", &[]).unwrap().get(0);
+    assert_eq!(top, "Moon Garden");
+
+    // DELETE + VACUUM: never returned, and the space is reused.
+    client.batch_execute("DELETE FROM movies WHERE title = 'Moon Garden'").unwrap();
+    client.batch_execute("VACUUM movies").unwrap();
+    let n: i64 = other.query_one("SELECT count(*) FROM (SELECT title FROM movies ORDER BY plot <=> 'friendship with a giant squid' LIMIT 100) s WHERE title = 'Moon Garden'", &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+    let rows: i64 = client.query_one("SELECT rows FROM semantic_index_info('movies_plot')", &[]).unwrap().get(0);
+    assert_eq!(rows, 80);
+
+    let mut sizes = Vec::new();
+    for cycle in 0..8 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO movies(title, genre, plot) SELECT 'cycle {cycle} ' || title, genre, plot || ' (again)' FROM movies WHERE id % 2 = 0 AND title NOT LIKE 'cycle%';
+                 DELETE FROM movies WHERE title LIKE 'cycle%' AND title NOT LIKE 'cycle {cycle} %';"
+            ))
+            .unwrap();
+        client.batch_execute("VACUUM movies").unwrap();
+        let pages: i64 = client.query_one("SELECT pages FROM semantic_index_info('movies_plot')", &[]).unwrap().get(0);
+        sizes.push(pages);
+    }
+    let settled = sizes[3];
+    assert!(sizes[4..].iter().all(|&p| p <= settled + 2), "index keeps growing: {sizes:?}");
+    // Still exact after the cycles.
+    let count: i64 = client.query_one("SELECT count(*) FROM movies", &[]).unwrap().get(0);
+    let found: i64 = client.query_one("SELECT count(*) FROM (SELECT id FROM movies ORDER BY plot <=> 'a dog' LIMIT 1000) s", &[]).unwrap().get(0);
+    assert_eq!(found, count, "every live row is reachable through the index");
+}
+
+#[test]
+fn filters_get_k_rows_by_searching_deeper() {
+    let (_cluster, mut client) = setup("index_filters");
+    load_demo(&mut client);
+    client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot); SET semantic.scan_candidates = 3").unwrap();
+    let comedies: i64 = client.query_one("SELECT count(*) FROM movies WHERE genre = 'comedy'", &[]).unwrap().get(0);
+    assert!(comedies >= 10);
+    let rows = client
+        .query("SELECT title FROM movies WHERE genre = 'comedy' ORDER BY plot <=> 'survival in the arctic' LIMIT 10", &[])
+        .unwrap();
+    assert_eq!(rows.len(), 10);
+
+    // Vectors: 300 dramas all nearer the query than the 10 comedies.
+    client
+        .batch_execute(
+            "CREATE TABLE v (id int, genre text, vec real[]);
+             INSERT INTO v SELECT i, 'drama', ARRAY[1.0, i * 0.001, 0]::real[] FROM generate_series(1, 300) i;
+             INSERT INTO v SELECT 1000 + i, 'comedy', ARRAY[-1.0, i * 0.001, 0]::real[] FROM generate_series(1, 10) i;
+             CREATE INDEX v_vec ON v USING faiss (vec);
+             RESET semantic.scan_candidates;
+             SET enable_seqscan = off; -- 310 rows: the planner would rather sort them",
+        )
+        .unwrap();
+    uses_index(&mut client, "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10", "v_vec");
+    let ids: Vec<i32> = client
+        .query("SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, (1001..=1010).collect::<Vec<_>>());
+}
+
+#[test]
+fn real_array_indexes_and_table_lifecycle() {
+    let (_cluster, mut client) = setup("index_lifecycle");
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int, vec real[]);
+             CREATE TABLE b (id int, vec real[]);
+             INSERT INTO a SELECT i, ARRAY[i, 0, 0]::real[] FROM generate_series(1, 50) i;
+             INSERT INTO b SELECT i, ARRAY[0, i, 0]::real[] FROM generate_series(1, 50) i;
+             CREATE INDEX a_vec ON a USING faiss (vec);
+             CREATE INDEX b_vec ON b USING faiss (vec) WITH (factory = 'HNSW16');",
+        )
+        .unwrap();
+    let top = |c: &mut Client, sql: &str| -> Vec<i32> { c.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect() };
+    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 3"), vec![10, 11, 9]);
+    assert_eq!(top(&mut client, "SELECT id FROM b ORDER BY vec <=> '{0,40.1,0}' LIMIT 2"), vec![40, 41]);
+    // Index distances are the operator's (L2 for real[]).
+    let d: f64 = client.query_one("SELECT vec <=> '{10.2,0,0}' FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 1", &[]).unwrap().get(0);
+    assert!((d - 0.2).abs() < 1e-5);
+
+    expect_error(&mut client, "SELECT id FROM a ORDER BY vec <=> '{1,2}' LIMIT 1", &SqlState::DATA_EXCEPTION, "3 dimensions");
+    expect_error(&mut client, "INSERT INTO a VALUES (99, '{1,2,3,4}')", &SqlState::DATA_EXCEPTION, "3 dimensions");
+    expect_error(&mut client, "INSERT INTO a VALUES (99, '{1,NULL,3}')", &SqlState::NULL_VALUE_NOT_ALLOWED, "NULL");
+
+    // TRUNCATE empties, inserts work again; REINDEX rebuilds; the other table is untouched.
+    client.batch_execute("TRUNCATE a; INSERT INTO a VALUES (7, '{7,0,0}')").unwrap();
+    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{1,0,0}' LIMIT 5"), vec![7]);
+    assert_eq!(top(&mut client, "SELECT id FROM b ORDER BY vec <=> '{0,1,0}' LIMIT 1"), vec![1]);
+    client.batch_execute("INSERT INTO a VALUES (8, '{8,0,0}'); REINDEX INDEX a_vec").unwrap();
+    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![8, 7]);
+    client.batch_execute("DROP INDEX a_vec").unwrap();
+    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![8, 7]);
+    client.batch_execute("DROP TABLE b").unwrap();
+
+    // An index built on an empty table learns its dimension from the first row.
+    client
+        .batch_execute("CREATE TABLE e (id int, vec real[]); CREATE INDEX e_vec ON e USING faiss (vec); INSERT INTO e VALUES (1, '{1,1}'), (2, '{5,5}')")
+        .unwrap();
+    assert_eq!(top(&mut client, "SELECT id FROM e ORDER BY vec <=> '{4,4}' LIMIT 2"), vec![2, 1]);
+    let dim: i32 = client.query_one("SELECT dimension FROM semantic_index_info('e_vec')", &[]).unwrap().get(0);
+    assert_eq!(dim, 2);
+}
+
+fn expect_error(client: &mut Client, sql: &str, state: &SqlState, message_part: &str) {
+    let err = client.batch_execute(sql).expect_err(sql);
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+    assert_eq!(db.code(), state, "{sql}: {}", db.message());
+    assert!(db.message().contains(message_part), "{sql}: {:?} lacks {message_part:?}", db.message());
+}
+
+#[test]
+fn long_texts_as_chunks_find_late_passages_once_per_row() {
+    let (_cluster, mut client) = setup("index_chunks");
+    let filler = "The committee met again to discuss the annual budget and the parking rules. ".repeat(40);
+    let late = format!("{filler} At the very end, a lighthouse keeper rescues a whale trapped in fishing nets.");
+    client
+        .batch_execute("CREATE TABLE docs (id int, body text); CREATE TABLE docs2 (id int, body text)")
+        .unwrap();
+    for table in ["docs", "docs2"] {
+        client.execute(&format!("INSERT INTO {table} VALUES (1, $1)"), &[&late]).unwrap();
+        client.execute(&format!("INSERT INTO {table} VALUES (2, $1)"), &[&filler]).unwrap();
+        client
+            .execute(&format!("INSERT INTO {table} VALUES (3, 'A chef opens a noodle bar in a quiet mountain town.')"), &[])
+            .unwrap();
+    }
+    client
+        .batch_execute(
+            "CREATE INDEX docs_chunks ON docs USING faiss (body) WITH (long_text = 'chunks');
+             CREATE INDEX docs2_trunc ON docs2 USING faiss (body);
+             SET enable_seqscan = off; -- three rows: the planner would rather sort them",
+        )
+        .unwrap();
+    let q = "lighthouse keeper saves a whale";
+    let chunked: Vec<i32> = client.query("SELECT id FROM docs ORDER BY body <=> $1 LIMIT 3", &[&q]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(chunked[0], 1, "the late passage is found with chunks");
+    assert_eq!(chunked.len(), 3, "each row once: {chunked:?}");
+    let mut sorted = chunked.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 3, "no duplicate rows: {chunked:?}");
+    let vectors: i64 = client.query_one("SELECT vectors FROM semantic_index_info('docs_chunks')", &[]).unwrap().get(0);
+    assert!(vectors > 3, "long rows have several vectors ({vectors})");
+    // Truncated, the whale is past the model's limit: rows 1 and 2 look the same.
+    let d: Vec<f64> = client
+        .query("SELECT body <=> $1 FROM docs2 WHERE id IN (1, 2) ORDER BY id", &[&q])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!((d[0] - d[1]).abs() < 1e-6, "truncation ignores the end: {d:?}");
+}
+
+#[test]
+fn semantic_search_checks_privileges_and_row_security() {
+    let (cluster, mut client) = setup("index_privileges");
+    load_demo(&mut client);
+    client
+        .batch_execute(
+            "CREATE INDEX movies_plot ON movies USING faiss (plot);
+             CREATE ROLE reader LOGIN; CREATE ROLE stranger LOGIN;
+             GRANT SELECT ON movies TO reader;
+             ALTER TABLE movies ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY no_comedy ON movies FOR SELECT TO reader USING (genre <> 'comedy');",
+        )
+        .unwrap();
+    let mut stranger = cluster.connect_as("stranger");
+    expect_error(&mut stranger, "SELECT * FROM semantic_search('a funny heist', 5)", &SqlState::INSUFFICIENT_PRIVILEGE, "permission denied");
+    let mut reader = cluster.connect_as("reader");
+    let genres: Vec<String> = reader
+        .query("SELECT \"row\"->>'genre' FROM semantic_search('a hilarious comedy of errors', 30)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(genres.len(), 30);
+    assert!(!genres.iter().any(|g| g == "comedy"), "RLS-hidden rows came back");
+    let all: i64 = client.query_one("SELECT count(*) FROM semantic_search('a hilarious comedy of errors', 30) WHERE \"row\"->>'genre' = 'comedy'", &[]).unwrap().get(0);
+    assert!(all > 0, "the owner sees comedies");
+}
+
+#[test]
+fn semantic_search_names_its_index_and_rejects_bad_input() {
+    let (cluster, mut client) = setup("index_errors");
+    let started: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0);
+    expect_error(&mut client, "SELECT * FROM semantic_search('x', 5)", &SqlState::UNDEFINED_OBJECT, "no faiss index");
+    load_demo(&mut client);
+    client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot)").unwrap();
+    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('x', 5)", &[]).unwrap().get(0);
+    assert_eq!(n, 5);
+    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('x', 1000)", &[]).unwrap().get(0);
+    assert_eq!(n, 80, "huge k returns every row");
+    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search(NULL, 5)", &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('', 5)", &[]).unwrap().get(0);
+    assert_eq!(n, 5);
+    expect_error(&mut client, "SELECT * FROM semantic_search('x', 0)", &SqlState::INVALID_PARAMETER_VALUE, "k must be");
+    client.batch_execute("CREATE TABLE other (id int, body text); CREATE INDEX other_body ON other USING faiss (body)").unwrap();
+    expect_error(&mut client, "SELECT * FROM semantic_search('x', 5)", &SqlState::AMBIGUOUS_PARAMETER, "movies_plot, other_body");
+    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('x', 5, 'movies_plot')", &[]).unwrap().get(0);
+    assert_eq!(n, 5);
+    expect_error(&mut client, "SELECT * FROM semantic_search('x', 5, 'movies_pkey')", &SqlState::WRONG_OBJECT_TYPE, "not a faiss index");
+
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (metric = 'manhattan')", &SqlState::INVALID_PARAMETER_VALUE, "metric");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (long_text = 'all')", &SqlState::INVALID_PARAMETER_VALUE, "long_text");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (factory = 'Nope')", &SqlState::INVALID_PARAMETER_VALUE, "factory");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (factory = 'IVF1000,Flat')", &SqlState::INVALID_PARAMETER_VALUE, "train");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (model = '../x')", &SqlState::INVALID_PARAMETER_VALUE, "invalid model name");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (model = 'missing')", &SqlState::UNDEFINED_OBJECT, "not installed");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (colour = 'red')", &SqlState::INVALID_PARAMETER_VALUE, "colour");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (year)", &SqlState::UNDEFINED_OBJECT, "operator class");
+    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (title, plot)", &SqlState::FEATURE_NOT_SUPPORTED, "multicolumn");
+
+    let now: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0);
+    assert_eq!(now, started, "no backend crashed");
+    assert!(!cluster.log().contains("terminated by signal"));
+}
+
+#[test]
+fn a_model_changed_under_an_index_is_detected() {
+    let (cluster, mut client) = setup("index_model_guard");
+    // A private model directory with a copy of the model, so the test can change it.
+    let root = cluster.data.join("models");
+    let source = env().model_dir.join("all-MiniLM-L6-v2");
+    let copy = root.join("minilm-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["manifest.json", "tokenizer.json", "model.onnx"] {
+        std::fs::copy(source.join(f), copy.join(f)).unwrap();
+    }
+    std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(&root).status().unwrap();
+    client.batch_execute(&format!("ALTER SYSTEM SET semantic.model_dir = '{}'", root.display())).unwrap();
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let mut client = cluster.connect();
+    load_demo(&mut client);
+    client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot) WITH (model = 'minilm-copy')").unwrap();
+    uses_index(&mut client, "SELECT id FROM movies ORDER BY plot <=> 'a haunted house' LIMIT 3", "movies_plot");
+    let model: String = client.query_one("SELECT model FROM semantic_index_info('movies_plot')", &[]).unwrap().get(0);
+    assert_eq!(model, "minilm-copy");
+    assert_eq!(index_top(&mut client, "movies", "a haunted house", 3).len(), 3);
+
+    // Same name, different model: the installed manifest now says 128 tokens.
+    let mut manifest = semantic_encoder::Manifest::load(&copy).unwrap();
+    manifest.max_seq_length = 128;
+    manifest.fingerprint = semantic_encoder::compute_fingerprint(&copy, &manifest).unwrap();
+    manifest.save(&copy).unwrap();
+    let mut fresh = cluster.connect();
+    expect_error(&mut fresh, "SELECT id FROM movies ORDER BY plot <=> 'a haunted house' LIMIT 3", &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "changed since index");
+    expect_error(&mut fresh, "INSERT INTO movies(title, plot) VALUES ('t', 'p')", &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "changed since index");
+    fresh.batch_execute("REINDEX INDEX movies_plot").unwrap();
+    assert_eq!(index_top(&mut fresh, "movies", "a haunted house", 3).len(), 3);
+}
