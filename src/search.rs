@@ -94,8 +94,6 @@ CREATE OPERATOR <=> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_v
 CREATE FUNCTION semantic_search(query text, k integer, index regclass DEFAULT NULL)
 RETURNS TABLE (rank bigint, score double precision, row_id tid, "row" jsonb)
 LANGUAGE plpgsql VOLATILE
--- The row ranking must come from the index: a sequential scan would embed every row.
-SET enable_seqscan = off
 AS $function$
 DECLARE
     idx regclass := index;
@@ -103,6 +101,7 @@ DECLARE
     tbl regclass;
     expr text;
     metric text;
+    seqscan text := current_setting('enable_seqscan');
 BEGIN
     IF query IS NULL OR k IS NULL THEN
         RETURN;
@@ -132,6 +131,9 @@ BEGIN
         RAISE EXCEPTION '"%" is not a faiss index', idx USING ERRCODE = 'wrong_object_type';
     END IF;
     SELECT i.metric INTO metric FROM semantic_index_info(idx) i;
+    -- The ranking must come from the index (its model, metric and chunks), never from a
+    -- sequential scan that would embed every row: for this one query, sequential scans are off.
+    PERFORM set_config('enable_seqscan', 'off', true);
     RETURN QUERY EXECUTE format(
         'SELECT row_number() OVER (), %s, s.ctid, s.r FROM ('
         '  SELECT t.ctid, (%s) <=> $1 AS d, to_jsonb(t) AS r'
@@ -139,6 +141,7 @@ BEGIN
         CASE metric WHEN 'cosine' THEN '1 - s.d' ELSE '-s.d' END,
         expr, tbl, expr)
     USING query, k;
+    PERFORM set_config('enable_seqscan', seqscan, true);
 END
 $function$;
 COMMENT ON FUNCTION semantic_search(text, integer, regclass) IS
