@@ -50,8 +50,7 @@ CREATE TABLE IF NOT EXISTS movies (
   title text NOT NULL,
   year int,
   genre text,
-  plot text NOT NULL,
-  embedding real[]
+  plot text NOT NULL
 );
 SQL
 
@@ -70,17 +69,15 @@ SQL
   fi
 fi
 
-log "embedding the plots that have no embedding yet"
-"${PSQL[@]}" -d "$DB" -c "UPDATE movies SET embedding = embed(plot) WHERE embedding IS NULL"
+if [ "$("${PSQL[@]}" -d "$DB" -Atc "SELECT count(*) FROM pg_indexes WHERE indexname = 'movies_plot_idx'")" = 0 ]; then
+  log "indexing the plots (CREATE INDEX ... USING faiss embeds every row)"
+  "${PSQL[@]}" -d "$DB" -c "SET semantic.threads = 2" -c "CREATE INDEX movies_plot_idx ON movies USING faiss (plot)"
+fi
 
 log "searching: romance and separation"
 "${PSQL[@]}" -d "$DB" -P pager=off <<'SQL'
-WITH q AS (SELECT embed('romance and separation') AS v)
-SELECT m.title, m.year, m.genre,
-       round((SELECT sum(a::float8 * b) FROM unnest(m.embedding, q.v) AS t(a, b))::numeric, 4) AS cosine
-FROM movies m, q
-ORDER BY cosine DESC
-LIMIT 5;
+SELECT rank, round(score::numeric, 4) AS score, "row"->>'title' AS title, "row"->>'year' AS year
+FROM semantic_search('romance and separation', 5);
 SQL
 
 echo

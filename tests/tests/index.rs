@@ -279,8 +279,11 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(top(&mut client, "SELECT id FROM b ORDER BY vec <=> '{0,1,0}' LIMIT 1"), vec![1]);
     client.batch_execute("INSERT INTO a VALUES (8, '{8,0,0}'); REINDEX INDEX a_vec").unwrap();
     assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![8, 7]);
+    client.batch_execute("INSERT INTO a VALUES (9, '{9,0,0}')").unwrap();
+    client.batch_execute("REINDEX INDEX CONCURRENTLY a_vec").unwrap();
+    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![9, 8, 7]);
     client.batch_execute("DROP INDEX a_vec").unwrap();
-    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![8, 7]);
+    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![9, 8, 7]);
     client.batch_execute("DROP TABLE b").unwrap();
 
     // An index built on an empty table learns its dimension from the first row.
@@ -438,4 +441,35 @@ fn a_model_changed_under_an_index_is_detected() {
     expect_error(&mut fresh, "INSERT INTO movies(title, plot) VALUES ('t', 'p')", &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "changed since index");
     fresh.batch_execute("REINDEX INDEX movies_plot").unwrap();
     assert_eq!(index_top(&mut fresh, "movies", "a haunted house", 3).len(), 3);
+}
+
+#[test]
+fn create_index_reports_progress() {
+    let (cluster, mut client) = setup("index_progress");
+    client
+        .batch_execute(
+            "CREATE TABLE docs (id int, body text);
+             INSERT INTO docs SELECT i, 'document ' || i || ' ' || repeat('about many things ', 40) FROM generate_series(1, 600) i;",
+        )
+        .unwrap();
+    let builder = std::thread::spawn({
+        let mut conn = cluster.connect();
+        move || conn.batch_execute("CREATE INDEX docs_body ON docs USING faiss (body)").unwrap()
+    });
+    let mut watcher = cluster.connect();
+    let mut seen = Vec::new();
+    while !builder.is_finished() {
+        for row in watcher
+            .query("SELECT phase, tuples_done, tuples_total FROM pg_stat_progress_create_index", &[])
+            .unwrap()
+        {
+            let phase: String = row.get(0);
+            if !seen.contains(&phase) {
+                seen.push(phase);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    builder.join().unwrap();
+    assert!(seen.iter().any(|p| p.contains("embedding rows")), "phases seen: {seen:?}");
 }
