@@ -15,6 +15,8 @@ pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static SCAN_CANDIDATES: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static IVF_NPROBE: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static MAX_CACHED_MODELS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static MAX_CACHED_INDEXES: GucSetting<i32> = GucSetting::<i32>::new(4);
 pub static EXECUTION_PROVIDER: GucSetting<ProviderSetting> =
     GucSetting::<ProviderSetting>::new(ProviderSetting::Cpu);
 
@@ -91,6 +93,26 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"semantic.max_cached_models",
+        c"Models a backend keeps loaded; the least recently used one is dropped beyond this.",
+        c"A loaded all-MiniLM-L6-v2 takes about 100 MB of backend memory.",
+        &MAX_CACHED_MODELS,
+        1,
+        100,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"semantic.max_cached_indexes",
+        c"faiss indexes a backend keeps in memory; the least recently used one is dropped beyond this.",
+        c"Each cached index holds its vectors (and graph) in backend memory.",
+        &MAX_CACHED_INDEXES,
+        1,
+        1000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"semantic.execution_provider",
         c"Where inference runs: cpu or cuda.",
@@ -132,6 +154,14 @@ pub fn execution_provider() -> ExecutionProvider {
         ProviderSetting::Cpu => ExecutionProvider::Cpu,
         ProviderSetting::Cuda => ExecutionProvider::Cuda,
     }
+}
+
+pub fn max_cached_models() -> usize {
+    MAX_CACHED_MODELS.get().max(1) as usize
+}
+
+pub fn max_cached_indexes() -> usize {
+    MAX_CACHED_INDEXES.get().max(1) as usize
 }
 
 pub fn scan_candidates() -> usize {

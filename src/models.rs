@@ -2,14 +2,13 @@
 //! reloaded when its files or the thread/provider settings change.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::{
     init_runtime, validate_model_name, Encoder, EncoderError, EncoderOptions, ExecutionProvider,
-    MANIFEST_FILE, MODEL_FILE,
+    Lru, MANIFEST_FILE, MODEL_FILE,
 };
 
 use crate::errors::{raise, raise_encoder_error};
@@ -44,7 +43,7 @@ impl LoadKey {
 
 thread_local! {
     // A backend is single-threaded; ONNX Runtime's own threads never touch this.
-    static CACHE: RefCell<HashMap<String, (LoadKey, Encoder)>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<Lru<String, (LoadKey, Encoder)>> = RefCell::new(Lru::default());
 }
 
 /// The model directory setting, or an error saying how to set it.
@@ -92,9 +91,11 @@ pub fn with_encoder<R>(name: &str, f: impl FnOnce(&mut Encoder) -> Result<R, Enc
     let key = LoadKey::current(&dir);
     let result = CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        let stale = cache.get(name).is_none_or(|(loaded, _)| *loaded != key);
+        let stale = cache
+            .get(&name.to_string())
+            .is_none_or(|(loaded, _)| *loaded != key);
         if stale {
-            cache.remove(name);
+            cache.remove(&name.to_string());
             ensure_runtime();
             let options = EncoderOptions {
                 threads: key.threads,
@@ -102,9 +103,9 @@ pub fn with_encoder<R>(name: &str, f: impl FnOnce(&mut Encoder) -> Result<R, Enc
                 ..EncoderOptions::default()
             };
             let encoder = Encoder::load(&dir, &options)?;
-            cache.insert(name.to_string(), (key, encoder));
+            cache.insert(name.to_string(), (key, encoder), gucs::max_cached_models());
         }
-        let (_, encoder) = cache.get_mut(name).expect("inserted above");
+        let (_, encoder) = cache.get_mut(&name.to_string()).expect("inserted above");
         f(encoder)
     });
     result.unwrap_or_else(|e| raise_encoder_error(e))
@@ -112,5 +113,5 @@ pub fn with_encoder<R>(name: &str, f: impl FnOnce(&mut Encoder) -> Result<R, Enc
 
 /// Whether model `name` is loaded in this backend.
 pub fn is_loaded(name: &str) -> bool {
-    CACHE.with(|cache| cache.borrow().contains_key(name))
+    CACHE.with(|cache| cache.borrow().contains_key(&name.to_string()))
 }

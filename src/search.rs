@@ -55,7 +55,9 @@ fn semantic_text_distance(document: &str, query: &str) -> f64 {
     // On a row a faiss index scan just returned (PostgreSQL evaluates the ORDER BY expression
     // again for it), the index's own distance: no embedding of the row, and the same value the
     // rows were ordered by.
-    if let Some(distance) = returned_row_distance(semantic_index::records::text_hash(document), query) {
+    if let Some(distance) =
+        returned_row_distance(semantic_index::records::text_hash(document), query)
+    {
         return distance;
     }
     let model = gucs::default_model();

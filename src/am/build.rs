@@ -39,7 +39,7 @@ fn progress(param: u32, value: i64) {
 
 /// Texts are embedded this many at a time while the table is scanned (length-sorted batches
 /// inside), so memory holds vectors, not the whole table's text.
-const EMBED_CHUNK: usize = 256;
+const EMBED_CHUNK: usize = 64;
 
 struct BuildState {
     meta: Meta,
@@ -104,13 +104,24 @@ unsafe extern "C-unwind" fn build_callback(
     match state.meta.kind {
         ColumnKind::Text => {
             let text = datum_text(*values);
-            state.pending_keys.push(RecordKey { block, offset, text_hash: text_hash(&text) });
+            state.pending_keys.push(RecordKey {
+                block,
+                offset,
+                text_hash: text_hash(&text),
+            });
             state.pending_texts.push(text);
             if state.pending_texts.len() >= EMBED_CHUNK {
                 state.flush_texts();
             }
         }
-        ColumnKind::Vector => state.push(&RecordKey { block, offset, text_hash: 0 }, datum_vector(*values)),
+        ColumnKind::Vector => state.push(
+            &RecordKey {
+                block,
+                offset,
+                text_hash: 0,
+            },
+            datum_vector(*values),
+        ),
     }
 }
 
@@ -185,7 +196,13 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
     };
     let mut index = VectorIndex::new(dim, &meta.factory, meta.metric.faiss_metric())
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), None));
+        .unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                e.to_string(),
+                None,
+            )
+        });
     if index.needs_training() {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_TRAINING);
         index.train(vectors).unwrap_or_else(|e| {
@@ -197,11 +214,19 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
         });
     }
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_ADDING);
-    if !ids.is_empty() {
+    // In slices, so that a cancelled statement stops between them (FAISS itself cannot be
+    // interrupted).
+    const ADD_SLICE: usize = 4096;
+    for (ids, vectors) in ids.chunks(ADD_SLICE).zip(vectors.chunks(ADD_SLICE * dim)) {
+        pg_sys::check_for_interrupts!();
         index.add(ids, vectors).unwrap_or_else(|e| internal(e));
     }
     let faiss = index.to_bytes().unwrap_or_else(|e| internal(e));
-    let hashes: &[u64] = if meta.kind == ColumnKind::Text { hashes } else { &[] };
+    let hashes: &[u64] = if meta.kind == ColumnKind::Text {
+        hashes
+    } else {
+        &[]
+    };
     encode_snapshot(&faiss, ids, hashes)
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
+use semantic_encoder::Lru;
 use semantic_index::layout::{decode_snapshot, ChainPos, ColumnKind, Meta, NO_BLOCK};
 use semantic_index::records::decode_records_into;
 use semantic_index::{tid_to_id, VectorIndex};
@@ -28,15 +29,20 @@ pub struct CachedIndex {
 }
 
 thread_local! {
-    static CACHE: RefCell<HashMap<pg_sys::Oid, CachedIndex>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<Lru<pg_sys::Oid, CachedIndex>> = RefCell::new(Lru::default());
 }
 
 fn index_error(e: impl std::fmt::Display) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, format!("faiss index: {e}"), Some("REINDEX the index."))
+    raise(
+        PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+        format!("faiss index: {e}"),
+        Some("REINDEX the index."),
+    )
 }
 
 fn empty_faiss(meta: &Meta) -> VectorIndex {
-    VectorIndex::new(meta.dim as usize, &meta.factory, meta.metric.faiss_metric()).unwrap_or_else(|e| index_error(e))
+    VectorIndex::new(meta.dim as usize, &meta.factory, meta.metric.faiss_metric())
+        .unwrap_or_else(|e| index_error(e))
 }
 
 /// The snapshot of `meta`'s generation, or None if it was rewritten while being read.
@@ -44,7 +50,10 @@ unsafe fn load(rel: pg_sys::Relation, meta: &Meta) -> Option<CachedIndex> {
     let (faiss, text_hashes) = if meta.snapshot_head != NO_BLOCK {
         let bytes = read_snapshot(rel, meta)?;
         let (faiss, hashes) = decode_snapshot(&bytes).unwrap_or_else(|e| index_error(e));
-        (Some(VectorIndex::from_bytes(faiss).unwrap_or_else(|e| index_error(e))), hashes.into_iter().collect())
+        (
+            Some(VectorIndex::from_bytes(faiss).unwrap_or_else(|e| index_error(e))),
+            hashes.into_iter().collect(),
+        )
     } else {
         ((meta.dim != 0).then(|| empty_faiss(meta)), HashMap::new())
     };
@@ -60,7 +69,10 @@ unsafe fn load(rel: pg_sys::Relation, meta: &Meta) -> Option<CachedIndex> {
 /// Adds the records appended since `cached.next`; false if the chain was rewritten meanwhile.
 unsafe fn catch_up(rel: pg_sys::Relation, meta: &Meta, cached: &mut CachedIndex) -> bool {
     let from = if cached.next.block == NO_BLOCK {
-        ChainPos { block: meta.records_head, slot: 0 }
+        ChainPos {
+            block: meta.records_head,
+            slot: 0,
+        }
     } else {
         cached.next
     };
@@ -73,13 +85,17 @@ unsafe fn catch_up(rel: pg_sys::Relation, meta: &Meta, cached: &mut CachedIndex)
     let read = read_records(rel, from, meta.generation, dim, |bytes| {
         decode_records_into(bytes, dim, &mut keys, &mut vectors);
     });
-    let ChainRead::Done(end) = read else { return false };
+    let ChainRead::Done(end) = read else {
+        return false;
+    };
     if !keys.is_empty() {
         let ids: Vec<i64> = keys.iter().map(|k| tid_to_id(k.block, k.offset)).collect();
         let faiss = cached.faiss.get_or_insert_with(|| empty_faiss(meta));
         faiss.add(&ids, &vectors).unwrap_or_else(|e| index_error(e));
         if meta.kind == ColumnKind::Text {
-            cached.text_hashes.extend(ids.iter().zip(&keys).map(|(&id, k)| (id, k.text_hash)));
+            cached
+                .text_hashes
+                .extend(ids.iter().zip(&keys).map(|(&id, k)| (id, k.text_hash)));
         }
     }
     cached.next = end;
@@ -94,11 +110,13 @@ pub unsafe fn with_index<R>(rel: pg_sys::Relation, f: impl FnOnce(&CachedIndex, 
         let meta = read_meta(rel);
         let ready = CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let current = cache.get(&oid).is_some_and(|c| c.relfilenode == relfilenode && c.generation == meta.generation);
+            let current = cache
+                .get(&oid)
+                .is_some_and(|c| c.relfilenode == relfilenode && c.generation == meta.generation);
             if !current {
                 cache.remove(&oid);
                 match load(rel, &meta) {
-                    Some(cached) => cache.insert(oid, cached),
+                    Some(cached) => cache.insert(oid, cached, crate::gucs::max_cached_indexes()),
                     None => return false,
                 };
             }
@@ -110,14 +128,29 @@ pub unsafe fn with_index<R>(rel: pg_sys::Relation, f: impl FnOnce(&CachedIndex, 
             true
         });
         if ready {
-            return CACHE.with(|cache| f(cache.borrow().get(&oid).expect("made ready above"), &meta));
+            return CACHE
+                .with(|cache| f(cache.borrow().get(&oid).expect("made ready above"), &meta));
         }
         // The index was rewritten while we read it: read the new metapage.
     }
-    raise(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, "faiss index kept changing while being read", Some("Retry the query."))
+    raise(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        "faiss index kept changing while being read",
+        Some("Retry the query."),
+    )
 }
 
 /// Forgets the cached index of `oid` (its relation was rebuilt).
 pub fn forget(oid: pg_sys::Oid) {
     CACHE.with(|cache| cache.borrow_mut().remove(&oid));
+}
+
+/// Vectors in this backend's cached FAISS copy of `oid`, if it holds one.
+pub fn cached_vectors(oid: pg_sys::Oid) -> Option<usize> {
+    CACHE.with(|cache| {
+        cache
+            .borrow()
+            .get(&oid)
+            .map(|c| c.faiss.as_ref().map_or(0, |f| f.len()))
+    })
 }

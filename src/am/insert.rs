@@ -31,14 +31,27 @@ pub unsafe extern "C-unwind" fn aminsert(
     let (vectors, key) = match meta.kind {
         ColumnKind::Text => {
             let text = datum_text(*values);
-            let key = RecordKey { block, offset, text_hash: text_hash(&text) };
-            let vectors = embed_passages(&meta, &relation_name(index), &[text]).pop().unwrap_or_default();
+            let key = RecordKey {
+                block,
+                offset,
+                text_hash: text_hash(&text),
+            };
+            let vectors = embed_passages(&meta, &relation_name(index), &[text])
+                .pop()
+                .unwrap_or_default();
             (vectors, key)
         }
         ColumnKind::Vector => {
             let v = datum_vector(*values);
             check_dimension(v.len());
-            (vec![v], RecordKey { block, offset, text_hash: 0 })
+            (
+                vec![v],
+                RecordKey {
+                    block,
+                    offset,
+                    text_hash: 0,
+                },
+            )
         }
     };
     let mut guard = MetaGuard::lock(index);

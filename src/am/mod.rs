@@ -77,7 +77,8 @@ CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
     requires = [faiss_amhandler, "semantic_operators"]
 );
 
-/// What a faiss index holds: its model and settings, sizes and free space.
+/// What a faiss index holds: its model and settings, sizes and free space, and how many
+/// vectors this backend's cached FAISS copy holds (NULL when it holds none).
 #[pg_extern(stable, strict)]
 fn semantic_index_info(
     index: pgrx::PgRelation,
@@ -95,6 +96,7 @@ fn semantic_index_info(
         name!(generation, i64),
         name!(pages, i64),
         name!(free_pages, i64),
+        name!(cached_vectors, Option<i64>),
     ),
 > {
     unsafe {
@@ -122,6 +124,7 @@ fn semantic_index_info(
             meta.generation as i64,
             i64::from(pages),
             meta.free_blocks() as i64,
+            cache::cached_vectors((*rel).rd_id).map(|n| n as i64),
         ))
     }
 }

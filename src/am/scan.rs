@@ -53,15 +53,25 @@ thread_local! {
 /// The index distance of the row a scan just returned, when `text_hash`/`query` are that row's
 /// text and the scan's query.
 pub fn returned_row_distance(text_hash: u64, query: &str) -> Option<f64> {
-    RETURNED.with(|r| r.borrow().as_ref().filter(|r| r.text_hash == text_hash && r.query == query).map(|r| r.distance))
+    RETURNED.with(|r| {
+        r.borrow()
+            .as_ref()
+            .filter(|r| r.text_hash == text_hash && r.query == query)
+            .map(|r| r.distance)
+    })
 }
 
 #[pg_guard]
-pub unsafe extern "C-unwind" fn ambeginscan(index: pg_sys::Relation, nkeys: i32, norderbys: i32) -> pg_sys::IndexScanDesc {
+pub unsafe extern "C-unwind" fn ambeginscan(
+    index: pg_sys::Relation,
+    nkeys: i32,
+    norderbys: i32,
+) -> pg_sys::IndexScanDesc {
     let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
     // The executor reads the distances of returned rows from here; the AM allocates them.
     let n = norderbys.max(1) as usize;
-    (*scan).xs_orderbyvals = pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
+    (*scan).xs_orderbyvals =
+        pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
     (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
     std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
     let state = Box::new(ScanState {
@@ -94,7 +104,11 @@ pub unsafe extern "C-unwind" fn amrescan(
     state.query_text = None;
     state.exhausted = true;
     if (*scan).numberOfOrderBys < 1 {
-        raise(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, "faiss indexes only answer ORDER BY column <=> query", None);
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "faiss indexes only answer ORDER BY column <=> query",
+            None,
+        );
     }
     let key = &*(*scan).orderByData;
     if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
@@ -112,25 +126,35 @@ pub unsafe extern "C-unwind" fn amrescan(
 
 unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
     let query = state.query.as_ref().expect("searching needs a query");
-    let params = SearchParams { ef_search: gucs::hnsw_ef_search().max(state.k), nprobe: gucs::ivf_nprobe() };
+    let params = SearchParams {
+        ef_search: gucs::hnsw_ef_search().max(state.k),
+        nprobe: gucs::ivf_nprobe(),
+    };
     let k = state.k;
     let returned = &state.returned;
     let (found, total, candidates) = with_index(index, |cached, meta| {
-        let Some(faiss) = cached.faiss.as_ref() else { return (0, 0, Vec::new()) };
+        let Some(faiss) = cached.faiss.as_ref() else {
+            return (0, 0, Vec::new());
+        };
         let hits = faiss.search(query, k, &params).unwrap_or_else(|e| {
-            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("faiss search failed: {e}"), None)
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("faiss search failed: {e}"),
+                None,
+            )
         });
         // Chunks share their row's TID: keep each row's best chunk.
         let metric = meta.metric;
-        let candidates: Vec<Candidate> = best_per_id(hits.iter().copied(), metric.faiss_metric(), hits.len())
-            .into_iter()
-            .filter(|(id, _)| !returned.contains(id))
-            .map(|(id, score)| Candidate {
-                id,
-                distance: metric.distance(score),
-                text_hash: cached.text_hashes.get(&id).copied(),
-            })
-            .collect();
+        let candidates: Vec<Candidate> =
+            best_per_id(hits.iter().copied(), metric.faiss_metric(), hits.len())
+                .into_iter()
+                .filter(|(id, _)| !returned.contains(id))
+                .map(|(id, score)| Candidate {
+                    id,
+                    distance: metric.distance(score),
+                    text_hash: cached.text_hashes.get(&id).copied(),
+                })
+                .collect();
         (hits.len(), faiss.len(), candidates)
     });
     state.pending.extend(candidates);
@@ -139,7 +163,10 @@ unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
 }
 
 #[pg_guard]
-pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _direction: pg_sys::ScanDirection::Type) -> bool {
+pub unsafe extern "C-unwind" fn amgettuple(
+    scan: pg_sys::IndexScanDesc,
+    _direction: pg_sys::ScanDirection::Type,
+) -> bool {
     let state = &mut *((*scan).opaque as *mut ScanState);
     if state.query.is_none() {
         return false;
@@ -159,7 +186,11 @@ pub unsafe extern "C-unwind" fn amgettuple(scan: pg_sys::IndexScanDesc, _directi
             *(*scan).xs_orderbyvals = candidate.distance.into_datum().expect("a float8 datum");
             *(*scan).xs_orderbynulls = false;
             let returned = match (&state.query_text, candidate.text_hash) {
-                (Some(query), Some(text_hash)) => Some(ReturnedRow { query: query.clone(), text_hash, distance: candidate.distance }),
+                (Some(query), Some(text_hash)) => Some(ReturnedRow {
+                    query: query.clone(),
+                    text_hash,
+                    distance: candidate.distance,
+                }),
                 _ => None,
             };
             RETURNED.with(|r| *r.borrow_mut() = returned);

@@ -103,7 +103,12 @@ pub fn embed_passages(meta: &Meta, index_name: &str, texts: &[String]) -> Vec<Ve
                 .collect::<Result<_, _>>()?,
         };
         let flat: Vec<Vec<u32>> = windows.iter().flatten().cloned().collect();
-        let mut vectors = encoder.encode_token_ids(&flat)?.into_iter();
+        let check_interrupts = || {
+            pgrx::pg_sys::check_for_interrupts!();
+        };
+        let mut vectors = encoder
+            .encode_token_ids_with(&flat, check_interrupts)?
+            .into_iter();
         Ok(windows
             .iter()
             .map(|w| {

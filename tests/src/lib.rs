@@ -44,6 +44,12 @@ pub fn env() -> &'static Env {
     })
 }
 
+/// Long variants of the reliability tests (60 s of concurrency instead of 15, and so on):
+/// set SEMANTIC_FULL_TESTS=1.
+pub fn full_tests() -> bool {
+    std::env::var_os("SEMANTIC_FULL_TESTS").is_some_and(|v| v == "1")
+}
+
 /// `../shared` beside the checkout, when present (tests that need it skip without it).
 pub fn shared_dir() -> Option<PathBuf> {
     let dir = env().repo.join("../shared");
@@ -189,6 +195,73 @@ impl Cluster {
         };
         cluster.pg_ctl(&["start", "-w", "-t", "60"])?;
         Ok(cluster)
+    }
+
+    /// Starts a streaming standby of this cluster (pg_basebackup -R), named `name`.
+    pub fn start_standby(&self, name: &str) -> Cluster {
+        let data = test_root().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        run(Command::new("chmod").arg("700").arg(&data)).unwrap();
+        chown_postgres(&data).unwrap();
+        run(server_command(&env().bin_dir.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .arg("-D")
+            .arg(&data))
+        .unwrap_or_else(|e| panic!("pg_basebackup failed: {e:#}"));
+        let port = free_port();
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\n",
+            data.display()
+        ));
+        std::fs::write(&conf_path, text).unwrap();
+        let _ = std::fs::remove_file(data.join("server.log"));
+        let standby = Cluster {
+            data,
+            port,
+            name: name.to_string(),
+        };
+        standby.pg_ctl(&["start", "-w", "-t", "60"]).unwrap();
+        standby
+    }
+
+    /// Kills the postmaster and every server process with SIGKILL at once, as a machine or
+    /// OOM-killer crash would.
+    pub fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_string();
+        let children = Command::new("pgrep").args(["-P", &pid]).output().unwrap();
+        let mut pids = vec![pid];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        run(Command::new("kill").arg("-9").args(&pids)).unwrap();
+        // Wait until they are gone, so a restart does not find their shared memory.
+        for _ in 0..100 {
+            let alive = pids
+                .iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     pub fn pg_ctl(&self, args: &[&str]) -> Result<()> {

@@ -29,7 +29,10 @@ fn committed_rows_survive_an_immediate_stop_during_inserts() {
         .unwrap();
     for i in 0..10 {
         client
-            .execute("INSERT INTO docs VALUES ($1, $2)", &[&i, &format!("document number {i} about topic {}", i * 17)])
+            .execute(
+                "INSERT INTO docs VALUES ($1, $2)",
+                &[&i, &format!("document number {i} about topic {}", i * 17)],
+            )
             .unwrap();
     }
 
@@ -64,13 +67,28 @@ fn committed_rows_survive_an_immediate_stop_during_inserts() {
 
     let mut client = cluster.connect();
     let committed = committed.lock().unwrap().clone();
-    assert!(committed.len() > 50, "the writers committed rows before the stop ({})", committed.len());
-    let in_table: HashSet<i32> = client.query("SELECT id FROM v", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-    assert!(committed.is_subset(&in_table), "a committed row is missing from the table");
+    assert!(
+        committed.len() > 50,
+        "the writers committed rows before the stop ({})",
+        committed.len()
+    );
+    let in_table: HashSet<i32> = client
+        .query("SELECT id FROM v", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        committed.is_subset(&in_table),
+        "a committed row is missing from the table"
+    );
     client.batch_execute("SET enable_seqscan = off").unwrap();
     // Every row of the table, committed rows included, is found through the index exactly.
     let via_index: HashSet<i32> = client
-        .query("SELECT id FROM v ORDER BY vec <=> '{0,0,0}' LIMIT 1000000", &[])
+        .query(
+            "SELECT id FROM v ORDER BY vec <=> '{0,0,0}' LIMIT 1000000",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -78,16 +96,28 @@ fn committed_rows_survive_an_immediate_stop_during_inserts() {
     assert_eq!(via_index, in_table);
     for &id in committed.iter().take(200) {
         let top: i32 = client
-            .query_one("SELECT id FROM v ORDER BY vec <=> $1 LIMIT 1", &[&vector_of(id)])
+            .query_one(
+                "SELECT id FROM v ORDER BY vec <=> $1 LIMIT 1",
+                &[&vector_of(id)],
+            )
             .unwrap()
             .get(0);
         assert_eq!(top, id);
     }
     let docs: i64 = client
-        .query_one("SELECT count(*) FROM (SELECT id FROM docs ORDER BY body <=> 'topic' LIMIT 100) s", &[])
+        .query_one(
+            "SELECT count(*) FROM (SELECT id FROM docs ORDER BY body <=> 'topic' LIMIT 100) s",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(docs, 10, "text rows inserted after the build survive too");
-    let top: i32 = client.query_one("SELECT id FROM docs ORDER BY body <=> 'document number 7 about topic 119' LIMIT 1", &[]).unwrap().get(0);
+    let top: i32 = client
+        .query_one(
+            "SELECT id FROM docs ORDER BY body <=> 'document number 7 about topic 119' LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(top, 7);
 }

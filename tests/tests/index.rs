@@ -59,7 +59,10 @@ fn exact_top(client: &mut Client, table: &str, query: &str, k: i64) -> Vec<i32> 
 
 fn index_top(client: &mut Client, table: &str, query: &str, k: i64) -> Vec<i32> {
     client
-        .query(&format!("SELECT id FROM {table} ORDER BY plot <=> $1 LIMIT $2"), &[&query, &k])
+        .query(
+            &format!("SELECT id FROM {table} ORDER BY plot <=> $1 LIMIT $2"),
+            &[&query, &k],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -71,23 +74,50 @@ fn recall(found: &[i32], exact: &[i32]) -> f64 {
 }
 
 fn uses_index(client: &mut Client, sql: &str, index: &str) {
-    let plan: Vec<String> = client.query(&format!("EXPLAIN {sql}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {sql}"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains(&format!("Index Scan using {index}")), "plan does not use {index}:\n{plan}");
+    assert!(
+        plan.contains(&format!("Index Scan using {index}")),
+        "plan does not use {index}:\n{plan}"
+    );
 }
 
 #[test]
 fn flat_equals_brute_force_and_approximate_factories_reach_recall() {
     let (_cluster, mut client) = setup("index_exact");
     load_demo(&mut client);
-    client.batch_execute("ALTER TABLE movies ADD COLUMN emb real[]; UPDATE movies SET emb = embed(plot)").unwrap();
-    client.batch_execute("CREATE INDEX movies_flat ON movies USING faiss (plot)").unwrap();
-    uses_index(&mut client, "SELECT id FROM movies ORDER BY plot <=> 'x' LIMIT 10", "movies_flat");
+    client
+        .batch_execute(
+            "ALTER TABLE movies ADD COLUMN emb real[]; UPDATE movies SET emb = embed(plot)",
+        )
+        .unwrap();
+    client
+        .batch_execute("CREATE INDEX movies_flat ON movies USING faiss (plot)")
+        .unwrap();
+    uses_index(
+        &mut client,
+        "SELECT id FROM movies ORDER BY plot <=> 'x' LIMIT 10",
+        "movies_flat",
+    );
     for q in QUERIES {
-        assert_eq!(index_top(&mut client, "movies", q, 10), exact_top(&mut client, "movies", q, 10), "{q}");
+        assert_eq!(
+            index_top(&mut client, "movies", q, 10),
+            exact_top(&mut client, "movies", q, 10),
+            "{q}"
+        );
     }
     // The scores semantic_search reports are the exact cosine similarities.
-    let rows = client.query("SELECT rank, score, (\"row\"->>'id')::int FROM semantic_search('a haunted house', 5)", &[]).unwrap();
+    let rows = client
+        .query(
+            "SELECT rank, score, (\"row\"->>'id')::int FROM semantic_search('a haunted house', 5)",
+            &[],
+        )
+        .unwrap();
     assert_eq!(rows.len(), 5);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row.get::<_, i64>(0), i as i64 + 1);
@@ -99,17 +129,25 @@ fn flat_equals_brute_force_and_approximate_factories_reach_recall() {
             )
             .unwrap()
             .get(0);
-        assert!((row.get::<_, f64>(1) - exact).abs() < 1e-4, "score of row {id}");
+        assert!(
+            (row.get::<_, f64>(1) - exact).abs() < 1e-4,
+            "score of row {id}"
+        );
     }
     client.batch_execute("DROP INDEX movies_flat").unwrap();
 
     for (factory, name) in [("HNSW32", "movies_hnsw"), ("IVF4,Flat", "movies_ivf")] {
         client
-            .batch_execute(&format!("CREATE INDEX {name} ON movies USING faiss (plot) WITH (factory = '{factory}')"))
+            .batch_execute(&format!(
+                "CREATE INDEX {name} ON movies USING faiss (plot) WITH (factory = '{factory}')"
+            ))
             .unwrap();
         let mut total = 0.0;
         for q in QUERIES {
-            total += recall(&index_top(&mut client, "movies", q, 10), &exact_top(&mut client, "movies", q, 10));
+            total += recall(
+                &index_top(&mut client, "movies", q, 10),
+                &exact_top(&mut client, "movies", q, 10),
+            );
         }
         let r = total / QUERIES.len() as f64;
         assert!(r >= 0.95, "{factory}: recall@10 {r}");
@@ -132,7 +170,9 @@ fn flat_equals_brute_force_on_the_movies_subset() {
         )
         .unwrap();
     let csv = std::fs::read(shared.join("data/movies/wiki_movie_plots_subset.csv")).unwrap();
-    let mut writer = client.copy_in("COPY wiki FROM STDIN WITH (FORMAT csv, HEADER true)").unwrap();
+    let mut writer = client
+        .copy_in("COPY wiki FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .unwrap();
     writer.write_all(&csv).unwrap();
     writer.finish().unwrap();
     // 300 plots keep the test within a minute on two cores (each plot is embedded twice).
@@ -145,7 +185,11 @@ fn flat_equals_brute_force_on_the_movies_subset() {
         )
         .unwrap();
     for q in QUERIES {
-        assert_eq!(index_top(&mut client, "films", q, 10), exact_top(&mut client, "films", q, 10), "{q}");
+        assert_eq!(
+            index_top(&mut client, "films", q, 10),
+            exact_top(&mut client, "films", q, 10),
+            "{q}"
+        );
     }
 }
 
@@ -153,18 +197,42 @@ fn flat_equals_brute_force_on_the_movies_subset() {
 fn rows_follow_inserts_updates_deletes_and_vacuum() {
     let (cluster, mut client) = setup("index_changes");
     load_demo(&mut client);
-    client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot)").unwrap();
+    client
+        .batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot)")
+        .unwrap();
     let q = "an astronaut grows tomatoes on the moon";
     let plot = "Stranded at a lunar base, an astronaut keeps herself alive by growing tomatoes in moon dust.";
 
     // Inserted after the build: found at once from another session, after commit only.
     let mut other = cluster.connect();
     let mut tx = client.transaction().unwrap();
-    tx.execute("INSERT INTO movies(title, genre, plot) VALUES ('Moon Garden', 'drama', $1)", &[&plot]).unwrap();
-    let seen: Vec<String> = other.query("SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1", &[&q]).unwrap().iter().map(|r| r.get(0)).collect();
-    assert_ne!(seen, vec!["Moon Garden".to_string()], "uncommitted row visible");
+    tx.execute(
+        "INSERT INTO movies(title, genre, plot) VALUES ('Moon Garden', 'drama', $1)",
+        &[&plot],
+    )
+    .unwrap();
+    let seen: Vec<String> = other
+        .query(
+            "SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1",
+            &[&q],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_ne!(
+        seen,
+        vec!["Moon Garden".to_string()],
+        "uncommitted row visible"
+    );
     tx.commit().unwrap();
-    let top: String = other.query_one("SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1", &[&q]).unwrap().get(0);
+    let top: String = other
+        .query_one(
+            "SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1",
+            &[&q],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(top, "Moon Garden");
 
     // Rolled back: never appears.
@@ -172,7 +240,10 @@ fn rows_follow_inserts_updates_deletes_and_vacuum() {
     tx.execute("INSERT INTO movies(title, genre, plot) VALUES ('Ghost Row', 'drama', 'A ghost row about penguins skiing down a volcano.')", &[]).unwrap();
     tx.rollback().unwrap();
     let titles: Vec<String> = other
-        .query("SELECT title FROM movies ORDER BY plot <=> 'penguins skiing down a volcano' LIMIT 5", &[])
+        .query(
+            "SELECT title FROM movies ORDER BY plot <=> 'penguins skiing down a volcano' LIMIT 5",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -183,17 +254,34 @@ fn rows_follow_inserts_updates_deletes_and_vacuum() {
     client
         .execute("UPDATE movies SET plot = 'A submarine crew befriends a giant squid in the deep ocean.' WHERE title = 'Moon Garden'", &[])
         .unwrap();
-    let top: String = other.query_one("SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1", &[&q]).unwrap().get(0);
+    let top: String = other
+        .query_one(
+            "SELECT title FROM movies ORDER BY plot <=> $1 LIMIT 1",
+            &[&q],
+        )
+        .unwrap()
+        .get(0);
     assert_ne!(top, "Moon Garden");
-    let top: String = other.query_one("SELECT title FROM movies ORDER BY plot <=> 'friendship with a giant squid' LIMIT 1", &[]).unwrap().get(0);
+    let top: String = other
+        .query_one(
+            "SELECT title FROM movies ORDER BY plot <=> 'friendship with a giant squid' LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(top, "Moon Garden");
 
     // DELETE + VACUUM: never returned, and the space is reused.
-    client.batch_execute("DELETE FROM movies WHERE title = 'Moon Garden'").unwrap();
+    client
+        .batch_execute("DELETE FROM movies WHERE title = 'Moon Garden'")
+        .unwrap();
     client.batch_execute("VACUUM movies").unwrap();
     let n: i64 = other.query_one("SELECT count(*) FROM (SELECT title FROM movies ORDER BY plot <=> 'friendship with a giant squid' LIMIT 100) s WHERE title = 'Moon Garden'", &[]).unwrap().get(0);
     assert_eq!(n, 0);
-    let rows: i64 = client.query_one("SELECT rows FROM semantic_index_info('movies_plot')", &[]).unwrap().get(0);
+    let rows: i64 = client
+        .query_one("SELECT rows FROM semantic_index_info('movies_plot')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 80);
 
     let mut sizes = Vec::new();
@@ -205,15 +293,33 @@ fn rows_follow_inserts_updates_deletes_and_vacuum() {
             ))
             .unwrap();
         client.batch_execute("VACUUM movies").unwrap();
-        let pages: i64 = client.query_one("SELECT pages FROM semantic_index_info('movies_plot')", &[]).unwrap().get(0);
+        let pages: i64 = client
+            .query_one("SELECT pages FROM semantic_index_info('movies_plot')", &[])
+            .unwrap()
+            .get(0);
         sizes.push(pages);
     }
     let settled = sizes[3];
-    assert!(sizes[4..].iter().all(|&p| p <= settled + 2), "index keeps growing: {sizes:?}");
+    assert!(
+        sizes[4..].iter().all(|&p| p <= settled + 2),
+        "index keeps growing: {sizes:?}"
+    );
     // Still exact after the cycles.
-    let count: i64 = client.query_one("SELECT count(*) FROM movies", &[]).unwrap().get(0);
-    let found: i64 = client.query_one("SELECT count(*) FROM (SELECT id FROM movies ORDER BY plot <=> 'a dog' LIMIT 1000) s", &[]).unwrap().get(0);
-    assert_eq!(found, count, "every live row is reachable through the index");
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM movies", &[])
+        .unwrap()
+        .get(0);
+    let found: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT id FROM movies ORDER BY plot <=> 'a dog' LIMIT 1000) s",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found, count,
+        "every live row is reachable through the index"
+    );
 }
 
 #[test]
@@ -221,7 +327,10 @@ fn filters_get_k_rows_by_searching_deeper() {
     let (_cluster, mut client) = setup("index_filters");
     load_demo(&mut client);
     client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot); SET semantic.scan_candidates = 3").unwrap();
-    let comedies: i64 = client.query_one("SELECT count(*) FROM movies WHERE genre = 'comedy'", &[]).unwrap().get(0);
+    let comedies: i64 = client
+        .query_one("SELECT count(*) FROM movies WHERE genre = 'comedy'", &[])
+        .unwrap()
+        .get(0);
     assert!(comedies >= 10);
     let rows = client
         .query("SELECT title FROM movies WHERE genre = 'comedy' ORDER BY plot <=> 'survival in the arctic' LIMIT 10", &[])
@@ -239,9 +348,16 @@ fn filters_get_k_rows_by_searching_deeper() {
              SET enable_seqscan = off; -- 310 rows: the planner would rather sort them",
         )
         .unwrap();
-    uses_index(&mut client, "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10", "v_vec");
+    uses_index(
+        &mut client,
+        "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10",
+        "v_vec",
+    );
     let ids: Vec<i32> = client
-        .query("SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10", &[])
+        .query(
+            "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -262,36 +378,122 @@ fn real_array_indexes_and_table_lifecycle() {
              CREATE INDEX b_vec ON b USING faiss (vec) WITH (factory = 'HNSW16');",
         )
         .unwrap();
-    let top = |c: &mut Client, sql: &str| -> Vec<i32> { c.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect() };
-    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 3"), vec![10, 11, 9]);
-    assert_eq!(top(&mut client, "SELECT id FROM b ORDER BY vec <=> '{0,40.1,0}' LIMIT 2"), vec![40, 41]);
+    let top = |c: &mut Client, sql: &str| -> Vec<i32> {
+        c.query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 3"
+        ),
+        vec![10, 11, 9]
+    );
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM b ORDER BY vec <=> '{0,40.1,0}' LIMIT 2"
+        ),
+        vec![40, 41]
+    );
     // Index distances are the operator's (L2 for real[]).
-    let d: f64 = client.query_one("SELECT vec <=> '{10.2,0,0}' FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 1", &[]).unwrap().get(0);
+    let d: f64 = client
+        .query_one(
+            "SELECT vec <=> '{10.2,0,0}' FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!((d - 0.2).abs() < 1e-5);
 
-    expect_error(&mut client, "SELECT id FROM a ORDER BY vec <=> '{1,2}' LIMIT 1", &SqlState::DATA_EXCEPTION, "3 dimensions");
-    expect_error(&mut client, "INSERT INTO a VALUES (99, '{1,2,3,4}')", &SqlState::DATA_EXCEPTION, "3 dimensions");
-    expect_error(&mut client, "INSERT INTO a VALUES (99, '{1,NULL,3}')", &SqlState::NULL_VALUE_NOT_ALLOWED, "NULL");
+    expect_error(
+        &mut client,
+        "SELECT id FROM a ORDER BY vec <=> '{1,2}' LIMIT 1",
+        &SqlState::DATA_EXCEPTION,
+        "3 dimensions",
+    );
+    expect_error(
+        &mut client,
+        "INSERT INTO a VALUES (99, '{1,2,3,4}')",
+        &SqlState::DATA_EXCEPTION,
+        "3 dimensions",
+    );
+    expect_error(
+        &mut client,
+        "INSERT INTO a VALUES (99, '{1,NULL,3}')",
+        &SqlState::NULL_VALUE_NOT_ALLOWED,
+        "NULL",
+    );
 
     // TRUNCATE empties, inserts work again; REINDEX rebuilds; the other table is untouched.
-    client.batch_execute("TRUNCATE a; INSERT INTO a VALUES (7, '{7,0,0}')").unwrap();
-    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{1,0,0}' LIMIT 5"), vec![7]);
-    assert_eq!(top(&mut client, "SELECT id FROM b ORDER BY vec <=> '{0,1,0}' LIMIT 1"), vec![1]);
-    client.batch_execute("INSERT INTO a VALUES (8, '{8,0,0}'); REINDEX INDEX a_vec").unwrap();
-    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![8, 7]);
-    client.batch_execute("INSERT INTO a VALUES (9, '{9,0,0}')").unwrap();
-    client.batch_execute("REINDEX INDEX CONCURRENTLY a_vec").unwrap();
-    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![9, 8, 7]);
+    client
+        .batch_execute("TRUNCATE a; INSERT INTO a VALUES (7, '{7,0,0}')")
+        .unwrap();
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM a ORDER BY vec <=> '{1,0,0}' LIMIT 5"
+        ),
+        vec![7]
+    );
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM b ORDER BY vec <=> '{0,1,0}' LIMIT 1"
+        ),
+        vec![1]
+    );
+    client
+        .batch_execute("INSERT INTO a VALUES (8, '{8,0,0}'); REINDEX INDEX a_vec")
+        .unwrap();
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"
+        ),
+        vec![8, 7]
+    );
+    client
+        .batch_execute("INSERT INTO a VALUES (9, '{9,0,0}')")
+        .unwrap();
+    client
+        .batch_execute("REINDEX INDEX CONCURRENTLY a_vec")
+        .unwrap();
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"
+        ),
+        vec![9, 8, 7]
+    );
     client.batch_execute("DROP INDEX a_vec").unwrap();
-    assert_eq!(top(&mut client, "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"), vec![9, 8, 7]);
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"
+        ),
+        vec![9, 8, 7]
+    );
     client.batch_execute("DROP TABLE b").unwrap();
 
     // An index built on an empty table learns its dimension from the first row.
     client
         .batch_execute("CREATE TABLE e (id int, vec real[]); CREATE INDEX e_vec ON e USING faiss (vec); INSERT INTO e VALUES (1, '{1,1}'), (2, '{5,5}')")
         .unwrap();
-    assert_eq!(top(&mut client, "SELECT id FROM e ORDER BY vec <=> '{4,4}' LIMIT 2"), vec![2, 1]);
-    let dim: i32 = client.query_one("SELECT dimension FROM semantic_index_info('e_vec')", &[]).unwrap().get(0);
+    assert_eq!(
+        top(
+            &mut client,
+            "SELECT id FROM e ORDER BY vec <=> '{4,4}' LIMIT 2"
+        ),
+        vec![2, 1]
+    );
+    let dim: i32 = client
+        .query_one("SELECT dimension FROM semantic_index_info('e_vec')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(dim, 2);
 }
 
@@ -299,20 +501,33 @@ fn expect_error(client: &mut Client, sql: &str, state: &SqlState, message_part: 
     let err = client.batch_execute(sql).expect_err(sql);
     let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
     assert_eq!(db.code(), state, "{sql}: {}", db.message());
-    assert!(db.message().contains(message_part), "{sql}: {:?} lacks {message_part:?}", db.message());
+    assert!(
+        db.message().contains(message_part),
+        "{sql}: {:?} lacks {message_part:?}",
+        db.message()
+    );
 }
 
 #[test]
 fn long_texts_as_chunks_find_late_passages_once_per_row() {
     let (_cluster, mut client) = setup("index_chunks");
-    let filler = "The committee met again to discuss the annual budget and the parking rules. ".repeat(40);
-    let late = format!("{filler} At the very end, a lighthouse keeper rescues a whale trapped in fishing nets.");
+    let filler =
+        "The committee met again to discuss the annual budget and the parking rules. ".repeat(40);
+    let late = format!(
+        "{filler} At the very end, a lighthouse keeper rescues a whale trapped in fishing nets."
+    );
     client
-        .batch_execute("CREATE TABLE docs (id int, body text); CREATE TABLE docs2 (id int, body text)")
+        .batch_execute(
+            "CREATE TABLE docs (id int, body text); CREATE TABLE docs2 (id int, body text)",
+        )
         .unwrap();
     for table in ["docs", "docs2"] {
-        client.execute(&format!("INSERT INTO {table} VALUES (1, $1)"), &[&late]).unwrap();
-        client.execute(&format!("INSERT INTO {table} VALUES (2, $1)"), &[&filler]).unwrap();
+        client
+            .execute(&format!("INSERT INTO {table} VALUES (1, $1)"), &[&late])
+            .unwrap();
+        client
+            .execute(&format!("INSERT INTO {table} VALUES (2, $1)"), &[&filler])
+            .unwrap();
         client
             .execute(&format!("INSERT INTO {table} VALUES (3, 'A chef opens a noodle bar in a quiet mountain town.')"), &[])
             .unwrap();
@@ -325,23 +540,40 @@ fn long_texts_as_chunks_find_late_passages_once_per_row() {
         )
         .unwrap();
     let q = "lighthouse keeper saves a whale";
-    let chunked: Vec<i32> = client.query("SELECT id FROM docs ORDER BY body <=> $1 LIMIT 3", &[&q]).unwrap().iter().map(|r| r.get(0)).collect();
+    let chunked: Vec<i32> = client
+        .query("SELECT id FROM docs ORDER BY body <=> $1 LIMIT 3", &[&q])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(chunked[0], 1, "the late passage is found with chunks");
     assert_eq!(chunked.len(), 3, "each row once: {chunked:?}");
     let mut sorted = chunked.clone();
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), 3, "no duplicate rows: {chunked:?}");
-    let vectors: i64 = client.query_one("SELECT vectors FROM semantic_index_info('docs_chunks')", &[]).unwrap().get(0);
+    let vectors: i64 = client
+        .query_one(
+            "SELECT vectors FROM semantic_index_info('docs_chunks')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(vectors > 3, "long rows have several vectors ({vectors})");
     // Truncated, the whale is past the model's limit: rows 1 and 2 look the same.
     let d: Vec<f64> = client
-        .query("SELECT body <=> $1 FROM docs2 WHERE id IN (1, 2) ORDER BY id", &[&q])
+        .query(
+            "SELECT body <=> $1 FROM docs2 WHERE id IN (1, 2) ORDER BY id",
+            &[&q],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!((d[0] - d[1]).abs() < 1e-6, "truncation ignores the end: {d:?}");
+    assert!(
+        (d[0] - d[1]).abs() < 1e-6,
+        "truncation ignores the end: {d:?}"
+    );
 }
 
 #[test]
@@ -358,16 +590,27 @@ fn semantic_search_checks_privileges_and_row_security() {
         )
         .unwrap();
     let mut stranger = cluster.connect_as("stranger");
-    expect_error(&mut stranger, "SELECT * FROM semantic_search('a funny heist', 5)", &SqlState::INSUFFICIENT_PRIVILEGE, "permission denied");
+    expect_error(
+        &mut stranger,
+        "SELECT * FROM semantic_search('a funny heist', 5)",
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        "permission denied",
+    );
     let mut reader = cluster.connect_as("reader");
     let genres: Vec<String> = reader
-        .query("SELECT \"row\"->>'genre' FROM semantic_search('a hilarious comedy of errors', 30)", &[])
+        .query(
+            "SELECT \"row\"->>'genre' FROM semantic_search('a hilarious comedy of errors', 30)",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(genres.len(), 30);
-    assert!(!genres.iter().any(|g| g == "comedy"), "RLS-hidden rows came back");
+    assert!(
+        !genres.iter().any(|g| g == "comedy"),
+        "RLS-hidden rows came back"
+    );
     let all: i64 = client.query_one("SELECT count(*) FROM semantic_search('a hilarious comedy of errors', 30) WHERE \"row\"->>'genre' = 'comedy'", &[]).unwrap().get(0);
     assert!(all > 0, "the owner sees comedies");
 }
@@ -375,36 +618,127 @@ fn semantic_search_checks_privileges_and_row_security() {
 #[test]
 fn semantic_search_names_its_index_and_rejects_bad_input() {
     let (cluster, mut client) = setup("index_errors");
-    let started: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0);
-    expect_error(&mut client, "SELECT * FROM semantic_search('x', 5)", &SqlState::UNDEFINED_OBJECT, "no faiss index");
+    let started: String = client
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .unwrap()
+        .get(0);
+    expect_error(
+        &mut client,
+        "SELECT * FROM semantic_search('x', 5)",
+        &SqlState::UNDEFINED_OBJECT,
+        "no faiss index",
+    );
     load_demo(&mut client);
-    client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot)").unwrap();
-    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('x', 5)", &[]).unwrap().get(0);
+    client
+        .batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot)")
+        .unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM semantic_search('x', 5)", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 5);
-    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('x', 1000)", &[]).unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM semantic_search('x', 1000)", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 80, "huge k returns every row");
-    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search(NULL, 5)", &[]).unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM semantic_search(NULL, 5)", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
-    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('', 5)", &[]).unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM semantic_search('', 5)", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 5);
-    expect_error(&mut client, "SELECT * FROM semantic_search('x', 0)", &SqlState::INVALID_PARAMETER_VALUE, "k must be");
+    expect_error(
+        &mut client,
+        "SELECT * FROM semantic_search('x', 0)",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "k must be",
+    );
     client.batch_execute("CREATE TABLE other (id int, body text); CREATE INDEX other_body ON other USING faiss (body)").unwrap();
-    expect_error(&mut client, "SELECT * FROM semantic_search('x', 5)", &SqlState::AMBIGUOUS_PARAMETER, "movies_plot, other_body");
-    let n: i64 = client.query_one("SELECT count(*) FROM semantic_search('x', 5, 'movies_plot')", &[]).unwrap().get(0);
+    expect_error(
+        &mut client,
+        "SELECT * FROM semantic_search('x', 5)",
+        &SqlState::AMBIGUOUS_PARAMETER,
+        "movies_plot, other_body",
+    );
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM semantic_search('x', 5, 'movies_plot')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(n, 5);
-    expect_error(&mut client, "SELECT * FROM semantic_search('x', 5, 'movies_pkey')", &SqlState::WRONG_OBJECT_TYPE, "not a faiss index");
+    expect_error(
+        &mut client,
+        "SELECT * FROM semantic_search('x', 5, 'movies_pkey')",
+        &SqlState::WRONG_OBJECT_TYPE,
+        "not a faiss index",
+    );
 
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (metric = 'manhattan')", &SqlState::INVALID_PARAMETER_VALUE, "metric");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (long_text = 'all')", &SqlState::INVALID_PARAMETER_VALUE, "long_text");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (factory = 'Nope')", &SqlState::INVALID_PARAMETER_VALUE, "factory");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (factory = 'IVF1000,Flat')", &SqlState::INVALID_PARAMETER_VALUE, "train");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (model = '../x')", &SqlState::INVALID_PARAMETER_VALUE, "invalid model name");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (model = 'missing')", &SqlState::UNDEFINED_OBJECT, "not installed");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (plot) WITH (colour = 'red')", &SqlState::INVALID_PARAMETER_VALUE, "colour");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (year)", &SqlState::UNDEFINED_OBJECT, "operator class");
-    expect_error(&mut client, "CREATE INDEX ON movies USING faiss (title, plot)", &SqlState::FEATURE_NOT_SUPPORTED, "multicolumn");
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (metric = 'manhattan')",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "metric",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (long_text = 'all')",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "long_text",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (factory = 'Nope')",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "factory",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (factory = 'IVF1000,Flat')",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "train",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (model = '../x')",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "invalid model name",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (model = 'missing')",
+        &SqlState::UNDEFINED_OBJECT,
+        "not installed",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (colour = 'red')",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "colour",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (year)",
+        &SqlState::UNDEFINED_OBJECT,
+        "operator class",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (title, plot)",
+        &SqlState::FEATURE_NOT_SUPPORTED,
+        "multicolumn",
+    );
 
-    let now: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0);
+    let now: String = client
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(now, started, "no backend crashed");
     assert!(!cluster.log().contains("terminated by signal"));
 }
@@ -420,16 +754,39 @@ fn a_model_changed_under_an_index_is_detected() {
     for f in ["manifest.json", "tokenizer.json", "model.onnx"] {
         std::fs::copy(source.join(f), copy.join(f)).unwrap();
     }
-    std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(&root).status().unwrap();
-    client.batch_execute(&format!("ALTER SYSTEM SET semantic.model_dir = '{}'", root.display())).unwrap();
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET semantic.model_dir = '{}'",
+            root.display()
+        ))
+        .unwrap();
     client.batch_execute("SELECT pg_reload_conf()").unwrap();
     let mut client = cluster.connect();
     load_demo(&mut client);
-    client.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot) WITH (model = 'minilm-copy')").unwrap();
-    uses_index(&mut client, "SELECT id FROM movies ORDER BY plot <=> 'a haunted house' LIMIT 3", "movies_plot");
-    let model: String = client.query_one("SELECT model FROM semantic_index_info('movies_plot')", &[]).unwrap().get(0);
+    client
+        .batch_execute(
+            "CREATE INDEX movies_plot ON movies USING faiss (plot) WITH (model = 'minilm-copy')",
+        )
+        .unwrap();
+    uses_index(
+        &mut client,
+        "SELECT id FROM movies ORDER BY plot <=> 'a haunted house' LIMIT 3",
+        "movies_plot",
+    );
+    let model: String = client
+        .query_one("SELECT model FROM semantic_index_info('movies_plot')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(model, "minilm-copy");
-    assert_eq!(index_top(&mut client, "movies", "a haunted house", 3).len(), 3);
+    assert_eq!(
+        index_top(&mut client, "movies", "a haunted house", 3).len(),
+        3
+    );
 
     // Same name, different model: the installed manifest now says 128 tokens.
     let mut manifest = semantic_encoder::Manifest::load(&copy).unwrap();
@@ -437,10 +794,23 @@ fn a_model_changed_under_an_index_is_detected() {
     manifest.fingerprint = semantic_encoder::compute_fingerprint(&copy, &manifest).unwrap();
     manifest.save(&copy).unwrap();
     let mut fresh = cluster.connect();
-    expect_error(&mut fresh, "SELECT id FROM movies ORDER BY plot <=> 'a haunted house' LIMIT 3", &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "changed since index");
-    expect_error(&mut fresh, "INSERT INTO movies(title, plot) VALUES ('t', 'p')", &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "changed since index");
+    expect_error(
+        &mut fresh,
+        "SELECT id FROM movies ORDER BY plot <=> 'a haunted house' LIMIT 3",
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "changed since index",
+    );
+    expect_error(
+        &mut fresh,
+        "INSERT INTO movies(title, plot) VALUES ('t', 'p')",
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "changed since index",
+    );
     fresh.batch_execute("REINDEX INDEX movies_plot").unwrap();
-    assert_eq!(index_top(&mut fresh, "movies", "a haunted house", 3).len(), 3);
+    assert_eq!(
+        index_top(&mut fresh, "movies", "a haunted house", 3).len(),
+        3
+    );
 }
 
 #[test]
@@ -454,13 +824,19 @@ fn create_index_reports_progress() {
         .unwrap();
     let builder = std::thread::spawn({
         let mut conn = cluster.connect();
-        move || conn.batch_execute("CREATE INDEX docs_body ON docs USING faiss (body)").unwrap()
+        move || {
+            conn.batch_execute("CREATE INDEX docs_body ON docs USING faiss (body)")
+                .unwrap()
+        }
     });
     let mut watcher = cluster.connect();
     let mut seen = Vec::new();
     while !builder.is_finished() {
         for row in watcher
-            .query("SELECT phase, tuples_done, tuples_total FROM pg_stat_progress_create_index", &[])
+            .query(
+                "SELECT phase, tuples_done, tuples_total FROM pg_stat_progress_create_index",
+                &[],
+            )
             .unwrap()
         {
             let phase: String = row.get(0);
@@ -471,5 +847,8 @@ fn create_index_reports_progress() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     builder.join().unwrap();
-    assert!(seen.iter().any(|p| p.contains("embedding rows")), "phases seen: {seen:?}");
+    assert!(
+        seen.iter().any(|p| p.contains("embedding rows")),
+        "phases seen: {seen:?}"
+    );
 }

@@ -5,6 +5,7 @@
 mod batching;
 mod encoder;
 mod error;
+mod lru;
 mod manifest;
 mod pooling;
 mod runtime;
@@ -12,6 +13,7 @@ mod runtime;
 pub use batching::plan_batches;
 pub use encoder::{Encoder, EncoderOptions, TextKind};
 pub use error::EncoderError;
+pub use lru::Lru;
 pub use manifest::{
     compute_fingerprint, validate_model_name, Manifest, Pooling, Similarity, MANIFEST_FILE,
     MODEL_FILE, TOKENIZER_FILE,

@@ -393,7 +393,13 @@ pub fn encode_snapshot(faiss: &[u8], ids: &[i64], hashes: &[u64]) -> Vec<u8> {
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(&[u8], Vec<(i64, u64)>), LayoutError> {
     let corrupt = || LayoutError::Corrupt("truncated snapshot".into());
     let u64_at = |at: usize| -> Result<u64, LayoutError> {
-        Ok(u64::from_le_bytes(bytes.get(at..at + 8).ok_or_else(corrupt)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            bytes
+                .get(at..at + 8)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .expect("8 bytes"),
+        ))
     };
     let faiss_len = usize::try_from(u64_at(0)?).map_err(|_| corrupt())?;
     let faiss = bytes.get(8..8 + faiss_len).ok_or_else(corrupt)?;
@@ -404,7 +410,12 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(&[u8], Vec<(i64, u64)>), LayoutE
     }
     let hashes = pairs
         .chunks_exact(16)
-        .map(|c| (i64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
+        .map(|c| {
+            (
+                i64::from_le_bytes(c[..8].try_into().expect("8")),
+                u64::from_le_bytes(c[8..].try_into().expect("8")),
+            )
+        })
         .collect();
     Ok((faiss, hashes))
 }

@@ -59,9 +59,15 @@ fn decode_key(r: &[u8]) -> RecordKey {
 
 /// Decodes consecutive records of vectors of `dim` floats. `bytes` should hold whole records;
 /// a trailing partial record is ignored.
-pub fn decode_records(bytes: &[u8], dim: usize) -> impl Iterator<Item = (RecordKey, Vec<f32>)> + '_ {
+pub fn decode_records(
+    bytes: &[u8],
+    dim: usize,
+) -> impl Iterator<Item = (RecordKey, Vec<f32>)> + '_ {
     bytes.chunks_exact(record_size(dim)).map(|r| {
-        let vector = r[HEADER..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let vector = r[HEADER..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         (decode_key(r), vector)
     })
 }
@@ -69,11 +75,20 @@ pub fn decode_records(bytes: &[u8], dim: usize) -> impl Iterator<Item = (RecordK
 /// Like [`decode_records`] without an allocation per record: keys are pushed to `keys` and the
 /// floats to `vectors` (row-major, ready for [`crate::VectorIndex::add`]). Returns the number
 /// of records decoded.
-pub fn decode_records_into(bytes: &[u8], dim: usize, keys: &mut Vec<RecordKey>, vectors: &mut Vec<f32>) -> usize {
+pub fn decode_records_into(
+    bytes: &[u8],
+    dim: usize,
+    keys: &mut Vec<RecordKey>,
+    vectors: &mut Vec<f32>,
+) -> usize {
     let mut n = 0;
     for r in bytes.chunks_exact(record_size(dim)) {
         keys.push(decode_key(r));
-        vectors.extend(r[HEADER..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        vectors.extend(
+            r[HEADER..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
         n += 1;
     }
     n

@@ -5,12 +5,30 @@ use semantic_index::{decode_records, encode_record, record_size};
 fn record_round_trip() {
     let dim = 5;
     let rows: Vec<(RecordKey, Vec<f32>)> = vec![
-        (RecordKey { block: 0, offset: 1, text_hash: 0 }, vec![0.0, -0.0, 1.5, f32::MIN_POSITIVE, -3.25]),
         (
-            RecordKey { block: u32::MAX, offset: u16::MAX, text_hash: u64::MAX },
+            RecordKey {
+                block: 0,
+                offset: 1,
+                text_hash: 0,
+            },
+            vec![0.0, -0.0, 1.5, f32::MIN_POSITIVE, -3.25],
+        ),
+        (
+            RecordKey {
+                block: u32::MAX,
+                offset: u16::MAX,
+                text_hash: u64::MAX,
+            },
             vec![f32::MAX, f32::MIN, 1e-30, 7.0, f32::EPSILON],
         ),
-        (RecordKey { block: 123_456, offset: 42, text_hash: text_hash("a plot") }, vec![0.1, 0.2, 0.3, 0.4, 0.5]),
+        (
+            RecordKey {
+                block: 123_456,
+                offset: 42,
+                text_hash: text_hash("a plot"),
+            },
+            vec![0.1, 0.2, 0.3, 0.4, 0.5],
+        ),
     ];
     // Start at an odd offset so the f32s are unaligned.
     let mut buf = vec![0xAAu8];
@@ -21,7 +39,15 @@ fn record_round_trip() {
     assert_eq!(buf.len(), 1 + rows.len() * record_size(dim));
     let bytes = &buf[1..];
     // Layout: TID little-endian, flags zero, then the hash.
-    assert_eq!(&bytes[record_size(dim)..][..16], &[0xFF; 6].iter().chain(&[0, 0]).chain(&[0xFF; 8]).copied().collect::<Vec<u8>>()[..]);
+    assert_eq!(
+        &bytes[record_size(dim)..][..16],
+        &[0xFF; 6]
+            .iter()
+            .chain(&[0, 0])
+            .chain(&[0xFF; 8])
+            .copied()
+            .collect::<Vec<u8>>()[..]
+    );
     let decoded: Vec<_> = decode_records(bytes, dim).collect();
     assert_eq!(decoded.len(), rows.len());
     for (d, r) in decoded.iter().zip(&rows) {

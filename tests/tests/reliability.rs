@@ -1,0 +1,652 @@
+//! The reliability suite: replicas, crashes (SIGKILL) during inserts, CREATE INDEX and VACUUM,
+//! concurrent writers and searchers, repeated vacuum, and bad input. Each test starts its own
+//! clusters. SEMANTIC_FULL_TESTS=1 runs the long variants.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::Client;
+use semantic_tests::{env, full_tests, Cluster};
+
+/// A seeded generator of uniform numbers in [-0.5, 0.5): splitmix64 over (seed, counter), so
+/// that different seeds give unrelated streams (no shared vectors between batches).
+fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut counter = 0u64;
+    move || {
+        counter += 1;
+        let mut z = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(counter.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    }
+}
+
+/// `n` 16-d points around 20 fixed centres (the same for every seed), with noise from `seed`
+/// mostly in 4 of the dimensions: data with a low intrinsic dimension, like embeddings, on
+/// which approximate indexes reach a high recall.
+fn clustered(n: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut centre_noise = uniform(0);
+    let centres: Vec<Vec<f32>> = (0..20)
+        .map(|_| (0..16).map(|_| centre_noise() * 8.0).collect())
+        .collect();
+    let mut noise = uniform(seed);
+    (0..n)
+        .map(|i| {
+            centres[i % 20]
+                .iter()
+                .enumerate()
+                .map(|(d, c)| c + noise() * if d < 4 { 1.0 } else { 0.02 })
+                .collect()
+        })
+        .collect()
+}
+
+fn copy_vectors(client: &mut Client, table: &str, first_id: usize, vectors: &[Vec<f32>]) {
+    let mut text = String::new();
+    for (i, v) in vectors.iter().enumerate() {
+        let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        text.push_str(&format!("{}\t{{{}}}\n", first_id + i, items.join(",")));
+    }
+    let mut w = client
+        .copy_in(&format!("COPY {table} (id, vec) FROM STDIN"))
+        .unwrap();
+    w.write_all(text.as_bytes()).unwrap();
+    w.finish().unwrap();
+}
+
+fn ids(
+    client: &mut Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Vec<i32> {
+    client
+        .query(sql, params)
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Exact top-k by L2 distance, computed in SQL without the index.
+fn exact(client: &mut Client, table: &str, q: &[f32], k: i64) -> Vec<i32> {
+    client.batch_execute("SET enable_indexscan = off").unwrap();
+    let r = ids(
+        client,
+        &format!("SELECT id FROM {table} ORDER BY vec <=> $1, id LIMIT $2"),
+        &[&q, &k],
+    );
+    client.batch_execute("RESET enable_indexscan").unwrap();
+    r
+}
+
+fn via_index(client: &mut Client, table: &str, q: &[f32], k: i64) -> Vec<i32> {
+    client.batch_execute("SET enable_seqscan = off").unwrap();
+    let r = ids(
+        client,
+        &format!("SELECT id FROM {table} ORDER BY vec <=> $1 LIMIT $2"),
+        &[&q, &k],
+    );
+    client.batch_execute("RESET enable_seqscan").unwrap();
+    r
+}
+
+fn recall(found: &[i32], exact: &[i32]) -> f64 {
+    found.iter().filter(|id| exact.contains(id)).count() as f64 / exact.len().max(1) as f64
+}
+
+fn wait_for_replay(primary: &mut Client, standby: &mut Client) {
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let start = Instant::now();
+    loop {
+        let caught_up: bool = standby
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0);
+        if caught_up {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "standby did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
+    let primary = Cluster::start("repl_primary", &["wal_consistency_checking = 'generic'"]);
+    let mut p = primary.connect();
+    p.batch_execute(
+        "CREATE EXTENSION semantic;
+         CREATE TABLE v (id int PRIMARY KEY, vec real[]);
+         CREATE TABLE docs (id int PRIMARY KEY, body text);",
+    )
+    .unwrap();
+    copy_vectors(&mut p, "v", 1, &clustered(2000, 1));
+    p.batch_execute(
+        "CREATE INDEX v_flat ON v USING faiss (vec);
+         INSERT INTO docs SELECT i, 'note ' || i || ' on subject ' || (i % 17) FROM generate_series(1, 200) i;
+         CREATE INDEX docs_body ON docs USING faiss (body) WITH (factory = 'HNSW16');",
+    )
+    .unwrap();
+    let standby = primary.start_standby("repl_standby");
+    let mut s = standby.connect();
+
+    // Changes after the base backup travel as WAL: inserts, updates, deletes, vacuum.
+    copy_vectors(&mut p, "v", 5001, &clustered(500, 2));
+    p.batch_execute(
+        "UPDATE v SET vec = array_replace(vec, vec[1], vec[1] + 1) WHERE id % 10 = 0;
+         DELETE FROM v WHERE id % 3 = 0;
+         INSERT INTO docs SELECT i, 'late note ' || i || ' on subject ' || (i % 5) FROM generate_series(201, 260) i;
+         DELETE FROM docs WHERE id % 4 = 0;",
+    )
+    .unwrap();
+    p.batch_execute("VACUUM v").unwrap();
+    p.batch_execute("VACUUM docs").unwrap();
+    copy_vectors(&mut p, "v", 9001, &clustered(100, 3));
+    wait_for_replay(&mut p, &mut s);
+
+    let queries = clustered(50, 99);
+    for q in &queries[..40] {
+        assert_eq!(via_index(&mut p, "v", q, 10), via_index(&mut s, "v", q, 10));
+    }
+    for i in 0..10 {
+        let q = format!("subject {i}");
+        let sql = "SELECT id FROM docs ORDER BY body <=> $1 LIMIT 10";
+        assert_eq!(ids(&mut p, sql, &[&q]), ids(&mut s, sql, &[&q]), "{q}");
+    }
+    // The standby replayed every record with its consistency check, without complaint.
+    assert!(
+        !standby.log().contains("inconsistent page"),
+        "{}",
+        standby.log()
+    );
+    assert!(!standby.log().contains("FATAL"), "{}", standby.log());
+}
+
+#[test]
+fn sigkill_during_inserts_loses_no_committed_row_and_shows_no_uncommitted_one() {
+    let cluster = Cluster::start("kill_inserts", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute("CREATE EXTENSION semantic; CREATE TABLE v (id int PRIMARY KEY, vec real[])")
+        .unwrap();
+    copy_vectors(&mut c, "v", 1, &clustered(300, 5));
+    c.batch_execute("CREATE INDEX v_vec ON v USING faiss (vec)")
+        .unwrap();
+
+    // An open transaction whose rows must never appear.
+    let mut open = cluster.connect();
+    open.batch_execute("BEGIN; INSERT INTO v SELECT 900000 + i, ARRAY[100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100]::real[] FROM generate_series(1, 20) i").unwrap();
+
+    let committed = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (committed, stop) = (committed.clone(), stop.clone());
+            let mut conn = cluster.connect();
+            std::thread::spawn(move || {
+                let points = clustered(100_000, 10 + w as u64);
+                for (i, v) in points.iter().enumerate() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = (100_000 * (w + 1) + i) as i32;
+                    match conn.execute("INSERT INTO v VALUES ($1, $2)", &[&id, v]) {
+                        Ok(_) => {
+                            committed.lock().unwrap().insert(id);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    drop(open);
+    cluster.pg_ctl(&["start", "-w", "-t", "60"]).unwrap();
+    let mut c = cluster.connect();
+    let committed = committed.lock().unwrap().clone();
+    assert!(
+        committed.len() > 50,
+        "writers committed {} rows",
+        committed.len()
+    );
+    let table: HashSet<i32> = ids(&mut c, "SELECT id FROM v", &[]).into_iter().collect();
+    assert!(committed.is_subset(&table));
+    assert!(
+        !table.iter().any(|&id| id > 900_000),
+        "uncommitted rows in the table"
+    );
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    let all: HashSet<i32> = ids(
+        &mut c,
+        "SELECT id FROM v ORDER BY vec <=> $1 LIMIT 100000",
+        &[&vec![100f32; 16]],
+    )
+    .into_iter()
+    .collect();
+    assert!(
+        all == table,
+        "the index finds exactly the table's rows ({} vs {})",
+        all.len(),
+        table.len()
+    );
+}
+
+#[test]
+fn sigkill_during_create_index_and_vacuum_leaves_a_working_index() {
+    let cluster = Cluster::start("kill_build", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION semantic;
+         CREATE TABLE docs (id int PRIMARY KEY, body text);
+         INSERT INTO docs SELECT i, 'report ' || i || ' ' || repeat('on harbour traffic and weather ', 30) FROM generate_series(1, 2000) i;",
+    )
+    .unwrap();
+    let builder = std::thread::spawn({
+        let mut conn = cluster.connect();
+        move || conn.batch_execute("CREATE INDEX docs_body ON docs USING faiss (body)")
+    });
+    std::thread::sleep(Duration::from_millis(2000));
+    cluster.kill9();
+    assert!(
+        builder.join().unwrap().is_err(),
+        "the build was still running"
+    );
+    cluster.pg_ctl(&["start", "-w", "-t", "60"]).unwrap();
+    let mut c = cluster.connect();
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'docs_body'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the interrupted build left no index");
+
+    // VACUUM: build a vector index, delete most rows, kill during the vacuum's rewrite.
+    c.batch_execute("CREATE TABLE v (id int PRIMARY KEY, vec real[])")
+        .unwrap();
+    copy_vectors(&mut c, "v", 1, &clustered(60_000, 7));
+    c.batch_execute("CREATE INDEX v_vec ON v USING faiss (vec); DELETE FROM v WHERE id % 2 = 0")
+        .unwrap();
+    let vacuum = std::thread::spawn({
+        let mut conn = cluster.connect();
+        move || conn.batch_execute("VACUUM v")
+    });
+    // Kill while the index is being rewritten (the heap part of VACUUM comes first).
+    let start = Instant::now();
+    loop {
+        let phase: Option<String> = c
+            .query_opt("SELECT phase FROM pg_stat_progress_vacuum", &[])
+            .unwrap()
+            .map(|r| r.get(0));
+        if phase.as_deref() == Some("vacuuming indexes")
+            || start.elapsed() > Duration::from_secs(20)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.kill9();
+    let _ = vacuum.join().unwrap();
+    cluster.pg_ctl(&["start", "-w", "-t", "60"]).unwrap();
+    let mut c = cluster.connect();
+    let table: HashSet<i32> = ids(&mut c, "SELECT id FROM v", &[]).into_iter().collect();
+    let generation: i64 = c
+        .query_one("SELECT generation FROM semantic_index_info('v_vec')", &[])
+        .unwrap()
+        .get(0);
+    for q in clustered(20, 70) {
+        let found = via_index(&mut c, "v", &q, 10);
+        assert!(
+            found.iter().all(|id| table.contains(id)),
+            "the index returned a deleted row"
+        );
+        assert_eq!(
+            found,
+            exact(&mut c, "v", &q, 10),
+            "at generation {generation}"
+        );
+    }
+    c.batch_execute("VACUUM v").unwrap();
+    let q = clustered(1, 71).remove(0);
+    assert_eq!(via_index(&mut c, "v", &q, 10), exact(&mut c, "v", &q, 10));
+}
+
+#[test]
+fn concurrent_writers_and_searchers_agree_with_brute_force() {
+    let cluster = Cluster::start("concurrency", &["max_connections = 40"]);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION semantic;
+         CREATE TABLE docs (id serial PRIMARY KEY, body text, vec real[]);
+         INSERT INTO docs(body, vec) SELECT 'memo ' || i || ' about topic ' || (i % 23), ARRAY[i % 23, i % 7, i % 5]::real[] FROM generate_series(1, 300) i;
+         CREATE INDEX docs_body ON docs USING faiss (body);
+         CREATE INDEX docs_vec ON docs USING faiss (vec);",
+    )
+    .unwrap();
+    let seconds = if full_tests() { 60 } else { 15 };
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            let errors = errors.clone();
+            let mut conn = cluster.connect();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    i += 1;
+                    let topic = (i * 7 + n) % 23;
+                    let sql = match (n + i) % 5 {
+                        0 => format!("INSERT INTO docs(body, vec) VALUES ('memo {n}-{i} about topic {topic}', '{{{topic},1,2}}')"),
+                        1 => format!("UPDATE docs SET body = 'revised memo about topic {topic}', vec = '{{{topic},3,4}}' WHERE id = (SELECT id FROM docs ORDER BY random() LIMIT 1)"),
+                        2 => "DELETE FROM docs WHERE id = (SELECT id FROM docs ORDER BY random() LIMIT 1)".to_string(),
+                        3 => format!("SELECT * FROM semantic_search('topic {topic}', 5, 'docs_body')"),
+                        _ if n == 0 && i % 20 == 0 => "VACUUM docs".to_string(),
+                        _ => format!("SELECT id FROM docs ORDER BY vec <=> '{{{topic},0,0}}' LIMIT 5"),
+                    };
+                    if let Err(e) = conn.batch_execute(&sql) {
+                        errors.lock().unwrap().push(format!("{sql}: {e}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in clients {
+        t.join().unwrap();
+    }
+    let errors = errors.lock().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+
+    c.batch_execute("VACUUM docs").unwrap();
+    // Afterwards: the vector index agrees exactly with brute force, the text index too.
+    for t in 0..23 {
+        let q = vec![t as f32, 0.0, 0.0];
+        let found = via_index(&mut c, "docs", &q, 10);
+        let exact = exact(&mut c, "docs", &q, 10);
+        // Ties in distance may order differently: compare the distances.
+        let dist = |c: &mut Client, ids: &[i32]| -> Vec<String> {
+            ids.iter()
+                .map(|id| {
+                    c.query_one(
+                        "SELECT round((vec <=> $1)::numeric, 4)::text FROM docs WHERE id = $2",
+                        &[&q, id],
+                    )
+                    .unwrap()
+                    .get(0)
+                })
+                .collect()
+        };
+        assert_eq!(dist(&mut c, &found), dist(&mut c, &exact), "topic {t}");
+    }
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM docs", &[])
+        .unwrap()
+        .get(0);
+    let via_text: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT id FROM docs ORDER BY body <=> 'memo' LIMIT 100000) s",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(via_text, rows, "every row reachable through the text index");
+}
+
+#[test]
+fn repeated_delete_insert_vacuum_keeps_recall_and_size() {
+    let cluster = Cluster::start("vacuum_cycles", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute("CREATE EXTENSION semantic; CREATE TABLE v (id int PRIMARY KEY, vec real[])")
+        .unwrap();
+    let n = if full_tests() { 20_000 } else { 4_000 };
+    copy_vectors(&mut c, "v", 1, &clustered(n, 11));
+    c.batch_execute("CREATE INDEX v_vec ON v USING faiss (vec) WITH (factory = 'HNSW32'); SET semantic.hnsw_ef_search = 1000").unwrap();
+    let queries = clustered(20, 12);
+    let measure = |c: &mut Client| -> f64 {
+        queries
+            .iter()
+            .map(|q| recall(&via_index(c, "v", q, 10), &exact(c, "v", q, 10)))
+            .sum::<f64>()
+            / queries.len() as f64
+    };
+    let start = measure(&mut c);
+    let mut pages = Vec::new();
+    let mut next_id = n + 1;
+    for cycle in 0..10 {
+        c.batch_execute(&format!("DELETE FROM v WHERE (id + {cycle}) % 2 = 0"))
+            .unwrap();
+        c.batch_execute("VACUUM v").unwrap();
+        let live: i64 = c.query_one("SELECT count(*) FROM v", &[]).unwrap().get(0);
+        let add = n - live as usize;
+        copy_vectors(&mut c, "v", next_id, &clustered(add, 100 + cycle));
+        next_id += add;
+        let r = measure(&mut c);
+        assert!(
+            r >= start - 0.05,
+            "cycle {cycle}: recall {r} fell from {start}"
+        );
+        pages.push(
+            c.query_one("SELECT pages FROM semantic_index_info('v_vec')", &[])
+                .unwrap()
+                .get::<_, i64>(0),
+        );
+    }
+    let bound = pages[2] * 3 / 2;
+    assert!(
+        pages.iter().skip(3).all(|&p| p <= bound),
+        "index pages keep growing: {pages:?}"
+    );
+}
+
+#[test]
+fn bad_input_gives_errors_and_no_backend_crashes() {
+    let cluster = Cluster::start("bad_input", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION semantic;
+         CREATE TABLE docs (id int, body text, n int, vec real[]);
+         INSERT INTO docs SELECT i, 'text ' || i, i, ARRAY[i, 0, 0]::real[] FROM generate_series(1, 50) i;
+         CREATE INDEX docs_body ON docs USING faiss (body);
+         CREATE INDEX docs_vec ON docs USING faiss (vec);
+         CREATE ROLE mallory LOGIN;",
+    )
+    .unwrap();
+    let started: String = c
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .unwrap()
+        .get(0);
+    let huge = "x".repeat(10 * 1024 * 1024);
+    use SqlState as S;
+    let cases: Vec<(String, SqlState, &str)> = vec![
+        ("SELECT * FROM semantic_search('q', 0, 'docs_body')".into(), S::INVALID_PARAMETER_VALUE, "k must be"),
+        ("SELECT * FROM semantic_search('q', -5, 'docs_body')".into(), S::INVALID_PARAMETER_VALUE, "k must be"),
+        ("SELECT * FROM semantic_search('q', 5)".into(), S::AMBIGUOUS_PARAMETER, "faiss indexes"),
+        ("SELECT * FROM semantic_search('q', 5, 'docs')".into(), S::WRONG_OBJECT_TYPE, "not a faiss index"),
+        ("SELECT * FROM semantic_search('q', 5, 'no_such_index')".into(), S::UNDEFINED_TABLE, "no_such_index"),
+        ("SELECT embed('q', 'no-such-model')".into(), S::UNDEFINED_OBJECT, "not installed"),
+        ("SELECT embed('q', '../../etc/passwd')".into(), S::INVALID_PARAMETER_VALUE, "invalid model name"),
+        ("SELECT embed('q', '/tmp/model')".into(), S::INVALID_PARAMETER_VALUE, "invalid model name"),
+        ("SELECT id FROM docs ORDER BY vec <=> '{1,2}' LIMIT 1".into(), S::DATA_EXCEPTION, "dimensions"),
+        ("SELECT id FROM docs ORDER BY vec <=> '{1,NULL,2}' LIMIT 1".into(), S::NULL_VALUE_NOT_ALLOWED, "NULL"),
+        ("SELECT id FROM docs ORDER BY vec <=> '{1,NaN,2}' LIMIT 1".into(), S::DATA_EXCEPTION, "NaN"),
+        ("INSERT INTO docs(vec) VALUES ('{1,2,3,4}')".into(), S::DATA_EXCEPTION, "dimensions"),
+        ("INSERT INTO docs(vec) VALUES ('{Infinity,2,3}')".into(), S::DATA_EXCEPTION, "NaN or infinity"),
+        ("SELECT '{1,2}'::real[] <=> '{1,2,3}'::real[]".into(), S::DATA_EXCEPTION, "different dimensions"),
+        ("CREATE INDEX ON docs USING faiss (body) WITH (metric = 'hamming')".into(), S::INVALID_PARAMETER_VALUE, "metric"),
+        ("CREATE INDEX ON docs USING faiss (body) WITH (factory = 'HNSW0')".into(), S::INVALID_PARAMETER_VALUE, "factory"),
+        ("CREATE INDEX ON docs USING faiss (body) WITH (factory = 'Flat; DROP TABLE docs')".into(), S::INVALID_PARAMETER_VALUE, "factory"),
+        ("CREATE INDEX ON docs USING faiss (body) WITH (long_text = 'split')".into(), S::INVALID_PARAMETER_VALUE, "long_text"),
+        ("CREATE INDEX ON docs USING faiss (body) WITH (model = 'a/b')".into(), S::INVALID_PARAMETER_VALUE, "invalid model name"),
+        ("CREATE INDEX ON docs USING faiss (n)".into(), S::UNDEFINED_OBJECT, "operator class"),
+        ("CREATE INDEX ON docs USING faiss (body, vec)".into(), S::FEATURE_NOT_SUPPORTED, "multicolumn"),
+        ("CREATE UNLOGGED TABLE u (t text); CREATE INDEX ON u USING faiss (t)".into(), S::FEATURE_NOT_SUPPORTED, "unlogged"),
+        ("SELECT id FROM docs WHERE body <=> 'q' < 0.5 AND id < 0 AND false ORDER BY body <=> 'q' LIMIT 1; SET semantic.threads = 0".into(), S::INVALID_PARAMETER_VALUE, "semantic.threads"),
+        ("LOAD 'semantic'; SET semantic.execution_provider = 'tpu'".into(), S::INVALID_PARAMETER_VALUE, "semantic.execution_provider"),
+        ("LOAD 'semantic'; SET semantic.scan_candidates = -1".into(), S::INVALID_PARAMETER_VALUE, "semantic.scan_candidates"),
+        (format!("SET statement_timeout = '300ms'; SELECT count(embed(body || '{}')) FROM docs", "y".repeat(2000)), S::QUERY_CANCELED, "statement timeout"),
+        ("SET statement_timeout = 0; SET semantic.model_dir = ''; SELECT embed('x')".into(), S::OBJECT_NOT_IN_PREREQUISITE_STATE, "semantic.model_dir"),
+    ];
+    for (sql, state, part) in &cases {
+        let mut fresh = cluster.connect();
+        let err = fresh.batch_execute(sql).expect_err(sql);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code(), state, "{sql}: {}", db.message());
+        assert!(
+            db.message().contains(part),
+            "{sql}: {:?} lacks {part:?}",
+            db.message()
+        );
+    }
+    // NULL and empty queries, huge k and 10 MB texts are answered, not refused.
+    assert_eq!(
+        c.query("SELECT * FROM semantic_search(NULL, 5, 'docs_body')", &[])
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        c.query("SELECT * FROM semantic_search('', 5, 'docs_body')", &[])
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        c.query(
+            "SELECT * FROM semantic_search('q', 2000000000, 'docs_body')",
+            &[]
+        )
+        .unwrap()
+        .len(),
+        50
+    );
+    assert_eq!(
+        c.query(
+            "SELECT * FROM semantic_search($1, 3, 'docs_body')",
+            &[&huge]
+        )
+        .unwrap()
+        .len(),
+        3
+    );
+    c.execute("INSERT INTO docs(id, body) VALUES (99, $1)", &[&huge])
+        .unwrap();
+
+    // A non-superuser cannot point the server at other files (once the library is loaded:
+    // before, PostgreSQL keeps such a setting as a placeholder and drops it at load).
+    let mut m = cluster.connect_as("mallory");
+    m.batch_execute("SELECT embed('load the library')").unwrap();
+    for sql in [
+        "SET semantic.model_dir = '/tmp'",
+        "SET semantic.onnxruntime_library = '/tmp/evil.so'",
+    ] {
+        let err = m.batch_execute(sql).expect_err(sql);
+        assert_eq!(
+            err.as_db_error().unwrap().code(),
+            &S::INSUFFICIENT_PRIVILEGE,
+            "{sql}"
+        );
+    }
+    let err = m
+        .batch_execute("SELECT * FROM semantic_search('q', 3, 'docs_body')")
+        .expect_err("no SELECT");
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &S::INSUFFICIENT_PRIVILEGE
+    );
+
+    // pg_cancel_backend interrupts a long embedding query.
+    c.batch_execute("INSERT INTO docs(id, body) SELECT 1000 + i, repeat('long words ', 200) || i FROM generate_series(1, 400) i")
+        .unwrap();
+    let mut victim = cluster.connect();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let canceller = std::thread::spawn({
+        let mut conn = cluster.connect();
+        move || {
+            std::thread::sleep(Duration::from_millis(700));
+            conn.execute("SELECT pg_cancel_backend($1)", &[&pid])
+                .unwrap();
+        }
+    });
+    let started_at = Instant::now();
+    let err = victim
+        .batch_execute("SELECT count(embed(body)) FROM docs")
+        .expect_err("cancelled");
+    canceller.join().unwrap();
+    assert_eq!(err.as_db_error().unwrap().code(), &S::QUERY_CANCELED);
+    assert!(
+        started_at.elapsed() < Duration::from_secs(10),
+        "cancellation took {:?}",
+        started_at.elapsed()
+    );
+    victim.batch_execute("SELECT 1").unwrap();
+
+    let now: String = c
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(now, started, "a backend crashed");
+    assert!(
+        !cluster.log().contains("terminated by signal"),
+        "{}",
+        cluster.log()
+    );
+    assert!(cases.len() >= 25);
+}
+
+#[test]
+fn caches_are_bounded_and_stay_correct() {
+    let cluster = Cluster::start("cache_bounds", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute("CREATE EXTENSION semantic").unwrap();
+    for t in ["a", "b", "c"] {
+        c.batch_execute(&format!("CREATE TABLE {t} (id int, vec real[])"))
+            .unwrap();
+        copy_vectors(
+            &mut c,
+            t,
+            1,
+            &clustered(500, t.len() as u64 + t.as_bytes()[0] as u64),
+        );
+        c.batch_execute(&format!("CREATE INDEX {t}_vec ON {t} USING faiss (vec)"))
+            .unwrap();
+    }
+    c.batch_execute("SET semantic.max_cached_indexes = 1")
+        .unwrap();
+    for round in 0..3 {
+        for t in ["a", "b", "c"] {
+            let q = clustered(1, 500 + round).remove(0);
+            assert_eq!(via_index(&mut c, t, &q, 5), exact(&mut c, t, &q, 5), "{t}");
+        }
+    }
+    let _ = env();
+}
