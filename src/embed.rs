@@ -23,6 +23,7 @@ fn embed_with(input: &str, model: &str) -> Vec<f32> {
 
 /// The models installed in `semantic.model_dir`.
 #[pg_extern(stable)]
+#[allow(clippy::type_complexity)] // the SQL result row
 fn semantic_models() -> TableIterator<
     'static,
     (

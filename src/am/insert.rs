@@ -13,6 +13,7 @@ use super::storage::{append_record, check_dimension, read_meta, MetaGuard};
 use super::vectors::{datum_text, datum_vector, embed_passages, prepare};
 
 #[pg_guard]
+#[allow(clippy::too_many_arguments)] // the signature PostgreSQL calls
 pub unsafe extern "C-unwind" fn aminsert(
     index: pg_sys::Relation,
     values: *mut pg_sys::Datum,

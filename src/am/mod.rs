@@ -80,6 +80,7 @@ CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
 /// What a faiss index holds: its model and settings, sizes and free space, and how many
 /// vectors this backend's cached FAISS copy holds (NULL when it holds none).
 #[pg_extern(stable, strict)]
+#[allow(clippy::type_complexity)] // the SQL result row
 fn semantic_index_info(
     index: pgrx::PgRelation,
 ) -> TableIterator<

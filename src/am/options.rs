@@ -136,22 +136,19 @@ pub unsafe extern "C-unwind" fn amoptions(
     reloptions: pg_sys::Datum,
     validate: bool,
 ) -> *mut pg_sys::bytea {
-    let table = [
-        ("model", offset_of!(RawOptions, model)),
-        ("factory", offset_of!(RawOptions, factory)),
-        ("metric", offset_of!(RawOptions, metric)),
-        ("long_text", offset_of!(RawOptions, long_text)),
-    ];
-    let names = [c"model", c"factory", c"metric", c"long_text"];
-    let elts: Vec<pg_sys::relopt_parse_elt> = table
-        .iter()
-        .zip(names)
-        .map(|((_, offset), name)| pg_sys::relopt_parse_elt {
-            optname: name.as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_STRING,
-            offset: *offset as i32,
-        })
-        .collect();
+    let elts: Vec<pg_sys::relopt_parse_elt> = [
+        (c"model", offset_of!(RawOptions, model)),
+        (c"factory", offset_of!(RawOptions, factory)),
+        (c"metric", offset_of!(RawOptions, metric)),
+        (c"long_text", offset_of!(RawOptions, long_text)),
+    ]
+    .iter()
+    .map(|(name, offset)| pg_sys::relopt_parse_elt {
+        optname: name.as_ptr(),
+        opttype: pg_sys::relopt_type::RELOPT_TYPE_STRING,
+        offset: *offset as i32,
+    })
+    .collect();
     pg_sys::build_reloptions(
         reloptions,
         validate,

@@ -389,8 +389,11 @@ pub fn encode_snapshot(faiss: &[u8], ids: &[i64], hashes: &[u64]) -> Vec<u8> {
     out
 }
 
+/// (FAISS id, text hash) pairs.
+pub type TextHashes = Vec<(i64, u64)>;
+
 /// Splits a snapshot payload into the FAISS bytes and the (id, text hash) pairs.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<(&[u8], Vec<(i64, u64)>), LayoutError> {
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(&[u8], TextHashes), LayoutError> {
     let corrupt = || LayoutError::Corrupt("truncated snapshot".into());
     let u64_at = |at: usize| -> Result<u64, LayoutError> {
         Ok(u64::from_le_bytes(
