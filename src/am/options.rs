@@ -33,31 +33,43 @@ pub struct IndexOptions {
     pub long_text: LongText,
 }
 
+/// Raises the ERROR of an option value outside its list of choices.
+unsafe fn check_choice(value: *const std::ffi::c_char, option: &str, valid: bool, choices: &str) {
+    if !valid {
+        let v = CStr::from_ptr(value).to_string_lossy();
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for faiss option \"{option}\": \"{v}\""),
+            Some(&format!("Valid values are {choices}.")),
+        );
+    }
+}
+
+unsafe fn option_str<'a>(value: *const std::ffi::c_char) -> Option<std::borrow::Cow<'a, str>> {
+    (!value.is_null()).then(|| CStr::from_ptr(value).to_string_lossy())
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn validate_metric(value: *const std::ffi::c_char) {
-    if !value.is_null() {
-        let v = CStr::from_ptr(value).to_string_lossy();
-        if IndexMetric::parse(&v).is_none() {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("invalid value for faiss option \"metric\": \"{v}\""),
-                Some("Valid values are cosine, dot and l2."),
-            );
-        }
+    if let Some(v) = option_str(value) {
+        check_choice(
+            value,
+            "metric",
+            IndexMetric::parse(&v).is_some(),
+            "cosine, dot and l2",
+        );
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn validate_long_text(value: *const std::ffi::c_char) {
-    if !value.is_null() {
-        let v = CStr::from_ptr(value).to_string_lossy();
-        if LongText::parse(&v).is_none() {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("invalid value for faiss option \"long_text\": \"{v}\""),
-                Some("Valid values are truncate and chunks."),
-            );
-        }
+    if let Some(v) = option_str(value) {
+        check_choice(
+            value,
+            "long_text",
+            LongText::parse(&v).is_some(),
+            "truncate and chunks",
+        );
     }
 }
 

@@ -127,16 +127,24 @@ unsafe fn set_special(page: pg_sys::Page, chain: &ChainPage) {
     );
 }
 
+/// The metapage of a locked buffer; on a damaged one the buffer is released before the ERROR.
+unsafe fn decode_meta(buf: pg_sys::Buffer) -> Meta {
+    let page = pg_sys::BufferGetPage(buf);
+    let len = ((*header(page)).pd_lower as usize).saturating_sub(PAGE_HEADER);
+    let bytes = std::slice::from_raw_parts(contents(page), len);
+    Meta::decode(bytes).unwrap_or_else(|e| {
+        pg_sys::UnlockReleaseBuffer(buf);
+        raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
+    })
+}
+
 /// The metapage, read under a short share lock.
 pub unsafe fn read_meta(rel: pg_sys::Relation) -> Meta {
     let buf = read_buffer(rel, META_BLOCK);
     pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as _);
-    let page = pg_sys::BufferGetPage(buf);
-    let len = ((*header(page)).pd_lower as usize).saturating_sub(PAGE_HEADER);
-    let bytes = std::slice::from_raw_parts(contents(page), len).to_vec();
+    let meta = decode_meta(buf);
     pg_sys::UnlockReleaseBuffer(buf);
-    Meta::decode(&bytes)
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None))
+    meta
 }
 
 /// The metapage locked exclusively: inserts and the final step of a rewrite hold it.
@@ -149,17 +157,10 @@ impl MetaGuard {
     pub unsafe fn lock(rel: pg_sys::Relation) -> MetaGuard {
         let buf = read_buffer(rel, META_BLOCK);
         pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_EXCLUSIVE as _);
-        let page = pg_sys::BufferGetPage(buf);
-        let len = ((*header(page)).pd_lower as usize).saturating_sub(PAGE_HEADER);
-        let bytes = std::slice::from_raw_parts(contents(page), len).to_vec();
-        let meta = match Meta::decode(&bytes) {
-            Ok(meta) => meta,
-            Err(e) => {
-                pg_sys::UnlockReleaseBuffer(buf);
-                raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
-            }
-        };
-        MetaGuard { buf, meta }
+        MetaGuard {
+            buf,
+            meta: decode_meta(buf),
+        }
     }
 }
 

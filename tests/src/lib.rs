@@ -308,3 +308,33 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A cluster named `name` with the extension created, and a superuser connection to it.
+pub fn cluster_with_extension(name: &str) -> (Cluster, postgres::Client) {
+    let cluster = Cluster::start(name, &[]);
+    let mut client = cluster.connect();
+    client.batch_execute("CREATE EXTENSION semantic").unwrap();
+    (cluster, client)
+}
+
+/// Runs `sql`, expects an ERROR with `state` whose message contains `message_part`, and checks
+/// that the connection still works afterwards.
+pub fn expect_error(
+    client: &mut postgres::Client,
+    sql: &str,
+    state: &postgres::error::SqlState,
+    message_part: &str,
+) {
+    let err = client.batch_execute(sql).expect_err(sql);
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
+    assert_eq!(db.code(), state, "{sql}: {}", db.message());
+    assert!(
+        db.message().contains(message_part),
+        "{sql}: message {:?} lacks {message_part:?}",
+        db.message()
+    );
+    let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+}

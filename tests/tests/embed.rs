@@ -6,16 +6,9 @@ use std::path::Path;
 use postgres::error::SqlState;
 use postgres::Client;
 use semantic_encoder::{compute_fingerprint, Manifest};
-use semantic_tests::{env, shared_dir, Cluster};
+use semantic_tests::{cluster_with_extension as setup, env, expect_error, shared_dir};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
-
-fn setup(name: &str) -> (Cluster, Client) {
-    let cluster = Cluster::start(name, &[]);
-    let mut client = cluster.connect();
-    client.batch_execute("CREATE EXTENSION semantic").unwrap();
-    (cluster, client)
-}
 
 fn embed(client: &mut Client, text: &str) -> Vec<f32> {
     client
@@ -32,22 +25,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (n(a) * n(b))
-}
-
-/// Runs `sql`, expects an error with `state`, and checks the same connection still works.
-fn expect_error(client: &mut Client, sql: &str, state: &SqlState, message_part: &str) {
-    let err = client.batch_execute(sql).expect_err(sql);
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
-    assert_eq!(db.code(), state, "{sql}: {}", db.message());
-    assert!(
-        db.message().contains(message_part),
-        "{sql}: message {:?} lacks {message_part:?}",
-        db.message()
-    );
-    let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
-    assert_eq!(one, 1);
 }
 
 fn postmaster_start(client: &mut Client) -> String {

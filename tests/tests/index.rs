@@ -6,7 +6,7 @@ use std::io::Write;
 
 use postgres::error::SqlState;
 use postgres::Client;
-use semantic_tests::{env, shared_dir, Cluster};
+use semantic_tests::{cluster_with_extension as setup, env, expect_error, shared_dir};
 
 const QUERIES: [&str; 8] = [
     "romance and separation",
@@ -18,13 +18,6 @@ const QUERIES: [&str; 8] = [
     "a dog finds its way home",
     "a musician chasing fame",
 ];
-
-fn setup(name: &str) -> (Cluster, Client) {
-    let cluster = Cluster::start(name, &[]);
-    let mut client = cluster.connect();
-    client.batch_execute("CREATE EXTENSION semantic").unwrap();
-    (cluster, client)
-}
 
 /// The project's demo corpus in table `movies` (id, title, year, genre, plot).
 fn load_demo(client: &mut Client) {
@@ -495,17 +488,6 @@ fn real_array_indexes_and_table_lifecycle() {
         .unwrap()
         .get(0);
     assert_eq!(dim, 2);
-}
-
-fn expect_error(client: &mut Client, sql: &str, state: &SqlState, message_part: &str) {
-    let err = client.batch_execute(sql).expect_err(sql);
-    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
-    assert_eq!(db.code(), state, "{sql}: {}", db.message());
-    assert!(
-        db.message().contains(message_part),
-        "{sql}: {:?} lacks {message_part:?}",
-        db.message()
-    );
 }
 
 #[test]
