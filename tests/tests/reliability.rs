@@ -427,9 +427,10 @@ fn repeated_delete_insert_vacuum_keeps_recall_and_size() {
         .unwrap();
     let n = if full_tests() { 20_000 } else { 4_000 };
     let queries = clustered(20, 12);
-    // Flat must stay exact; HNSW may move a little (FAISS builds a different graph from the
-    // live rows each time), but must not decay.
-    for (table, factory, tolerance) in [("flat", "Flat", 0.0), ("hnsw", "HNSW32", 0.1)] {
+    // Flat must stay exact. HNSW moves: FAISS builds a different graph from the live rows each
+    // time, and on this data FAISS alone (no PostgreSQL) gives recall@10 between 0.82 and 0.99
+    // over the same cycles at efSearch 1000; the check is that it does not decay beyond that.
+    for (table, factory, tolerance) in [("flat", "Flat", 0.0), ("hnsw", "HNSW32", 0.2)] {
         c.batch_execute(&format!(
             "CREATE TABLE {table} (id int PRIMARY KEY, vec real[])"
         ))

@@ -1,0 +1,425 @@
+//! `semantic-tools eval` and `reload` against a live cluster: eval's figures equal a hand
+//! computation from the SQL rankings, and reload moves an index to a new model version while
+//! searches keep answering (and rolls back when the new version cannot build).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use postgres::Client;
+use semantic_tests::{env, Cluster};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+
+/// The release CLI, built first (a no-op when up to date) so a stale binary is never tested;
+/// cargo does not hold its build lock while tests run. SEMANTIC_TOOLS_BIN overrides it.
+fn tools_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(binary) = std::env::var_os("SEMANTIC_TOOLS_BIN") {
+            return binary.into();
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "semantic-tools"])
+            .current_dir(&env().repo)
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "building semantic-tools failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| env().repo.join("target"), PathBuf::from);
+        target.join("release/semantic-tools")
+    })
+}
+
+fn tools(args: &[&str]) -> Output {
+    let output = Command::new(tools_binary())
+        .args(args)
+        .env("ORT_DYLIB_PATH", &env().onnxruntime)
+        .output()
+        .expect("cannot run semantic-tools");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn connection_string(cluster: &Cluster) -> String {
+    format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.port)
+}
+
+/// Copies the installed model into `model_dir` under `name`.
+fn install_copy(model_dir: &Path, name: &str) {
+    let source = env().model_dir.join(MODEL);
+    let target = model_dir.join(name);
+    std::fs::create_dir_all(&target).unwrap();
+    for file in ["tokenizer.json", "model.onnx"] {
+        std::fs::copy(source.join(file), target.join(file)).unwrap();
+    }
+    let mut manifest = semantic_encoder::Manifest::load(&source).unwrap();
+    manifest.name = name.to_string();
+    manifest.save(&target).unwrap();
+}
+
+/// A cluster whose semantic.model_dir is a private folder holding a copy of the installed
+/// model, so that a test can add versions without disturbing the others.
+fn cluster_with_private_models(name: &str) -> (Cluster, PathBuf, Client) {
+    let model_dir = env()
+        .repo
+        .join("target/test-clusters")
+        .join(format!("{name}-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&model_dir);
+    install_copy(&model_dir, MODEL);
+    let setting = format!("semantic.model_dir = '{}'", model_dir.display());
+    let cluster = Cluster::start(name, &[&setting]);
+    let mut client = cluster.connect();
+    client.batch_execute("CREATE EXTENSION semantic").unwrap();
+    (cluster, model_dir, client)
+}
+
+// ---------------------------------------------------------------------------------------------
+// eval
+
+const DOCS: [(&str, &str, &str); 10] = [
+    ("d1", "Volcanoes", "Lava from an erupting volcano destroyed the village at its foot."),
+    ("d2", "Volcanic ash", "Ash clouds from the eruption grounded airplanes for a week."),
+    ("d3", "Baking bread", "Knead the dough, let it rise, then bake it in a hot oven."),
+    ("d4", "Sourdough", "A sourdough starter ferments flour and water with wild yeast."),
+    ("d5", "Chess openings", "The Sicilian Defence is a sharp reply to the king's pawn opening."),
+    ("d6", "Chess endgames", "King and pawn endings decide many games between strong players."),
+    ("d7", "Honeybees", "Worker bees collect nectar and turn it into honey in the hive."),
+    ("d8", "Solar panels", "Photovoltaic cells turn sunlight directly into electricity."),
+    ("d9", "Marathons", "Runners train for months to finish the 42 kilometre race."),
+    ("d10", "Coral reefs", "Warming oceans bleach corals and threaten the fish of the reef."),
+];
+
+const QUERIES: [(&str, &str); 5] = [
+    ("q1", "what happens when a volcano erupts"),
+    ("q2", "how to make bread at home"),
+    ("q3", "chess strategy"),
+    ("q4", "renewable energy from the sun"),
+    ("q5", "a query nobody judged"),
+];
+
+/// Graded judgements; q4's second relevant document is not in the corpus, so its recall is
+/// at most 1/2.
+const QRELS: [(&str, &str, i32); 7] = [
+    ("q1", "d1", 2),
+    ("q1", "d2", 1),
+    ("q2", "d3", 2),
+    ("q2", "d4", 1),
+    ("q3", "d6", 1),
+    ("q4", "d8", 1),
+    ("q4", "d99", 1),
+];
+
+fn write_toy_beir(dir: &Path) {
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    let lines = |values: Vec<serde_json::Value>| {
+        values.iter().map(|v| format!("{v}\n")).collect::<String>()
+    };
+    let corpus = DOCS
+        .iter()
+        .map(|(id, title, text)| serde_json::json!({"_id": id, "title": title, "text": text}))
+        .collect();
+    std::fs::write(dir.join("corpus.jsonl"), lines(corpus)).unwrap();
+    let queries = QUERIES
+        .iter()
+        .map(|(id, text)| serde_json::json!({"_id": id, "text": text}))
+        .collect();
+    std::fs::write(dir.join("queries.jsonl"), lines(queries)).unwrap();
+    let mut qrels = "query-id\tcorpus-id\tscore\n".to_string();
+    for (q, d, grade) in QRELS {
+        qrels += &format!("{q}\t{d}\t{grade}\n");
+    }
+    std::fs::write(dir.join("qrels/test.tsv"), qrels).unwrap();
+}
+
+/// nDCG@10, Recall@100 and MRR@10 of one ranking, written out from the definitions.
+fn hand_metrics(ranking: &[String], judged: &BTreeMap<&str, i32>) -> [f64; 3] {
+    let grade = |doc: &str| f64::from(judged.get(doc).copied().unwrap_or(0));
+    let mut dcg = 0.0;
+    for (i, doc) in ranking.iter().take(10).enumerate() {
+        dcg += grade(doc) / (i as f64 + 2.0).log2();
+    }
+    let mut ideal_grades: Vec<f64> = judged.values().map(|&g| f64::from(g)).collect();
+    ideal_grades.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    let mut ideal = 0.0;
+    for (i, g) in ideal_grades.iter().take(10).enumerate() {
+        ideal += g / (i as f64 + 2.0).log2();
+    }
+    let relevant_found = ranking.iter().take(100).filter(|d| grade(d) > 0.0).count();
+    let first_relevant = ranking.iter().take(10).position(|d| grade(d) > 0.0);
+    [
+        dcg / ideal,
+        relevant_found as f64 / judged.len() as f64,
+        first_relevant.map_or(0.0, |i| 1.0 / (i as f64 + 1.0)),
+    ]
+}
+
+/// The printed metrics of `model`: nDCG@10, Recall@100, MRR@10.
+fn printed_metrics(stdout: &str, model: &str) -> [f64; 3] {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(model))
+        .unwrap_or_else(|| panic!("no line for {model} in:\n{stdout}"));
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    [fields[0], fields[1], fields[2]]
+}
+
+#[test]
+fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
+    let (cluster, model_dir, mut client) = cluster_with_private_models("tools_eval");
+    install_copy(&model_dir, "minilm-copy");
+    let beir = cluster.data.join("toy-beir");
+    write_toy_beir(&beir);
+
+    let output = tools(&[
+        "eval",
+        "--beir",
+        beir.to_str().unwrap(),
+        "--db",
+        &connection_string(&cluster),
+        "--model",
+        MODEL,
+        "--model-b",
+        "minilm-copy",
+    ]);
+    assert!(output.status.success(), "eval failed");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+
+    let documents: i64 = client
+        .query_one("SELECT count(*) FROM beir_toy_beir", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(documents, 10);
+    let mut sums = [0.0; 3];
+    for (query, text) in &QUERIES[..4] {
+        let ranking: Vec<String> = client
+            .query(
+                "SELECT \"row\"->>'doc_id' FROM semantic_search($1, 100, 'beir_toy_beir_all_minilm_l6_v2') ORDER BY rank",
+                &[text],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(ranking.len(), 10);
+        let judged: BTreeMap<&str, i32> = QRELS
+            .iter()
+            .filter(|(q, _, _)| q == query)
+            .map(|&(_, d, g)| (d, g))
+            .collect();
+        for (sum, value) in sums.iter_mut().zip(hand_metrics(&ranking, &judged)) {
+            *sum += value / 4.0;
+        }
+    }
+    for model in [MODEL, "minilm-copy"] {
+        let printed = printed_metrics(&stdout, model);
+        for (name, (p, expected)) in ["nDCG@10", "Recall@100", "MRR@10"]
+            .iter()
+            .zip(printed.iter().zip(sums))
+        {
+            assert!(
+                (p - expected).abs() <= 5e-5,
+                "{model} {name}: printed {p}, computed {expected}\n{stdout}"
+            );
+        }
+    }
+    // Every query found its documents, but d99 is not in the corpus.
+    assert!((sums[1] - 3.5 / 4.0).abs() < 1e-12, "{sums:?}");
+    std::fs::remove_dir_all(&model_dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// reload
+
+/// The demo corpus in `movies`, indexed by `movies_plot_idx` with the installed model.
+fn load_movies(client: &mut Client) {
+    client
+        .batch_execute(
+            "CREATE TABLE movies (id serial PRIMARY KEY, title text, year int, genre text, plot text)",
+        )
+        .unwrap();
+    let csv = std::fs::read(env().repo.join("scripts/demo/movies.csv")).unwrap();
+    let mut writer = client
+        .copy_in("COPY movies(title, year, genre, plot) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .unwrap();
+    std::io::Write::write_all(&mut writer, &csv).unwrap();
+    writer.finish().unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE INDEX movies_plot_idx ON movies USING faiss (plot) WITH (model = '{MODEL}')"
+        ))
+        .unwrap();
+}
+
+fn top_ids(client: &mut Client) -> Vec<i32> {
+    client
+        .query(
+            "SELECT (\"row\"->>'id')::int FROM semantic_search('romance and separation', 5, 'movies_plot_idx') ORDER BY rank",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// What the catalog and the index say: (model built with, model option, faiss indexes on
+/// movies, all of them valid).
+fn index_state(client: &mut Client) -> (String, Vec<String>, i64, bool) {
+    let built_with: String = client
+        .query_one("SELECT model FROM semantic_index_info('movies_plot_idx')", &[])
+        .unwrap()
+        .get(0);
+    let options: Vec<String> = client
+        .query_one(
+            "SELECT coalesce(reloptions, '{}') FROM pg_class WHERE relname = 'movies_plot_idx'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let row = client
+        .query_one(
+            "SELECT count(*), bool_and(i.indisvalid) FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+             WHERE i.indrelid = 'movies'::regclass AND a.amname = 'faiss'",
+            &[],
+        )
+        .unwrap();
+    (built_with, options, row.get(0), row.get(1))
+}
+
+/// Searches `movies_plot_idx` in a loop on its own connection until `stop`; returns
+/// (searches answered, of them while an index build was running, errors).
+fn search_until(cluster: &Cluster, stop: &AtomicBool) -> (usize, usize, Vec<String>) {
+    let mut client = cluster.connect();
+    let (mut answered, mut during_build, mut errors) = (0, 0, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        match client.query(
+            "SELECT count(*), (SELECT count(*) FROM pg_stat_progress_create_index)
+             FROM semantic_search('a robot learns to love', 5, 'movies_plot_idx')",
+            &[],
+        ) {
+            Ok(rows) => {
+                let (found, builds): (i64, i64) = (rows[0].get(0), rows[0].get(1));
+                if found == 5 {
+                    answered += 1;
+                    during_build += usize::from(builds > 0);
+                } else {
+                    errors.push(format!("{found} rows"));
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (answered, during_build, errors)
+}
+
+#[test]
+fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
+    let (cluster, model_dir, mut client) = cluster_with_private_models("tools_reload");
+    load_movies(&mut client);
+    let before = top_ids(&mut client);
+    assert_eq!(before.len(), 5);
+
+    let stop = AtomicBool::new(false);
+    let (answered, during_build, errors) = std::thread::scope(|scope| {
+        let searcher = scope.spawn(|| search_until(&cluster, &stop));
+        let output = tools(&[
+            "reload",
+            "--db",
+            &connection_string(&cluster),
+            "--model-dir",
+            model_dir.to_str().unwrap(),
+            "--source",
+            model_dir.join(MODEL).to_str().unwrap(),
+            "--name",
+            "minilm-v2",
+            "--index",
+            "movies_plot_idx",
+        ]);
+        stop.store(true, Ordering::Relaxed);
+        assert!(output.status.success(), "reload failed");
+        searcher.join().unwrap()
+    });
+    assert!(errors.is_empty(), "searches failed during the reload: {errors:?}");
+    assert!(answered > 0 && during_build > 0, "{answered} searches, {during_build} during the rebuild");
+
+    let (built_with, options, faiss_indexes, all_valid) = index_state(&mut client);
+    assert_eq!(built_with, "minilm-v2");
+    assert_eq!(options, vec!["model=minilm-v2".to_string()]);
+    assert_eq!((faiss_indexes, all_valid), (1, true));
+    // The same weights under a new name: the same answers, and the old version stays.
+    assert_eq!(top_ids(&mut client), before);
+    assert!(model_dir.join(MODEL).join("model.onnx").exists());
+
+    // Reloading to the version it already uses is refused.
+    let again = tools(&[
+        "reload",
+        "--db",
+        &connection_string(&cluster),
+        "--model-dir",
+        model_dir.to_str().unwrap(),
+        "--source",
+        model_dir.join("minilm-v2").to_str().unwrap(),
+        "--name",
+        "minilm-v2",
+        "--index",
+        "movies_plot_idx",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    std::fs::remove_dir_all(&model_dir).unwrap();
+}
+
+#[test]
+fn a_failed_reload_leaves_the_index_as_it_was() {
+    let (cluster, model_dir, mut client) = cluster_with_private_models("tools_reload_fail");
+    load_movies(&mut client);
+    let before = top_ids(&mut client);
+
+    // A version whose files match its manifest but whose model.onnx is no ONNX graph: it
+    // installs, and the rebuild fails when the server loads it.
+    let broken = cluster.data.join("broken-source");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(
+        env().model_dir.join(MODEL).join("tokenizer.json"),
+        broken.join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(broken.join("model.onnx"), b"not an onnx graph").unwrap();
+    let mut manifest = semantic_encoder::Manifest::load(&env().model_dir.join(MODEL)).unwrap();
+    manifest.name = "broken".into();
+    manifest.fingerprint = semantic_encoder::compute_fingerprint(&broken, &manifest).unwrap();
+    manifest.save(&broken).unwrap();
+
+    let output = tools(&[
+        "reload",
+        "--db",
+        &connection_string(&cluster),
+        "--model-dir",
+        model_dir.to_str().unwrap(),
+        "--source",
+        broken.to_str().unwrap(),
+        "--name",
+        "broken",
+        "--index",
+        "movies_plot_idx",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("still uses"), "{stderr}");
+
+    let (built_with, options, faiss_indexes, all_valid) = index_state(&mut client);
+    assert_eq!(built_with, MODEL);
+    assert_eq!(options, vec![format!("model={MODEL}")]);
+    assert_eq!((faiss_indexes, all_valid), (1, true), "the half-built copy is dropped");
+    assert!(!model_dir.join("broken").exists(), "the new version is uninstalled");
+    assert_eq!(top_ids(&mut client), before);
+    std::fs::remove_dir_all(&model_dir).unwrap();
+}
