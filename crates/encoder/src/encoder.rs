@@ -76,7 +76,7 @@ impl Encoder {
         };
         let mut builder = Session::builder(environment)
             .map_err(invalid)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| invalid(e.into()))?
             .with_intra_threads(options.threads.max(1))
             .map_err(|e| invalid(e.into()))?
