@@ -43,6 +43,10 @@ def pct(xs, p):
     return float(np.percentile(np.array(xs) * 1000.0, p))
 
 
+def load():
+    return open("/proc/loadavg").read().split()[0]
+
+
 def connect():
     return psycopg.connect(DSN, autocommit=True)
 
@@ -65,7 +69,7 @@ for rnd in range(1, rounds + 1):
         out = subprocess.run([sys.executable, str(HERE / "encode.py"), model_dir, csv_path, "Plot",
                               str(n), str(threads), "32", sort],
                              check=True, capture_output=True, text=True).stdout.strip()
-        print(out)
+        print(f"{out} [load {load()}]")
         results[key].append(float(re.search(r"([\d.]+) texts/s", out).group(1)))
     with connect() as c:
         c.execute("DROP INDEX IF EXISTS movies_plot_idx")
@@ -76,12 +80,13 @@ for rnd in range(1, rounds + 1):
         secs = time.perf_counter() - t
     results["index"].append(n / secs)
     print(f"CREATE INDEX ... USING faiss (plot) (default options, semantic.threads = {threads}): "
-          f"{n} documents in {secs:.2f} s: {n / secs:.1f} documents/s")
-print("--- build summary (documents/s, best of rounds; ratio = CREATE INDEX / Python)")
+          f"{n} documents in {secs:.2f} s: {n / secs:.1f} documents/s [load {load()}]")
+print("--- build summary (documents/s; ratio = CREATE INDEX / Python)")
 best = {k: max(v) for k, v in results.items()}
 for k in ("unsorted", "sorted"):
-    print(f"CREATE INDEX {best['index']:.1f} vs python {k} {best[k]:.1f}: {best['index'] / best[k]:.2f}x"
-          f" (per round: {', '.join(f'{a / b:.2f}x' for a, b in zip(results['index'], results[k]))})")
+    ratios = [a / b for a, b in zip(results["index"], results[k])]
+    print(f"vs python {k}: best of rounds {best['index']:.1f} vs {best[k]:.1f} = {best['index'] / best[k]:.2f}x;"
+          f" per round {', '.join(f'{r:.2f}x' for r in ratios)}, median {float(np.median(ratios)):.2f}x")
 
 # ---- one short query embedded in process by Python onnxruntime (baseline for the query path)
 import onnxruntime as ort
@@ -112,7 +117,7 @@ for q in queries:
     lat.append(time.perf_counter() - t)
 print(f"--- query latency ({len(queries)} queries, first 5 words of plots of rows 1001+)")
 print(f"python onnxruntime, one query embedded in process ({threads} threads): "
-      f"p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms")
+      f"p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms [load {load()}]")
 
 # ---- client-side latency through prepared statements
 SQL = {
@@ -139,7 +144,7 @@ for name, sql in SQL.items():
     else:
         ids_by[name] = [[r[0] for r in rs] for rs in got]
     print(f"{sql.replace('%s', '$1')}: first query of a new connection {cold * 1000:.1f} ms; "
-          f"warm p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, rows/query {np.mean([len(g) for g in got]):.1f}")
+          f"warm p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms, rows/query {np.mean([len(g) for g in got]):.1f} [load {load()}]")
 
 same = sum(a == b for a, b in zip(ids_by["semantic_search"], ids_by["order_by"]))
 print(f"semantic_search and ORDER BY returned the same 10 ids in the same order for {same}/{len(queries)} queries")

@@ -55,7 +55,7 @@ bench_cluster_start() {
 bench_venv() {
   VENV="$BENCH_ROOT/.semantic/bench-venv"
   [ -x "$VENV/bin/python" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q onnxruntime==1.32.0 tokenizers==0.23.2 numpy; }
-  "$VENV/bin/python" -c 'import psycopg' 2>/dev/null || "$VENV/bin/pip" install -q 'psycopg[binary]==3.3.9'
+  "$VENV/bin/python" -c "import psycopg, faiss" 2>/dev/null || "$VENV/bin/pip" install -q "psycopg[binary]==3.3.9" faiss-cpu==1.15.1
 }
 
 bench_machine() {

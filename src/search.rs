@@ -113,8 +113,9 @@ BEGIN
     END IF;
     IF idx IS NULL THEN
         SELECT array_agg(c.oid::regclass::text ORDER BY c.oid::regclass::text) INTO names
-        FROM pg_class c JOIN pg_am a ON a.oid = c.relam
-        WHERE a.amname = 'faiss' AND c.relkind = 'i';
+        FROM pg_class c JOIN pg_am a ON a.oid = c.relam JOIN pg_index i ON i.indexrelid = c.oid
+        -- indisvalid: not the half-built copy a REINDEX CONCURRENTLY makes
+        WHERE a.amname = 'faiss' AND c.relkind = 'i' AND i.indisvalid;
         IF names IS NULL THEN
             RAISE EXCEPTION 'there is no faiss index in this database'
                 USING ERRCODE = 'undefined_object',

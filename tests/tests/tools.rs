@@ -45,7 +45,10 @@ fn tools(args: &[&str]) -> Output {
 }
 
 fn connection_string(cluster: &Cluster) -> String {
-    format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cluster.port)
+    format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        cluster.port
+    )
 }
 
 /// Copies the installed model into `model_dir` under `name`.
@@ -81,16 +84,56 @@ fn cluster_with_private_models(name: &str) -> (Cluster, PathBuf, Client) {
 // eval
 
 const DOCS: [(&str, &str, &str); 10] = [
-    ("d1", "Volcanoes", "Lava from an erupting volcano destroyed the village at its foot."),
-    ("d2", "Volcanic ash", "Ash clouds from the eruption grounded airplanes for a week."),
-    ("d3", "Baking bread", "Knead the dough, let it rise, then bake it in a hot oven."),
-    ("d4", "Sourdough", "A sourdough starter ferments flour and water with wild yeast."),
-    ("d5", "Chess openings", "The Sicilian Defence is a sharp reply to the king's pawn opening."),
-    ("d6", "Chess endgames", "King and pawn endings decide many games between strong players."),
-    ("d7", "Honeybees", "Worker bees collect nectar and turn it into honey in the hive."),
-    ("d8", "Solar panels", "Photovoltaic cells turn sunlight directly into electricity."),
-    ("d9", "Marathons", "Runners train for months to finish the 42 kilometre race."),
-    ("d10", "Coral reefs", "Warming oceans bleach corals and threaten the fish of the reef."),
+    (
+        "d1",
+        "Volcanoes",
+        "Lava from an erupting volcano destroyed the village at its foot.",
+    ),
+    (
+        "d2",
+        "Volcanic ash",
+        "Ash clouds from the eruption grounded airplanes for a week.",
+    ),
+    (
+        "d3",
+        "Baking bread",
+        "Knead the dough, let it rise, then bake it in a hot oven.",
+    ),
+    (
+        "d4",
+        "Sourdough",
+        "A sourdough starter ferments flour and water with wild yeast.",
+    ),
+    (
+        "d5",
+        "Chess openings",
+        "The Sicilian Defence is a sharp reply to the king's pawn opening.",
+    ),
+    (
+        "d6",
+        "Chess endgames",
+        "King and pawn endings decide many games between strong players.",
+    ),
+    (
+        "d7",
+        "Honeybees",
+        "Worker bees collect nectar and turn it into honey in the hive.",
+    ),
+    (
+        "d8",
+        "Solar panels",
+        "Photovoltaic cells turn sunlight directly into electricity.",
+    ),
+    (
+        "d9",
+        "Marathons",
+        "Runners train for months to finish the 42 kilometre race.",
+    ),
+    (
+        "d10",
+        "Coral reefs",
+        "Warming oceans bleach corals and threaten the fish of the reef.",
+    ),
 ];
 
 const QUERIES: [(&str, &str); 5] = [
@@ -184,12 +227,11 @@ fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
         beir.to_str().unwrap(),
         "--db",
         &connection_string(&cluster),
-        "--model",
-        MODEL,
         "--model-b",
         "minilm-copy",
     ]);
     assert!(output.status.success(), "eval failed");
+    // Without --model, the first model is semantic.default_model.
     let stdout = String::from_utf8(output.stdout).unwrap();
 
     let documents: i64 = client
@@ -274,7 +316,10 @@ fn top_ids(client: &mut Client) -> Vec<i32> {
 /// movies, all of them valid).
 fn index_state(client: &mut Client) -> (String, Vec<String>, i64, bool) {
     let built_with: String = client
-        .query_one("SELECT model FROM semantic_index_info('movies_plot_idx')", &[])
+        .query_one(
+            "SELECT model FROM semantic_index_info('movies_plot_idx')",
+            &[],
+        )
         .unwrap()
         .get(0);
     let options: Vec<String> = client
@@ -348,8 +393,14 @@ fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
         assert!(output.status.success(), "reload failed");
         searcher.join().unwrap()
     });
-    assert!(errors.is_empty(), "searches failed during the reload: {errors:?}");
-    assert!(answered > 0 && during_build > 0, "{answered} searches, {during_build} during the rebuild");
+    assert!(
+        errors.is_empty(),
+        "searches failed during the reload: {errors:?}"
+    );
+    assert!(
+        answered > 0 && during_build > 0,
+        "{answered} searches, {during_build} during the rebuild"
+    );
 
     let (built_with, options, faiss_indexes, all_valid) = index_state(&mut client);
     assert_eq!(built_with, "minilm-v2");
@@ -359,21 +410,44 @@ fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
     assert_eq!(top_ids(&mut client), before);
     assert!(model_dir.join(MODEL).join("model.onnx").exists());
 
+    let reload = |source: &Path, name: &str| {
+        tools(&[
+            "reload",
+            "--db",
+            &connection_string(&cluster),
+            "--model-dir",
+            model_dir.to_str().unwrap(),
+            "--source",
+            source.to_str().unwrap(),
+            "--name",
+            name,
+            "--index",
+            "movies_plot_idx",
+        ])
+    };
     // Reloading to the version it already uses is refused.
-    let again = tools(&[
-        "reload",
-        "--db",
-        &connection_string(&cluster),
-        "--model-dir",
-        model_dir.to_str().unwrap(),
-        "--source",
-        model_dir.join("minilm-v2").to_str().unwrap(),
-        "--name",
-        "minilm-v2",
-        "--index",
-        "movies_plot_idx",
-    ]);
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        reload(&model_dir.join("minilm-v2"), "minilm-v2")
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // From a sentence-transformers folder, through import-model's export.
+    let st_folder = std::env::var_os("SEMANTIC_TEST_ST_MODEL").map_or_else(
+        || env().repo.join(".semantic/src-models").join(MODEL),
+        PathBuf::from,
+    );
+    if st_folder.is_dir() {
+        assert!(
+            reload(&st_folder, "minilm-v3").status.success(),
+            "reload from {st_folder:?} failed"
+        );
+        assert_eq!(index_state(&mut client).0, "minilm-v3");
+        assert_eq!(top_ids(&mut client), before);
+    } else {
+        eprintln!("skipped the import leg: no sentence-transformers folder at {st_folder:?}");
+    }
     std::fs::remove_dir_all(&model_dir).unwrap();
 }
 
@@ -418,8 +492,112 @@ fn a_failed_reload_leaves_the_index_as_it_was() {
     let (built_with, options, faiss_indexes, all_valid) = index_state(&mut client);
     assert_eq!(built_with, MODEL);
     assert_eq!(options, vec![format!("model={MODEL}")]);
-    assert_eq!((faiss_indexes, all_valid), (1, true), "the half-built copy is dropped");
-    assert!(!model_dir.join("broken").exists(), "the new version is uninstalled");
+    assert_eq!(
+        (faiss_indexes, all_valid),
+        (1, true),
+        "the half-built copy is dropped"
+    );
+    assert!(
+        !model_dir.join("broken").exists(),
+        "the new version is uninstalled"
+    );
     assert_eq!(top_ids(&mut client), before);
+    std::fs::remove_dir_all(&model_dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// genq
+
+/// Near neighbours of the toy documents, so that some keyword queries point elsewhere.
+const LOOKALIKES: [&str; 4] = [
+    "Eruptions. An erupting volcano sent lava and ash over the villages nearby.",
+    "Bread. Home bakers let the dough rise overnight before it goes in the oven.",
+    "Chess. Strong players study pawn endings and sharp openings alike.",
+    "Energy. Rooftop solar cells give homes electricity from sunlight.",
+];
+
+fn read_pairs(path: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let pair: serde_json::Value = serde_json::from_str(line).unwrap();
+            let field = |name: &str| pair[name].as_str().unwrap().to_string();
+            (field("query"), field("passage_id"), field("positive"))
+        })
+        .collect()
+}
+
+#[test]
+fn genq_reads_a_table_and_keeps_the_pairs_the_base_model_finds() {
+    let (cluster, model_dir, mut client) = cluster_with_private_models("tools_genq");
+    client
+        .batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        .unwrap();
+    let bodies = DOCS
+        .iter()
+        .map(|(_, title, text)| format!("{title}. {text}"))
+        .chain(LOOKALIKES.iter().map(|s| s.to_string()));
+    for (i, body) in bodies.enumerate() {
+        client
+            .execute(
+                "INSERT INTO docs VALUES ($1, $2)",
+                &[&(i as i32 + 1), &body],
+            )
+            .unwrap();
+    }
+    let genq = |name: &str, filter: bool| {
+        let path = cluster.data.join(name);
+        let db = connection_string(&cluster);
+        let mut args = vec![
+            "genq",
+            "--generator",
+            "keywords",
+            "--db",
+            &db,
+            "--table",
+            "public.docs",
+            "--text-column",
+            "body",
+            "--queries-per-passage",
+            "3",
+            "--output",
+            path.to_str().unwrap(),
+        ];
+        let model_dir = model_dir.to_str().unwrap();
+        if filter {
+            args.extend(["--filter-model", MODEL, "--model-dir", model_dir]);
+        }
+        assert!(tools(&args).status.success(), "genq failed");
+        read_pairs(&path)
+    };
+    let all = genq("all.jsonl", false);
+    let kept = genq("kept.jsonl", true);
+
+    // The filter keeps exactly the pairs whose row a faiss index with the same model returns
+    // first for the query.
+    client
+        .batch_execute(&format!(
+            "CREATE INDEX docs_body ON docs USING faiss (body) WITH (model = '{MODEL}')"
+        ))
+        .unwrap();
+    let mut expected = Vec::new();
+    for (query, id, positive) in &all {
+        assert!((3..=6).contains(&query.split(' ').count()), "{query}");
+        let row = client
+            .query_one(
+                "SELECT (SELECT body FROM docs WHERE id::text = $2),
+                        (SELECT \"row\"->>'id' FROM semantic_search($1, 1, 'docs_body'))",
+                &[query, id],
+            )
+            .unwrap();
+        assert_eq!(positive, &row.get::<_, String>(0));
+        if &row.get::<_, String>(1) == id {
+            expected.push((query.clone(), id.clone(), positive.clone()));
+        }
+    }
+    eprintln!("{} of {} pairs pass the round trip", kept.len(), all.len());
+    assert!(!kept.is_empty());
+    assert_eq!(kept, expected);
     std::fs::remove_dir_all(&model_dir).unwrap();
 }

@@ -2,7 +2,11 @@
 //! encoder outside PostgreSQL, and (later) generating queries, fine-tuning and evaluating.
 
 mod encode;
+mod eval;
+mod finetune;
+mod genq;
 mod import;
+mod reload;
 
 use std::process::ExitCode;
 
@@ -26,6 +30,18 @@ enum Command {
     ImportModel(import::ImportArgs),
     /// Embed texts with a model directory, outside the database (one JSON object per line out).
     Encode(encode::EncodeArgs),
+    /// Fine-tune a sentence-transformers folder on (query, positive[, negative]) pairs with
+    /// MultipleNegativesRankingLoss; optionally install the result as a model directory.
+    Finetune(finetune::FinetuneArgs),
+    /// Generate synthetic (query, positive) pairs from passages in a file or table: T5
+    /// doc2query sampling, inverse cloze or TF-IDF keywords, optionally round-trip filtered.
+    Genq(genq::GenqArgs),
+    /// Evaluate retrieval on a BEIR data set through SQL (a faiss index per model,
+    /// semantic_search per query): nDCG@10, Recall@100, MRR@10.
+    Eval(eval::EvalArgs),
+    /// Install a new model version and move a faiss index to it with REINDEX CONCURRENTLY,
+    /// searches going on meanwhile.
+    Reload(reload::ReloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +49,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::ImportModel(args) => import::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Finetune(args) => finetune::run(args),
+        Command::Genq(args) => genq::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Reload(args) => reload::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,498 @@
+//! A trainable BERT encoder in candle. The weights are `Var`s loaded from a Hugging Face
+//! `model.safetensors` and written back under the same names.
+//!
+//! candle-transformers' `BertModel` is not used: its LayerNorm takes candle-nn's fused kernel,
+//! which has no backward pass, and its dropout is a no-op, while sentence-transformers trains
+//! with dropout on. The layers run on this crate's fused kernels (see `ops`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use safetensors::{Dtype, SafeTensors};
+use semantic_bert_export::BertConfig;
+use serde::Deserialize;
+
+use crate::loss::normalize;
+use crate::ops;
+
+/// A trainable tensor and its name in model.safetensors.
+pub struct Parameter {
+    pub name: String,
+    pub var: Var,
+}
+
+impl Parameter {
+    /// Whether AdamW decays this weight: as in the Hugging Face trainer, biases and LayerNorm
+    /// parameters are not decayed.
+    pub fn takes_weight_decay(&self) -> bool {
+        !(self.name.ends_with("bias") || self.name.contains("LayerNorm"))
+    }
+}
+
+/// Dropout as Hugging Face BERT applies it in training mode: on the embeddings, on every
+/// sub-layer output before its residual addition, and on the attention probabilities. Each
+/// site draws its mask seed from a generator seeded once, so a training run is reproducible.
+pub struct Dropout {
+    /// None: dropout is off.
+    seeds: Option<StdRng>,
+    hidden: f64,
+    attention: f64,
+}
+
+impl Dropout {
+    /// No dropout (inference, or checks that need a deterministic forward).
+    pub fn off() -> Self {
+        Dropout {
+            seeds: None,
+            hidden: 0.0,
+            attention: 0.0,
+        }
+    }
+
+    /// The model's own training dropout (config.json's `hidden_dropout_prob` and
+    /// `attention_probs_dropout_prob`).
+    pub fn training(model: &Bert, seed: u64) -> Self {
+        Dropout {
+            seeds: Some(StdRng::seed_from_u64(seed)),
+            hidden: model.dropout.hidden_dropout_prob,
+            attention: model.dropout.attention_probs_dropout_prob,
+        }
+    }
+
+    /// The rate and mask seed of the next dropout site with rate `probability`.
+    fn next_site(&mut self, probability: f64) -> (f64, u64) {
+        match &mut self.seeds {
+            Some(seeds) => (probability, seeds.random()),
+            None => (0.0, 0),
+        }
+    }
+
+    fn on_hidden(&mut self, x: &Tensor) -> Result<Tensor> {
+        let (rate, seed) = self.next_site(self.hidden);
+        Ok(ops::dropout(x, rate, seed)?)
+    }
+
+    /// `dropout(x) + residual`.
+    fn add_residual(&mut self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (rate, seed) = self.next_site(self.hidden);
+        Ok(ops::dropout_add(x, residual, rate, seed)?)
+    }
+
+    fn on_attention(&mut self) -> (f64, u64) {
+        self.next_site(self.attention)
+    }
+}
+
+#[derive(Clone, Copy, Deserialize)]
+struct DropoutConfig {
+    #[serde(default = "default_dropout")]
+    hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    attention_probs_dropout_prob: f64,
+}
+
+fn default_dropout() -> f64 {
+    0.1
+}
+
+/// The token ids of a batch of texts, packed one text after another: nothing is padded, so
+/// no computation is spent on padding.
+pub struct TokenBatch {
+    ids: Tensor,
+    /// Each token's position in its text.
+    positions: Tensor,
+    /// Text i is rows `offsets[i]..offsets[i + 1]`.
+    offsets: Arc<[usize]>,
+    /// `[texts, rows]` with 1 / length on each text's rows: mean pooling as a product.
+    mean_pooling: Tensor,
+}
+
+impl TokenBatch {
+    /// `rows` are token ids as the tokenizer gives them (special tokens included).
+    pub fn new(rows: &[Vec<u32>], dtype: DType) -> Result<Self> {
+        if rows.iter().any(Vec::is_empty) {
+            bail!("a text has no tokens");
+        }
+        let offsets: Vec<usize> = std::iter::once(0)
+            .chain(rows.iter().scan(0, |end, row| {
+                *end += row.len();
+                Some(*end)
+            }))
+            .collect();
+        let total = offsets[rows.len()];
+        let positions: Vec<u32> = rows.iter().flat_map(|row| 0..row.len() as u32).collect();
+        let mut mean_pooling = vec![0f32; rows.len() * total];
+        for (text, span) in offsets.windows(2).enumerate() {
+            mean_pooling[text * total + span[0]..text * total + span[1]]
+                .fill(1.0 / (span[1] - span[0]) as f32);
+        }
+        Ok(TokenBatch {
+            ids: Tensor::from_vec(rows.concat(), total, &Device::Cpu)?,
+            positions: Tensor::from_vec(positions, total, &Device::Cpu)?,
+            offsets: offsets.into(),
+            mean_pooling: Tensor::from_vec(mean_pooling, (rows.len(), total), &Device::Cpu)?
+                .to_dtype(dtype)?,
+        })
+    }
+}
+
+struct Linear {
+    /// Hugging Face layout: `[out, in]`.
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// `x` is `[rows, in]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::linear(x, &self.weight, &self.bias)?)
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Activation {
+    /// The exact, erf-based GELU (`gelu`).
+    Gelu,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => bail!("unsupported hidden_act {other:?} (supported: gelu, gelu_new, gelu_pytorch_tanh, relu)"),
+        })
+    }
+
+    fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => ops::gelu_erf(x)?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+impl Layer {
+    /// The query, key and value projections side by side (`[rows, 3 * hidden]`), computed as
+    /// one product.
+    fn query_key_value(&self, x: &Tensor) -> Result<Tensor> {
+        let weight = Tensor::cat(
+            &[&self.query.weight, &self.key.weight, &self.value.weight],
+            0,
+        )?;
+        let bias = Tensor::cat(&[&self.query.bias, &self.key.bias, &self.value.bias], 0)?;
+        Linear { weight, bias }.forward(x)
+    }
+}
+
+/// A BERT encoder (`model_type` "bert") with trainable weights.
+pub struct Bert {
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Tensor,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    activation: Activation,
+    dropout: DropoutConfig,
+    parameters: Vec<Parameter>,
+}
+
+impl Bert {
+    /// Loads `config.json` and `model.safetensors` from `dir`, with every weight as a `Var`
+    /// of `dtype` (float32 for training; float64 lets tests check gradients tightly).
+    pub fn load(dir: &Path, dtype: DType) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = BertConfig::from_file(&config_path)?;
+        config.validate()?;
+        if config.model_type != "bert" {
+            bail!(
+                "fine-tuning supports BERT models only, not model_type {:?}",
+                config.model_type
+            );
+        }
+        let dropout: DropoutConfig = serde_json::from_str(&std::fs::read_to_string(&config_path)?)
+            .with_context(|| format!("{} is not valid", config_path.display()))?;
+        let weights_path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&weights_path)
+            .with_context(|| format!("cannot read {}", weights_path.display()))?;
+        let mut loader =
+            Loader::new(&bytes, dtype).with_context(|| format!("in {}", weights_path.display()))?;
+
+        let (hidden, inner, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
+        let word_embeddings = loader.take(
+            "embeddings.word_embeddings.weight",
+            &[config.vocab_size, hidden],
+        )?;
+        let position_embeddings = loader.take(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, hidden],
+        )?;
+        let token_type_embeddings = loader.take(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, hidden],
+        )?;
+        let embedding_norm = loader.layer_norm("embeddings.LayerNorm", hidden, eps)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                Ok(Layer {
+                    query: loader.linear(&format!("{p}.attention.self.query"), hidden, hidden)?,
+                    key: loader.linear(&format!("{p}.attention.self.key"), hidden, hidden)?,
+                    value: loader.linear(&format!("{p}.attention.self.value"), hidden, hidden)?,
+                    attention_output: loader.linear(
+                        &format!("{p}.attention.output.dense"),
+                        hidden,
+                        hidden,
+                    )?,
+                    attention_norm: loader.layer_norm(
+                        &format!("{p}.attention.output.LayerNorm"),
+                        hidden,
+                        eps,
+                    )?,
+                    intermediate: loader.linear(
+                        &format!("{p}.intermediate.dense"),
+                        inner,
+                        hidden,
+                    )?,
+                    output: loader.linear(&format!("{p}.output.dense"), hidden, inner)?,
+                    output_norm: loader.layer_norm(
+                        &format!("{p}.output.LayerNorm"),
+                        hidden,
+                        eps,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Bert {
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embedding_norm,
+            layers,
+            heads: config.num_attention_heads,
+            activation: Activation::from_name(&config.hidden_act)?,
+            dropout,
+            parameters: loader.parameters,
+        })
+    }
+
+    /// Every trainable weight (the pooler and buffers such as `position_ids`, which sentence
+    /// embeddings do not use, are not among them).
+    pub fn parameters(&self) -> &[Parameter] {
+        &self.parameters
+    }
+
+    /// The longest input the position embeddings allow.
+    pub fn max_positions(&self) -> usize {
+        self.position_embeddings.dim(0).unwrap_or(0)
+    }
+
+    /// Sentence embeddings `[texts, hidden]` as sentence-transformers computes them for this
+    /// model: the last hidden states, mean-pooled over each text's tokens, L2-normalised.
+    pub fn embed(&self, batch: &TokenBatch, dropout: &mut Dropout) -> Result<Tensor> {
+        let states = self.token_states(batch, dropout)?;
+        Ok(normalize(&batch.mean_pooling.matmul(&states)?)?)
+    }
+
+    /// The last hidden states of the batch's tokens, `[rows, hidden]`, packed like the batch.
+    fn token_states(&self, batch: &TokenBatch, dropout: &mut Dropout) -> Result<Tensor> {
+        let longest = batch
+            .offsets
+            .windows(2)
+            .map(|s| s[1] - s[0])
+            .max()
+            .unwrap_or(0);
+        if longest > self.max_positions() {
+            bail!(
+                "a text of {longest} tokens, more than the model's {} positions",
+                self.max_positions()
+            );
+        }
+        // Single texts have token type 0 throughout.
+        let embeddings = self
+            .word_embeddings
+            .index_select(&batch.ids, 0)?
+            .add(&self.position_embeddings.index_select(&batch.positions, 0)?)?
+            .broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?;
+        let mut x = dropout.on_hidden(&self.embedding_norm.forward(&embeddings)?)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &batch.offsets, dropout)?;
+        }
+        Ok(x)
+    }
+
+    /// One transformer layer on the packed rows `x` (`[rows, hidden]`) of the texts at
+    /// `offsets`.
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        offsets: &Arc<[usize]>,
+        dropout: &mut Dropout,
+    ) -> Result<Tensor> {
+        let (rate, seed) = dropout.on_attention();
+        let qkv = layer.query_key_value(x)?;
+        let context = ops::attention(&qkv, offsets, self.heads, rate, seed)?;
+        let attended = dropout.add_residual(&layer.attention_output.forward(&context)?, x)?;
+        let attended = layer.attention_norm.forward(&attended)?;
+
+        let inner = self
+            .activation
+            .forward(&layer.intermediate.forward(&attended)?)?;
+        let output = dropout.add_residual(&layer.output.forward(&inner)?, &attended)?;
+        layer.output_norm.forward(&output)
+    }
+
+    /// Writes `target` as a copy of the safetensors file `source` (the one the model was
+    /// loaded from) in which every trained tensor holds its current value, as float32. Other
+    /// tensors (pooler, buffers) and the file's metadata are copied unchanged.
+    pub fn save(&self, source: &Path, target: &Path) -> Result<()> {
+        let bytes =
+            std::fs::read(source).with_context(|| format!("cannot read {}", source.display()))?;
+        let file = SafeTensors::deserialize(&bytes)?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)?;
+        let mut trained: HashMap<&str, (Vec<usize>, Vec<u8>)> = HashMap::new();
+        for parameter in &self.parameters {
+            let values = parameter
+                .var
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            trained.insert(&parameter.name, (parameter.var.dims().to_vec(), data));
+        }
+        let mut views = Vec::new();
+        for (name, view) in file.iter() {
+            let view = match trained.get(name) {
+                Some((shape, data)) => {
+                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)?
+                }
+                None => view,
+            };
+            views.push((name.to_string(), view));
+        }
+        let metadata = header.metadata().clone().or_else(|| {
+            // Hugging Face transformers refuses safetensors files whose format is not stated.
+            Some(HashMap::from([("format".to_string(), "pt".to_string())]))
+        });
+        safetensors::serialize_to_file(views, metadata, target)
+            .with_context(|| format!("cannot write {}", target.display()))
+    }
+}
+
+/// Takes tensors out of a model.safetensors by their base-model names, accepting the `bert.`
+/// prefix of checkpoints saved from task models and the old `gamma`/`beta` LayerNorm names.
+struct Loader<'a> {
+    file: SafeTensors<'a>,
+    prefix: &'static str,
+    dtype: DType,
+    parameters: Vec<Parameter>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(bytes: &'a [u8], dtype: DType) -> Result<Self> {
+        let file = SafeTensors::deserialize(bytes)?;
+        let probe = "embeddings.word_embeddings.weight";
+        let prefix = ["", "bert."]
+            .into_iter()
+            .find(|p| file.tensor(&format!("{p}{probe}")).is_ok())
+            .with_context(|| format!("no tensor {probe} (nor bert.{probe})"))?;
+        Ok(Loader {
+            file,
+            prefix,
+            dtype,
+            parameters: Vec::new(),
+        })
+    }
+
+    fn linear(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.take(&format!("{name}.weight"), &[outputs, inputs])?,
+            bias: self.take(&format!("{name}.bias"), &[outputs])?,
+        })
+    }
+
+    fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.take(&format!("{name}.weight"), &[width])?,
+            bias: self.take(&format!("{name}.bias"), &[width])?,
+            eps,
+        })
+    }
+
+    /// The tensor `name` (checked to have `shape`) as a new trainable parameter.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let mut candidates = vec![format!("{}{name}", self.prefix)];
+        if let Some(stem) = name.strip_suffix("LayerNorm.weight") {
+            candidates.push(format!("{}{stem}LayerNorm.gamma", self.prefix));
+        } else if let Some(stem) = name.strip_suffix("LayerNorm.bias") {
+            candidates.push(format!("{}{stem}LayerNorm.beta", self.prefix));
+        }
+        let (full_name, view) = candidates
+            .iter()
+            .find_map(|c| self.file.tensor(c).ok().map(|v| (c, v)))
+            .with_context(|| format!("no tensor {}", candidates.join(" or ")))?;
+        if view.shape() != shape {
+            bail!(
+                "tensor {full_name} has shape {:?}, expected {shape:?}",
+                view.shape()
+            );
+        }
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F64 => DType::F64,
+            other => {
+                bail!("tensor {full_name} has dtype {other:?}; supported: F32, F16, BF16, F64")
+            }
+        };
+        let tensor = Tensor::from_raw_buffer(view.data(), dtype, shape, &Device::Cpu)?
+            .to_dtype(self.dtype)?;
+        let var = Var::from_tensor(&tensor)?;
+        let trainable = var.as_tensor().clone();
+        self.parameters.push(Parameter {
+            name: full_name.clone(),
+            var,
+        });
+        Ok(trainable)
+    }
+}

@@ -1,0 +1,120 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// Weight files of the base model: the fine-tuned model.safetensors replaces them, so copies
+/// would be stale (and loaders might prefer them).
+const WEIGHT_FILES: &[&str] = &[
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "rust_model.ot",
+];
+/// Folders of exported copies of the base weights (ONNX, OpenVINO), stale after training.
+const EXPORT_FOLDERS: &[&str] = &["onnx", "openvino"];
+
+/// A sentence-transformers model folder with a BERT Transformer module and mean pooling.
+pub struct SentenceTransformerFolder {
+    root: PathBuf,
+    transformer_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Module {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
+
+impl SentenceTransformerFolder {
+    /// Reads `root`'s modules.json and checks that training can reproduce the pipeline:
+    /// Transformer, mean Pooling, and optionally Normalize (which cosine similarity makes
+    /// irrelevant to the loss).
+    pub fn open(root: &Path) -> Result<Self> {
+        let modules: Vec<Module> = read_json(&root.join("modules.json"))?;
+        let find = |suffix: &str| modules.iter().find(|m| m.kind.ends_with(suffix));
+        let transformer = find(".Transformer")
+            .context("modules.json has no sentence_transformers.models.Transformer module")?;
+        let pooling = find(".Pooling").context("modules.json has no Pooling module")?;
+        if let Some(other) = modules.iter().find(|m| {
+            ![".Transformer", ".Pooling", ".Normalize"]
+                .iter()
+                .any(|s| m.kind.ends_with(s))
+        }) {
+            bail!("unsupported sentence-transformers module {} (supported: Transformer, Pooling, Normalize)", other.kind);
+        }
+        let pooling: PoolingConfig = read_json(&root.join(&pooling.path).join("config.json"))?;
+        let mean_only = pooling.pooling_mode_mean_tokens
+            && !(pooling.pooling_mode_cls_token
+                || pooling.pooling_mode_max_tokens
+                || pooling.pooling_mode_mean_sqrt_len_tokens);
+        if !mean_only {
+            bail!("fine-tuning supports mean pooling only");
+        }
+        Ok(SentenceTransformerFolder {
+            root: root.to_path_buf(),
+            transformer_dir: root.join(&transformer.path),
+        })
+    }
+
+    /// The folder holding config.json, model.safetensors and tokenizer.json.
+    pub fn transformer_dir(&self) -> &Path {
+        &self.transformer_dir
+    }
+
+    /// Copies the folder to `target` (created), without the base weights and their exports;
+    /// the caller writes the new model.safetensors into `target`'s transformer folder.
+    /// Returns that folder.
+    pub fn copy_without_weights(&self, target: &Path) -> Result<PathBuf> {
+        copy_tree(&self.root, target, &self.transformer_dir)?;
+        let relative = self
+            .transformer_dir
+            .strip_prefix(&self.root)
+            .expect("the transformer folder is inside the root");
+        Ok(target.join(relative))
+    }
+}
+
+fn copy_tree(source: &Path, target: &Path, transformer_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    for entry in std::fs::read_dir(source)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if name.starts_with('.') {
+            continue; // .git, .gitattributes, .cache: repository plumbing, not the model
+        }
+        // is_dir follows links: Hugging Face cache snapshots are made of them.
+        if path.is_dir() {
+            if !EXPORT_FOLDERS.contains(&name.as_ref()) {
+                copy_tree(&path, &target.join(&*name), transformer_dir)?;
+            }
+        } else if !(source == transformer_dir && WEIGHT_FILES.contains(&name.as_ref())) {
+            std::fs::copy(&path, target.join(&*name))
+                .with_context(|| format!("cannot copy {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

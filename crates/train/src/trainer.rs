@@ -1,0 +1,149 @@
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+
+use crate::batching::no_duplicate_batches;
+use crate::bert::Dropout;
+use crate::loss::MNRL_SCALE;
+use crate::model::SentenceEncoder;
+use crate::optimizer::Optimizer;
+use crate::pairs::Pair;
+use crate::schedule::WarmupLinear;
+use crate::st_folder::SentenceTransformerFolder;
+
+/// Training settings; the defaults are sentence-transformers' `fit` defaults, except the
+/// 10% warm-up and the 128-token limit usual for MultipleNegativesRankingLoss fine-tuning.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Fraction of all steps over which the learning rate rises from 0.
+    pub warmup_ratio: f64,
+    /// Tokens per text in training (the saved model keeps its own limit for inference).
+    pub max_seq_length: usize,
+    /// Seeds the batch order (plus the epoch number, as sentence-transformers does) and dropout.
+    pub seed: u64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// The loss's inverse temperature on cosine similarities.
+    pub scale: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 2e-5,
+            warmup_ratio: 0.1,
+            max_seq_length: 128,
+            seed: 42,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            scale: MNRL_SCALE,
+        }
+    }
+}
+
+/// Reported after every optimiser step.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// Steps done so far (1 after the first).
+    pub step: usize,
+    pub total_steps: usize,
+    pub loss: f32,
+    pub learning_rate: f64,
+}
+
+/// What a finished run did.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub steps: usize,
+    /// Pairs trained on, counted once per epoch.
+    pub pairs_trained: usize,
+    /// Time spent in the training loop (not loading or saving).
+    pub training_time: Duration,
+    /// Mean loss over the last epoch's steps.
+    pub last_epoch_loss: f32,
+}
+
+impl TrainSummary {
+    pub fn pairs_per_second(&self) -> f64 {
+        self.pairs_trained as f64 / self.training_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Fine-tunes the sentence-transformers model in `base` on `pairs` with
+/// MultipleNegativesRankingLoss and writes the result to `output` as a sentence-transformers
+/// folder (a copy of `base` with new weights under the same tensor names). `output` must not
+/// exist or be empty. `on_step` is called after every optimiser step.
+pub fn finetune(
+    base: &Path,
+    pairs: &[Pair],
+    output: &Path,
+    config: &TrainConfig,
+    mut on_step: impl FnMut(&StepReport),
+) -> Result<TrainSummary> {
+    if pairs.is_empty() {
+        bail!("no training pairs");
+    }
+    if output.exists() && output.read_dir()?.next().is_some() {
+        bail!("{} exists and is not empty", output.display());
+    }
+    let folder = SentenceTransformerFolder::open(base)?;
+    let encoder =
+        SentenceEncoder::load(folder.transformer_dir(), config.max_seq_length, DType::F32)
+            .with_context(|| format!("cannot load {}", folder.transformer_dir().display()))?;
+
+    let epochs: Vec<Vec<Vec<usize>>> = (0..config.epochs)
+        .map(|epoch| no_duplicate_batches(pairs, config.batch_size, config.seed + epoch as u64))
+        .collect();
+    let total_steps = epochs.iter().map(Vec::len).sum();
+    let schedule = WarmupLinear::new(config.learning_rate, config.warmup_ratio, total_steps);
+    let mut optimizer = Optimizer::new(
+        encoder.bert().parameters(),
+        config.weight_decay,
+        config.max_grad_norm,
+    );
+    let mut dropout = Dropout::training(encoder.bert(), config.seed);
+
+    let started = Instant::now();
+    let mut step = 0;
+    let mut last_epoch_loss = 0.0;
+    for batches in &epochs {
+        let mut loss_sum = 0.0;
+        for batch in batches {
+            let batch: Vec<&Pair> = batch.iter().map(|&i| &pairs[i]).collect();
+            let loss = encoder.mnrl_loss(&batch, config.scale, &mut dropout)?;
+            let grads = loss.backward()?;
+            let learning_rate = schedule.lr_at(step);
+            optimizer.step(&grads, learning_rate)?;
+            step += 1;
+            let loss = loss.to_scalar::<f32>()?;
+            loss_sum += loss;
+            on_step(&StepReport {
+                step,
+                total_steps,
+                loss,
+                learning_rate,
+            });
+        }
+        last_epoch_loss = loss_sum / batches.len() as f32;
+    }
+    let training_time = started.elapsed();
+
+    let transformer_dir = folder.copy_without_weights(output)?;
+    encoder.bert().save(
+        &folder.transformer_dir().join("model.safetensors"),
+        &transformer_dir.join("model.safetensors"),
+    )?;
+    Ok(TrainSummary {
+        steps: total_steps,
+        pairs_trained: pairs.len() * config.epochs,
+        training_time,
+        last_epoch_loss,
+    })
+}

@@ -1,0 +1,538 @@
+//! Tests of the training forward and of a whole fine-tuning run on a tiny random BERT built
+//! here as a sentence-transformers folder. The ONNX comparison loads ONNX Runtime from
+//! `ORT_DYLIB_PATH` and fails (does not skip) when it is unset; it also runs on the real model
+//! when `SEMANTIC_TEST_ST_MODEL` names a sentence-transformers folder (all-MiniLM-L6-v2).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::Tensor as OrtTensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use semantic_train::{
+    finetune, mnrl_loss, Bert, Dropout, Pair, SentenceEncoder, SentenceTransformerFolder,
+    TokenBatch, TrainConfig,
+};
+
+// ---------------------------------------------------------------- helpers --
+
+/// A fresh, empty directory under the system temp dir; removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("semantic-train-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const HIDDEN: usize = 32;
+const LAYERS: usize = 2;
+const HEADS: usize = 4;
+const INTERMEDIATE: usize = 64;
+const MAX_POSITIONS: usize = 64;
+/// [PAD], [UNK], [CLS], [SEP], then the words w0..w95.
+const VOCAB: usize = 100;
+const WORDS: usize = VOCAB - 4;
+
+/// Random BERT weights by Hugging Face name, plus the pooler that sentence embeddings do not
+/// use (the saved file must keep it).
+fn random_weights(seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tensors = BTreeMap::new();
+    let mut add = |name: &str, shape: &[usize], center: f32, spread: f32| {
+        let values = (0..shape.iter().product())
+            .map(|_| center + rng.random_range(-spread..spread))
+            .collect();
+        tensors.insert(name.to_string(), (shape.to_vec(), values));
+    };
+    let (h, i) = (HIDDEN, INTERMEDIATE);
+    add("embeddings.word_embeddings.weight", &[VOCAB, h], 0.0, 1.0);
+    add(
+        "embeddings.position_embeddings.weight",
+        &[MAX_POSITIONS, h],
+        0.0,
+        0.5,
+    );
+    add("embeddings.token_type_embeddings.weight", &[2, h], 0.0, 0.5);
+    add("embeddings.LayerNorm.weight", &[h], 1.0, 0.3);
+    add("embeddings.LayerNorm.bias", &[h], 0.0, 0.2);
+    for l in 0..LAYERS {
+        for (name, outputs, inputs) in [
+            ("attention.self.query", h, h),
+            ("attention.self.key", h, h),
+            ("attention.self.value", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", i, h),
+            ("output.dense", h, i),
+        ] {
+            add(
+                &format!("encoder.layer.{l}.{name}.weight"),
+                &[outputs, inputs],
+                0.0,
+                0.3,
+            );
+            add(
+                &format!("encoder.layer.{l}.{name}.bias"),
+                &[outputs],
+                0.0,
+                0.2,
+            );
+        }
+        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            add(&format!("encoder.layer.{l}.{norm}.weight"), &[h], 1.0, 0.3);
+            add(&format!("encoder.layer.{l}.{norm}.bias"), &[h], 0.0, 0.2);
+        }
+    }
+    add("pooler.dense.weight", &[h, h], 0.0, 0.3);
+    add("pooler.dense.bias", &[h], 0.0, 0.2);
+    tensors
+}
+
+/// Writes a tiny sentence-transformers folder (Transformer at the root, mean pooling,
+/// Normalize) with a word-level tokenizer over "w0".."w95".
+fn write_tiny_model(dir: &Path, seed: u64) {
+    let config = serde_json::json!({
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": INTERMEDIATE,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": MAX_POSITIONS,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "pad_token_id": 0,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+
+    let weights = random_weights(seed);
+    let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = weights
+        .iter()
+        .map(|(name, (shape, values))| {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), Dtype::F32, shape.clone(), bytes)
+        })
+        .collect();
+    // A non-float buffer, as older checkpoints carry.
+    let position_ids: Vec<u8> = (0..MAX_POSITIONS as i64)
+        .flat_map(|p| p.to_le_bytes())
+        .collect();
+    data.push((
+        "embeddings.position_ids".into(),
+        Dtype::I64,
+        vec![1, MAX_POSITIONS],
+        position_ids,
+    ));
+    let views = data.iter().map(|(name, dtype, shape, bytes)| {
+        (
+            name.clone(),
+            TensorView::new(*dtype, shape.clone(), bytes).unwrap(),
+        )
+    });
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors")).unwrap();
+
+    let mut vocab = serde_json::Map::new();
+    for (id, token) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].into_iter().enumerate() {
+        vocab.insert(token.into(), id.into());
+    }
+    for w in 0..WORDS {
+        vocab.insert(format!("w{w}"), (w + 4).into());
+    }
+    let special = |id: &str| serde_json::json!({"SpecialToken": {"id": id, "type_id": 0}});
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [special("[CLS]"), {"Sequence": {"id": "A", "type_id": 0}}, special("[SEP]")],
+            "pair": [special("[CLS]"), {"Sequence": {"id": "A", "type_id": 0}}, special("[SEP]"),
+                     {"Sequence": {"id": "B", "type_id": 1}}, special("[SEP]")],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]},
+            },
+        },
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+
+    let modules = serde_json::json!([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]);
+    std::fs::write(dir.join("modules.json"), modules.to_string()).unwrap();
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.join("1_Pooling/config.json"),
+        serde_json::json!({"word_embedding_dimension": HIDDEN, "pooling_mode_mean_tokens": true})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 48, "do_lower_case": false}"#,
+    )
+    .unwrap();
+}
+
+/// Token rows of unequal lengths, so that packing (and padding, on the ONNX side) is exercised.
+fn random_rows(rng: &mut StdRng, count: usize) -> Vec<Vec<u32>> {
+    (0..count)
+        .map(|_| {
+            let words = rng.random_range(1..12);
+            let mut row = vec![2];
+            row.extend((0..words).map(|_| rng.random_range(4..VOCAB as u32)));
+            row.push(3);
+            row
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+// ------------------------------------------------------------- gradients --
+
+/// The loss of a fixed batch (4 queries, 4 positives, 2 hard negatives), with training
+/// dropout: a fresh `Dropout` with the same seed draws the same masks, so the loss is a
+/// deterministic function of the weights and the dropout backward passes are checked too.
+fn fixed_batch_loss(bert: &Bert, batches: &[TokenBatch; 3]) -> Tensor {
+    let mut dropout = Dropout::training(bert, 11);
+    let mut embed = |batch| bert.embed(batch, &mut dropout).unwrap();
+    let anchors = embed(&batches[0]);
+    let candidates = Tensor::cat(&[embed(&batches[1]), embed(&batches[2])], 0).unwrap();
+    mnrl_loss(&anchors, &candidates, 20.0).unwrap()
+}
+
+#[test]
+fn gradients_match_central_differences() {
+    let dir = TempDir::new("gradients");
+    write_tiny_model(dir.path(), 1);
+    let bert = Bert::load(dir.path(), DType::F64).unwrap();
+    let mut rng = StdRng::seed_from_u64(2);
+    let batches =
+        [4, 4, 2].map(|n| TokenBatch::new(&random_rows(&mut rng, n), DType::F64).unwrap());
+
+    let loss = fixed_batch_loss(&bert, &batches);
+    let grads = loss.backward().unwrap();
+    let checked = [
+        "embeddings.word_embeddings.weight",
+        "embeddings.position_embeddings.weight",
+        "embeddings.token_type_embeddings.weight",
+        "embeddings.LayerNorm.weight",
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.0.attention.self.key.bias",
+        "encoder.layer.0.attention.self.value.weight",
+        "encoder.layer.0.attention.output.LayerNorm.bias",
+        "encoder.layer.1.intermediate.dense.weight",
+        "encoder.layer.1.output.dense.bias",
+        "encoder.layer.1.output.LayerNorm.weight",
+    ];
+    let step = 1e-5;
+    let mut significant = 0;
+    for name in checked {
+        let parameter = bert.parameters().iter().find(|p| p.name == name).unwrap();
+        let shape = parameter.var.dims().to_vec();
+        let original: Vec<f64> = parameter.var.flatten_all().unwrap().to_vec1().unwrap();
+        let analytic: Vec<f64> = grads
+            .get(&parameter.var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Word rows that the batch uses (id 2 is [CLS]); elsewhere random elements.
+        let elements: Vec<usize> = if name.contains("word_embeddings") {
+            vec![2 * HIDDEN, 2 * HIDDEN + 7, 3 * HIDDEN + 1]
+        } else {
+            (0..3)
+                .map(|_| rng.random_range(0..original.len()))
+                .collect()
+        };
+        for element in elements {
+            let loss_at = |delta: f64| {
+                let mut values = original.clone();
+                values[element] += delta;
+                parameter
+                    .var
+                    .set(
+                        &Tensor::from_vec(values, shape.as_slice(), &candle_core::Device::Cpu)
+                            .unwrap(),
+                    )
+                    .unwrap();
+                let loss = fixed_batch_loss(&bert, &batches)
+                    .to_scalar::<f64>()
+                    .unwrap();
+                parameter
+                    .var
+                    .set(
+                        &Tensor::from_vec(
+                            original.clone(),
+                            shape.as_slice(),
+                            &candle_core::Device::Cpu,
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap();
+                loss
+            };
+            let numeric = (loss_at(step) - loss_at(-step)) / (2.0 * step);
+            let error = (analytic[element] - numeric).abs();
+            assert!(
+                error <= 1e-8 + 1e-5 * numeric.abs(),
+                "{name}[{element}]: backward {} vs central difference {numeric}",
+                analytic[element]
+            );
+            if numeric.abs() > 1e-6 {
+                significant += 1;
+            }
+        }
+    }
+    // The comparison means something only if most gradients are not ~0.
+    assert!(
+        significant >= 25,
+        "only {significant} gradients are significant"
+    );
+}
+
+// ------------------------------------------------------------------ ONNX --
+
+fn ort_session(model: &[u8]) -> Session {
+    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+    let environment = ENVIRONMENT.get_or_init(|| {
+        let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| {
+            panic!(
+                "ORT_DYLIB_PATH is not set: this test needs ONNX Runtime; set it to the path of \
+                 libonnxruntime.so (e.g. .semantic/lib/libonnxruntime.so.1.32.0)"
+            )
+        });
+        ort::init_from(&path)
+            .unwrap_or_else(|e| panic!("cannot load ONNX Runtime from {path}: {e}"))
+            .build()
+            .expect("create the ONNX Runtime environment")
+    });
+    Session::builder(environment)
+        .unwrap()
+        .with_intra_threads(2)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .commit_from_memory(model)
+        .expect("ONNX Runtime rejected the exported model")
+}
+
+/// Mean-pooled, normalised embeddings of `rows` from the exported ONNX graph.
+fn onnx_embeddings(transformer_dir: &Path, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let mut session = ort_session(&semantic_bert_export::export_onnx(transformer_dir).unwrap());
+    let width = rows.iter().map(Vec::len).max().unwrap();
+    let (mut ids, mut mask) = (
+        vec![0i64; rows.len() * width],
+        vec![0i64; rows.len() * width],
+    );
+    for (r, row) in rows.iter().enumerate() {
+        for (c, &id) in row.iter().enumerate() {
+            ids[r * width + c] = i64::from(id);
+            mask[r * width + c] = 1;
+        }
+    }
+    let shape = [rows.len() as i64, width as i64];
+    let outputs = session
+        .run(ort::inputs![
+            "input_ids" => OrtTensor::from_array((shape, ids)).unwrap(),
+            "attention_mask" => OrtTensor::from_array((shape, mask.clone())).unwrap(),
+            "token_type_ids" => OrtTensor::from_array((shape, vec![0i64; rows.len() * width])).unwrap(),
+        ])
+        .unwrap();
+    let (_, states) = outputs["last_hidden_state"]
+        .try_extract_tensor::<f32>()
+        .unwrap();
+    let dim = states.len() / (rows.len() * width);
+    (0..rows.len())
+        .map(|r| {
+            let row_states = &states[r * width * dim..(r + 1) * width * dim];
+            let mut v = semantic_encoder::pool(
+                semantic_encoder::Pooling::Mean,
+                row_states,
+                &mask[r * width..(r + 1) * width],
+                dim,
+            );
+            semantic_encoder::l2_normalize(&mut v);
+            v
+        })
+        .collect()
+}
+
+fn assert_agrees_with_onnx(transformer_dir: &Path, encoder: &SentenceEncoder, rows: &[Vec<u32>]) {
+    let ours = encoder
+        .bert()
+        .embed(
+            &TokenBatch::new(rows, DType::F32).unwrap(),
+            &mut Dropout::off(),
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let theirs = onnx_embeddings(transformer_dir, rows);
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        let similarity = cosine(a, b);
+        assert!(similarity >= 0.9999, "text {i}: cosine {similarity}");
+    }
+}
+
+#[test]
+fn training_forward_agrees_with_the_exported_onnx() {
+    let dir = TempDir::new("onnx");
+    write_tiny_model(dir.path(), 3);
+    let encoder = SentenceEncoder::load(dir.path(), 64, DType::F32).unwrap();
+    let rows = random_rows(&mut StdRng::seed_from_u64(4), 6);
+    assert_agrees_with_onnx(dir.path(), &encoder, &rows);
+
+    let Some(real) = std::env::var_os("SEMANTIC_TEST_ST_MODEL") else {
+        eprintln!("SEMANTIC_TEST_ST_MODEL is not set: the real model is not compared");
+        return;
+    };
+    let folder = SentenceTransformerFolder::open(Path::new(&real)).unwrap();
+    let encoder = SentenceEncoder::load(folder.transformer_dir(), 128, DType::F32).unwrap();
+    let texts = [
+        "A man is eating food.",
+        "Microstructural development of human newborn cerebral white matter assessed in vivo by diffusion tensor magnetic resonance imaging.",
+        "ok",
+    ];
+    let rows = encoder.tokenize(&texts).unwrap();
+    assert_agrees_with_onnx(folder.transformer_dir(), &encoder, &rows);
+}
+
+// -------------------------------------------------------------- training --
+
+/// 40 distinct pairs: query i and positive i share the word w{i}, the rest is random.
+fn toy_pairs() -> Vec<Pair> {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut words = |n: usize| -> String {
+        (0..n)
+            .map(|_| format!(" w{}", rng.random_range(40..WORDS)))
+            .collect()
+    };
+    (0..40)
+        .map(|i| Pair {
+            query: format!("w{i}{}", words(2)),
+            positive: format!("w{i}{}", words(6)),
+            negative: None,
+        })
+        .collect()
+}
+
+fn full_set_loss(transformer_dir: &Path, pairs: &[Pair]) -> f32 {
+    let encoder = SentenceEncoder::load(transformer_dir, 64, DType::F32).unwrap();
+    let batch: Vec<&Pair> = pairs.iter().collect();
+    encoder
+        .mnrl_loss(&batch, 20.0, &mut Dropout::off())
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn finetuning_lowers_the_loss_and_saves_a_sentence_transformers_folder() {
+    let base = TempDir::new("base");
+    write_tiny_model(base.path(), 6);
+    std::fs::create_dir(base.path().join("onnx")).unwrap();
+    std::fs::write(base.path().join("onnx/model.onnx"), b"stale").unwrap();
+    let output = TempDir::new("output");
+    let pairs = toy_pairs();
+    let config = TrainConfig {
+        epochs: 6,
+        batch_size: 8,
+        learning_rate: 5e-3,
+        ..TrainConfig::default()
+    };
+    let mut losses = Vec::new();
+    let summary = finetune(base.path(), &pairs, output.path(), &config, |report| {
+        assert_eq!(report.total_steps, 30);
+        losses.push(report.loss);
+    })
+    .unwrap();
+    assert_eq!(summary.steps, 30);
+    assert_eq!(summary.pairs_trained, 240);
+    assert_eq!(losses.len(), 30);
+
+    let before = full_set_loss(base.path(), &pairs);
+    let after = full_set_loss(output.path(), &pairs);
+    assert!(after < 0.5 * before, "loss {before} -> {after}");
+
+    // The same files, without the stale export; the same tensors, trained ones changed.
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        assert_eq!(
+            std::fs::read(base.path().join(file)).unwrap(),
+            std::fs::read(output.path().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert!(!output.path().join("onnx").exists());
+    let base_bytes = std::fs::read(base.path().join("model.safetensors")).unwrap();
+    let output_bytes = std::fs::read(output.path().join("model.safetensors")).unwrap();
+    let (base_file, output_file) = (
+        SafeTensors::deserialize(&base_bytes).unwrap(),
+        SafeTensors::deserialize(&output_bytes).unwrap(),
+    );
+    let mut names = base_file.names();
+    names.sort();
+    let mut output_names = output_file.names();
+    output_names.sort();
+    assert_eq!(names, output_names);
+    for name in names {
+        let (a, b) = (
+            base_file.tensor(name).unwrap(),
+            output_file.tensor(name).unwrap(),
+        );
+        assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
+        let untouched = name.starts_with("pooler.") || name == "embeddings.position_ids";
+        assert_eq!(a.data() == b.data(), untouched, "{name}");
+    }
+    let (_, metadata) = SafeTensors::read_metadata(&output_bytes).unwrap();
+    assert_eq!(metadata.metadata().as_ref().unwrap()["format"], "pt");
+}

@@ -1,0 +1,324 @@
+//! `semantic-tools genq`: synthetic (query, positive) pairs for `finetune --pairs`, from
+//! passages in a file or a table, with a T5 doc2query model or a weight-free generator, and
+//! optionally only the pairs a base model already finds (round-trip consistency).
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use semantic_encoder::{
+    init_runtime, l2_normalize, plan_batches, validate_model_name, Encoder, EncoderOptions,
+    Similarity, TextKind,
+};
+use semantic_genq::filter::own_passage_ranks;
+use semantic_genq::inverse_cloze::inverse_cloze_pairs;
+use semantic_genq::keywords::keyword_pairs;
+use semantic_genq::source::{read_passages, PassageColumns};
+use semantic_genq::t5::{T5QueryGenerator, T5Settings};
+use semantic_genq::{drop_duplicate_queries, Pair, Passage};
+
+use crate::reload::{connect, quote_ident};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Generator {
+    /// Sampled from a T5 doc2query checkpoint (--t5-model), as BEIR GenQ.
+    T5,
+    /// One sentence of the passage; the positive is the rest with the title.
+    InverseCloze,
+    /// 3-6 of the passage's top TF-IDF terms; the positive is the passage.
+    Keywords,
+}
+
+#[derive(Args)]
+pub struct GenqArgs {
+    #[arg(long, value_enum)]
+    generator: Generator,
+    /// Passages from a file: a BEIR corpus.jsonl (_id, title, text) or a .csv (see --id-column).
+    #[arg(long, required_unless_present = "db", conflicts_with = "db")]
+    input: Option<PathBuf>,
+    /// Passages from a table instead: a connection string, e.g. 'host=... user=... dbname=...'.
+    #[arg(long, requires = "table")]
+    db: Option<String>,
+    /// The table (optionally schema.table) with --db.
+    #[arg(long)]
+    table: Option<String>,
+    /// Column with the passage id (CSV or table).
+    #[arg(long, default_value = "id")]
+    id_column: String,
+    /// Column with the passage text (CSV or table).
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Column with a title put before the text (CSV or table).
+    #[arg(long)]
+    title_column: Option<String>,
+    /// Only the first N passages.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Where the JSON lines {"query", "passage_id", "positive"} go (default: stdout).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Queries per passage, before duplicates are dropped (default: 5 for t5, else 1).
+    #[arg(long)]
+    queries_per_passage: Option<usize>,
+    /// Fixes every random choice; a passage's queries depend only on it and its id.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// T5 checkpoint folder: config.json, model.safetensors, tokenizer.json.
+    #[arg(long, required_if_eq("generator", "t5"))]
+    t5_model: Option<PathBuf>,
+    #[arg(long, default_value_t = 25)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Passage tokens T5 reads.
+    #[arg(long, default_value_t = 512)]
+    max_passage_length: usize,
+    /// Query tokens T5 may write (counting the decoder's start token, as Hugging Face does).
+    #[arg(long, default_value_t = 64)]
+    max_query_length: usize,
+    /// (passage, sample) rows T5 decodes together.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Compute threads for T5 and the filter model (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Keep a pair only if this installed model ranks the pair's passage among the top
+    /// --filter-top of all passages for the query (round-trip consistency).
+    #[arg(long)]
+    filter_model: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    filter_top: usize,
+    /// The model directory root holding --filter-model.
+    #[arg(long, env = "SEMANTIC_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// The ONNX Runtime library the filter model runs on.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    onnxruntime: Option<PathBuf>,
+}
+
+impl GenqArgs {
+    fn columns(&self) -> PassageColumns {
+        PassageColumns {
+            id: self.id_column.clone(),
+            text: self.text_column.clone(),
+            title: self.title_column.clone(),
+        }
+    }
+}
+
+fn read_table(db: &str, table: &str, columns: &PassageColumns) -> Result<Vec<Passage>> {
+    let table: Vec<String> = table.split('.').map(quote_ident).collect();
+    let title = columns
+        .title
+        .as_deref()
+        .map_or("''".to_string(), |c| format!("{}::text", quote_ident(c)));
+    let sql = format!(
+        "SELECT {}::text, coalesce({title}, ''), coalesce({}::text, '') FROM {}",
+        quote_ident(&columns.id),
+        quote_ident(&columns.text),
+        table.join(".")
+    );
+    let mut client = connect(db)?;
+    Ok(client
+        .query(&sql, &[])
+        .with_context(|| format!("cannot read passages: {sql}"))?
+        .iter()
+        .map(|row| Passage {
+            id: row.get(0),
+            title: row.get(1),
+            text: row.get(2),
+        })
+        .collect())
+}
+
+fn progress_bar(length: usize, unit: &str) -> Result<ProgressBar> {
+    Ok(ProgressBar::new(length as u64).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit}, ETA {{eta}}"
+        ))?
+        .progress_chars("=> "),
+    ))
+}
+
+fn generate_t5(args: &GenqArgs, dir: &Path, passages: &[Passage], n: usize) -> Result<Vec<Pair>> {
+    let mut generator = T5QueryGenerator::load(dir)?;
+    let settings = T5Settings {
+        queries_per_passage: n,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        max_passage_tokens: args.max_passage_length,
+        max_query_tokens: args.max_query_length,
+        batch_size: args.batch_size,
+        seed: args.seed,
+    };
+    let bar = progress_bar(passages.len() * n, "queries")?;
+    let pairs = generator.generate(passages, &settings, |done| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    pairs
+}
+
+/// Texts per inference call of the filter model.
+const FILTER_BATCH_SIZE: usize = 32;
+
+/// Embeds `texts` with the filter model, with a bar that advances per batch.
+fn encode(encoder: &mut Encoder, texts: &[String], kind: TextKind) -> Result<Vec<Vec<f32>>> {
+    let ids = texts
+        .iter()
+        .map(|t| encoder.tokenize(t, kind))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+    let bar = progress_bar(plan_batches(&lengths, FILTER_BATCH_SIZE).len(), "batches")?;
+    let mut vectors = encoder.encode_token_ids_with(&ids, || bar.inc(1))?;
+    bar.finish_and_clear();
+    if encoder.manifest().similarity == Similarity::Cosine {
+        vectors.iter_mut().for_each(|v| l2_normalize(v));
+    }
+    Ok(vectors)
+}
+
+/// The --filter-model encoder, loaded before generating so that a bad setting fails at once.
+fn load_filter_encoder(args: &GenqArgs, model: &str) -> Result<Encoder> {
+    validate_model_name(model)?;
+    let model_dir = args
+        .model_dir
+        .as_ref()
+        .context("--filter-model needs --model-dir (or SEMANTIC_MODEL_DIR)")?;
+    let library = args
+        .onnxruntime
+        .as_ref()
+        .context("--filter-model needs --onnxruntime (or ORT_DYLIB_PATH)")?;
+    init_runtime(
+        &library
+            .canonicalize()
+            .with_context(|| format!("cannot find {}", library.display()))?,
+    )?;
+    let options = EncoderOptions {
+        threads: args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        batch_size: FILTER_BATCH_SIZE,
+        ..EncoderOptions::default()
+    };
+    Ok(Encoder::load(&model_dir.join(model), &options)?)
+}
+
+/// Round-trip consistency: keeps the pairs whose passage the encoder ranks in the top `top`
+/// of all passages for their query.
+fn filter_round_trip(
+    encoder: &mut Encoder,
+    passages: &[Passage],
+    pairs: Vec<Pair>,
+    top: usize,
+) -> Result<Vec<Pair>> {
+    eprintln!(
+        "filter: embedding {} passages and {} queries with {}",
+        passages.len(),
+        pairs.len(),
+        encoder.manifest().name
+    );
+    let texts: Vec<String> = passages.iter().map(Passage::full_text).collect();
+    let passage_vectors = encode(encoder, &texts, TextKind::Passage)?;
+    let queries: Vec<String> = pairs.iter().map(|p| p.query.clone()).collect();
+    let query_vectors = encode(encoder, &queries, TextKind::Query)?;
+
+    let position: HashMap<&str, usize> = passages
+        .iter()
+        .enumerate()
+        .rev() // the first passage of a repeated id wins
+        .map(|(i, p)| (p.id.as_str(), i))
+        .collect();
+    let own: Vec<usize> = pairs
+        .iter()
+        .map(|p| position[p.passage_id.as_str()])
+        .collect();
+    let ranks = own_passage_ranks(&query_vectors, &own, &passage_vectors);
+    Ok(pairs
+        .into_iter()
+        .zip(ranks)
+        .filter(|&(_, rank)| rank < top)
+        .map(|(pair, _)| pair)
+        .collect())
+}
+
+fn write_pairs(pairs: &[Pair], output: Option<&Path>) -> Result<()> {
+    let sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = BufWriter::new(sink);
+    for pair in pairs {
+        serde_json::to_writer(&mut sink, pair)?;
+        sink.write_all(b"\n")?;
+    }
+    sink.flush()?;
+    Ok(())
+}
+
+pub fn run(args: GenqArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        // candle sizes its thread pools from this variable; nothing has started one yet.
+        std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
+    }
+    let mut passages = match (&args.input, &args.db, &args.table) {
+        (Some(path), _, _) => read_passages(path, &args.columns())?,
+        (None, Some(db), Some(table)) => read_table(db, table, &args.columns())?,
+        _ => unreachable!("clap requires --input or --db with --table"),
+    };
+    if let Some(limit) = args.limit {
+        passages.truncate(limit);
+    }
+    let mut filter = args
+        .filter_model
+        .as_deref()
+        .map(|model| load_filter_encoder(&args, model))
+        .transpose()?;
+    let n = args
+        .queries_per_passage
+        .unwrap_or(if args.generator == Generator::T5 {
+            5
+        } else {
+            1
+        });
+    eprintln!(
+        "generating up to {n} queries for each of {} passages",
+        passages.len()
+    );
+
+    let pairs = match args.generator {
+        Generator::T5 => generate_t5(
+            &args,
+            args.t5_model
+                .as_deref()
+                .expect("clap requires --t5-model for t5"),
+            &passages,
+            n,
+        )?,
+        Generator::InverseCloze => inverse_cloze_pairs(&passages, n, args.seed),
+        Generator::Keywords => keyword_pairs(&passages, n, args.seed),
+    };
+    let generated = pairs.len();
+    let (mut pairs, duplicates) = drop_duplicate_queries(pairs);
+    let mut summary = format!("{generated} queries, {duplicates} duplicates dropped");
+    if let Some(encoder) = &mut filter {
+        let before = pairs.len();
+        pairs = filter_round_trip(encoder, &passages, pairs, args.filter_top)?;
+        summary += &format!(
+            ", {} kept by the round trip through {} (top {})",
+            pairs.len(),
+            encoder.manifest().name,
+            args.filter_top
+        );
+        if before > 0 {
+            summary += &format!(" = {:.1}%", 100.0 * pairs.len() as f64 / before as f64);
+        }
+    }
+    write_pairs(&pairs, args.output.as_deref())?;
+    eprintln!("{summary}; {} pairs written", pairs.len());
+    Ok(())
+}
