@@ -23,6 +23,7 @@ pub fn raise_encoder_error(error: EncoderError) -> ! {
             Some("SELECT * FROM semantic_models() lists the installed models; semantic-tools import-model installs one."),
         ),
         EncoderError::MissingFile { .. }
+        | EncoderError::UnsupportedModel { .. }
         | EncoderError::InvalidManifest { .. }
         | EncoderError::InvalidModel { .. }
         | EncoderError::FingerprintMismatch { .. } => (

@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use semantic_encoder::{
-    compute_fingerprint, validate_model_name, Manifest, Pooling, Similarity, MODEL_FILE,
-    TOKENIZER_FILE,
+    compute_fingerprint, validate_model_name, Manifest, SentenceTransformersPipeline, Similarity,
+    MODEL_FILE, TOKENIZER_FILE,
 };
 use serde::Deserialize;
 
@@ -37,35 +37,6 @@ pub struct ImportArgs {
 }
 
 #[derive(Deserialize)]
-struct Module {
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-#[derive(Deserialize)]
-struct PoolingConfig {
-    #[serde(default)]
-    pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_max_tokens: bool,
-    #[serde(default)]
-    pooling_mode_mean_sqrt_len_tokens: bool,
-}
-
-#[derive(Deserialize)]
-struct SentenceBertConfig {
-    max_seq_length: usize,
-}
-
-#[derive(Deserialize, Default)]
-struct SentenceTransformersConfig {
-    similarity_fn_name: Option<String>,
-}
-
-#[derive(Deserialize)]
 struct ModelType {
     model_type: String,
 }
@@ -76,67 +47,9 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
 }
 
-/// What the sentence-transformers folder says about pooling, normalisation and length.
-struct Pipeline {
-    transformer_dir: PathBuf,
-    pooling: Pooling,
-    normalize: bool,
-    max_seq_length: usize,
-    similarity: Similarity,
-}
-
-fn read_pipeline(source: &Path) -> Result<Pipeline> {
-    let modules: Vec<Module> = read_json(&source.join("modules.json"))?;
-    let find = |suffix: &str| modules.iter().find(|m| m.kind.ends_with(suffix));
-    let transformer = find(".Transformer")
-        .context("modules.json has no sentence_transformers.models.Transformer module")?;
-    let pooling_module = find(".Pooling").context("modules.json has no Pooling module")?;
-    for m in &modules {
-        let known = [".Transformer", ".Pooling", ".Normalize"]
-            .iter()
-            .any(|s| m.kind.ends_with(s));
-        if !known {
-            bail!("unsupported sentence-transformers module {} (supported: Transformer, Pooling, Normalize)", m.kind);
-        }
-    }
-    let transformer_dir = source.join(&transformer.path);
-    let pooling_cfg: PoolingConfig =
-        read_json(&source.join(&pooling_module.path).join("config.json"))?;
-    let pooling = match (
-        pooling_cfg.pooling_mode_mean_tokens,
-        pooling_cfg.pooling_mode_cls_token,
-        pooling_cfg.pooling_mode_max_tokens || pooling_cfg.pooling_mode_mean_sqrt_len_tokens,
-    ) {
-        (true, false, false) => Pooling::Mean,
-        (false, true, false) => Pooling::Cls,
-        _ => bail!("unsupported pooling configuration: only mean or cls pooling (one of them) is supported"),
-    };
-    let st_config: SentenceBertConfig =
-        read_json(&transformer_dir.join("sentence_bert_config.json"))
-            .or_else(|_| read_json(&source.join("sentence_bert_config.json")))?;
-    let similarity_path = source.join("config_sentence_transformers.json");
-    let similarity = if similarity_path.exists() {
-        read_json::<SentenceTransformersConfig>(&similarity_path)?.similarity_fn_name
-    } else {
-        None
-    };
-    let similarity = match similarity.as_deref() {
-        None | Some("cosine") => Similarity::Cosine,
-        Some("dot") | Some("dot_product") => Similarity::Dot,
-        Some(other) => bail!("unsupported similarity_fn_name {other} (supported: cosine, dot)"),
-    };
-    Ok(Pipeline {
-        transformer_dir,
-        pooling,
-        normalize: find(".Normalize").is_some(),
-        max_seq_length: st_config.max_seq_length,
-        similarity,
-    })
-}
-
 pub fn run(args: ImportArgs) -> Result<()> {
     validate_model_name(&args.name)?;
-    let pipeline = read_pipeline(&args.source)?;
+    let pipeline = SentenceTransformersPipeline::read(&args.source)?;
     let model_type: ModelType = read_json(&pipeline.transformer_dir.join("config.json"))?;
     let target = args.model_dir.join(&args.name);
     if target.exists() && !args.force {

@@ -10,6 +10,8 @@ pub enum EncoderError {
     ModelNotFound { name: String, path: PathBuf },
     #[error("model file {path} is missing or unreadable: {reason}")]
     MissingFile { path: PathBuf, reason: String },
+    #[error("unsupported sentence-transformers model {path}: {reason}")]
+    UnsupportedModel { path: PathBuf, reason: String },
     #[error("model manifest {path} is invalid: {reason}")]
     InvalidManifest { path: PathBuf, reason: String },
     #[error("model \"{name}\" does not match its manifest fingerprint (expected {expected}, found {actual}): the files changed after installation; reinstall the model")]

@@ -9,6 +9,7 @@ mod lru;
 mod manifest;
 mod pooling;
 mod runtime;
+mod st_folder;
 
 pub use batching::plan_batches;
 pub use encoder::{Encoder, EncoderOptions, TextKind};
@@ -20,3 +21,4 @@ pub use manifest::{
 };
 pub use pooling::{l2_normalize, pool};
 pub use runtime::{init_runtime, ExecutionProvider};
+pub use st_folder::SentenceTransformersPipeline;

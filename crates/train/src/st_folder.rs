@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use semantic_encoder::{Pooling, SentenceTransformersPipeline};
 
 /// Weight files of the base model: the fine-tuned model.safetensors replaces them, so copies
 /// would be stale (and loaders might prefer them).
@@ -21,59 +21,18 @@ pub struct SentenceTransformerFolder {
     transformer_dir: PathBuf,
 }
 
-#[derive(Deserialize)]
-struct Module {
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-#[derive(Deserialize)]
-struct PoolingConfig {
-    #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pooling_mode_max_tokens: bool,
-    #[serde(default)]
-    pooling_mode_mean_sqrt_len_tokens: bool,
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
-}
-
 impl SentenceTransformerFolder {
     /// Reads `root`'s modules.json and checks that training can reproduce the pipeline:
     /// Transformer, mean Pooling, and optionally Normalize (which cosine similarity makes
     /// irrelevant to the loss).
     pub fn open(root: &Path) -> Result<Self> {
-        let modules: Vec<Module> = read_json(&root.join("modules.json"))?;
-        let find = |suffix: &str| modules.iter().find(|m| m.kind.ends_with(suffix));
-        let transformer = find(".Transformer")
-            .context("modules.json has no sentence_transformers.models.Transformer module")?;
-        let pooling = find(".Pooling").context("modules.json has no Pooling module")?;
-        if let Some(other) = modules.iter().find(|m| {
-            ![".Transformer", ".Pooling", ".Normalize"]
-                .iter()
-                .any(|s| m.kind.ends_with(s))
-        }) {
-            bail!("unsupported sentence-transformers module {} (supported: Transformer, Pooling, Normalize)", other.kind);
-        }
-        let pooling: PoolingConfig = read_json(&root.join(&pooling.path).join("config.json"))?;
-        let mean_only = pooling.pooling_mode_mean_tokens
-            && !(pooling.pooling_mode_cls_token
-                || pooling.pooling_mode_max_tokens
-                || pooling.pooling_mode_mean_sqrt_len_tokens);
-        if !mean_only {
+        let pipeline = SentenceTransformersPipeline::read(root)?;
+        if pipeline.pooling != Pooling::Mean {
             bail!("fine-tuning supports mean pooling only");
         }
         Ok(SentenceTransformerFolder {
             root: root.to_path_buf(),
-            transformer_dir: root.join(&transformer.path),
+            transformer_dir: pipeline.transformer_dir,
         })
     }
 
