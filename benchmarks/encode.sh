@@ -12,9 +12,10 @@ VENV="$ROOT/.semantic/bench-venv"
 TOOLS=(env OMP_NUM_THREADS=1 "$ROOT/target/release/semantic-tools" encode "$CSV" --field Plot --limit "$N"
        --model-dir "$ROOT/.semantic/models" --onnxruntime "$ROOT/.semantic/lib/libonnxruntime.so.1.32.0" --threads "$THREADS")
 uname -m; nproc; grep -m1 'model name' /proc/cpuinfo
+load() { echo "[load $(cut -d' ' -f1 /proc/loadavg)]"; }  # other processes skew timings
 for round in 1 2; do
   echo "--- round $round"
-  "$VENV/bin/python" "$ROOT/benchmarks/encode.py" "$MODEL" "$CSV" Plot "$N" "$THREADS" 32 0
-  "$VENV/bin/python" "$ROOT/benchmarks/encode.py" "$MODEL" "$CSV" Plot "$N" "$THREADS" 32 1
-  "${TOOLS[@]}" 2>&1 | sed 's/^/semantic-tools: /'
+  echo "$("$VENV/bin/python" "$ROOT/benchmarks/encode.py" "$MODEL" "$CSV" Plot "$N" "$THREADS" 32 0) $(load)"
+  echo "$("$VENV/bin/python" "$ROOT/benchmarks/encode.py" "$MODEL" "$CSV" Plot "$N" "$THREADS" 32 1) $(load)"
+  echo "semantic-tools: $("${TOOLS[@]}" 2>&1) $(load)"
 done
