@@ -661,6 +661,32 @@ fn semantic_search_names_its_index_and_rejects_bad_input() {
         &SqlState::WRONG_OBJECT_TYPE,
         "not a faiss index",
     );
+    expect_error(
+        &mut client,
+        "SELECT * FROM semantic_search('x', 5, 'no_such_index')",
+        &SqlState::UNDEFINED_TABLE,
+        "does not exist",
+    );
+    // An index given as a regclass value answers like its name.
+    let by_oid: Vec<String> = client
+        .query(
+            "SELECT row_id::text FROM semantic_search('x', 5, 'movies_plot'::regclass) ORDER BY rank",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let by_name: Vec<String> = client
+        .query(
+            "SELECT row_id::text FROM semantic_search('x', 5, 'movies_plot') ORDER BY rank",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!((by_oid.len(), &by_oid), (5, &by_name));
 
     expect_error(
         &mut client,

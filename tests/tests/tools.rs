@@ -360,14 +360,16 @@ fn search_until(cluster: &Cluster, stop: &AtomicBool) -> (usize, usize, Vec<Stri
                     errors.push(format!("{found} rows"));
                 }
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(match e.as_db_error() {
+                Some(db) => format!("{}: {} ({:?})", db.code().code(), db.message(), db.where_()),
+                None => format!("{e:?}"),
+            }),
         }
     }
     (answered, during_build, errors)
 }
 
 #[test]
-#[ignore = "flaky: one search failed during REINDEX CONCURRENTLY in a clean-clone run; under investigation"]
 fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
     let (cluster, model_dir, mut client) = cluster_with_private_models("tools_reload");
     load_movies(&mut client);

@@ -112,7 +112,7 @@ fn evaluate_model(
     let build_seconds = started.elapsed().as_secs_f64();
 
     let search = client.prepare(
-        "SELECT \"row\"->>'doc_id' FROM semantic_search($1, $2, $3::text::regclass) ORDER BY rank",
+        "SELECT \"row\"->>'doc_id' FROM semantic_search($1, $2, $3::text) ORDER BY rank",
     )?;
     let bar = ProgressBar::new(data.queries.len() as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} queries")?
