@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{encode_snapshot, ColumnKind, IndexMetric, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
-use semantic_index::{tid_to_id, VectorIndex};
+use semantic_index::tid_to_id;
 
 use super::options::IndexOptions;
 use super::storage::{check_dimension, create_meta, rewrite};
@@ -37,9 +37,10 @@ fn progress(param: u32, value: i64) {
     unsafe { pg_sys::pgstat_progress_update_param(param as i32, value) };
 }
 
-/// Texts are embedded this many at a time while the table is scanned (length-sorted batches
-/// inside), so memory holds vectors, not the whole table's text.
-const EMBED_CHUNK: usize = 64;
+/// Texts are embedded this many at a time while the table is scanned, so memory holds
+/// vectors, not the whole table's text. Batches are length-sorted within a chunk: a large one
+/// pads almost as little as sorting the whole table would.
+const EMBED_CHUNK: usize = 2048;
 
 struct BuildState {
     meta: Meta,
@@ -74,10 +75,15 @@ impl BuildState {
         }
         let texts = std::mem::take(&mut self.pending_texts);
         let keys = std::mem::take(&mut self.pending_keys);
-        for (key, vectors) in keys
-            .iter()
-            .zip(embed_passages(&self.meta, &self.index_name, &texts))
-        {
+        // Rows counted so far include this chunk's; progress moves through it batch by batch.
+        let before = self.rows - texts.len() as u64;
+        let embedded = embed_passages(&self.meta, &self.index_name, &texts, |done| {
+            progress(
+                pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE,
+                (before + done as u64) as i64,
+            )
+        });
+        for (key, vectors) in keys.iter().zip(embedded) {
             for v in vectors {
                 self.push(key, v);
             }
@@ -169,9 +175,10 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
             &options.factory,
         ),
     };
+    meta.ef_construction = options.ef_construction;
     // Check the factory string now, before any work: FAISS itself is the judge.
     let probe_dim = if meta.dim == 0 { 8 } else { meta.dim as usize };
-    if let Err(e) = VectorIndex::new(probe_dim, &meta.factory, meta.metric.faiss_metric()) {
+    if let Err(e) = meta.empty_index(probe_dim) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(
@@ -195,8 +202,17 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
     let internal = |e: semantic_index::IndexError| -> ! {
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
     };
-    let mut index = VectorIndex::new(dim, &meta.factory, meta.metric.faiss_metric())
-        .unwrap_or_else(|e| {
+    // FAISS trains and links the graph with semantic.threads OpenMP threads (they run FAISS
+    // code only, never PostgreSQL's), back to one when this returns or raises.
+    struct FaissThreads;
+    impl Drop for FaissThreads {
+        fn drop(&mut self) {
+            semantic_index::set_threads(1);
+        }
+    }
+    semantic_index::set_threads(crate::gucs::threads());
+    let _single_again = FaissThreads;
+    let mut index = meta.empty_index(dim).unwrap_or_else(|e| {
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 e.to_string(),

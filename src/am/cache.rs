@@ -41,7 +41,7 @@ fn index_error(e: impl std::fmt::Display) -> ! {
 }
 
 fn empty_faiss(meta: &Meta) -> VectorIndex {
-    VectorIndex::new(meta.dim as usize, &meta.factory, meta.metric.faiss_metric())
+    meta.empty_index(meta.dim as usize)
         .unwrap_or_else(|e| index_error(e))
 }
 

@@ -37,7 +37,7 @@ pub unsafe extern "C-unwind" fn aminsert(
                 offset,
                 text_hash: text_hash(&text),
             };
-            let vectors = embed_passages(&meta, &relation_name(index), &[text])
+            let vectors = embed_passages(&meta, &relation_name(index), &[text], |_| {})
                 .pop()
                 .unwrap_or_default();
             (vectors, key)

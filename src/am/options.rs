@@ -1,4 +1,4 @@
-//! Reloptions of faiss indexes: `model`, `factory`, `metric`, `long_text`.
+//! Reloptions of faiss indexes: `model`, `factory`, `metric`, `long_text`, `ef_construction`.
 
 use std::ffi::CStr;
 use std::mem::offset_of;
@@ -21,6 +21,7 @@ struct RawOptions {
     factory: i32,
     metric: i32,
     long_text: i32,
+    ef_construction: i32,
 }
 
 /// One index's options, with defaults applied.
@@ -31,6 +32,7 @@ pub struct IndexOptions {
     pub factory: String,
     pub metric: Option<IndexMetric>,
     pub long_text: LongText,
+    pub ef_construction: u32,
 }
 
 /// Raises the ERROR of an option value outside its list of choices.
@@ -140,6 +142,15 @@ pub fn register() {
             Some(validate_long_text),
             lock,
         );
+        pg_sys::add_int_reloption(
+            RELOPT_KIND as _,
+            c"ef_construction".as_ptr(),
+            c"HNSW efConstruction: candidates kept while linking a vector into the graph".as_ptr(),
+            semantic_index::layout::DEFAULT_EF_CONSTRUCTION as i32,
+            4,
+            1000,
+            lock,
+        );
     }
 }
 
@@ -160,6 +171,11 @@ pub unsafe extern "C-unwind" fn amoptions(
         opttype: pg_sys::relopt_type::RELOPT_TYPE_STRING,
         offset: *offset as i32,
     })
+    .chain([pg_sys::relopt_parse_elt {
+        optname: c"ef_construction".as_ptr(),
+        opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
+        offset: offset_of!(RawOptions, ef_construction) as i32,
+    }])
     .collect();
     pg_sys::build_reloptions(
         reloptions,
@@ -217,6 +233,11 @@ impl IndexOptions {
             long_text: get(|r| r.long_text)
                 .and_then(|m| LongText::parse(&m))
                 .unwrap_or(LongText::Truncate),
+            ef_construction: if raw.is_null() {
+                semantic_index::layout::DEFAULT_EF_CONSTRUCTION
+            } else {
+                (*raw).ef_construction as u32
+            },
         }
     }
 }

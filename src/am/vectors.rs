@@ -88,8 +88,14 @@ pub fn check_fingerprint(
 }
 
 /// Embeds texts for the index (passages), several windows per text with long_text = chunks.
-/// Returns, per text, its vectors.
-pub fn embed_passages(meta: &Meta, index_name: &str, texts: &[String]) -> Vec<Vec<Vec<f32>>> {
+/// Returns, per text, its vectors. `texts_done` hears, between batches, about how many texts
+/// are embedded so far (exact for truncate, pro rata over windows for chunks).
+pub fn embed_passages(
+    meta: &Meta,
+    index_name: &str,
+    texts: &[String],
+    mut texts_done: impl FnMut(usize),
+) -> Vec<Vec<Vec<f32>>> {
     with_encoder(&meta.model, |encoder| {
         check_fingerprint(meta, index_name, &encoder.manifest().fingerprint)?;
         let windows: Vec<Vec<Vec<u32>>> = match meta.long_text {
@@ -103,11 +109,12 @@ pub fn embed_passages(meta: &Meta, index_name: &str, texts: &[String]) -> Vec<Ve
                 .collect::<Result<_, _>>()?,
         };
         let flat: Vec<Vec<u32>> = windows.iter().flatten().cloned().collect();
-        let check_interrupts = || {
+        let between_batches = |windows_done: usize| {
             pgrx::pg_sys::check_for_interrupts!();
+            texts_done(windows_done * texts.len() / flat.len().max(1));
         };
         let mut vectors = encoder
-            .encode_token_ids_with(&flat, check_interrupts)?
+            .encode_token_ids_with(&flat, between_batches)?
             .into_iter();
         Ok(windows
             .iter()

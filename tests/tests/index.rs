@@ -129,12 +129,24 @@ fn flat_equals_brute_force_and_approximate_factories_reach_recall() {
     }
     client.batch_execute("DROP INDEX movies_flat").unwrap();
 
-    for (factory, name) in [("HNSW32", "movies_hnsw"), ("IVF4,Flat", "movies_ivf")] {
+    for (options, name) in [
+        ("factory = 'HNSW32', ef_construction = 100", "movies_hnsw"),
+        ("factory = 'IVF4,Flat'", "movies_ivf"),
+    ] {
         client
             .batch_execute(&format!(
-                "CREATE INDEX {name} ON movies USING faiss (plot) WITH (factory = '{factory}')"
+                "CREATE INDEX {name} ON movies USING faiss (plot) WITH ({options})"
             ))
             .unwrap();
+        let (factory, ef): (String, i32) = client
+            .query_one(
+                "SELECT factory, ef_construction FROM semantic_index_info($1::text::regclass)",
+                &[&name],
+            )
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+        assert!(options.contains(&factory));
+        assert_eq!(ef, if name == "movies_hnsw" { 100 } else { 64 });
         let mut total = 0.0;
         for q in QUERIES {
             total += recall(
@@ -693,6 +705,12 @@ fn semantic_search_names_its_index_and_rejects_bad_input() {
         "CREATE INDEX ON movies USING faiss (plot) WITH (metric = 'manhattan')",
         &SqlState::INVALID_PARAMETER_VALUE,
         "metric",
+    );
+    expect_error(
+        &mut client,
+        "CREATE INDEX ON movies USING faiss (plot) WITH (factory = 'HNSW16', ef_construction = 2)",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "ef_construction",
     );
     expect_error(
         &mut client,

@@ -18,7 +18,7 @@ use semantic_genq::inverse_cloze::inverse_cloze_pairs;
 use semantic_genq::keywords::keyword_pairs;
 use semantic_genq::source::{read_passages, PassageColumns};
 use semantic_genq::t5::{T5QueryGenerator, T5Settings};
-use semantic_genq::{drop_duplicate_queries, Pair, Passage};
+use semantic_genq::{drop_duplicate_queries, title_pairs, Pair, Passage};
 
 use crate::reload::{connect, quote_ident};
 
@@ -30,6 +30,8 @@ enum Generator {
     InverseCloze,
     /// 3-6 of the passage's top TF-IDF terms; the positive is the passage.
     Keywords,
+    /// The passage's title; the positive is its text (one query per titled passage).
+    Title,
 }
 
 #[derive(Args)]
@@ -171,7 +173,7 @@ fn encode(encoder: &mut Encoder, texts: &[String], kind: TextKind) -> Result<Vec
         .collect::<Result<Vec<_>, _>>()?;
     let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
     let bar = progress_bar(plan_batches(&lengths, FILTER_BATCH_SIZE).len(), "batches")?;
-    let mut vectors = encoder.encode_token_ids_with(&ids, || bar.inc(1))?;
+    let mut vectors = encoder.encode_token_ids_with(&ids, |_| bar.inc(1))?;
     bar.finish_and_clear();
     if encoder.manifest().similarity == Similarity::Cosine {
         vectors.iter_mut().for_each(|v| l2_normalize(v));
@@ -301,6 +303,7 @@ pub fn run(args: GenqArgs) -> Result<()> {
         )?,
         Generator::InverseCloze => inverse_cloze_pairs(&passages, n, args.seed),
         Generator::Keywords => keyword_pairs(&passages, n, args.seed),
+        Generator::Title => title_pairs(&passages),
     };
     let generated = pairs.len();
     let (mut pairs, duplicates) = drop_duplicate_queries(pairs);

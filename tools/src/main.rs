@@ -34,7 +34,7 @@ enum Command {
     /// MultipleNegativesRankingLoss; optionally install the result as a model directory.
     Finetune(finetune::FinetuneArgs),
     /// Generate synthetic (query, positive) pairs from passages in a file or table: T5
-    /// doc2query sampling, inverse cloze or TF-IDF keywords, optionally round-trip filtered.
+    /// doc2query sampling, inverse cloze, TF-IDF keywords or titles, optionally round-trip filtered.
     Genq(genq::GenqArgs),
     /// Evaluate retrieval on a BEIR data set through SQL (a faiss index per model,
     /// semantic_search per query): nDCG@10, Recall@100, MRR@10.

@@ -252,20 +252,23 @@ impl Encoder {
 
     /// Embeds already tokenised texts (ids as the tokenizer gives them, special tokens included).
     pub fn encode_token_ids(&mut self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EncoderError> {
-        self.encode_token_ids_with(ids, || {})
+        self.encode_token_ids_with(ids, |_| {})
     }
 
-    /// Like [`Encoder::encode_token_ids`], calling `between_batches` before every batch: a
-    /// database backend checks for query cancellation there.
+    /// Like [`Encoder::encode_token_ids`], calling `between_batches` with the number of
+    /// inputs encoded so far before every batch: a database backend checks for query
+    /// cancellation and reports progress there.
     pub fn encode_token_ids_with(
         &mut self,
         ids: &[Vec<u32>],
-        mut between_batches: impl FnMut(),
+        mut between_batches: impl FnMut(usize),
     ) -> Result<Vec<Vec<f32>>, EncoderError> {
         let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];
+        let mut done = 0;
         for batch in plan_batches(&lengths, self.batch_size) {
-            between_batches();
+            between_batches(done);
+            done += batch.len();
             let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
             let vectors = self.run_batch(&rows)?;
             for (i, v) in batch.into_iter().zip(vectors) {

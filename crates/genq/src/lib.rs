@@ -1,6 +1,6 @@
 //! Synthetic (query, passage) pairs for adapting a retriever to a corpus without labels:
 //! queries sampled from a T5 doc2query model (BEIR GenQ), or weight-free ones (inverse cloze,
-//! TF-IDF keywords), with round-trip filtering against a base model's ranking.
+//! TF-IDF keywords, titles), with round-trip filtering against a base model's ranking.
 //! Nothing here talks to PostgreSQL; `semantic-tools genq` reads passages and writes pairs.
 
 pub mod filter;
@@ -45,6 +45,21 @@ pub struct Pair {
     pub query: String,
     pub passage_id: String,
     pub positive: String,
+}
+
+/// The passage's own title as its query and the text without it as the positive: in many
+/// corpora (papers, articles, products) titles are short statements of what the text is about,
+/// close to what a searcher types. Passages without a title give no pair.
+pub fn title_pairs(passages: &[Passage]) -> Vec<Pair> {
+    passages
+        .iter()
+        .filter(|p| !p.title.trim().is_empty() && !p.text.trim().is_empty())
+        .map(|p| Pair {
+            query: p.title.trim().to_string(),
+            passage_id: p.id.clone(),
+            positive: p.text.clone(),
+        })
+        .collect()
 }
 
 /// Keeps the first pair of each query (compared case- and whitespace-insensitively): a query
@@ -94,6 +109,28 @@ mod tests {
             passage_id: id.into(),
             positive: format!("passage {id}"),
         }
+    }
+
+    #[test]
+    fn titles_are_queries_for_their_texts() {
+        let passage = |id: &str, title: &str, text: &str| Passage {
+            id: id.into(),
+            title: title.into(),
+            text: text.into(),
+        };
+        let pairs = title_pairs(&[
+            passage("a", " p53 regulates apoptosis ", "We show that p53 ..."),
+            passage("b", "", "No title here."),
+            passage("c", "A title without text", "  "),
+        ]);
+        assert_eq!(
+            pairs,
+            vec![Pair {
+                query: "p53 regulates apoptosis".into(),
+                passage_id: "a".into(),
+                positive: "We show that p53 ...".into(),
+            }]
+        );
     }
 
     #[test]

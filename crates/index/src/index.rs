@@ -341,6 +341,24 @@ impl VectorIndex {
         })
     }
 
+    /// Sets HNSW `efConstruction` (how many candidates are kept while a new
+    /// vector is linked into the graph) for the vectors added from now on;
+    /// FAISS writes it with the index. A no-op for index types without a
+    /// graph.
+    pub fn set_ef_construction(&mut self, ef: usize) -> Result<(), IndexError> {
+        if !self.has_ef {
+            return Ok(());
+        }
+        if ef == 0 || ef > MAX_FACTORY_NUMBER as usize {
+            return Err(IndexError::invalid(format!(
+                "efConstruction must be between 1 and {MAX_FACTORY_NUMBER}, got {ef}"
+            )));
+        }
+        let ps = ParameterSpace::new().map_err(|e| IndexError::faiss("ParameterSpace", e))?;
+        ps.set_index_parameter(&self.index, "efConstruction", ef as f64)
+            .map_err(|e| IndexError::faiss("set efConstruction", e))
+    }
+
     /// Whether [`train`](Self::train) must run before [`add`](Self::add)
     /// (IVF, PQ, ...; not Flat or HNSW with flat storage).
     pub fn needs_training(&self) -> bool {

@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 
 pub const MAGIC: u32 = 0x5345_4d49; // "SEMI"
 pub const FORMAT_VERSION: u32 = 1;
+/// HNSW efConstruction unless the index says otherwise: pgvector's default, above FAISS's 40,
+/// which costs recall on clustered data.
+pub const DEFAULT_EF_CONSTRUCTION: u32 = 64;
+
+fn default_ef_construction() -> u32 {
+    DEFAULT_EF_CONSTRUCTION
+}
 /// Block numbers use PostgreSQL's InvalidBlockNumber for "none".
 pub const NO_BLOCK: u32 = u32::MAX;
 
@@ -114,6 +121,10 @@ pub struct Meta {
     pub model: String,
     pub fingerprint: String,
     pub factory: String,
+    /// HNSW efConstruction for every graph built or extended from this metapage (ignored by
+    /// factories without a graph).
+    #[serde(default = "default_ef_construction")]
+    pub ef_construction: u32,
     /// Bumped by every rewrite (build, vacuum); stamps every chain page written in it.
     pub generation: u64,
     pub records_head: u32,
@@ -143,6 +154,14 @@ pub enum LayoutError {
 }
 
 impl Meta {
+    /// An empty FAISS index of this metapage's factory, metric and build settings, for
+    /// `dim`-float vectors.
+    pub fn empty_index(&self, dim: usize) -> Result<crate::VectorIndex, crate::IndexError> {
+        let mut index = crate::VectorIndex::new(dim, &self.factory, self.metric.faiss_metric())?;
+        index.set_ef_construction(self.ef_construction as usize)?;
+        Ok(index)
+    }
+
     pub fn new(
         kind: ColumnKind,
         metric: IndexMetric,
@@ -160,6 +179,7 @@ impl Meta {
             model: String::new(),
             fingerprint: String::new(),
             factory: factory.to_string(),
+            ef_construction: DEFAULT_EF_CONSTRUCTION,
             generation: 0,
             records_head: NO_BLOCK,
             records_tail: NO_BLOCK,

@@ -238,6 +238,37 @@ fn hnsw_recall_and_ef_search() {
 }
 
 #[test]
+fn hnsw_ef_construction_builds_better_graphs_and_is_kept() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (n, dim) = (3000, 64);
+    let data = random_vectors(&mut rng, n, dim, true);
+    let queries = random_vectors(&mut rng, 50, dim, true);
+    let ids = ids_for(n);
+    let params = SearchParams {
+        ef_search: 16,
+        nprobe: 0,
+    };
+    // Everything is added after a save/load round trip: the setting must survive it (other
+    // backends extend a graph they loaded).
+    let graph = |ef: usize| {
+        let mut index = VectorIndex::new(dim, "HNSW8", Metric::InnerProduct).unwrap();
+        index.set_ef_construction(ef).unwrap();
+        let mut index = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+        index.add(&ids, &data).unwrap();
+        recall(&index, &ids, &data, &queries, 10, &params)
+    };
+    let (poor, rich) = (graph(2), graph(200));
+    eprintln!("HNSW8 recall@10 at efSearch 16: efConstruction 2 {poor}, 200 {rich}");
+    assert!(rich > poor + 0.05, "efConstruction had no effect: {poor} vs {rich}");
+
+    // Graph-less indexes ignore it; nonsense values are refused.
+    let mut flat = VectorIndex::new(dim, "Flat", Metric::L2).unwrap();
+    flat.set_ef_construction(64).unwrap();
+    let mut hnsw = VectorIndex::new(dim, "HNSW8", Metric::L2).unwrap();
+    assert!(hnsw.set_ef_construction(0).is_err());
+}
+
+#[test]
 fn ivf_recall_and_nprobe() {
     let mut rng = StdRng::seed_from_u64(3);
     let n = 2000;
