@@ -4,7 +4,9 @@
 
 1. loads the first N plots of CSV into movies(id, title, plot);
 2. ROUNDS times: the Python onnxruntime pipeline (benchmarks/encode.py, unsorted and
-   length-sorted batches of 32) on the same N plots, then CREATE INDEX ... USING faiss (plot)
+   length-sorted batches of 32) on the same N plots, sentence-transformers model.encode
+   (benchmarks/encode_st.py, when the venv has sentence-transformers; ST_FOLDER is the folder
+   the model was imported from), then CREATE INDEX ... USING faiss (plot)
    in a backend that has already loaded the model (SET semantic.threads = THREADS);
 3. query latency, client side through prepared statements (psycopg, prepare=True): 200 short
    queries = the first 5 words of the plots of rows 1001-1200 (not in the table), for
@@ -63,6 +65,12 @@ with connect() as c:
 
 # ---- build throughput vs Python onnxruntime, alternating, same run
 results = {"unsorted": [], "sorted": [], "index": []}
+try:
+    import sentence_transformers  # noqa: F401  optional baseline (pulls in torch)
+    st_folder = str(Path(model_dir).parent.parent / "src-models" / Path(model_dir).name)
+    results["sentence-transformers"] = []
+except ImportError:
+    print("sentence-transformers is not installed in the venv: that baseline is skipped")
 for rnd in range(1, rounds + 1):
     print(f"--- round {rnd}")
     for sort, key in (("0", "unsorted"), ("1", "sorted")):
@@ -71,6 +79,12 @@ for rnd in range(1, rounds + 1):
                              check=True, capture_output=True, text=True).stdout.strip()
         print(f"{out} [load {load()}]")
         results[key].append(float(re.search(r"([\d.]+) texts/s", out).group(1)))
+    if "sentence-transformers" in results:
+        out = subprocess.run([sys.executable, str(HERE / "encode_st.py"), st_folder, csv_path, "Plot",
+                              str(n), str(threads), "32"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+        print(f"{out} [load {load()}]")
+        results["sentence-transformers"].append(float(re.search(r"([\d.]+) texts/s", out).group(1)))
     with connect() as c:
         c.execute("DROP INDEX IF EXISTS movies_plot_idx")
         c.execute(f"SET semantic.threads = {threads}")
@@ -81,11 +95,11 @@ for rnd in range(1, rounds + 1):
     results["index"].append(n / secs)
     print(f"CREATE INDEX ... USING faiss (plot) (default options, semantic.threads = {threads}): "
           f"{n} documents in {secs:.2f} s: {n / secs:.1f} documents/s [load {load()}]")
-print("--- build summary (documents/s; ratio = CREATE INDEX / Python)")
+print("--- build summary (documents/s; ratio = CREATE INDEX / baseline)")
 best = {k: max(v) for k, v in results.items()}
-for k in ("unsorted", "sorted"):
+for k in [k for k in results if k != "index"]:
     ratios = [a / b for a, b in zip(results["index"], results[k])]
-    print(f"vs python {k}: best of rounds {best['index']:.1f} vs {best[k]:.1f} = {best['index'] / best[k]:.2f}x;"
+    print(f"vs {'python ' if k != 'sentence-transformers' else ''}{k}: best of rounds {best['index']:.1f} vs {best[k]:.1f} = {best['index'] / best[k]:.2f}x;"
           f" per round {', '.join(f'{r:.2f}x' for r in ratios)}, median {float(np.median(ratios)):.2f}x")
 
 # ---- one short query embedded in process by Python onnxruntime (baseline for the query path)

@@ -7,14 +7,15 @@ The data of TARGETS.md: 384-d, 2,000 centres ~ N(0,1), each point = centre + 0.5
 L2-normalised; 200 queries drawn the same way (seeded, generated here, nothing on disk). Exact
 top-10 by inner product computed in numpy. Loads vecs(id int, vec real[]) by binary COPY, times
 a few exact ORDER BY vec <=> q LIMIT 10 without an index (plain SQL), then for each factory:
-CREATE INDEX ... USING faiss (vec) WITH (factory, metric = 'cosine') (timed), the first query of
+CREATE INDEX ... USING faiss (vec) WITH (factory, metric = 'cosine') (timed, semantic.threads =
+$BENCH_THREADS, default 2: pgvector's figures in TARGETS.md are a leader + 1 worker), the first query of
 a fresh connection (loads the FAISS snapshot; the extension library is loaded before it), then
 200 queries twice through a prepared statement on that warm connection (pass 1: recall@10,
 pass 2: timed), with semantic.hnsw_ef_search = 100 and semantic.ivf_nprobe = 10; HNSW indexes
 also with hnsw_ef_search = 40 and scan_candidates = 40 (efSearch is max(ef_search, candidates)). The index is dropped before the next one.
 With BENCH_RAW_FAISS=1 (the default; needs faiss-cpu in the venv) each factory is also built and
-searched by raw FAISS in this process (1 build thread like the backend; HNSW also with
-efConstruction 64 when N <= 200k) as the in-run baseline.
+searched by raw FAISS in this process ($BENCH_THREADS build threads like the backend, HNSW at the
+index's efConstruction, 64) as the in-run baseline.
 """
 import os
 import sys
@@ -27,6 +28,8 @@ port, n = sys.argv[1], int(sys.argv[2])
 factories = sys.argv[3:]
 DIM, CENTRES, NQ, K = 384, 2000, 200, 10
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+EF_CONSTRUCTION = 64  # the faiss index's default ef_construction
 
 
 def connect():
@@ -114,14 +117,14 @@ RAW = os.environ.get("BENCH_RAW_FAISS", "1") == "1"
 if RAW:
     import faiss  # PyPI faiss-cpu, in-process baseline (same machine, same run)
 
-    faiss.omp_set_num_threads(1)  # the backend builds with one thread (OMP_NUM_THREADS=1)
+    faiss.omp_set_num_threads(THREADS)  # as many build threads as the backend gets
 
 
 def raw_faiss(factory, ef_construction=None):
-    """Raw FAISS on the same vectors: build with 1 thread, then 200 single-query searches
+    """Raw FAISS on the same vectors: build with THREADS threads, then 200 single-query searches
     (k = 10, efSearch 100 / nprobe 10), in process."""
     index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
-    if ef_construction is not None:
+    if ef_construction is not None and "HNSW" in factory:
         index.hnsw.efConstruction = ef_construction
     t = time.perf_counter()
     if not index.is_trained:
@@ -144,7 +147,7 @@ def raw_faiss(factory, ef_construction=None):
         rec.append(len(set((ids[0] + 1).tolist()) & truth[i]) / K)
     efc = f", efConstruction {index.hnsw.efConstruction}" if "HNSW" in factory else ""
     sliced = f", added in slices of {step}" if step < len(base) else ""
-    print(f"  raw FAISS {faiss.__version__} {factory}{efc}{sliced} (1 build thread, in process): build {build:.1f} s, "
+    print(f"  raw FAISS {faiss.__version__} {factory}{efc}{sliced} ({THREADS} build threads, in process): build {build:.1f} s, "
           f"p50 {ms(lat, 50):.2f} ms, p95 {ms(lat, 95):.2f} ms, recall@10 {np.mean(rec):.4f}")
     del index
 
@@ -152,10 +155,11 @@ def raw_faiss(factory, ef_construction=None):
 summary = []
 for factory in factories:
     if not SQL_PART:
-        raw_faiss(factory, ef_construction=int(os.environ.get("BENCH_EFC", "0")) or None)
+        raw_faiss(factory, ef_construction=int(os.environ.get("BENCH_EFC", "0")) or EF_CONSTRUCTION)
         continue
     with connect() as c:
         c.execute("SET maintenance_work_mem = '2GB'")
+        c.execute(f"SET semantic.threads = {THREADS}")
         t = time.perf_counter()
         try:
             c.execute(f"CREATE INDEX vecs_idx ON vecs USING faiss (vec) WITH (factory = '{factory}', metric = 'cosine')")
@@ -201,9 +205,7 @@ for factory in factories:
         c.execute("DROP INDEX vecs_idx")
     summary.append((factory, (build, cold, res)))
     if RAW:
-        raw_faiss(factory)
-        if factory.startswith("HNSW") and n <= 200_000:
-            raw_faiss(factory, ef_construction=64)
+        raw_faiss(factory, ef_construction=EF_CONSTRUCTION if "HNSW" in factory else None)
 
 print(f"--- summary, N = {n} (build s | cold first query ms | p50 ms, recall@10 at ef_search 100 / nprobe 10 [| at ef_search 40])")
 for factory, r in summary:

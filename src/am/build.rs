@@ -192,6 +192,22 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
     meta
 }
 
+/// Whether this backend has a query cancel or a termination pending: what FAISS, polling from
+/// its worker threads, stops for (only reads two flags the signal handlers set).
+fn cancel_or_terminate_pending() -> bool {
+    // SAFETY: plain reads of sig_atomic_t globals.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+    }
+}
+
+/// A FAISS error; when FAISS stopped because of a cancel, PostgreSQL's own error for it.
+fn interrupted_or_internal(e: semantic_index::IndexError) -> ! {
+    pg_sys::check_for_interrupts!();
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
+}
+
 /// The snapshot of a FAISS index over `ids`/`vectors` (trained on them first for IVF-style
 /// factories), with the rows' text hashes: what build and vacuum write.
 pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Vec<u8> {
@@ -199,9 +215,7 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
     if dim == 0 {
         return Vec::new(); // a real[] index that has seen no vector: nothing to snapshot
     }
-    let internal = |e: semantic_index::IndexError| -> ! {
-        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
-    };
+    semantic_index::set_interrupt_check(cancel_or_terminate_pending);
     // FAISS trains and links the graph with semantic.threads OpenMP threads (they run FAISS
     // code only, never PostgreSQL's), back to one when this returns or raises.
     struct FaissThreads;
@@ -222,6 +236,7 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
     if index.needs_training() {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_TRAINING);
         index.train(vectors).unwrap_or_else(|e| {
+            pg_sys::check_for_interrupts!(); // k-means stops for a cancel too
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("cannot train faiss index \"{}\": {e}", meta.factory),
@@ -230,14 +245,15 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
         });
     }
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_ADDING);
-    // In slices, so that a cancelled statement stops between them (FAISS itself cannot be
-    // interrupted).
-    const ADD_SLICE: usize = 4096;
-    for (ids, vectors) in ids.chunks(ADD_SLICE).zip(vectors.chunks(ADD_SLICE * dim)) {
-        pg_sys::check_for_interrupts!();
-        index.add(ids, vectors).unwrap_or_else(|e| internal(e));
-    }
-    let faiss = index.to_bytes().unwrap_or_else(|e| internal(e));
+    // In one call: FAISS links an HNSW graph's upper layers before its bottom layer within a
+    // call, and slices of a few thousand rows cost recall at a million. A cancel still stops it:
+    // FAISS polls the backend's pending cancel/terminate flags.
+    index
+        .add(ids, vectors)
+        .unwrap_or_else(|e| interrupted_or_internal(e));
+    let faiss = index
+        .to_bytes()
+        .unwrap_or_else(|e| interrupted_or_internal(e));
     let hashes: &[u64] = if meta.kind == ColumnKind::Text {
         hashes
     } else {

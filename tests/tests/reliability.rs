@@ -622,6 +622,32 @@ fn bad_input_gives_errors_and_no_backend_crashes() {
     );
     victim.batch_execute("SELECT 1").unwrap();
 
+    // A statement_timeout stops an HNSW build inside FAISS (which polls for cancels), promptly,
+    // rather than after the whole graph is linked.
+    c.batch_execute(
+        "CREATE TABLE big_vectors AS SELECT i AS id,
+             array(SELECT random()::real FROM generate_series(1, 64) WHERE i > 0) AS vec
+         FROM generate_series(1, 100000) i",
+    )
+    .unwrap();
+    let started_at = Instant::now();
+    let err = victim
+        .batch_execute(
+            "SET statement_timeout = '2s';
+             CREATE INDEX ON big_vectors USING faiss (vec) WITH (factory = 'HNSW32', ef_construction = 200)",
+        )
+        .expect_err("the build outlasts the timeout");
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code(), &S::QUERY_CANCELED, "{}", db.message());
+    assert!(
+        started_at.elapsed() < Duration::from_secs(6),
+        "the cancelled build went on for {:?}",
+        started_at.elapsed()
+    );
+    victim
+        .batch_execute("RESET statement_timeout; SELECT 1")
+        .unwrap();
+
     let now: String = c
         .query_one("SELECT pg_postmaster_start_time()::text", &[])
         .unwrap()

@@ -24,6 +24,7 @@
 
 mod error;
 mod index;
+mod interrupt;
 mod io;
 pub mod layout;
 pub mod records;
@@ -31,6 +32,7 @@ mod threads;
 
 pub use error::IndexError;
 pub use index::{VectorIndex, DEFAULT_EF_SEARCH};
+pub use interrupt::set_interrupt_check;
 pub use records::{decode_records, encode_record, record_size};
 pub use threads::set_threads;
 
