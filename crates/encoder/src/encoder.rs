@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use ort::ep::{ExecutionProvider as _, CPU, CUDA};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::Tensor;
 use tokenizers::{Tokenizer, TruncationParams};
 
@@ -50,6 +50,9 @@ pub struct Encoder {
     /// The same tokenizer without truncation, for long-text chunks.
     full_tokenizer: Tokenizer,
     session: Session,
+    /// Run options for every batch but the last of a call, and for the last one.
+    keep_arena: RunOptions,
+    shrink_arena: RunOptions,
     takes_token_type_ids: bool,
     batch_size: usize,
 }
@@ -83,7 +86,13 @@ impl Encoder {
             .with_inter_threads(1)
             .map_err(|e| invalid(e.into()))?;
         builder = match options.provider {
-            ExecutionProvider::Cpu => builder.with_execution_providers([CPU::default().build()]),
+            // The arena (ONNX Runtime's default, which the ort crate turns off) reuses memory for
+            // the activations instead of fresh pages for every operator: 0.80-0.85x -> about
+            // 1.0x of Python onnxruntime on batches of 32 x 256 tokens (BENCHMARKS.md). The last
+            // batch of each call runs with `shrink_arena`, so a backend does not keep the peak
+            // of a bulk build.
+            ExecutionProvider::Cpu => builder
+                .with_execution_providers([CPU::default().with_arena_allocator(true).build()]),
             ExecutionProvider::Cuda => {
                 let cuda = CUDA::default();
                 match CUDA::is_available() {
@@ -114,6 +123,11 @@ impl Encoder {
             });
         }
         let session = builder.commit_from_file(&model_path).map_err(invalid)?;
+        let mut shrink_arena = RunOptions::new().map_err(invalid)?;
+        shrink_arena
+            .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+            .map_err(invalid)?;
+        let keep_arena = RunOptions::new().map_err(invalid)?;
 
         let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
@@ -133,6 +147,8 @@ impl Encoder {
             tokenizer,
             full_tokenizer,
             session,
+            keep_arena,
+            shrink_arena,
             takes_token_type_ids,
             batch_size: options.batch_size.max(1),
         })
@@ -266,11 +282,13 @@ impl Encoder {
         let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];
         let mut done = 0;
-        for batch in plan_batches(&lengths, self.batch_size) {
+        let batches = plan_batches(&lengths, self.batch_size);
+        let count = batches.len();
+        for (n, batch) in batches.into_iter().enumerate() {
             between_batches(done);
             done += batch.len();
             let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
-            let vectors = self.run_batch(&rows)?;
+            let vectors = self.run_batch(&rows, n + 1 == count)?;
             for (i, v) in batch.into_iter().zip(vectors) {
                 out[i] = v;
             }
@@ -278,7 +296,7 @@ impl Encoder {
         Ok(out)
     }
 
-    fn run_batch(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, EncoderError> {
+    fn run_batch(&mut self, rows: &[&[u32]], last: bool) -> Result<Vec<Vec<f32>>, EncoderError> {
         let batch = rows.len();
         let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
         let mut input_ids = vec![0i64; batch * seq];
@@ -300,7 +318,15 @@ impl Encoder {
                 Tensor::from_array((shape, vec![0i64; batch * seq])).map_err(failed)?;
             inputs.push(("token_type_ids".into(), token_types.into()));
         }
-        let outputs = self.session.run(inputs).map_err(failed)?;
+        let run_options = if last {
+            &self.shrink_arena
+        } else {
+            &self.keep_arena
+        };
+        let outputs = self
+            .session
+            .run_with_options(inputs, run_options)
+            .map_err(failed)?;
         let (out_shape, hidden) = outputs[0].try_extract_tensor::<f32>().map_err(failed)?;
         let dim = self.manifest.dimension;
         if out_shape.len() != 3
