@@ -122,6 +122,7 @@ if RAW:
 
 def raw_faiss(factory, ef_construction=None):
     """Raw FAISS on the same vectors: build with THREADS threads, then 200 single-query searches
+    with one thread
     (k = 10, efSearch 100 / nprobe 10), in process."""
     index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
     if ef_construction is not None and "HNSW" in factory:
@@ -133,6 +134,7 @@ def raw_faiss(factory, ef_construction=None):
     for s in range(0, len(base), step):  # BENCH_ADD_SLICE: add in slices, as the extension does (4096)
         index.add(base[s:s + step])
     build = time.perf_counter() - t
+    faiss.omp_set_num_threads(1)  # searches: one thread, as in a backend
     if "HNSW" in factory:
         faiss.ParameterSpace().set_index_parameter(index, "efSearch", 100)
     if "IVF" in factory:
@@ -149,6 +151,7 @@ def raw_faiss(factory, ef_construction=None):
     sliced = f", added in slices of {step}" if step < len(base) else ""
     print(f"  raw FAISS {faiss.__version__} {factory}{efc}{sliced} ({THREADS} build threads, in process): build {build:.1f} s, "
           f"p50 {ms(lat, 50):.2f} ms, p95 {ms(lat, 95):.2f} ms, recall@10 {np.mean(rec):.4f}")
+    faiss.omp_set_num_threads(THREADS)
     del index
 
 
