@@ -45,6 +45,7 @@ if [ "$("${PSQL[@]}" -d postgres -Atc "SELECT count(*) FROM pg_database WHERE da
 fi
 "${PSQL[@]}" -d "$DB" <<'SQL'
 CREATE EXTENSION IF NOT EXISTS semantic;
+ALTER EXTENSION semantic UPDATE;  -- a database made by an earlier build gets its new SQL definitions
 CREATE TABLE IF NOT EXISTS movies (
   id serial PRIMARY KEY,
   title text NOT NULL,
