@@ -32,21 +32,6 @@ fn embed_query(model: &str, text: &str) -> Vec<f32> {
     })
 }
 
-fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let denominator = norm(a) * norm(b);
-    if denominator == 0.0 {
-        1.0
-    } else {
-        1.0 - dot / denominator
-    }
-}
-
 /// `document <=> query` for text: the cosine distance of their embeddings under
 /// `semantic.default_model`. A faiss index on the column answers the same ORDER BY with its
 /// own model and metric, without embedding every row.
@@ -63,7 +48,7 @@ fn semantic_text_distance(document: &str, query: &str) -> f64 {
     let model = gucs::default_model();
     let q = embed_query(&model, query);
     let d = with_encoder(&model, |e| e.encode_one(document, TextKind::Passage));
-    cosine_distance(&d, &q)
+    1.0 - semantic_encoder::cosine_similarity(&d, &q)
 }
 
 /// `a <=> b` for real[]: the Euclidean distance, the default metric of faiss indexes on

@@ -227,12 +227,12 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
     semantic_index::set_threads(crate::gucs::threads());
     let _single_again = FaissThreads;
     let mut index = meta.empty_index(dim).unwrap_or_else(|e| {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                e.to_string(),
-                None,
-            )
-        });
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            e.to_string(),
+            None,
+        )
+    });
     if index.needs_training() {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_TRAINING);
         index.train(vectors).unwrap_or_else(|e| {

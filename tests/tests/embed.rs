@@ -5,7 +5,7 @@ use std::path::Path;
 
 use postgres::error::SqlState;
 use postgres::Client;
-use semantic_encoder::{compute_fingerprint, Manifest};
+use semantic_encoder::{compute_fingerprint, cosine_similarity as cosine, Manifest};
 use semantic_tests::{cluster_with_extension as setup, env, expect_error, shared_dir};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
@@ -15,16 +15,6 @@ fn embed(client: &mut Client, text: &str) -> Vec<f32> {
         .query_one("SELECT embed($1)", &[&text])
         .unwrap()
         .get(0)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
 }
 
 fn postmaster_start(client: &mut Client) -> String {

@@ -369,6 +369,23 @@ fn search_until(cluster: &Cluster, stop: &AtomicBool) -> (usize, usize, Vec<Stri
     (answered, during_build, errors)
 }
 
+/// `semantic-tools reload` of `movies_plot_idx` to `source` under `name`.
+fn reload(cluster: &Cluster, model_dir: &Path, source: &Path, name: &str) -> Output {
+    tools(&[
+        "reload",
+        "--db",
+        &connection_string(cluster),
+        "--model-dir",
+        model_dir.to_str().unwrap(),
+        "--source",
+        source.to_str().unwrap(),
+        "--name",
+        name,
+        "--index",
+        "movies_plot_idx",
+    ])
+}
+
 #[test]
 fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
     let (cluster, model_dir, mut client) = cluster_with_private_models("tools_reload");
@@ -379,19 +396,7 @@ fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
     let stop = AtomicBool::new(false);
     let (answered, during_build, errors) = std::thread::scope(|scope| {
         let searcher = scope.spawn(|| search_until(&cluster, &stop));
-        let output = tools(&[
-            "reload",
-            "--db",
-            &connection_string(&cluster),
-            "--model-dir",
-            model_dir.to_str().unwrap(),
-            "--source",
-            model_dir.join(MODEL).to_str().unwrap(),
-            "--name",
-            "minilm-v2",
-            "--index",
-            "movies_plot_idx",
-        ]);
+        let output = reload(&cluster, &model_dir, &model_dir.join(MODEL), "minilm-v2");
         stop.store(true, Ordering::Relaxed);
         assert!(output.status.success(), "reload failed");
         searcher.join().unwrap()
@@ -413,26 +418,16 @@ fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
     assert_eq!(top_ids(&mut client), before);
     assert!(model_dir.join(MODEL).join("model.onnx").exists());
 
-    let reload = |source: &Path, name: &str| {
-        tools(&[
-            "reload",
-            "--db",
-            &connection_string(&cluster),
-            "--model-dir",
-            model_dir.to_str().unwrap(),
-            "--source",
-            source.to_str().unwrap(),
-            "--name",
-            name,
-            "--index",
-            "movies_plot_idx",
-        ])
-    };
     // Reloading to the version it already uses is refused.
     assert_eq!(
-        reload(&model_dir.join("minilm-v2"), "minilm-v2")
-            .status
-            .code(),
+        reload(
+            &cluster,
+            &model_dir,
+            &model_dir.join("minilm-v2"),
+            "minilm-v2"
+        )
+        .status
+        .code(),
         Some(1)
     );
 
@@ -443,7 +438,9 @@ fn reload_moves_an_index_to_a_new_version_while_searches_go_on() {
     );
     if st_folder.is_dir() {
         assert!(
-            reload(&st_folder, "minilm-v3").status.success(),
+            reload(&cluster, &model_dir, &st_folder, "minilm-v3")
+                .status
+                .success(),
             "reload from {st_folder:?} failed"
         );
         assert_eq!(index_state(&mut client).0, "minilm-v3");
@@ -475,19 +472,7 @@ fn a_failed_reload_leaves_the_index_as_it_was() {
     manifest.fingerprint = semantic_encoder::compute_fingerprint(&broken, &manifest).unwrap();
     manifest.save(&broken).unwrap();
 
-    let output = tools(&[
-        "reload",
-        "--db",
-        &connection_string(&cluster),
-        "--model-dir",
-        model_dir.to_str().unwrap(),
-        "--source",
-        broken.to_str().unwrap(),
-        "--name",
-        "broken",
-        "--index",
-        "movies_plot_idx",
-    ]);
+    let output = reload(&cluster, &model_dir, &broken, "broken");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("still uses"), "{stderr}");

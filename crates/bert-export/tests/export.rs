@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -25,29 +24,11 @@ use semantic_bert_export::{export_onnx, BertConfig, ExportError};
 // ---------------------------------------------------------------- helpers --
 
 /// A fresh, empty directory under the system temp dir; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "semantic-bert-export-{tag}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("semantic-bert-export-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 fn ort_env() -> &'static Environment {
@@ -614,7 +595,7 @@ fn erf_reference_is_accurate() {
 
 #[test]
 fn tiny_bert_f32_matches_reference() {
-    let dir = TempDir::new("f32");
+    let dir = temp_dir("f32");
     let t = random_bert(&TINY, 1);
     write_model(dir.path(), &TINY, &t, Dtype::F32);
     let worst = check_against_reference(dir.path(), &TINY, &t);
@@ -624,7 +605,7 @@ fn tiny_bert_f32_matches_reference() {
 #[test]
 fn tiny_bert_f16_and_bf16_weights_match_reference() {
     for dtype in [Dtype::F16, Dtype::BF16] {
-        let dir = TempDir::new("half");
+        let dir = temp_dir("half");
         let mut t = random_bert(&TINY, 2);
         round_through(&mut t, dtype);
         write_model(dir.path(), &TINY, &t, dtype);
@@ -641,7 +622,7 @@ fn bert_prefix_legacy_names_and_other_activations() {
             eps: 1e-5,
             ..TINY
         };
-        let dir = TempDir::new("prefix");
+        let dir = temp_dir("prefix");
         let t = random_bert(&cfg, 3);
         std::fs::write(dir.path().join("config.json"), cfg.json("bert")).unwrap();
         // `BertForMaskedLM`-style names with TF-era LayerNorm gamma/beta,
@@ -672,14 +653,14 @@ fn bert_prefix_legacy_names_and_other_activations() {
 
 #[test]
 fn tiny_mpnet_matches_reference() {
-    let dir = TempDir::new("mpnet");
+    let dir = temp_dir("mpnet");
     let t = random_bert(&TINY_MPNET, 9);
     write_model(dir.path(), &TINY_MPNET, &t, Dtype::F32);
     let worst = check_against_reference(dir.path(), &TINY_MPNET, &t);
     println!("mpnet max abs diff: {worst:e}");
 
     // `mpnet.`-prefixed names (MPNetForMaskedLM checkpoints) and f16 weights.
-    let dir = TempDir::new("mpnet-prefix");
+    let dir = temp_dir("mpnet-prefix");
     let mut t = random_bert(&TINY_MPNET, 10);
     round_through(&mut t, Dtype::F16);
     std::fs::write(dir.path().join("config.json"), TINY_MPNET.json("mpnet")).unwrap();
@@ -721,7 +702,7 @@ fn mpnet_bucket_reference_values() {
 
 #[test]
 fn graph_structure_follows_the_contract() {
-    let dir = TempDir::new("structure");
+    let dir = temp_dir("structure");
     let t = random_bert(&TINY, 4);
     write_model(dir.path(), &TINY, &t, Dtype::F32);
     let bytes = export_onnx(dir.path()).unwrap();
@@ -834,7 +815,7 @@ fn expect_err(dir: &Path) -> ExportError {
 
 #[test]
 fn error_missing_config() {
-    let dir = TempDir::new("noconfig");
+    let dir = temp_dir("noconfig");
     write_safetensors(
         dir.path(),
         &random_bert(&TINY, 5),
@@ -851,7 +832,7 @@ fn error_missing_config() {
 
 #[test]
 fn error_missing_safetensors() {
-    let dir = TempDir::new("noweights");
+    let dir = temp_dir("noweights");
     std::fs::write(dir.path().join("config.json"), TINY.json("bert")).unwrap();
     let e = expect_err(dir.path());
     assert!(
@@ -863,7 +844,7 @@ fn error_missing_safetensors() {
 
 #[test]
 fn error_unsupported_model_type() {
-    let dir = TempDir::new("t5");
+    let dir = temp_dir("t5");
     write_model(dir.path(), &TINY, &random_bert(&TINY, 6), Dtype::F32);
     std::fs::write(dir.path().join("config.json"), TINY.json("t5")).unwrap();
     let e = expect_err(dir.path());
@@ -877,7 +858,7 @@ fn error_unsupported_model_type() {
 
 #[test]
 fn error_unsupported_activation_and_bad_config() {
-    let dir = TempDir::new("act");
+    let dir = temp_dir("act");
     write_model(dir.path(), &TINY, &random_bert(&TINY, 6), Dtype::F32);
     let cfg = TinyConfig {
         act: "swish",
@@ -904,7 +885,7 @@ fn error_unsupported_activation_and_bad_config() {
 
 #[test]
 fn error_missing_tensor() {
-    let dir = TempDir::new("missing");
+    let dir = temp_dir("missing");
     let mut t = random_bert(&TINY, 7);
     t.remove("encoder.layer.1.output.dense.bias");
     write_model(dir.path(), &TINY, &t, Dtype::F32);
@@ -916,7 +897,7 @@ fn error_missing_tensor() {
     assert!(e.to_string().contains("encoder.layer.1.output.dense.bias"));
 
     // No embeddings at all: names the expected tensor and the prefixed variant.
-    let dir = TempDir::new("missing2");
+    let dir = temp_dir("missing2");
     let mut t = random_bert(&TINY, 7);
     t.remove("embeddings.word_embeddings.weight");
     write_model(dir.path(), &TINY, &t, Dtype::F32);
@@ -929,7 +910,7 @@ fn error_missing_tensor() {
 
 #[test]
 fn error_wrong_shape_and_dtype() {
-    let dir = TempDir::new("shape");
+    let dir = temp_dir("shape");
     let mut t = random_bert(&TINY, 8);
     t.insert(
         "encoder.layer.0.attention.self.key.bias".into(),
@@ -943,7 +924,7 @@ fn error_wrong_shape_and_dtype() {
         "{e:?}"
     );
 
-    let dir = TempDir::new("dtype");
+    let dir = temp_dir("dtype");
     let t = random_bert(&TINY, 8);
     std::fs::write(dir.path().join("config.json"), TINY.json("bert")).unwrap();
     write_safetensors(
@@ -965,7 +946,7 @@ fn error_wrong_shape_and_dtype() {
         "{e:?}"
     );
 
-    let dir = TempDir::new("garbage");
+    let dir = temp_dir("garbage");
     std::fs::write(dir.path().join("config.json"), TINY.json("bert")).unwrap();
     std::fs::write(
         dir.path().join("model.safetensors"),
@@ -980,7 +961,7 @@ fn error_wrong_shape_and_dtype() {
 
 #[test]
 fn config_defaults_follow_transformers() {
-    let dir = TempDir::new("cfg");
+    let dir = temp_dir("cfg");
     let p = dir.path().join("config.json");
     std::fs::write(&p, r#"{"architectures": ["BertModel"]}"#).unwrap();
     let c = BertConfig::from_file(&p).unwrap();

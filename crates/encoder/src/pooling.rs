@@ -32,6 +32,22 @@ pub fn l2_normalize(v: &mut [f32]) {
     }
 }
 
+/// Cosine similarity of two vectors, in f64; 0 when either is all zeros.
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let denominator = norm(a) * norm(b);
+    if denominator == 0.0 {
+        0.0
+    } else {
+        dot / denominator
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

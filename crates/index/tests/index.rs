@@ -259,7 +259,10 @@ fn hnsw_ef_construction_builds_better_graphs_and_is_kept() {
     };
     let (poor, rich) = (graph(2), graph(200));
     eprintln!("HNSW8 recall@10 at efSearch 16: efConstruction 2 {poor}, 200 {rich}");
-    assert!(rich > poor + 0.05, "efConstruction had no effect: {poor} vs {rich}");
+    assert!(
+        rich > poor + 0.05,
+        "efConstruction had no effect: {poor} vs {rich}"
+    );
 
     // Graph-less indexes ignore it; nonsense values are refused.
     let mut flat = VectorIndex::new(dim, "Flat", Metric::L2).unwrap();

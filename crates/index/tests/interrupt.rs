@@ -15,7 +15,9 @@ fn stop_requested() -> bool {
 fn a_requested_interrupt_stops_an_hnsw_build_and_nothing_else() {
     let (n, dim) = (2000, 32);
     let mut rng = StdRng::seed_from_u64(3);
-    let data: Vec<f32> = (0..n * dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let data: Vec<f32> = (0..n * dim)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
     let ids: Vec<i64> = (0..n as i64).collect();
     set_interrupt_check(stop_requested);
 

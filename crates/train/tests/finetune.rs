@@ -4,8 +4,7 @@
 //! when `SEMANTIC_TEST_ST_MODEL` names a sentence-transformers folder (all-MiniLM-L6-v2).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
@@ -16,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use semantic_encoder::cosine_similarity as cosine;
 use semantic_train::{
     finetune, mnrl_loss, Bert, Dropout, Pair, SentenceEncoder, SentenceTransformerFolder,
     TokenBatch, TrainConfig,
@@ -24,28 +24,11 @@ use semantic_train::{
 // ---------------------------------------------------------------- helpers --
 
 /// A fresh, empty directory under the system temp dir; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("semantic-train-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("semantic-train-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 const HIDDEN: usize = 32;
@@ -222,16 +205,6 @@ fn random_rows(rng: &mut StdRng, count: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
 // ------------------------------------------------------------- gradients --
 
 /// The loss of a fixed batch (4 queries, 4 positives, 2 hard negatives), with training
@@ -247,7 +220,7 @@ fn fixed_batch_loss(bert: &Bert, batches: &[TokenBatch; 3]) -> Tensor {
 
 #[test]
 fn gradients_match_central_differences() {
-    let dir = TempDir::new("gradients");
+    let dir = temp_dir("gradients");
     write_tiny_model(dir.path(), 1);
     let bert = Bert::load(dir.path(), DType::F64).unwrap();
     let mut rng = StdRng::seed_from_u64(2);
@@ -420,7 +393,7 @@ fn assert_agrees_with_onnx(transformer_dir: &Path, encoder: &SentenceEncoder, ro
 
 #[test]
 fn training_forward_agrees_with_the_exported_onnx() {
-    let dir = TempDir::new("onnx");
+    let dir = temp_dir("onnx");
     write_tiny_model(dir.path(), 3);
     let encoder = SentenceEncoder::load(dir.path(), 64, DType::F32).unwrap();
     let rows = random_rows(&mut StdRng::seed_from_u64(4), 6);
@@ -472,11 +445,11 @@ fn full_set_loss(transformer_dir: &Path, pairs: &[Pair]) -> f32 {
 
 #[test]
 fn finetuning_lowers_the_loss_and_saves_a_sentence_transformers_folder() {
-    let base = TempDir::new("base");
+    let base = temp_dir("base");
     write_tiny_model(base.path(), 6);
     std::fs::create_dir(base.path().join("onnx")).unwrap();
     std::fs::write(base.path().join("onnx/model.onnx"), b"stale").unwrap();
-    let output = TempDir::new("output");
+    let output = temp_dir("output");
     let pairs = toy_pairs();
     let config = TrainConfig {
         epochs: 6,
