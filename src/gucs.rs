@@ -13,6 +13,7 @@ pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static SCAN_CANDIDATES: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static IVF_NPROBE: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_CACHED_MODELS: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -70,6 +71,16 @@ pub fn register() {
         &SCAN_CANDIDATES,
         1,
         100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"semantic.max_scan_tuples",
+        c"Most candidates a faiss index scan asks FAISS for while it searches deeper (as pgvector's hnsw.max_scan_tuples).",
+        c"A query whose filters reject more rows than this may return fewer rows than its LIMIT.",
+        &MAX_SCAN_TUPLES,
+        1,
+        i32::MAX,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -166,6 +177,10 @@ pub fn max_cached_indexes() -> usize {
 
 pub fn scan_candidates() -> usize {
     SCAN_CANDIDATES.get().max(1) as usize
+}
+
+pub fn max_scan_tuples() -> usize {
+    MAX_SCAN_TUPLES.get().max(1) as usize
 }
 
 pub fn hnsw_ef_search() -> usize {

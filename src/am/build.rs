@@ -5,12 +5,13 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{encode_snapshot, ColumnKind, IndexMetric, Meta};
+use semantic_index::layout::{ColumnKind, IndexMetric, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
-use semantic_index::tid_to_id;
+use semantic_index::snapshot::encode_snapshot;
+use semantic_index::{tid_to_id, CacheKey, VectorIndex};
 
 use super::options::IndexOptions;
-use super::storage::{check_dimension, create_meta, rewrite};
+use super::storage::{check_dimension, create_meta, rewrite, Generation};
 use super::vectors::{datum_text, datum_vector, embed_passages, prepare};
 use crate::errors::raise;
 use crate::models::with_encoder;
@@ -45,9 +46,7 @@ const EMBED_CHUNK: usize = 2048;
 struct BuildState {
     meta: Meta,
     index_name: String,
-    /// Encoded (TID, vector) records, in order.
-    records: Vec<u8>,
-    /// The vectors again, row-major, with their FAISS ids and text hashes, for the snapshot.
+    /// The vectors, row-major, with their FAISS ids and text hashes.
     ids: Vec<i64>,
     hashes: Vec<u64>,
     vectors: Vec<f32>,
@@ -63,7 +62,6 @@ impl BuildState {
             self.meta.dim = vector.len() as u32;
         }
         let vector = prepare(&self.meta, vector);
-        encode_record(key, &vector, &mut self.records);
         self.ids.push(tid_to_id(key.block, key.offset));
         self.hashes.push(key.text_hash);
         self.vectors.extend_from_slice(&vector);
@@ -208,12 +206,35 @@ fn interrupted_or_internal(e: semantic_index::IndexError) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
 }
 
-/// The snapshot of a FAISS index over `ids`/`vectors` (trained on them first for IVF-style
-/// factories), with the rows' text hashes: what build and vacuum write.
-pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Vec<u8> {
+/// A new generation's snapshot, ready to be written.
+pub struct NewSnapshot {
+    pub bytes: Vec<u8>,
+    pub key: CacheKey,
+    pub vectors: u64,
+    /// Whether its FAISS index keeps the vectors exactly (the records chain then needs none).
+    pub has_vectors: bool,
+}
+
+/// The snapshot of a FAISS index over `ids`/`vectors` with the rows' text hashes: a new index
+/// (trained on them first for IVF-style factories), or `base` (a private copy of the current
+/// snapshot, with its text hashes) with them added. What build, vacuum and fold write.
+pub fn snapshot(
+    meta: &Meta,
+    base: Option<(VectorIndex, Vec<u64>)>,
+    ids: &[i64],
+    hashes: &[u64],
+    vectors: &[f32],
+) -> NewSnapshot {
+    let key = super::cache::new_cache_key();
     let dim = meta.dim as usize;
     if dim == 0 {
-        return Vec::new(); // a real[] index that has seen no vector: nothing to snapshot
+        // A real[] index that has seen no vector: nothing to snapshot.
+        return NewSnapshot {
+            bytes: Vec::new(),
+            key,
+            vectors: 0,
+            has_vectors: false,
+        };
     }
     semantic_index::set_interrupt_check(cancel_or_terminate_pending);
     // FAISS trains and links the graph with semantic.threads OpenMP threads (they run FAISS
@@ -226,12 +247,15 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
     }
     semantic_index::set_threads(crate::gucs::threads());
     let _single_again = FaissThreads;
-    let mut index = meta.empty_index(dim).unwrap_or_else(|e| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            e.to_string(),
-            None,
-        )
+    let (mut index, mut all_hashes) = base.unwrap_or_else(|| {
+        let index = meta.empty_index(dim).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                e.to_string(),
+                None,
+            )
+        });
+        (index, Vec::new())
     });
     if index.needs_training() {
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_TRAINING);
@@ -251,15 +275,69 @@ pub fn snapshot(meta: &Meta, ids: &[i64], hashes: &[u64], vectors: &[f32]) -> Ve
     index
         .add(ids, vectors)
         .unwrap_or_else(|e| interrupted_or_internal(e));
-    let faiss = index
-        .to_bytes()
-        .unwrap_or_else(|e| interrupted_or_internal(e));
-    let hashes: &[u64] = if meta.kind == ColumnKind::Text {
-        hashes
+    if meta.kind == ColumnKind::Text {
+        all_hashes.extend_from_slice(hashes);
     } else {
-        &[]
+        all_hashes.clear();
+    }
+    let bytes =
+        encode_snapshot(&index, &all_hashes, &key).unwrap_or_else(|e| interrupted_or_internal(e));
+    NewSnapshot {
+        bytes,
+        key,
+        vectors: index.len() as u64,
+        has_vectors: index.stores_exact_vectors(),
+    }
+}
+
+/// Every row's records, for the pages of an index whose snapshot does not keep vectors.
+pub fn encode_records(ids: &[i64], hashes: &[u64], vectors: &[f32], dim: usize) -> Vec<u8> {
+    let mut records = Vec::with_capacity(ids.len() * semantic_index::record_size(dim));
+    for (i, &id) in ids.iter().enumerate() {
+        let (block, offset) = semantic_index::id_to_tid(id);
+        let key = RecordKey {
+            block,
+            offset,
+            text_hash: hashes.get(i).copied().unwrap_or(0),
+        };
+        encode_record(&key, &vectors[i * dim..(i + 1) * dim], &mut records);
+    }
+    records
+}
+
+/// Writes a new generation: its snapshot file first (so searches find it ready), then the
+/// pages. `records` gives every row's records, asked for only when the snapshot does not keep
+/// the vectors itself.
+pub unsafe fn write_generation(
+    index: pg_sys::Relation,
+    meta: &mut Meta,
+    records: impl FnOnce() -> Vec<u8>,
+    rows: u64,
+    new: &NewSnapshot,
+) {
+    if !new.bytes.is_empty() {
+        super::cache::publish(index, &new.key, &new.bytes);
+    }
+    let dim = meta.dim as usize;
+    let records = if new.has_vectors {
+        Vec::new()
+    } else {
+        records()
     };
-    encode_snapshot(&faiss, ids, hashes)
+    rewrite(
+        index,
+        meta,
+        dim,
+        &Generation {
+            records: &records,
+            rows,
+            snapshot: &new.bytes,
+            cache_key: new.key,
+            snapshot_vectors: new.vectors,
+            snapshot_has_vectors: new.has_vectors,
+        },
+    );
+    super::cache::forget((*index).rd_id);
 }
 
 #[pg_guard]
@@ -275,7 +353,6 @@ pub unsafe extern "C-unwind" fn ambuild(
     let mut state = BuildState {
         meta,
         index_name: relation_name(index),
-        records: Vec::new(),
         ids: Vec::new(),
         vectors: Vec::new(),
         rows: 0,
@@ -300,19 +377,17 @@ pub unsafe extern "C-unwind" fn ambuild(
     );
     state.flush_texts();
 
-    let snapshot = snapshot(&state.meta, &state.ids, &state.hashes, &state.vectors);
+    let new = snapshot(&state.meta, None, &state.ids, &state.hashes, &state.vectors);
     progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
     create_meta(index, &state.meta);
     let dim = state.meta.dim as usize;
-    rewrite(
+    write_generation(
         index,
         &mut state.meta,
-        dim,
-        &state.records,
+        || encode_records(&state.ids, &state.hashes, &state.vectors, dim),
         state.rows,
-        &snapshot,
+        &new,
     );
-    super::cache::forget((*index).rd_id);
 
     let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
     result.heap_tuples = heap_tuples;

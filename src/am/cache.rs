@@ -1,35 +1,35 @@
-//! The per-backend FAISS cache. The index relation's pages are the truth; each backend keeps
-//! the FAISS index it built from them, keyed by relation, and brings it up to date before
-//! every search: a new generation (build, vacuum, REINDEX, TRUNCATE) loads the snapshot
-//! again, and records appended since the last visit are added.
+//! Which snapshot a backend searches. The index relation's pages are the truth; each
+//! generation's snapshot is also written once to a file under the data directory
+//! (`pg_stat_tmp/semantic`, left out of base backups and pg_rewind like the rest of
+//! pg_stat_tmp), which every backend maps read-only: one copy in the page cache for the whole
+//! server. The backend that finds the file missing or damaged rebuilds it from the pages while
+//! the others wait (a standby builds its own). Where no file can be written, the backend
+//! searches a private copy, with a WARNING. A backend keeps only the handle of the snapshot it
+//! opened, keyed by relation; records appended since the snapshot are searched where they lie
+//! (see scan.rs).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
 
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::Lru;
-use semantic_index::layout::{decode_snapshot, ChainPos, ColumnKind, Meta, NO_BLOCK};
-use semantic_index::records::decode_records_into;
-use semantic_index::{tid_to_id, VectorIndex};
+use semantic_index::cache_file::{CacheDir, Opened};
+use semantic_index::layout::Meta;
+use semantic_index::{CacheKey, Snapshot};
 
-use super::storage::{read_meta, read_records, read_snapshot, ChainRead};
+use super::storage::read_snapshot_with;
 use crate::errors::raise;
 
-/// What a search needs of a cached index.
-pub struct CachedIndex {
+struct OpenSnapshot {
     relfilenode: u32,
-    generation: u64,
-    /// None while a real[] index has seen no vector (its dimension is unknown).
-    pub faiss: Option<VectorIndex>,
-    /// Text indexes: each row's text hash, to recognise returned rows (see records.rs).
-    pub text_hashes: HashMap<i64, u64>,
-    /// The next record to add.
-    next: ChainPos,
+    key: CacheKey,
+    snapshot: Rc<Snapshot>,
 }
 
 thread_local! {
-    static CACHE: RefCell<Lru<pg_sys::Oid, CachedIndex>> = RefCell::new(Lru::default());
+    static OPEN: RefCell<Lru<pg_sys::Oid, OpenSnapshot>> = RefCell::new(Lru::default());
 }
 
 fn index_error(e: impl std::fmt::Display) -> ! {
@@ -40,117 +40,151 @@ fn index_error(e: impl std::fmt::Display) -> ! {
     )
 }
 
-fn empty_faiss(meta: &Meta) -> VectorIndex {
-    meta.empty_index(meta.dim as usize)
-        .unwrap_or_else(|e| index_error(e))
+/// The server's snapshot directory.
+pub fn cache_dir() -> CacheDir {
+    // SAFETY: DataDir is set before any backend runs SQL.
+    let data_dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
+    CacheDir::new(PathBuf::from(data_dir.to_string_lossy().as_ref()).join("pg_stat_tmp/semantic"))
 }
 
-/// The snapshot of `meta`'s generation, or None if it was rewritten while being read.
-unsafe fn load(rel: pg_sys::Relation, meta: &Meta) -> Option<CachedIndex> {
-    let (faiss, text_hashes) = if meta.snapshot_head != NO_BLOCK {
-        let bytes = read_snapshot(rel, meta)?;
-        let (faiss, hashes) = decode_snapshot(&bytes).unwrap_or_else(|e| index_error(e));
-        (
-            Some(VectorIndex::from_bytes(faiss).unwrap_or_else(|e| index_error(e))),
-            hashes.into_iter().collect(),
-        )
-    } else {
-        ((meta.dim != 0).then(|| empty_faiss(meta)), HashMap::new())
-    };
-    Some(CachedIndex {
-        relfilenode: (*rel).rd_node.relNode.into(),
-        generation: meta.generation,
-        faiss,
-        text_hashes,
-        next: meta.snapshot_end,
-    })
-}
-
-/// Adds the records appended since `cached.next`; false if the chain was rewritten meanwhile.
-unsafe fn catch_up(rel: pg_sys::Relation, meta: &Meta, cached: &mut CachedIndex) -> bool {
-    let from = if cached.next.block == NO_BLOCK {
-        ChainPos {
-            block: meta.records_head,
-            slot: 0,
-        }
-    } else {
-        cached.next
-    };
-    if from.block == NO_BLOCK {
-        return true;
-    }
-    let dim = meta.dim as usize;
-    let mut keys = Vec::new();
-    let mut vectors = Vec::new();
-    let read = read_records(rel, from, meta.generation, dim, |bytes| {
-        decode_records_into(bytes, dim, &mut keys, &mut vectors);
-    });
-    let ChainRead::Done(end) = read else {
-        return false;
-    };
-    if !keys.is_empty() {
-        let ids: Vec<i64> = keys.iter().map(|k| tid_to_id(k.block, k.offset)).collect();
-        let faiss = cached.faiss.get_or_insert_with(|| empty_faiss(meta));
-        faiss.add(&ids, &vectors).unwrap_or_else(|e| index_error(e));
-        if meta.kind == ColumnKind::Text {
-            cached
-                .text_hashes
-                .extend(ids.iter().zip(&keys).map(|(&id, k)| (id, k.text_hash)));
-        }
-    }
-    cached.next = end;
-    true
-}
-
-/// Runs `f` with the up-to-date cached index of `rel` and the metapage it reflects.
-pub unsafe fn with_index<R>(rel: pg_sys::Relation, f: impl FnOnce(&CachedIndex, &Meta) -> R) -> R {
-    let oid = (*rel).rd_id;
-    let relfilenode: u32 = (*rel).rd_node.relNode.into();
-    for _ in 0..10 {
-        let meta = read_meta(rel);
-        let ready = CACHE.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let current = cache
-                .get(&oid)
-                .is_some_and(|c| c.relfilenode == relfilenode && c.generation == meta.generation);
-            if !current {
-                cache.remove(&oid);
-                match load(rel, &meta) {
-                    Some(cached) => cache.insert(oid, cached, crate::gucs::max_cached_indexes()),
-                    None => return false,
-                };
-            }
-            let cached = cache.get_mut(&oid).expect("inserted above");
-            if !catch_up(rel, &meta, cached) {
-                cache.remove(&oid);
-                return false;
-            }
-            true
-        });
-        if ready {
-            return CACHE
-                .with(|cache| f(cache.borrow().get(&oid).expect("made ready above"), &meta));
-        }
-        // The index was rewritten while we read it: read the new metapage.
-    }
-    raise(
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-        "faiss index kept changing while being read",
-        Some("Retry the query."),
+/// Names an index relation's files within the server: tablespace, database, relfilenode.
+pub unsafe fn owner(rel: pg_sys::Relation) -> String {
+    let node = (*rel).rd_node;
+    format!(
+        "{}.{}.{}",
+        u32::from(node.spcNode),
+        u32::from(node.dbNode),
+        u32::from(node.relNode)
     )
 }
 
-/// Forgets the cached index of `oid` (its relation was rebuilt).
-pub fn forget(oid: pg_sys::Oid) {
-    CACHE.with(|cache| cache.borrow_mut().remove(&oid));
+/// A fresh random cache key for a new generation.
+pub fn new_cache_key() -> CacheKey {
+    let mut key = [0u8; 16];
+    // SAFETY: fills the buffer it is given.
+    if !unsafe { pg_sys::pg_strong_random(key.as_mut_ptr().cast(), key.len()) } {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "could not generate random bytes",
+            None,
+        );
+    }
+    key
 }
 
-/// Vectors in this backend's cached FAISS copy of `oid`, if it holds one.
-pub fn cached_vectors(oid: pg_sys::Oid) -> Option<usize> {
-    CACHE.with(|cache| {
-        cache
-            .borrow()
+pub fn key_hex(key: &CacheKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Publishes a snapshot the caller has in memory (build, vacuum, fold), before the metapage
+/// points to it, so that searches find the file ready. A failure only costs the first search
+/// the work of writing it (or a private copy).
+pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
+    let dir = cache_dir();
+    let owner = owner(rel);
+    let published = dir
+        .lock(&owner, key, || {
+            pg_sys::check_for_interrupts!();
+        })
+        .and_then(|_lock| dir.publish(&owner, key, |w| w.write_all(snapshot)));
+    if let Err(e) = published {
+        pgrx::debug1!("faiss index: could not write its snapshot file: {e}");
+    }
+}
+
+/// The searchable snapshot of `meta`'s generation, or None if the index has none (no rows
+/// when it was built) or the snapshot chain was rewritten while being read.
+pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot>> {
+    let key = meta.cache_key()?;
+    let oid = (*rel).rd_id;
+    let relfilenode: u32 = (*rel).rd_node.relNode.into();
+    let open = OPEN.with(|open| {
+        open.borrow_mut()
             .get(&oid)
-            .map(|c| c.faiss.as_ref().map_or(0, |f| f.len()))
+            .filter(|o| o.relfilenode == relfilenode && o.key == key)
+            .map(|o| o.snapshot.clone())
+    });
+    if open.is_some() {
+        return open;
+    }
+    let snapshot = Rc::new(open_or_build(rel, meta, &key)?);
+    OPEN.with(|open| {
+        open.borrow_mut().insert(
+            oid,
+            OpenSnapshot {
+                relfilenode,
+                key,
+                snapshot: snapshot.clone(),
+            },
+            crate::gucs::max_cached_indexes(),
+        )
+    });
+    Some(snapshot)
+}
+
+unsafe fn open_or_build(rel: pg_sys::Relation, meta: &Meta, key: &CacheKey) -> Option<Snapshot> {
+    let dir = cache_dir();
+    let owner = owner(rel);
+    let started = pg_sys::PgStartTime;
+    if let Opened::Ready(snapshot) = dir.open(&owner, key, started) {
+        return Some(snapshot);
+    }
+    let private = |why: String| -> Option<Snapshot> {
+        pgrx::warning!(
+            "faiss index \"{}\": {why}; this session searches a private copy",
+            super::build::relation_name(rel)
+        );
+        let bytes = super::storage::read_snapshot(rel, meta)?;
+        Some(Snapshot::from_bytes(&bytes).unwrap_or_else(|e| index_error(e)))
+    };
+    let lock = match dir.lock(&owner, key, || {
+        pg_sys::check_for_interrupts!();
+    }) {
+        Ok(lock) => lock,
+        Err(e) => return private(format!("cannot lock its snapshot file: {e}")),
+    };
+    // Whoever held the lock may have built it meanwhile.
+    match dir.open(&owner, key, started) {
+        Opened::Ready(snapshot) => return Some(snapshot),
+        Opened::Damaged(e) => pgrx::log!(
+            "faiss index \"{}\": rebuilding its snapshot file: {e}",
+            super::build::relation_name(rel)
+        ),
+        Opened::Missing => {}
+    }
+    let mut rewritten = false;
+    let written = dir.publish(&owner, key, |w| {
+        rewritten = !read_snapshot_with(rel, meta, |page| w.write_all(page))?;
+        if rewritten {
+            return Err(std::io::Error::other("the index was rewritten meanwhile"));
+        }
+        Ok(())
+    });
+    drop(lock);
+    if rewritten {
+        return None;
+    }
+    if let Err(e) = written {
+        return private(format!("cannot write its snapshot file: {e}"));
+    }
+    match dir.open(&owner, key, started) {
+        Opened::Ready(snapshot) => Some(snapshot),
+        // Written from pages that are damaged themselves.
+        Opened::Damaged(e) => index_error(e),
+        Opened::Missing => private("its snapshot file vanished".into()),
+    }
+}
+
+/// Forgets the snapshot of `oid` (its relation was rebuilt).
+pub fn forget(oid: pg_sys::Oid) {
+    OPEN.with(|open| open.borrow_mut().remove(&oid));
+}
+
+/// Vectors in the snapshot this backend opened for `oid`, and whether it is the mapped file.
+pub fn opened(oid: pg_sys::Oid) -> Option<(usize, bool)> {
+    OPEN.with(|open| {
+        open.borrow()
+            .get(&oid)
+            .map(|o| (o.snapshot.len(), o.snapshot.is_mapped()))
     })
 }

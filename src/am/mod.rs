@@ -1,6 +1,6 @@
 //! The `faiss` index access method: the handler and its SQL (access method, operator
-//! classes). One file per phase: build, insert, scan, vacuum, cost; pages in storage, the
-//! per-backend FAISS cache in cache.
+//! classes). One file per phase: build, insert, scan, vacuum (and folding), cost; pages in
+//! storage, the server's shared snapshot files in cache.
 
 mod build;
 mod cache;
@@ -77,8 +77,21 @@ CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
     requires = [faiss_amhandler, "semantic_operators"]
 );
 
-/// What a faiss index holds: its model and settings, sizes and free space, and how many
-/// vectors this backend's cached FAISS copy holds (NULL when it holds none).
+/// Raises unless `index` is a faiss index.
+pub unsafe fn check_faiss_index(index: &pgrx::PgRelation) {
+    let faiss_am = pg_sys::get_index_am_oid(c"faiss".as_ptr(), false);
+    if (*(*index.as_ptr()).rd_rel).relam != faiss_am {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("\"{}\" is not a faiss index", index.name()),
+            None,
+        );
+    }
+}
+
+/// What a faiss index holds: its model and settings, sizes and free space, the records
+/// appended since its snapshot, and the snapshot this backend searches (its vectors, and
+/// whether it is the server's shared file; NULL when this backend has opened none).
 #[pg_extern(stable, strict)]
 #[allow(clippy::type_complexity)] // the SQL result row
 fn semantic_index_info(
@@ -98,20 +111,16 @@ fn semantic_index_info(
         name!(generation, i64),
         name!(pages, i64),
         name!(free_pages, i64),
+        name!(appended, i64),
         name!(cached_vectors, Option<i64>),
+        name!(shared, Option<bool>),
     ),
 > {
     unsafe {
+        check_faiss_index(&index);
         let rel = index.as_ptr();
-        let faiss_am = pg_sys::get_index_am_oid(c"faiss".as_ptr(), false);
-        if (*(*rel).rd_rel).relam != faiss_am {
-            crate::errors::raise(
-                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("\"{}\" is not a faiss index", index.name()),
-                None,
-            );
-        }
         let meta = storage::read_meta(rel);
+        let opened = cache::opened((*rel).rd_id);
         let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
         let lower = |s: String| s.to_lowercase();
         TableIterator::once((
@@ -127,7 +136,9 @@ fn semantic_index_info(
             meta.generation as i64,
             i64::from(pages),
             meta.free_blocks() as i64,
-            cache::cached_vectors((*rel).rd_id).map(|n| n as i64),
+            meta.appended() as i64,
+            opened.map(|(n, _)| n as i64),
+            opened.map(|(_, shared)| shared),
         ))
     }
 }

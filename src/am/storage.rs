@@ -6,6 +6,7 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPage, ChainPos, Meta, PageKind, CHAIN_SPECIAL_SIZE, NO_BLOCK};
 use semantic_index::records::{encode_record, record_size, RecordKey};
+use semantic_index::CacheKey;
 
 use crate::errors::raise;
 
@@ -253,12 +254,13 @@ pub unsafe fn append_record(
 
 /// The outcome of reading a chain: it ended, or it was rewritten under the reader.
 pub enum ChainRead {
-    Done(ChainPos),
+    Done,
     Rewritten,
 }
 
 /// Visits the records from `from` to the end of the chain, page by page, calling `visit` with
-/// each page's records (raw bytes). Returns where the chain ended.
+/// each page's records (raw bytes) while the page is share-locked: `visit` must be quick and
+/// must not raise.
 pub unsafe fn read_records(
     rel: pg_sys::Relation,
     from: ChainPos,
@@ -279,31 +281,35 @@ pub unsafe fn read_records(
             pg_sys::UnlockReleaseBuffer(buf);
             return ChainRead::Rewritten;
         };
-        let used = chain.used as u32;
+        // A damaged count cannot make the read leave the page.
+        let used = (chain.used as u32).min((PAGE_CAPACITY / size) as u32);
         let bytes = std::slice::from_raw_parts(
-            contents(page).add(pos.slot as usize * size),
+            contents(page).add(pos.slot.min(used) as usize * size),
             (used.saturating_sub(pos.slot)) as usize * size,
-        )
-        .to_vec();
+        );
+        visit(bytes);
         pg_sys::UnlockReleaseBuffer(buf);
-        visit(&bytes);
         if chain.next == NO_BLOCK {
-            return ChainRead::Done(ChainPos {
-                block: pos.block,
-                slot: used,
-            });
+            return ChainRead::Done;
         }
         pos = ChainPos {
             block: chain.next,
             slot: 0,
         };
     }
-    ChainRead::Done(pos)
+    ChainRead::Done
 }
 
-/// The snapshot's bytes, or None if the chain was rewritten under the reader.
-pub unsafe fn read_snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(meta.snapshot_bytes as usize);
+/// Passes the snapshot's bytes to `visit`, page by page (each copied out of its buffer first,
+/// so no buffer lock is held while `visit` works). Ok(false) if the chain was rewritten under
+/// the reader.
+pub unsafe fn read_snapshot_with(
+    rel: pg_sys::Relation,
+    meta: &Meta,
+    mut visit: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<bool> {
+    let mut page_bytes = Vec::with_capacity(PAGE_CAPACITY);
+    let mut total = 0u64;
     let mut block = meta.snapshot_head;
     while block != NO_BLOCK {
         let buf = read_buffer(rel, block);
@@ -312,16 +318,33 @@ pub unsafe fn read_snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Vec<u8
         let chain = special(page)
             .filter(|c| c.kind == PageKind::Snapshot && c.generation == meta.generation);
         if let Some(chain) = chain {
-            out.extend_from_slice(std::slice::from_raw_parts(
+            page_bytes.clear();
+            page_bytes.extend_from_slice(std::slice::from_raw_parts(
                 contents(page),
-                chain.used as usize,
+                (chain.used as usize).min(PAGE_CAPACITY),
             ));
             block = chain.next;
         }
         pg_sys::UnlockReleaseBuffer(buf);
-        chain?;
+        if chain.is_none() {
+            return Ok(false);
+        }
+        total += page_bytes.len() as u64;
+        visit(&page_bytes)?;
+        pg_sys::check_for_interrupts!();
     }
-    (out.len() as u64 == meta.snapshot_bytes).then_some(out)
+    Ok(total == meta.snapshot_bytes)
+}
+
+/// The snapshot's bytes, or None if the chain was rewritten under the reader.
+pub unsafe fn read_snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(meta.snapshot_bytes as usize);
+    let complete = read_snapshot_with(rel, meta, |page| {
+        out.extend_from_slice(page);
+        Ok(())
+    })
+    .expect("collecting into memory cannot fail");
+    complete.then_some(out)
 }
 
 /// Blocks of the chain starting at `head` (for freeing it), stopping at pages of another
@@ -396,18 +419,30 @@ impl ChainWriter {
     }
 }
 
-/// Replaces the index's contents by `records` (raw record bytes, in order) and `snapshot` (a
-/// serialised FAISS index covering all of them), as build and vacuum do: new chains are
-/// written first, then the metapage switches to them in one WAL record, then the old chains'
-/// pages become free for the next rewrite. `meta` is the caller's copy, updated.
-pub unsafe fn rewrite(
-    rel: pg_sys::Relation,
-    meta: &mut Meta,
-    dim: usize,
-    records: &[u8],
-    rows: u64,
-    snapshot: &[u8],
-) {
+/// A new generation's contents, as build, vacuum and fold write them.
+pub struct Generation<'a> {
+    /// Raw record bytes, in order: every row's when the snapshot does not keep vectors, else
+    /// none (every row is in the snapshot).
+    pub records: &'a [u8],
+    /// Distinct rows.
+    pub rows: u64,
+    /// A snapshot covering every row (empty for a real[] index that has seen no vector).
+    pub snapshot: &'a [u8],
+    pub cache_key: CacheKey,
+    pub snapshot_vectors: u64,
+    pub snapshot_has_vectors: bool,
+}
+
+/// Replaces the index's contents by a new generation: new chains are written first, then the
+/// metapage switches to them in one WAL record, then the old chains' pages become free for
+/// the next rewrite. `meta` is the caller's copy, updated.
+pub unsafe fn rewrite(rel: pg_sys::Relation, meta: &mut Meta, dim: usize, new: &Generation) {
+    let Generation {
+        records,
+        rows,
+        snapshot,
+        ..
+    } = *new;
     let generation = meta.generation + 1;
     let size = record_size(dim);
     let per_page = records_per_page(dim);
@@ -438,15 +473,22 @@ pub unsafe fn rewrite(
 
     let mut guard = MetaGuard::lock(rel);
     // Inserts are locked out by the caller, so only the free list can differ: keep ours.
+    let vectors = new.snapshot_vectors;
     guard.meta = Meta {
         generation,
+        cache_key: if snapshot.is_empty() {
+            String::new()
+        } else {
+            super::cache::key_hex(&new.cache_key)
+        },
+        snapshot_has_vectors: new.snapshot_has_vectors,
         records_head,
         records_tail,
-        record_count: (records.len() / size) as u64,
+        record_count: vectors,
         snapshot_head,
         snapshot_bytes: snapshot.len() as u64,
         snapshot_end: end,
-        snapshot_records: (records.len() / size) as u64,
+        snapshot_records: vectors,
         rows,
         dim: dim as u32,
         ..meta.clone()

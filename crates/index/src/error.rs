@@ -22,11 +22,7 @@ pub enum IndexError {
         got: usize,
     },
 
-    /// `remove` on an index type that cannot delete (HNSW, ...).
-    #[error("this faiss index type does not support removing vectors")]
-    RemoveNotSupported,
-
-    /// `from_bytes` input that is not a valid serialised index.
+    /// Bytes or a file that are not a sound snapshot.
     #[error("corrupt faiss index data: {0}")]
     Corrupt(String),
 

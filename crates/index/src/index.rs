@@ -2,9 +2,8 @@ use crate::io;
 use crate::threads::ensure_defaults;
 use crate::{IndexError, Metric, SearchParams};
 use faiss::index::autotune::ParameterSpace;
-use faiss::index::{FromInnerPtr, IndexImpl, UpcastIndex};
-use faiss::selector::IdSelector;
-use faiss::{IdMap, Idx, Index};
+use faiss::index::{FromInnerPtr, IndexImpl};
+use faiss::Index;
 use faiss_sys::{FaissIndex, FaissIndexIVF};
 use std::cell::Cell;
 
@@ -22,19 +21,20 @@ const MAX_FACTORY_NUMBER: u64 = 1 << 24;
 /// divide by zero; huge M explodes memory).
 const HNSW_M_RANGE: std::ops::RangeInclusive<u64> = 2..=512;
 
-/// A FAISS index mapping non-negative `i64` ids to `dim`-float vectors.
+extern "C" {
+    // cpp/storage.cpp
+    fn semantic_index_stores_exact_vectors(index: *const FaissIndex) -> bool;
+}
+
+/// A bare FAISS index (no id map: its labels are the positions `0..n` in
+/// the order vectors were added) with its search-time settings. Shared by
+/// the mutable [`VectorIndex`] and the read-only [`crate::Snapshot`], which
+/// map positions to row ids with arrays of their own.
 ///
-/// Layout: IVF indexes (`IVF...`, possibly behind a pre-transform such as
-/// `OPQ16_64,IVF256,PQ16`) store the ids natively; every other type is
-/// wrapped in a FAISS `IndexIDMap`. (An `IndexIDMap` over an IVF would be
-/// wrong: IVF's `remove_ids` does not renumber the remaining entries while
-/// the id map compacts, so ids would get mixed up — and can be read out of
-/// bounds — after the first removal.)
-///
-/// `VectorIndex` is `Send` but not `Sync`: search applies `efSearch` /
-/// `nprobe` to the FAISS object before searching, so one index must not be
-/// searched from two threads at once.
-pub struct VectorIndex {
+/// Not `Sync`: search applies `efSearch` / `nprobe` to the FAISS object
+/// before searching, so one index must not be searched from two threads at
+/// once.
+pub(crate) struct Faiss {
     index: IndexImpl,
     dim: usize,
     metric: Metric,
@@ -49,27 +49,12 @@ pub struct VectorIndex {
     /// change during `&self` searches; also makes the type `!Sync`).
     cur_ef: Cell<usize>,
     cur_nprobe: Cell<usize>,
-    can_remove: bool,
     /// Short description for messages (the factory string when known).
     kind: String,
 }
 
-impl std::fmt::Debug for VectorIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VectorIndex")
-            .field("kind", &self.kind)
-            .field("dim", &self.dim)
-            .field("metric", &self.metric)
-            .field("len", &self.len())
-            .field("nlist", &self.nlist)
-            .field("needs_training", &self.needs_training())
-            .field("supports_remove", &self.can_remove)
-            .finish()
-    }
-}
-
-/// Follows `IndexIDMap` / `IndexIDMap2` / `IndexPreTransform` wrappers down
-/// to an `IndexIVF`, if there is one.
+/// Follows `IndexPreTransform` wrappers down to an `IndexIVF`, if there is
+/// one.
 fn find_ivf(mut p: *mut FaissIndex) -> Option<*mut FaissIndexIVF> {
     // SAFETY: all casts are dynamic_casts on a live index; the getters return
     // borrowed sub-index pointers.
@@ -87,16 +72,6 @@ fn find_ivf(mut p: *mut FaissIndex) -> Option<*mut FaissIndexIVF> {
                 p = faiss_sys::faiss_IndexPreTransform_index(pre);
                 continue;
             }
-            let idmap = faiss_sys::faiss_IndexIDMap_cast(p);
-            if !idmap.is_null() {
-                p = faiss_sys::faiss_IndexIDMap_sub_index(idmap);
-                continue;
-            }
-            let idmap2 = faiss_sys::faiss_IndexIDMap2_cast(p);
-            if !idmap2.is_null() {
-                p = faiss_sys::faiss_IndexIDMap2_sub_index(idmap2);
-                continue;
-            }
             return None;
         }
         None
@@ -104,44 +79,16 @@ fn find_ivf(mut p: *mut FaissIndex) -> Option<*mut FaissIndexIVF> {
 }
 
 /// Cheap consistency checks on a freshly read index, before anything
-/// searches or probes it. FAISS's reader checks the framing of what it reads
-/// but not its consistency, and some inconsistencies end in an `abort()`
-/// (`FAISS_ASSERT` in `IndexIDMap::remove_ids`), a `std::terminate` (an
-/// exception inside an OpenMP region) or a segfault. The CRC-32 of the
-/// `io` framing is the real protection against damaged bytes; this only
-/// rejects the structurally impossible.
+/// searches or probes it. The snapshot checksum is the real protection
+/// against damaged bytes; this only rejects the structurally impossible
+/// (labels outside `0..ntotal` are rejected at search time).
 fn check_loaded(p: *mut FaissIndex) -> Result<(), IndexError> {
     let corrupt = |m: String| Err(IndexError::Corrupt(m));
-    // SAFETY: getters and dynamic_casts on a live index; the id map slice is
-    // read before anything modifies the index.
+    // SAFETY: getters and dynamic_casts on a live index.
     unsafe {
-        let d = faiss_sys::faiss_Index_d(p);
         let ntotal = faiss_sys::faiss_Index_ntotal(p);
-        let metric = faiss_sys::faiss_Index_metric_type(p);
         if ntotal < 0 {
             return corrupt(format!("negative vector count {ntotal}"));
-        }
-        let idmap = faiss_sys::faiss_IndexIDMap_cast(p);
-        if !idmap.is_null() {
-            let sub = faiss_sys::faiss_IndexIDMap_sub_index(idmap);
-            if sub.is_null() {
-                return corrupt("id map without an index".into());
-            }
-            let mut ids: *mut i64 = std::ptr::null_mut();
-            let mut n: usize = 0;
-            faiss_sys::faiss_IndexIDMap_id_map(idmap, &mut ids, &mut n);
-            if n as i64 != ntotal
-                || faiss_sys::faiss_Index_ntotal(sub) != ntotal
-                || faiss_sys::faiss_Index_d(sub) != d
-                || faiss_sys::faiss_Index_metric_type(sub) != metric
-            {
-                return corrupt("id map and index disagree".into());
-            }
-            if n > 0 && std::slice::from_raw_parts(ids, n).iter().any(|&id| id < 0) {
-                return corrupt("negative id in the id map".into());
-            }
-        } else if find_ivf(p).is_none() {
-            return corrupt("not an index written by semantic-index (no id map)".into());
         }
         if let Some(ivf) = find_ivf(p) {
             let ivf_index = ivf as *mut FaissIndex;
@@ -241,34 +188,37 @@ fn check_finite(what: &str, v: &[f32]) -> Result<(), IndexError> {
     Ok(())
 }
 
-impl VectorIndex {
-    /// Builds an empty index from a FAISS factory string (`"Flat"`,
-    /// `"HNSW32"`, `"IVF100,Flat"`, `"IVF256,PQ16"`, ...). `IDMap` must not be
-    /// part of it (ids are mapped automatically). Bad strings are an
-    /// [`IndexError::InvalidFactory`].
-    ///
-    /// Note: for 8-bit PQ (`PQ16`, `IVF256,PQ16`, ...) FAISS's factory turns
-    /// on *polysemous training*, which costs several seconds of CPU per
-    /// sub-quantizer during [`train`](Self::train) and only helps polysemous
-    /// (Hamming-filtered) search, which this crate never enables. Append
-    /// `np` (`IVF256,PQ16np`) to skip it.
-    pub fn new(dim: usize, factory: &str, metric: Metric) -> Result<Self, IndexError> {
+impl Faiss {
+    fn new(dim: usize, factory: &str, metric: Metric) -> Result<Self, IndexError> {
         ensure_defaults();
         validate_factory(dim, factory)?;
-        let raw = faiss::index_factory(dim as u32, factory, metric.to_faiss()).map_err(|e| {
+        let index = faiss::index_factory(dim as u32, factory, metric.to_faiss()).map_err(|e| {
             IndexError::InvalidFactory {
                 factory: factory.to_string(),
                 reason: e.to_string(),
             }
         })?;
-        let index = if find_ivf(raw.inner_ptr()).is_some() {
-            raw
-        } else {
-            IdMap::new(raw)
-                .map_err(|e| IndexError::faiss("IndexIDMap", e))?
-                .upcast()
-        };
         Self::wrap(index, factory.to_string())
+    }
+
+    /// Takes ownership of an index FAISS just read (from memory or mapped).
+    fn loaded(p: *mut FaissIndex, kind: &str) -> Result<Self, IndexError> {
+        // SAFETY: `p` is a fresh index that we now own.
+        let index = unsafe { IndexImpl::from_inner_ptr(p) };
+        check_loaded(p)?;
+        Self::wrap(index, kind.to_string())
+    }
+
+    /// Reads bytes written by [`Faiss::to_bytes`] into private memory.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, IndexError> {
+        ensure_defaults();
+        Self::loaded(io::read(bytes)?, "loaded index")
+    }
+
+    /// Maps the index at the start of `path` read-only (see [`io::read_mapped`]).
+    pub(crate) fn mapped(path: &std::path::Path) -> Result<Self, IndexError> {
+        ensure_defaults();
+        Self::loaded(io::read_mapped(path)?, "mapped index")
     }
 
     /// Common set-up for new and loaded indexes.
@@ -315,18 +265,7 @@ impl VectorIndex {
             && ps
                 .set_index_parameter(&index, "nprobe", base_nprobe as f64)
                 .is_ok();
-        // Probe removal with an empty id range: index types without
-        // remove_ids throw before anything is touched.
-        let can_remove = {
-            let sel = IdSelector::range(Idx::new(0), Idx::new(0))
-                .map_err(|e| IndexError::faiss("IDSelectorRange", e))?;
-            // SAFETY: live index and selector.
-            unsafe {
-                let mut n: usize = 0;
-                faiss_sys::faiss_Index_remove_ids(p, sel.inner_ptr(), &mut n) == 0
-            }
-        };
-        Ok(VectorIndex {
+        Ok(Faiss {
             index,
             dim: d as usize,
             metric,
@@ -336,160 +275,64 @@ impl VectorIndex {
             base_nprobe,
             cur_ef: Cell::new(DEFAULT_EF_SEARCH),
             cur_nprobe: Cell::new(base_nprobe),
-            can_remove,
             kind,
         })
     }
 
-    /// Sets HNSW `efConstruction` (how many candidates are kept while a new
-    /// vector is linked into the graph) for the vectors added from now on;
-    /// FAISS writes it with the index. A no-op for index types without a
-    /// graph.
-    pub fn set_ef_construction(&mut self, ef: usize) -> Result<(), IndexError> {
-        if !self.has_ef {
-            return Ok(());
-        }
-        if ef == 0 || ef > MAX_FACTORY_NUMBER as usize {
-            return Err(IndexError::invalid(format!(
-                "efConstruction must be between 1 and {MAX_FACTORY_NUMBER}, got {ef}"
-            )));
-        }
-        let ps = ParameterSpace::new().map_err(|e| IndexError::faiss("ParameterSpace", e))?;
-        ps.set_index_parameter(&self.index, "efConstruction", ef as f64)
-            .map_err(|e| IndexError::faiss("set efConstruction", e))
-    }
-
-    /// Whether [`train`](Self::train) must run before [`add`](Self::add)
-    /// (IVF, PQ, ...; not Flat or HNSW with flat storage).
-    pub fn needs_training(&self) -> bool {
-        !self.index.is_trained()
-    }
-
-    /// Number of IVF lists, if this is an IVF index.
-    pub fn nlist(&self) -> Option<usize> {
-        self.nlist
-    }
-
-    /// Trains on a sample (`n * dim` floats, row-major). A no-op for indexes
-    /// that need no (more) training. For `IVF<n>` fewer than `n` vectors is
-    /// an [`IndexError::TooFewTrainingVectors`]; FAISS recommends at least
-    /// `39 * n` (it prints a warning to stderr below that) and PQ codes need
-    /// at least 256 vectors (`2^nbits`).
-    pub fn train(&mut self, vectors: &[f32]) -> Result<(), IndexError> {
-        ensure_defaults();
-        if !self.needs_training() {
-            return Ok(());
-        }
-        let n = self.rows("training vectors", vectors)?;
-        check_finite("training vectors", vectors)?;
-        if let Some(nlist) = self.nlist {
-            if n < nlist {
-                return Err(IndexError::TooFewTrainingVectors {
-                    nlist,
-                    needed: nlist,
-                    got: n,
-                });
-            }
-        }
-        if n == 0 {
-            return Err(IndexError::invalid("no training vectors given"));
-        }
-        self.index
-            .train(vectors)
-            .map_err(|e| IndexError::faiss("train", e))
-    }
-
-    /// Adds vectors (`ids.len() * dim` floats, row-major) under the given
-    /// ids. Ids must be non-negative (`-1` means "none" to FAISS); adding an
-    /// id twice stores two entries.
-    pub fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {
-        ensure_defaults();
-        let n = self.rows("vectors", vectors)?;
-        if n != ids.len() {
-            return Err(IndexError::invalid(format!(
-                "{} ids for {n} vectors of dimension {}",
-                ids.len(),
-                self.dim
-            )));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        if let Some(id) = ids.iter().find(|&&id| id < 0) {
-            return Err(IndexError::invalid(format!("negative id {id}")));
-        }
-        check_finite("vectors", vectors)?;
-        if self.needs_training() {
-            return Err(IndexError::NotTrained {
-                kind: self.kind.clone(),
-            });
-        }
-        // SAFETY: live index; `vectors` holds n*dim floats and `ids` n ids.
-        let rc = unsafe {
-            faiss_sys::faiss_Index_add_with_ids(
-                self.index.inner_ptr(),
-                n as i64,
-                vectors.as_ptr(),
-                ids.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(IndexError::faiss("add_with_ids", io::last_faiss_error()));
-        }
-        Ok(())
-    }
-
-    /// Whether [`remove`](Self::remove) works for this index type (Flat,
-    /// IVF, PQ, SQ: yes; HNSW: no).
-    pub fn supports_remove(&self) -> bool {
-        self.can_remove
-    }
-
-    /// Removes every entry whose id is in `ids`; returns how many entries
-    /// were removed.
-    pub fn remove(&mut self, ids: &[i64]) -> Result<usize, IndexError> {
-        ensure_defaults();
-        if !self.can_remove {
-            return Err(IndexError::RemoveNotSupported);
-        }
-        if ids.is_empty() || self.is_empty() {
-            return Ok(0);
-        }
-        let idx: Vec<Idx> = ids.iter().map(|&id| Idx::from(id)).collect();
-        let sel = IdSelector::batch(&idx).map_err(|e| IndexError::faiss("IDSelectorBatch", e))?;
-        self.index
-            .remove_ids(&sel)
-            .map_err(|e| IndexError::faiss("remove_ids", e))
-    }
-
-    /// Number of stored vectors.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.index.ntotal() as usize
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn dim(&self) -> usize {
+    pub(crate) fn dim(&self) -> usize {
         self.dim
     }
 
-    pub fn metric(&self) -> Metric {
+    pub(crate) fn metric(&self) -> Metric {
         self.metric
     }
 
-    /// The `k` nearest stored vectors to `query`: `(id, score)` best first.
-    /// `InnerProduct`: score = inner product (higher is better); `L2`: score
-    /// = squared L2 distance (lower is better). Fewer than `k` results when
-    /// the index holds fewer (or, for IVF, the probed lists hold fewer).
-    /// See [`SearchParams`] for `efSearch` / `nprobe`.
-    pub fn search(
+    pub(crate) fn needs_training(&self) -> bool {
+        !self.index.is_trained()
+    }
+
+    /// Whether the index keeps every vector exactly (Flat, HNSW over flat
+    /// storage), so that they can be read back instead of being stored twice.
+    pub(crate) fn stores_exact_vectors(&self) -> bool {
+        // SAFETY: dynamic_casts on a live index.
+        unsafe { semantic_index_stores_exact_vectors(self.index.inner_ptr()) }
+    }
+
+    /// Every stored vector, in position order (row-major).
+    pub(crate) fn reconstruct_all(&self) -> Result<Vec<f32>, IndexError> {
+        let n = self.len();
+        let mut out = vec![0f32; n * self.dim];
+        if n == 0 {
+            return Ok(out);
+        }
+        // SAFETY: live index; `out` holds n * dim floats.
+        let rc = unsafe {
+            faiss_sys::faiss_Index_reconstruct_n(
+                self.index.inner_ptr(),
+                0,
+                n as i64,
+                out.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(IndexError::faiss("reconstruct_n", io::last_faiss_error()));
+        }
+        Ok(out)
+    }
+
+    /// The `k` nearest positions to `query`, best first, labels checked to
+    /// lie in `0..len` (a damaged index cannot make callers index out of
+    /// bounds).
+    pub(crate) fn search(
         &self,
         query: &[f32],
         k: usize,
         params: &SearchParams,
-    ) -> Result<Vec<(i64, f32)>, IndexError> {
+    ) -> Result<Vec<(usize, f32)>, IndexError> {
         ensure_defaults();
         if query.len() != self.dim {
             return Err(IndexError::invalid(format!(
@@ -499,7 +342,8 @@ impl VectorIndex {
             )));
         }
         check_finite("query", query)?;
-        let k = k.min(self.len());
+        let n = self.len();
+        let k = k.min(n);
         if k == 0 {
             return Ok(Vec::new());
         }
@@ -542,11 +386,19 @@ impl VectorIndex {
         if rc != 0 {
             return Err(IndexError::faiss("search", io::last_faiss_error()));
         }
-        Ok(labels
-            .into_iter()
-            .zip(distances)
-            .filter(|&(id, _)| id >= 0)
-            .collect())
+        let mut out = Vec::with_capacity(k);
+        for (label, score) in labels.into_iter().zip(distances) {
+            if label < 0 {
+                continue;
+            }
+            if label as u64 >= n as u64 {
+                return Err(IndexError::Corrupt(format!(
+                    "faiss returned position {label} of {n}"
+                )));
+            }
+            out.push((label as usize, score));
+        }
+        Ok(out)
     }
 
     /// Sets efSearch / nprobe on the FAISS object when they differ from what
@@ -571,26 +423,13 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// Serialises the index (FAISS's format, framed by a header with a
-    /// length and a CRC-32; see the `io` module). Search-time settings are
-    /// reset to their defaults first, so they are not persisted.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
+    /// FAISS's serialisation, with search-time settings reset to their
+    /// defaults first so that they are not persisted.
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
         ensure_defaults();
         self.apply(DEFAULT_EF_SEARCH, self.base_nprobe)?;
         // SAFETY: live index.
         unsafe { io::write(self.index.inner_ptr()) }
-    }
-
-    /// Loads an index written by [`to_bytes`](Self::to_bytes). Truncated,
-    /// corrupt or foreign bytes are an [`IndexError::Corrupt`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, IndexError> {
-        ensure_defaults();
-        let payload = io::payload(bytes)?;
-        let p = io::read(payload)?;
-        // SAFETY: `p` is a fresh index that we now own.
-        let index = unsafe { IndexImpl::from_inner_ptr(p) };
-        check_loaded(p)?;
-        Self::wrap(index, "loaded index".to_string())
     }
 
     /// Number of rows in a row-major matrix of `dim` columns.
@@ -603,6 +442,199 @@ impl VectorIndex {
             )));
         }
         Ok(v.len() / self.dim)
+    }
+}
+
+/// A FAISS index (any factory string: `Flat`, `HNSW32`, `IVF100,Flat`,
+/// `IVF256,PQ16`, ...) that maps non-negative `i64` row ids (heap TIDs
+/// packed with [`crate::tid_to_id`]) to `dim`-float vectors, for building:
+/// training, adding, searching and writing a [`crate::Snapshot`]. FAISS
+/// itself holds the vectors by position; the position -> id array is kept
+/// here, so that a snapshot can be searched straight from a mapped file.
+///
+/// `Send` but not `Sync` (see [`Faiss`]).
+pub struct VectorIndex {
+    pub(crate) faiss: Faiss,
+    pub(crate) ids: Vec<i64>,
+}
+
+impl std::fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorIndex")
+            .field("kind", &self.faiss.kind)
+            .field("dim", &self.faiss.dim)
+            .field("metric", &self.faiss.metric)
+            .field("len", &self.len())
+            .field("nlist", &self.faiss.nlist)
+            .field("needs_training", &self.needs_training())
+            .finish()
+    }
+}
+
+impl VectorIndex {
+    /// Builds an empty index from a FAISS factory string (`"Flat"`,
+    /// `"HNSW32"`, `"IVF100,Flat"`, `"IVF256,PQ16"`, ...). `IDMap` must not be
+    /// part of it (ids are mapped here). Bad strings are an
+    /// [`IndexError::InvalidFactory`].
+    ///
+    /// Note: for 8-bit PQ (`PQ16`, `IVF256,PQ16`, ...) FAISS's factory turns
+    /// on *polysemous training*, which costs several seconds of CPU per
+    /// sub-quantizer during [`train`](Self::train) and only helps polysemous
+    /// (Hamming-filtered) search, which this crate never enables. Append
+    /// `np` (`IVF256,PQ16np`) to skip it.
+    pub fn new(dim: usize, factory: &str, metric: Metric) -> Result<Self, IndexError> {
+        Ok(VectorIndex {
+            faiss: Faiss::new(dim, factory, metric)?,
+            ids: Vec::new(),
+        })
+    }
+
+    /// Sets HNSW `efConstruction` (how many candidates are kept while a new
+    /// vector is linked into the graph) for the vectors added from now on;
+    /// FAISS writes it with the index. A no-op for index types without a
+    /// graph.
+    pub fn set_ef_construction(&mut self, ef: usize) -> Result<(), IndexError> {
+        if !self.faiss.has_ef {
+            return Ok(());
+        }
+        if ef == 0 || ef > MAX_FACTORY_NUMBER as usize {
+            return Err(IndexError::invalid(format!(
+                "efConstruction must be between 1 and {MAX_FACTORY_NUMBER}, got {ef}"
+            )));
+        }
+        let ps = ParameterSpace::new().map_err(|e| IndexError::faiss("ParameterSpace", e))?;
+        ps.set_index_parameter(&self.faiss.index, "efConstruction", ef as f64)
+            .map_err(|e| IndexError::faiss("set efConstruction", e))
+    }
+
+    /// Whether [`train`](Self::train) must run before [`add`](Self::add)
+    /// (IVF, PQ, ...; not Flat or HNSW with flat storage).
+    pub fn needs_training(&self) -> bool {
+        self.faiss.needs_training()
+    }
+
+    /// Number of IVF lists, if this is an IVF index.
+    pub fn nlist(&self) -> Option<usize> {
+        self.faiss.nlist
+    }
+
+    /// Whether the index keeps every vector exactly (Flat; HNSW over flat
+    /// storage), so [`vectors`](Self::vectors) gives back what was added.
+    pub fn stores_exact_vectors(&self) -> bool {
+        self.faiss.stores_exact_vectors()
+    }
+
+    /// Trains on a sample (`n * dim` floats, row-major). A no-op for indexes
+    /// that need no (more) training. For `IVF<n>` fewer than `n` vectors is
+    /// an [`IndexError::TooFewTrainingVectors`]; FAISS recommends at least
+    /// `39 * n` (it prints a warning to stderr below that) and PQ codes need
+    /// at least 256 vectors (`2^nbits`).
+    pub fn train(&mut self, vectors: &[f32]) -> Result<(), IndexError> {
+        ensure_defaults();
+        if !self.needs_training() {
+            return Ok(());
+        }
+        let n = self.faiss.rows("training vectors", vectors)?;
+        check_finite("training vectors", vectors)?;
+        if let Some(nlist) = self.faiss.nlist {
+            if n < nlist {
+                return Err(IndexError::TooFewTrainingVectors {
+                    nlist,
+                    needed: nlist,
+                    got: n,
+                });
+            }
+        }
+        if n == 0 {
+            return Err(IndexError::invalid("no training vectors given"));
+        }
+        self.faiss
+            .index
+            .train(vectors)
+            .map_err(|e| IndexError::faiss("train", e))
+    }
+
+    /// Adds vectors (`ids.len() * dim` floats, row-major) under the given
+    /// ids. Ids must be non-negative; adding an id twice stores two entries
+    /// (the chunks of one long text share their row's id).
+    pub fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {
+        ensure_defaults();
+        let n = self.faiss.rows("vectors", vectors)?;
+        if n != ids.len() {
+            return Err(IndexError::invalid(format!(
+                "{} ids for {n} vectors of dimension {}",
+                ids.len(),
+                self.faiss.dim
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(id) = ids.iter().find(|&&id| id < 0) {
+            return Err(IndexError::invalid(format!("negative id {id}")));
+        }
+        check_finite("vectors", vectors)?;
+        if self.needs_training() {
+            return Err(IndexError::NotTrained {
+                kind: self.faiss.kind.clone(),
+            });
+        }
+        // SAFETY: live index; `vectors` holds n*dim floats.
+        let rc = unsafe {
+            faiss_sys::faiss_Index_add(self.faiss.index.inner_ptr(), n as i64, vectors.as_ptr())
+        };
+        if rc != 0 {
+            return Err(IndexError::faiss("add", io::last_faiss_error()));
+        }
+        self.ids.extend_from_slice(ids);
+        Ok(())
+    }
+
+    /// Number of stored vectors.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.faiss.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.faiss.metric
+    }
+
+    /// The row ids, in the order their vectors were added.
+    pub fn ids(&self) -> &[i64] {
+        &self.ids
+    }
+
+    /// Every vector, in the order of [`ids`](Self::ids) (row-major); exact
+    /// only when [`stores_exact_vectors`](Self::stores_exact_vectors).
+    pub fn vectors(&self) -> Result<Vec<f32>, IndexError> {
+        self.faiss.reconstruct_all()
+    }
+
+    /// The `k` nearest stored vectors to `query`: `(id, score)` best first.
+    /// `InnerProduct`: score = inner product (higher is better); `L2`: score
+    /// = squared L2 distance (lower is better). Fewer than `k` results when
+    /// the index holds fewer (or, for IVF, the probed lists hold fewer).
+    /// See [`SearchParams`] for `efSearch` / `nprobe`.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<Vec<(i64, f32)>, IndexError> {
+        Ok(self
+            .faiss
+            .search(query, k, params)?
+            .into_iter()
+            .map(|(pos, score)| (self.ids[pos], score))
+            .collect())
     }
 }
 

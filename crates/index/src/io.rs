@@ -1,4 +1,4 @@
-//! In-memory (de)serialisation of FAISS indexes.
+//! (De)serialisation of FAISS indexes: to and from memory, and read-only mapped from a file.
 //!
 //! The FAISS C API only serialises through a `FILE*` (`faiss_write_index` /
 //! `faiss_read_index`), a file name, or a `FaissCustomIOWriter/Reader` whose
@@ -9,18 +9,9 @@
 //!
 //! FAISS's reader checks the structure it reads, but not the *contents*: a
 //! flipped byte inside an HNSW neighbour list or an IVF list id is read
-//! happily and crashes (or silently misbehaves) at search time. So the
-//! FAISS payload is framed by a small header with a length and a CRC-32,
-//! checked before FAISS sees a byte:
-//!
-//! ```text
-//! offset  size  field
-//!      0     8  magic  b"SEMFAISS"
-//!      8     4  format version (u32 LE) = 1
-//!     12     4  CRC-32 (IEEE) of the payload (u32 LE)
-//!     16     8  payload length in bytes (u64 LE)
-//!     24     n  payload: faiss::write_index output
-//! ```
+//! happily and crashes (or silently misbehaves) at search time. So nothing
+//! reaches these readers before the snapshot's checksum has been checked
+//! (see the `snapshot` module).
 
 use crate::IndexError;
 use faiss_sys::{FaissIndex, FILE};
@@ -35,10 +26,6 @@ extern "C" {
     fn free(ptr: *mut c_void);
 }
 
-pub(crate) const MAGIC: &[u8; 8] = b"SEMFAISS";
-pub(crate) const VERSION: u32 = 1;
-pub(crate) const HEADER_LEN: usize = 24;
-
 pub(crate) fn last_faiss_error() -> String {
     // SAFETY: returns null or a NUL-terminated string owned by FAISS
     // (thread-local last exception).
@@ -52,7 +39,7 @@ pub(crate) fn last_faiss_error() -> String {
     }
 }
 
-/// Serialises `index` (FAISS format) and frames it with the header.
+/// Serialises `index` in FAISS's format.
 ///
 /// # Safety
 /// `index` must point to a live FAISS index.
@@ -88,13 +75,7 @@ pub(crate) unsafe fn write(index: *const FaissIndex) -> Result<Vec<u8>, IndexErr
         } else {
             std::slice::from_raw_parts(buf as *const u8, size)
         };
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32(payload).to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(payload);
-        Ok(out)
+        Ok(payload.to_vec())
     };
     if !buf.is_null() {
         free(buf as *mut c_void);
@@ -102,45 +83,8 @@ pub(crate) unsafe fn write(index: *const FaissIndex) -> Result<Vec<u8>, IndexErr
     result
 }
 
-/// Checks the header and returns the FAISS payload.
-pub(crate) fn payload(bytes: &[u8]) -> Result<&[u8], IndexError> {
-    if bytes.len() < HEADER_LEN {
-        return Err(IndexError::Corrupt(format!(
-            "{} bytes is shorter than the {HEADER_LEN}-byte header",
-            bytes.len()
-        )));
-    }
-    if &bytes[..8] != MAGIC {
-        return Err(IndexError::Corrupt(
-            "bad magic (not written by semantic-index)".into(),
-        ));
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-    if version != VERSION {
-        return Err(IndexError::Corrupt(format!(
-            "unsupported format version {version} (expected {VERSION})"
-        )));
-    }
-    let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
-    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
-    let body = &bytes[HEADER_LEN..];
-    if len != body.len() as u64 {
-        return Err(IndexError::Corrupt(format!(
-            "payload is {} bytes, header says {len} (truncated?)",
-            body.len()
-        )));
-    }
-    if body.is_empty() {
-        return Err(IndexError::Corrupt("empty payload".into()));
-    }
-    if crc32(body) != crc {
-        return Err(IndexError::Corrupt("checksum mismatch".into()));
-    }
-    Ok(body)
-}
-
-/// Reads a FAISS index from a payload returned by [`payload`]. The caller
-/// owns the returned pointer.
+/// Reads a FAISS index from bytes written by [`write`]. The caller owns the
+/// returned pointer.
 pub(crate) fn read(payload: &[u8]) -> Result<*mut FaissIndex, IndexError> {
     if payload.is_empty() {
         return Err(IndexError::Corrupt("empty payload".into()));
@@ -182,32 +126,39 @@ pub(crate) fn read(payload: &[u8]) -> Result<*mut FaissIndex, IndexError> {
     }
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as in zlib/PNG).
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
+/// FAISS's flag for reading through a read-only shared mapping of the file
+/// (`faiss::IO_FLAG_MMAP_IFC`; the C header's `FAISS_IO_FLAG_MMAP` is another
+/// flag). Flat codes and HNSW neighbour lists then point into the mapping,
+/// so every process that maps the file shares one copy in the page cache.
+const IO_FLAG_MMAP_IFC: i32 = 1 << 9;
+
+/// Reads the FAISS index at the start of the file `path` through a shared
+/// read-only mapping (bytes after the index are ignored by FAISS). The
+/// caller owns the returned pointer and must never add to it: the mapped
+/// arrays cannot grow (FAISS aborts the process).
+pub(crate) fn read_mapped(path: &std::path::Path) -> Result<*mut FaissIndex, IndexError> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| IndexError::invalid("a file name with a NUL byte"))?;
+    let mut out: *mut FaissIndex = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated name; `out` receives a new index or stays null.
+    let rc =
+        unsafe { faiss_sys::faiss_read_index_fname(name.as_ptr(), IO_FLAG_MMAP_IFC, &mut out) };
+    if rc != 0 {
+        if !out.is_null() {
+            // SAFETY: FAISS handed it to us.
+            unsafe { faiss_sys::faiss_Index_free(out) };
         }
-        t
-    };
-    let mut crc = !0u32;
-    for &b in data {
-        crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
+        return Err(IndexError::Corrupt(format!(
+            "faiss could not map {}: {}",
+            path.display(),
+            last_faiss_error()
+        )));
     }
-    !crc
+    if out.is_null() {
+        return Err(IndexError::Corrupt("faiss returned no index".into()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -215,30 +166,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32_known_vector() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b""), 0);
-    }
-
-    #[test]
-    fn header_checks() {
-        assert!(matches!(payload(b""), Err(IndexError::Corrupt(_))));
-        assert!(matches!(payload(&[0u8; 40]), Err(IndexError::Corrupt(_))));
-        let mut ok = Vec::new();
-        ok.extend_from_slice(MAGIC);
-        ok.extend_from_slice(&VERSION.to_le_bytes());
-        ok.extend_from_slice(&crc32(b"abc").to_le_bytes());
-        ok.extend_from_slice(&3u64.to_le_bytes());
-        ok.extend_from_slice(b"abc");
-        assert_eq!(payload(&ok).unwrap(), b"abc");
-        let mut bad = ok.clone();
-        bad[HEADER_LEN] ^= 1;
-        assert!(matches!(payload(&bad), Err(IndexError::Corrupt(_))));
-        assert!(matches!(
-            payload(&ok[..ok.len() - 1]),
-            Err(IndexError::Corrupt(_))
-        ));
-        // A payload that passes the header but is not FAISS data.
+    fn foreign_bytes_are_errors() {
+        assert!(matches!(read(b""), Err(IndexError::Corrupt(_))));
         assert!(matches!(read(b"abc"), Err(IndexError::Corrupt(_))));
     }
 }

@@ -3,8 +3,11 @@
 //! Block 0 is the metapage; every other page belongs to one *chain* (a linked list of pages):
 //! - the records chain: (TID, vector) records, the index's source of truth, appended to by
 //!   inserts and rewritten by vacuum;
-//! - the snapshot chain: the serialised FAISS index covering the records before
-//!   [`Meta::snapshot_end`], so a backend need not rebuild an HNSW graph to search;
+//! - the snapshot chain: a [`crate::snapshot`] (FAISS index, row ids, text hashes) covering the
+//!   rows up to [`Meta::snapshot_end`], so a backend need not rebuild an HNSW graph to search;
+//!   every backend searches it through the server's snapshot file of its [`Meta::cache_key`];
+//! - when the snapshot keeps vectors exactly (Flat, HNSW), the records chain holds only the
+//!   records appended since the snapshot: every vector is stored once;
 //! - free pages, listed as block ranges in the metapage, reused by the next rewrite.
 //!
 //! Every chain page carries the generation it was written in: a reader that finds a page of
@@ -13,7 +16,8 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: u32 = 0x5345_4d49; // "SEMI"
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: snapshots with their own id arrays and a cache key (version 1 indexes are REINDEXed).
+pub const FORMAT_VERSION: u32 = 2;
 /// HNSW efConstruction unless the index says otherwise: pgvector's default, above FAISS's 40,
 /// which costs recall on clustered data.
 pub const DEFAULT_EF_CONSTRUCTION: u32 = 64;
@@ -125,8 +129,14 @@ pub struct Meta {
     /// factories without a graph).
     #[serde(default = "default_ef_construction")]
     pub ef_construction: u32,
-    /// Bumped by every rewrite (build, vacuum); stamps every chain page written in it.
+    /// Bumped by every rewrite (build, vacuum, fold); stamps every chain page written in it.
     pub generation: u64,
+    /// Names this generation's snapshot across servers (hex of a random
+    /// [`crate::CacheKey`]); empty while there is no snapshot.
+    pub cache_key: String,
+    /// Whether the rows of the snapshot are in the snapshot only (its FAISS index keeps
+    /// vectors exactly), not also in the records chain.
+    pub snapshot_has_vectors: bool,
     pub records_head: u32,
     pub records_tail: u32,
     /// Records ever appended to the current chain (dead ones included until vacuum).
@@ -181,6 +191,8 @@ impl Meta {
             factory: factory.to_string(),
             ef_construction: DEFAULT_EF_CONSTRUCTION,
             generation: 0,
+            cache_key: String::new(),
+            snapshot_has_vectors: false,
             records_head: NO_BLOCK,
             records_tail: NO_BLOCK,
             record_count: 0,
@@ -263,6 +275,24 @@ impl Meta {
             ranges.sort();
         }
         self.free = ranges;
+    }
+
+    /// The generation's cache key, if it has a snapshot.
+    pub fn cache_key(&self) -> Option<crate::CacheKey> {
+        let hex = self.cache_key.as_bytes();
+        if self.snapshot_head == NO_BLOCK || hex.len() != 32 {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            key[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(key)
+    }
+
+    /// Records appended since the snapshot (searched exactly until the next fold).
+    pub fn appended(&self) -> u64 {
+        self.record_count.saturating_sub(self.snapshot_records)
     }
 
     pub fn free_blocks(&self) -> u64 {
@@ -391,72 +421,5 @@ mod tests {
         assert_eq!(IndexMetric::parse("l2"), Some(IndexMetric::L2));
         assert_eq!(IndexMetric::parse("L2"), None);
         assert_eq!(LongText::parse("chunks"), Some(LongText::Chunks));
-    }
-}
-
-/// The snapshot chain's payload: the serialised FAISS index, then each vector id's text hash
-/// (text indexes; empty for real[]), so a backend loading the snapshot knows the rows' hashes
-/// without reading every record.
-pub fn encode_snapshot(faiss: &[u8], ids: &[i64], hashes: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + faiss.len() + 16 * hashes.len());
-    out.extend_from_slice(&(faiss.len() as u64).to_le_bytes());
-    out.extend_from_slice(faiss);
-    out.extend_from_slice(&(hashes.len() as u64).to_le_bytes());
-    for (id, hash) in ids.iter().zip(hashes) {
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&hash.to_le_bytes());
-    }
-    out
-}
-
-/// (FAISS id, text hash) pairs.
-pub type TextHashes = Vec<(i64, u64)>;
-
-/// Splits a snapshot payload into the FAISS bytes and the (id, text hash) pairs.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<(&[u8], TextHashes), LayoutError> {
-    let corrupt = || LayoutError::Corrupt("truncated snapshot".into());
-    let u64_at = |at: usize| -> Result<u64, LayoutError> {
-        Ok(u64::from_le_bytes(
-            bytes
-                .get(at..at + 8)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .expect("8 bytes"),
-        ))
-    };
-    let faiss_len = usize::try_from(u64_at(0)?).map_err(|_| corrupt())?;
-    let faiss = bytes.get(8..8 + faiss_len).ok_or_else(corrupt)?;
-    let n = usize::try_from(u64_at(8 + faiss_len)?).map_err(|_| corrupt())?;
-    let pairs = bytes.get(16 + faiss_len..).ok_or_else(corrupt)?;
-    if pairs.len() != n.checked_mul(16).ok_or_else(corrupt)? {
-        return Err(corrupt());
-    }
-    let hashes = pairs
-        .chunks_exact(16)
-        .map(|c| {
-            (
-                i64::from_le_bytes(c[..8].try_into().expect("8")),
-                u64::from_le_bytes(c[8..].try_into().expect("8")),
-            )
-        })
-        .collect();
-    Ok((faiss, hashes))
-}
-
-#[cfg(test)]
-mod snapshot_tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_round_trip_and_truncation() {
-        let bytes = encode_snapshot(b"faiss!", &[3, 9], &[30, 90]);
-        let (faiss, hashes) = decode_snapshot(&bytes).unwrap();
-        assert_eq!(faiss, b"faiss!");
-        assert_eq!(hashes, vec![(3, 30), (9, 90)]);
-        let empty = encode_snapshot(b"x", &[], &[]);
-        assert_eq!(decode_snapshot(&empty).unwrap().1, vec![]);
-        for cut in 0..bytes.len() {
-            assert!(decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! * [`VectorIndex`]: a FAISS index (any factory string: `Flat`, `HNSW32`,
 //!   `IVF100,Flat`, `IVF256,PQ16`, ...) that maps arbitrary non-negative `i64`
-//!   ids (heap TIDs packed with [`tid_to_id`]) to vectors, with training,
-//!   removal, parameterised search and in-memory (de)serialisation.
+//!   ids (heap TIDs packed with [`tid_to_id`]) to vectors, with training and
+//!   parameterised search, written as a [`snapshot`].
+//! * [`Snapshot`]: a search-only snapshot, private or mapped from the
+//!   server's shared [`cache_file`].
 //! * [`tid_to_id`] / [`id_to_tid`]: heap TID <-> FAISS id.
 //! * [`best_per_id`] / [`to_distance`]: merging per-chunk hits into per-row
 //!   hits and turning FAISS scores into the `<=>` distance.
@@ -22,18 +24,21 @@
 //! and OpenBLAS's thread count to 1 (unless `OPENBLAS_NUM_THREADS` is set).
 //! [`set_threads`] overrides that.
 
+pub mod cache_file;
 mod error;
 mod index;
 mod interrupt;
 mod io;
 pub mod layout;
 pub mod records;
+pub mod snapshot;
 mod threads;
 
 pub use error::IndexError;
 pub use index::{VectorIndex, DEFAULT_EF_SEARCH};
 pub use interrupt::set_interrupt_check;
 pub use records::{decode_records, encode_record, record_size};
+pub use snapshot::{CacheKey, Snapshot, SnapshotHit};
 pub use threads::set_threads;
 
 use std::collections::HashMap;

@@ -93,3 +93,24 @@ pub fn decode_records_into(
     }
     n
 }
+
+/// Scores every record in `bytes` (whole records of `dim` floats) against `query`, as FAISS
+/// would under `metric` (inner product, or squared L2 distance): the exact search over the
+/// records appended since the snapshot, read where they lie.
+pub fn score_records<'a>(
+    bytes: &'a [u8],
+    dim: usize,
+    query: &'a [f32],
+    metric: crate::Metric,
+) -> impl Iterator<Item = (RecordKey, f32)> + 'a {
+    bytes.chunks_exact(record_size(dim)).map(move |r| {
+        let values = r[HEADER..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let score = match metric {
+            crate::Metric::InnerProduct => values.zip(query).map(|(v, q)| v * q).sum(),
+            crate::Metric::L2 => values.zip(query).map(|(v, q)| (v - q) * (v - q)).sum(),
+        };
+        (decode_key(r), score)
+    })
+}

@@ -1,11 +1,23 @@
-//! Behaviour of `VectorIndex` against brute force, plus (de)serialisation,
-//! removal and error handling.
+//! Behaviour of `VectorIndex` against brute force, plus snapshots (private and mapped),
+//! the cache-file protocol and error handling.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use semantic_index::cache_file::{CacheDir, Opened};
+use semantic_index::snapshot::encode_snapshot;
 use semantic_index::{
-    best_per_id, id_to_tid, tid_to_id, to_distance, IndexError, Metric, SearchParams, VectorIndex,
+    best_per_id, id_to_tid, tid_to_id, to_distance, CacheKey, IndexError, Metric, SearchParams,
+    Snapshot, VectorIndex,
 };
+
+const KEY: CacheKey = [7; 16];
+
+/// A private copy of `index` through its snapshot.
+fn reload(index: &VectorIndex) -> VectorIndex {
+    VectorIndex::from_snapshot(&encode_snapshot(index, &[], &KEY).unwrap())
+        .unwrap()
+        .0
+}
 
 const DIM: usize = 32;
 
@@ -217,7 +229,7 @@ fn hnsw_recall_and_ef_search() {
     };
     assert_eq!(r_low, recall(&index, &ids, &data, &queries, 10, &ef_k));
     // 0 goes back to FAISS's default, even after other values were set.
-    let fresh = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+    let fresh = reload(&index);
     for q in queries.chunks_exact(dim).take(10) {
         assert_eq!(
             index.search(q, 10, &SearchParams::default()).unwrap(),
@@ -253,7 +265,7 @@ fn hnsw_ef_construction_builds_better_graphs_and_is_kept() {
     let graph = |ef: usize| {
         let mut index = VectorIndex::new(dim, "HNSW8", Metric::InnerProduct).unwrap();
         index.set_ef_construction(ef).unwrap();
-        let mut index = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+        let mut index = reload(&index);
         index.add(&ids, &data).unwrap();
         recall(&index, &ids, &data, &queries, 10, &params)
     };
@@ -343,13 +355,15 @@ fn round_trip(factory: &str, metric: Metric) {
         ef_search: 40,
         nprobe: 4,
     };
-    let bytes = index.to_bytes().unwrap();
-    let mut loaded = VectorIndex::from_bytes(&bytes).unwrap();
+    let hashes: Vec<u64> = (0..n as u64).map(|i| i * 31 + 5).collect();
+    let bytes = encode_snapshot(&index, &hashes, &KEY).unwrap();
+    let (mut loaded, loaded_hashes) = VectorIndex::from_snapshot(&bytes).unwrap();
+    assert_eq!(loaded_hashes, hashes);
+    assert_eq!(loaded.ids(), index.ids());
     assert_eq!(loaded.len(), index.len());
     assert_eq!(loaded.dim(), DIM);
     assert_eq!(loaded.metric(), metric);
     assert_eq!(loaded.needs_training(), index.needs_training());
-    assert_eq!(loaded.supports_remove(), index.supports_remove());
     assert_eq!(loaded.nlist(), index.nlist());
     let queries = clustered_vectors(&mut rng, 20, 15, 0.3);
     for p in [SearchParams::default(), params] {
@@ -361,7 +375,7 @@ fn round_trip(factory: &str, metric: Metric) {
         }
     }
     // Serialising twice gives the same bytes (search settings are not persisted).
-    assert_eq!(loaded.to_bytes().unwrap(), bytes);
+    assert_eq!(encode_snapshot(&loaded, &hashes, &KEY).unwrap(), bytes);
     // The loaded index keeps working.
     let extra = random_vectors(&mut rng, 1, DIM, true);
     loaded
@@ -398,11 +412,11 @@ fn round_trip_ivf() {
 #[test]
 fn round_trip_empty_and_untrained() {
     let index = VectorIndex::new(DIM, "IVF16,Flat", Metric::L2).unwrap();
-    let loaded = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+    let loaded = reload(&index);
     assert!(loaded.needs_training());
     assert!(loaded.is_empty());
     let index = VectorIndex::new(DIM, "HNSW32", Metric::L2).unwrap();
-    let loaded = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+    let loaded = reload(&index);
     assert!(loaded.is_empty());
     assert_eq!(
         loaded
@@ -412,161 +426,275 @@ fn round_trip_empty_and_untrained() {
     );
 }
 
-/// zlib CRC-32, to build well-framed but corrupt payloads.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                0xEDB8_8320 ^ (crc >> 1)
-            } else {
-                crc >> 1
-            };
+#[test]
+fn exact_vectors_are_read_back() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let n = 500;
+    let data = random_vectors(&mut rng, n, DIM, true);
+    let ids = ids_for(n);
+    for (factory, exact) in [
+        ("Flat", true),
+        ("HNSW16", true),
+        ("IVF4,Flat", false),
+        ("HNSW16,SQ8", false),
+        ("SQ8", false),
+    ] {
+        let index = build(factory, Metric::L2, &ids, &data);
+        assert_eq!(index.stores_exact_vectors(), exact, "{factory}");
+        let loaded = reload(&index);
+        assert_eq!(loaded.stores_exact_vectors(), exact, "{factory}");
+        if exact {
+            assert_eq!(loaded.vectors().unwrap(), data, "{factory}");
+            assert_eq!(loaded.ids(), &ids[..], "{factory}");
         }
     }
-    !crc
 }
 
-fn reframe(payload: &[u8]) -> Vec<u8> {
-    let mut out = b"SEMFAISS".to_vec();
-    out.extend_from_slice(&1u32.to_le_bytes());
-    out.extend_from_slice(&crc32(payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+/// The same snapshot searched as a private copy and mapped from a file gives the same results,
+/// ids and text hashes, for every kind of index.
+#[test]
+fn mapped_and_private_snapshots_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(10);
+    let n = 3000;
+    let data = clustered_vectors(&mut rng, n, 20, 0.3);
+    let ids = ids_for(n);
+    let hashes: Vec<u64> = (0..n as u64).map(|i| i ^ 0xabcdef).collect();
+    let queries = clustered_vectors(&mut rng, 25, 20, 0.3);
+    let params = SearchParams {
+        ef_search: 64,
+        nprobe: 8,
+    };
+    for (factory, metric) in [
+        ("Flat", Metric::InnerProduct),
+        ("HNSW16", Metric::L2),
+        ("IVF32,Flat", Metric::InnerProduct),
+    ] {
+        let index = build(factory, metric, &ids, &data);
+        let bytes = encode_snapshot(&index, &hashes, &KEY).unwrap();
+        let path = dir.path().join(format!("{factory}.snap"));
+        std::fs::write(&path, &bytes).unwrap();
+        let private = Snapshot::from_bytes(&bytes).unwrap();
+        let mapped = Snapshot::open_file(&path, true).unwrap();
+        assert!(mapped.is_mapped() && !private.is_mapped());
+        assert_eq!(mapped.len(), n);
+        assert_eq!(mapped.key(), &KEY);
+        assert_eq!(mapped.ids().collect::<Vec<_>>(), ids);
+        for q in queries.chunks_exact(DIM) {
+            let a = private.search(q, 10, &params).unwrap();
+            let b = mapped.search(q, 10, &params).unwrap();
+            assert_eq!(a, b, "{factory}");
+            assert_eq!(a.len(), 10);
+            let expected: Vec<(i64, f32)> = index.search(q, 10, &params).unwrap();
+            assert_eq!(
+                b.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>(),
+                expected,
+                "{factory}"
+            );
+            for h in &b {
+                let pos = ids.iter().position(|&id| id == h.id).unwrap();
+                assert_eq!(h.text_hash, Some(hashes[pos]));
+            }
+        }
+    }
 }
 
 #[test]
-fn corrupt_bytes_are_errors() {
+fn corrupt_snapshots_are_errors() {
     let mut rng = StdRng::seed_from_u64(6);
     let n = 300;
     let data = random_vectors(&mut rng, n, DIM, true);
     let ids = ids_for(n);
+    let dir = tempfile::tempdir().unwrap();
     for factory in ["Flat", "HNSW16", "IVF4,Flat"] {
-        let bytes = build(factory, Metric::L2, &ids, &data).to_bytes().unwrap();
-        assert_eq!(&bytes[..8], b"SEMFAISS");
-        // Our own framing must be intact and re-framing must be a no-op.
-        assert_eq!(reframe(&bytes[24..]), bytes);
-        let is_corrupt =
-            |b: &[u8]| matches!(VectorIndex::from_bytes(b), Err(IndexError::Corrupt(_)));
+        let bytes = encode_snapshot(&build(factory, Metric::L2, &ids, &data), &[], &KEY).unwrap();
+        let is_corrupt = |b: &[u8]| {
+            let private = matches!(Snapshot::from_bytes(b), Err(IndexError::Corrupt(_)));
+            let mutable = matches!(VectorIndex::from_snapshot(b), Err(IndexError::Corrupt(_)));
+            let path = dir.path().join("probe.snap");
+            std::fs::write(&path, b).unwrap();
+            let mapped = matches!(
+                Snapshot::open_file(&path, true),
+                Err(IndexError::Corrupt(_))
+            );
+            private && mutable && mapped
+        };
+        assert!(!is_corrupt(&bytes));
         assert!(is_corrupt(&[]));
         assert!(is_corrupt(&bytes[..10]));
-        assert!(is_corrupt(&bytes[..24]));
         assert!(is_corrupt(&bytes[..bytes.len() - 1]));
         assert!(is_corrupt(&bytes[..bytes.len() / 2]));
+        assert!(is_corrupt(&bytes[1..]));
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(is_corrupt(&longer));
-        for pos in [0, 9, 13, 17, 24, 30, bytes.len() / 2, bytes.len() - 1] {
+        for pos in [
+            0,
+            9,
+            13,
+            17,
+            24,
+            30,
+            bytes.len() / 2,
+            bytes.len() - 70,
+            bytes.len() - 1,
+        ] {
             let mut flipped = bytes.clone();
             flipped[pos] ^= 0x40;
             assert!(is_corrupt(&flipped), "{factory}: flip at {pos} accepted");
         }
         let garbage: Vec<u8> = (0..bytes.len()).map(|_| rng.random()).collect();
         assert!(is_corrupt(&garbage));
-
-        // Well framed, but the FAISS payload itself is truncated or garbage:
-        // FAISS must report an error, not abort.
-        let payload = &bytes[24..];
-        for cut in [
-            1,
-            4,
-            16,
-            50,
-            payload.len() / 3,
-            payload.len() - 8,
-            payload.len() - 1,
-        ] {
-            assert!(
-                is_corrupt(&reframe(&payload[..cut])),
-                "{factory}: cut at {cut} accepted"
-            );
-        }
-        assert!(is_corrupt(&reframe(b"definitely not a faiss index")));
-        let random_payload: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
-        assert!(is_corrupt(&reframe(&random_payload)));
     }
-    // A bare (un-mapped) FAISS index is not ours.
-    let mut wrong_version = build("Flat", Metric::L2, &ids, &data).to_bytes().unwrap();
-    wrong_version[8] = 2;
-    assert!(
-        matches!(VectorIndex::from_bytes(&wrong_version), Err(IndexError::Corrupt(m)) if m.contains("version"))
-    );
 }
 
-fn removal(factory: &str, metric: Metric) {
-    let mut rng = StdRng::seed_from_u64(7);
-    let n = 2000;
-    let data = clustered_vectors(&mut rng, n, 20, 0.3);
+/// The cache-file protocol: publish, open, stale generations, damage, the build lock.
+#[test]
+fn cache_files_are_published_checked_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheDir::new(dir.path().join("semantic"));
+    let mut rng = StdRng::seed_from_u64(11);
+    let n = 400;
+    let data = random_vectors(&mut rng, n, DIM, true);
     let ids = ids_for(n);
-    let mut index = build(factory, metric, &ids, &data);
-    assert!(index.supports_remove(), "{factory}");
-    let removed: Vec<i64> = ids.iter().copied().step_by(3).collect();
-    assert_eq!(index.remove(&removed).unwrap(), removed.len());
-    assert_eq!(index.len(), n - removed.len());
-    // Unknown ids and repeats remove nothing.
-    assert_eq!(index.remove(&removed[..10]).unwrap(), 0);
-    assert_eq!(index.remove(&[]).unwrap(), 0);
-    let all = SearchParams {
-        ef_search: 0,
-        nprobe: 64,
+    let index = build("HNSW16", Metric::InnerProduct, &ids, &data);
+    let key_a: CacheKey = [1; 16];
+    let key_b: CacheKey = [2; 16];
+    let bytes_a = encode_snapshot(&index, &[], &key_a).unwrap();
+    let bytes_b = encode_snapshot(&index, &[], &key_b).unwrap();
+    let started = 1234;
+    assert!(matches!(
+        cache.open("1.2.3", &key_a, started),
+        Opened::Missing
+    ));
+
+    let publish = |key: &CacheKey, bytes: &[u8]| {
+        let _lock = cache.lock("1.2.3", key, || {}).unwrap();
+        cache.publish("1.2.3", key, |w| w.write_all(bytes)).unwrap()
     };
-    let kept_ids: Vec<i64> = ids
+    let path_a = publish(&key_a, &bytes_a);
+    assert_eq!(std::fs::read(&path_a).unwrap(), bytes_a);
+    let Opened::Ready(snapshot) = cache.open("1.2.3", &key_a, started) else {
+        panic!("published file not opened");
+    };
+    assert!(snapshot.is_mapped());
+    let q = &data[..DIM];
+    let expected = index.search(q, 5, &SearchParams::default()).unwrap();
+    let got: Vec<(i64, f32)> = snapshot
+        .search(q, 5, &SearchParams::default())
+        .unwrap()
         .iter()
-        .copied()
-        .filter(|id| !removed.contains(id))
+        .map(|h| (h.id, h.score))
         .collect();
-    let kept_data: Vec<f32> = data
-        .chunks_exact(DIM)
-        .zip(&ids)
-        .filter(|(_, id)| !removed.contains(id))
-        .flat_map(|(v, _)| v.iter().copied())
-        .collect();
-    for (i, q) in data.chunks_exact(DIM).enumerate().step_by(7) {
-        let got = index.search(q, 20, &all).unwrap();
-        assert_eq!(got.len(), 20);
-        assert!(
-            got.iter().all(|h| !removed.contains(&h.0)),
-            "{factory}: removed id returned"
-        );
-        // Exact indexes (Flat, IVF with every list probed) still match brute force.
-        let want = brute_force(metric, &kept_ids, &kept_data, DIM, q, 20);
-        assert_eq!(
-            got.iter().map(|h| h.0).collect::<Vec<_>>(),
-            want.iter().map(|h| h.0).collect::<Vec<_>>(),
-            "{factory}: query {i}"
-        );
-    }
-    // Removal survives a round trip, and removed ids can be re-added.
-    let mut loaded = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
-    assert_eq!(loaded.len(), n - removed.len());
-    loaded.add(&removed[..1], &data[..DIM]).unwrap();
+    assert_eq!(got, expected);
+
+    // A file under another generation's name is not taken for this one.
+    std::fs::copy(&path_a, cache.path("1.2.3", &key_b)).unwrap();
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Damaged(_)
+    ));
+
+    // Publishing a new generation removes the older one's files; an open mapping survives.
+    let path_b = publish(&key_b, &bytes_b);
+    assert!(!path_a.exists());
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Ready(_)
+    ));
     assert_eq!(
-        loaded.search(&data[..DIM], 1, &all).unwrap()[0].0,
-        removed[0]
+        snapshot
+            .search(q, 5, &SearchParams::default())
+            .unwrap()
+            .len(),
+        5
     );
-}
 
-#[test]
-fn remove_flat() {
-    removal("Flat", Metric::InnerProduct);
-}
+    // Truncated: found at any open.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path_b)
+        .unwrap();
+    f.set_len(bytes_b.len() as u64 - 100).unwrap();
+    drop(f);
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Damaged(_)
+    ));
+    publish(&key_b, &bytes_b);
 
-#[test]
-fn remove_ivf() {
-    removal("IVF16,Flat", Metric::L2);
-}
+    // A flipped byte in the FAISS part with the file's identity kept (size, and mtime put
+    // back) passes while the stamp of this server start stands, and is found after a restart.
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Ready(_)
+    ));
+    let mut damaged = bytes_b.clone();
+    damaged[100] ^= 0x10;
+    let mtime = std::fs::metadata(&path_b).unwrap().modified().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path_b)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &damaged[100..101], 100).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started + 1),
+        Opened::Damaged(_)
+    ));
+    // Rewritten in place with a new mtime: checked again at once.
+    std::fs::write(&path_b, &damaged).unwrap();
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Damaged(_)
+    ));
+    publish(&key_b, &bytes_b);
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Ready(_)
+    ));
 
-#[test]
-fn hnsw_cannot_remove() {
-    let mut index = VectorIndex::new(DIM, "HNSW32", Metric::InnerProduct).unwrap();
-    assert!(!index.supports_remove());
-    index.add(&[1, 2], &[0.5; 2 * DIM]).unwrap();
-    assert_eq!(index.remove(&[1]), Err(IndexError::RemoveNotSupported));
-    assert_eq!(index.len(), 2);
-    let loaded = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
-    assert!(!loaded.supports_remove());
+    // One builder at a time: a second locker waits until the first lets go.
+    let lock = cache.lock("1.2.3", &key_b, || {}).unwrap();
+    let waited = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            let _second = cache
+                .lock("1.2.3", &key_b, || {
+                    waited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })
+                .unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(lock);
+        t.join().unwrap();
+    });
+    assert!(waited.load(std::sync::atomic::Ordering::Relaxed) > 0);
+
+    // A writer that fails leaves no file behind, and the published one stands.
+    let err = cache.publish("1.2.3", &key_b, |_| Err(std::io::Error::other("disk full")));
+    assert!(err.is_err());
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Ready(_)
+    ));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("semantic"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    // An unwritable directory is an error the caller can fall back from.
+    let blocked = CacheDir::new(dir.path().join("file-not-dir/semantic"));
+    std::fs::write(dir.path().join("file-not-dir"), b"x").unwrap();
+    assert!(blocked.lock("1.2.3", &key_b, || {}).is_err());
+    cache.remove_all("1.2.3");
+    assert!(matches!(
+        cache.open("1.2.3", &key_b, started),
+        Opened::Missing
+    ));
 }
 
 #[test]
@@ -679,15 +807,14 @@ fn other_index_types() {
     let n = 600;
     let data = random_vectors(&mut rng, n, DIM, true);
     let ids = ids_for(n);
-    for (factory, removable) in [
-        ("PQ8np", true),
-        ("SQ8", true),
-        ("PCA16,Flat", true),
-        ("PCA16,HNSW16", false),
-        ("IVF8_HNSW16,Flat", true),
+    for factory in [
+        "PQ8np",
+        "SQ8",
+        "PCA16,Flat",
+        "PCA16,HNSW16",
+        "IVF8_HNSW16,Flat",
     ] {
-        let mut index = build(factory, Metric::L2, &ids, &data);
-        assert_eq!(index.supports_remove(), removable, "{factory}");
+        let index = build(factory, Metric::L2, &ids, &data);
         let p = SearchParams {
             ef_search: 32,
             nprobe: 4,
@@ -695,17 +822,12 @@ fn other_index_types() {
         let hits = index.search(&data[..DIM], 5, &p).unwrap();
         assert_eq!(hits.len(), 5, "{factory}");
         assert!(hits.iter().all(|h| ids.contains(&h.0)), "{factory}");
-        let loaded = VectorIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+        let loaded = reload(&index);
         assert_eq!(
             loaded.search(&data[..DIM], 5, &p).unwrap(),
             hits,
             "{factory}"
         );
-        if removable {
-            assert_eq!(index.remove(&ids[..10]).unwrap(), 10, "{factory}");
-            let hits = index.search(&data[..DIM], 5, &p).unwrap();
-            assert!(hits.iter().all(|h| !ids[..10].contains(&h.0)), "{factory}");
-        }
     }
 }
 

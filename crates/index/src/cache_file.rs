@@ -1,0 +1,204 @@
+//! The server's snapshot files: each index generation's snapshot, written once to a file that
+//! every process of the server maps read-only (one copy in the page cache, however many
+//! backends search it). The index pages stay the truth: a file is a cache derived from them,
+//! rebuilt when it is missing, damaged or of another generation.
+//!
+//! The protocol, after PostgreSQL's pg_internal.init:
+//! - a file is written under a temporary name, fsynced and renamed into place (then the
+//!   directory is fsynced); a published file is never written again;
+//! - its name holds the generation's [`CacheKey`], and its footer repeats the key, so a file
+//!   of another generation is never taken for this one;
+//! - footer and sizes are checked at every open; the checksum, which reads the whole file, is
+//!   checked by the first process that opens it after each server start (a stamp beside the
+//!   file remembers that, with the file's identity: rewriting or replacing the file, or a
+//!   restart, makes the next open check again);
+//! - one process builds a missing file while the others wait for it ([`CacheDir::lock`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::snapshot::{CacheKey, Snapshot};
+use crate::IndexError;
+
+/// A directory of snapshot files.
+pub struct CacheDir {
+    dir: PathBuf,
+}
+
+/// What [`CacheDir::open`] found.
+pub enum Opened {
+    Ready(Snapshot),
+    Missing,
+    /// Present but unusable (truncated, corrupt, another generation's): rebuild it.
+    Damaged(IndexError),
+}
+
+/// Holds the build lock of one snapshot file; released when dropped (also when the process
+/// dies: it is an flock).
+pub struct CacheLock {
+    _file: File,
+}
+
+fn hex(key: &CacheKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CacheDir {
+    pub fn new(dir: impl Into<PathBuf>) -> CacheDir {
+        CacheDir { dir: dir.into() }
+    }
+
+    /// The file of generation `key` of the index `owner` (a name unique to the index within
+    /// the server, such as database and relfilenode: it lets older generations' files be
+    /// found and removed).
+    pub fn path(&self, owner: &str, key: &CacheKey) -> PathBuf {
+        self.dir.join(format!("{owner}-{}.snap", hex(key)))
+    }
+
+    fn sibling(path: &Path, suffix: &str) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    /// Maps the published file of `key`, if there is a sound one. `server_start` identifies
+    /// the running server (its start time): the checksum is checked once per file and start.
+    pub fn open(&self, owner: &str, key: &CacheKey, server_start: i64) -> Opened {
+        let path = self.path(owner, key);
+        let identity = match std::fs::metadata(&path) {
+            Ok(m) => format!(
+                "{server_start} {} {} {} {}",
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Opened::Missing,
+            Err(e) => {
+                return Opened::Damaged(IndexError::Corrupt(format!("{}: {e}", path.display())))
+            }
+        };
+        let stamp = Self::sibling(&path, ".verified");
+        let verified = std::fs::read_to_string(&stamp).is_ok_and(|s| s == identity);
+        match Snapshot::open_file(&path, !verified) {
+            Ok(snapshot) if snapshot.key() != key => Opened::Damaged(IndexError::Corrupt(format!(
+                "{}: holds another generation",
+                path.display()
+            ))),
+            Ok(snapshot) => {
+                if !verified {
+                    // Best effort: without a stamp the next process checks the file again.
+                    let _ = write_durably(&stamp, |w| w.write_all(identity.as_bytes()));
+                }
+                Opened::Ready(snapshot)
+            }
+            Err(e) => Opened::Damaged(e),
+        }
+    }
+
+    /// Takes the build lock of `key`'s file, calling `wait` (which may give up by unwinding,
+    /// for a query cancel) every few milliseconds while another process holds it.
+    pub fn lock(
+        &self,
+        owner: &str,
+        key: &CacheKey,
+        mut wait: impl FnMut(),
+    ) -> io::Result<CacheLock> {
+        std::fs::create_dir_all(&self.dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Self::sibling(&self.path(owner, key), ".lock"))?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(CacheLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    wait();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Publishes `key`'s file with the bytes `write` produces (the caller holds the lock),
+    /// replacing a damaged one, then removes the files of `owner`'s other generations.
+    /// Processes that still map an older file keep searching it until they see the new
+    /// generation (an unlinked file lives on while it is mapped).
+    pub fn publish(
+        &self,
+        owner: &str,
+        key: &CacheKey,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path(owner, key);
+        let _ = std::fs::remove_file(Self::sibling(&path, ".verified"));
+        write_durably(&path, write)?;
+        self.remove_others(owner, key);
+        Ok(path)
+    }
+
+    /// Removes the files of `owner` (snapshots, stamps, locks and the temporary files of
+    /// writers that died) but those of generation `keep`.
+    pub fn remove_others(&self, owner: &str, keep: &CacheKey) {
+        self.remove_files(owner, Some(keep));
+    }
+
+    /// Removes every file of `owner` (its index was dropped).
+    pub fn remove_all(&self, owner: &str) {
+        self.remove_files(owner, None);
+    }
+
+    fn remove_files(&self, owner: &str, keep: Option<&CacheKey>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!("{owner}-");
+        let kept = keep.map(|key| format!("{owner}-{}.snap", hex(key)));
+        let is_kept = |name: &str| {
+            kept.as_ref().is_some_and(|kept| {
+                name == kept || name == format!("{kept}.verified") || name == format!("{kept}.lock")
+            })
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && !is_kept(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Writes `path` as a whole or not at all: a temporary file in the same directory, fsynced,
+/// renamed over `path`, and the directory fsynced so that the rename survives a crash. The
+/// temporary file is removed on failure, also when `write` unwinds (a query cancel).
+pub fn write_durably(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    struct Temp(PathBuf, bool);
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            if !self.1 {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = Temp(
+        CacheDir::sibling(path, &format!(".tmp{}", std::process::id())),
+        false,
+    );
+    let mut file = io::BufWriter::with_capacity(1 << 20, File::create(&temp.0)?);
+    write(&mut file)?;
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&temp.0, path)?;
+    temp.1 = true;
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,348 @@
+//! The snapshot: a FAISS index with the row id (and text hash) of each of its vectors, as one
+//! byte string that is both what the index pages hold and, unchanged, the server's cache file.
+//!
+//! ```text
+//! offset                size      field
+//!      0                f         FAISS's own serialisation of the bare index (labels = positions)
+//!      f                0-7       zero padding to a multiple of 8
+//!      align8(f)        8 * n     row id of each position (i64 LE)
+//!      ... + 8n         8 * h     text hash of each position (u64 LE; h = n for text indexes, else 0)
+//!      ... + 8h         64        footer:
+//!                                   0  8  magic b"SEMSNAP1"
+//!                                   8  4  format version (u32 LE) = 1
+//!                                  12  4  reserved, 0
+//!                                  16 16  cache key (unique per index generation)
+//!                                  32  8  f (u64 LE)
+//!                                  40  8  n (u64 LE)
+//!                                  48  8  h (u64 LE)
+//!                                  56  8  xxh3-64 of every byte before this field
+//! ```
+//!
+//! FAISS's payload comes first because FAISS maps a file from its start (see
+//! [`crate::io`]); everything this crate needs to check comes last, so that a truncated file
+//! has no footer. FAISS's reader trusts the contents of what it reads, so the checksum is
+//! verified before FAISS sees a byte (for a mapped file: see [`Snapshot::open_file`]).
+
+use std::fs::File;
+use std::path::Path;
+
+use crate::index::Faiss;
+use crate::{IndexError, Metric, SearchParams, VectorIndex};
+
+/// Names one generation of one index, across servers (a primary and its standbys share it):
+/// random, so that neither restarting generation numbers nor reused relfilenodes can make two
+/// different snapshots share a name.
+pub type CacheKey = [u8; 16];
+
+const MAGIC: &[u8; 8] = b"SEMSNAP1";
+const VERSION: u32 = 1;
+pub const FOOTER_LEN: usize = 64;
+
+/// What a snapshot's footer says about its layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub key: CacheKey,
+    faiss_len: u64,
+    vectors: u64,
+    hashes: u64,
+    checksum: u64,
+}
+
+fn align8(n: u64) -> u64 {
+    n.div_ceil(8) * 8
+}
+
+impl Layout {
+    fn ids_at(&self) -> u64 {
+        align8(self.faiss_len)
+    }
+
+    fn hashes_at(&self) -> u64 {
+        self.ids_at() + 8 * self.vectors
+    }
+
+    fn footer_at(&self) -> u64 {
+        self.hashes_at() + 8 * self.hashes
+    }
+
+    /// Number of vectors in the snapshot.
+    pub fn vectors(&self) -> u64 {
+        self.vectors
+    }
+
+    /// Reads and checks the footer of a snapshot of `total_len` bytes whose last
+    /// [`FOOTER_LEN`] bytes are `footer`: magic, version and sizes (not the checksum).
+    pub fn parse(total_len: u64, footer: &[u8]) -> Result<Layout, IndexError> {
+        let corrupt = |m: &str| Err(IndexError::Corrupt(format!("snapshot {m}")));
+        if total_len < FOOTER_LEN as u64 || footer.len() != FOOTER_LEN {
+            return corrupt("is shorter than its footer (truncated?)");
+        }
+        if &footer[..8] != MAGIC {
+            return corrupt("has no footer (truncated or not a snapshot)");
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(footer[at..at + 4].try_into().expect("4"));
+        let u64_at = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().expect("8"));
+        let version = u32_at(8);
+        if version != VERSION {
+            return Err(IndexError::Corrupt(format!(
+                "snapshot format version {version} is not supported (expected {VERSION})"
+            )));
+        }
+        let layout = Layout {
+            key: footer[16..32].try_into().expect("16"),
+            faiss_len: u64_at(32),
+            vectors: u64_at(40),
+            hashes: u64_at(48),
+            checksum: u64_at(56),
+        };
+        if layout.faiss_len == 0 || (layout.hashes != 0 && layout.hashes != layout.vectors) {
+            return corrupt("footer is inconsistent");
+        }
+        let expected = layout
+            .vectors
+            .checked_mul(8 + 8 * u64::from(layout.hashes != 0))
+            .and_then(|t| t.checked_add(align8(layout.faiss_len)))
+            .and_then(|t| t.checked_add(FOOTER_LEN as u64));
+        if expected != Some(total_len) {
+            return corrupt("size does not match its footer (truncated?)");
+        }
+        Ok(layout)
+    }
+
+    /// Checks the checksum over the whole snapshot.
+    pub fn verify(&self, bytes: &[u8]) -> Result<(), IndexError> {
+        let body = bytes
+            .len()
+            .checked_sub(8)
+            .ok_or_else(|| IndexError::Corrupt("snapshot is shorter than its footer".into()))?;
+        if xxhash_rust::xxh3::xxh3_64(&bytes[..body]) != self.checksum {
+            return Err(IndexError::Corrupt("snapshot checksum mismatch".into()));
+        }
+        Ok(())
+    }
+}
+
+fn le_words<T: Copy>(values: &[T], to_le: impl Fn(T) -> [u8; 8], out: &mut Vec<u8>) {
+    for &v in values {
+        out.extend_from_slice(&to_le(v));
+    }
+}
+
+/// Serialises `index` with its ids, the text hash of each vector (`text_hashes` empty for
+/// real[] indexes, else one per vector) and the cache key of the generation it belongs to.
+pub fn encode_snapshot(
+    index: &VectorIndex,
+    text_hashes: &[u64],
+    key: &CacheKey,
+) -> Result<Vec<u8>, IndexError> {
+    let n = index.len();
+    if !text_hashes.is_empty() && text_hashes.len() != n {
+        return Err(IndexError::invalid(format!(
+            "{} text hashes for {n} vectors",
+            text_hashes.len()
+        )));
+    }
+    let faiss = index.faiss.to_bytes()?;
+    let faiss_len = faiss.len() as u64;
+    let mut out = faiss;
+    out.reserve(
+        (align8(faiss_len) - faiss_len) as usize + 8 * (n + text_hashes.len()) + FOOTER_LEN,
+    );
+    out.resize(align8(faiss_len) as usize, 0);
+    le_words(&index.ids, i64::to_le_bytes, &mut out);
+    le_words(text_hashes, u64::to_le_bytes, &mut out);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(key);
+    for v in [faiss_len, n as u64, text_hashes.len() as u64] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let checksum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&checksum.to_le_bytes());
+    Ok(out)
+}
+
+/// Checks a whole snapshot held in memory (footer, sizes, checksum) and returns its layout.
+pub fn check_snapshot(bytes: &[u8]) -> Result<Layout, IndexError> {
+    let footer = bytes
+        .len()
+        .checked_sub(FOOTER_LEN)
+        .map(|at| &bytes[at..])
+        .unwrap_or(&[]);
+    let layout = Layout::parse(bytes.len() as u64, footer)?;
+    layout.verify(bytes)?;
+    Ok(layout)
+}
+
+fn words(bytes: &[u8]) -> impl Iterator<Item = [u8; 8]> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|c| c.try_into().expect("8 bytes"))
+}
+
+impl VectorIndex {
+    /// A mutable private copy of a snapshot (to add to it, or to read its vectors back), with
+    /// its text hashes (empty for real[] indexes).
+    pub fn from_snapshot(bytes: &[u8]) -> Result<(VectorIndex, Vec<u64>), IndexError> {
+        let layout = check_snapshot(bytes)?;
+        let faiss = Faiss::from_bytes(&bytes[..layout.faiss_len as usize])?;
+        if faiss.len() as u64 != layout.vectors {
+            return Err(IndexError::Corrupt(
+                "snapshot footer and faiss index disagree on the vector count".into(),
+            ));
+        }
+        let ids = words(&bytes[layout.ids_at() as usize..layout.hashes_at() as usize])
+            .map(i64::from_le_bytes)
+            .collect();
+        let hashes = words(&bytes[layout.hashes_at() as usize..layout.footer_at() as usize])
+            .map(u64::from_le_bytes)
+            .collect();
+        Ok((VectorIndex { faiss, ids }, hashes))
+    }
+}
+
+/// Where a [`Snapshot`]'s ids and text hashes are read from.
+enum Table {
+    /// Private memory: the ids and hashes, copied.
+    Owned(Vec<u8>),
+    /// The cache file, mapped read-only and shared with every other process that maps it.
+    Mapped(memmap2::Mmap),
+}
+
+/// A search-only snapshot: FAISS can search it but nothing can add to it (adding to a mapped
+/// FAISS index aborts the process, so this type has no way to).
+pub struct Snapshot {
+    faiss: Faiss,
+    table: Table,
+    layout: Layout,
+}
+
+/// One search result of a [`Snapshot`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SnapshotHit {
+    pub id: i64,
+    /// FAISS's score (see [`VectorIndex::search`]).
+    pub score: f32,
+    /// The row's text hash, for text indexes.
+    pub text_hash: Option<u64>,
+}
+
+impl Snapshot {
+    /// Loads a snapshot held in memory into private memory (checksum checked first).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, IndexError> {
+        let layout = check_snapshot(bytes)?;
+        let faiss = Faiss::from_bytes(&bytes[..layout.faiss_len as usize])?;
+        let table =
+            Table::Owned(bytes[layout.ids_at() as usize..layout.footer_at() as usize].to_vec());
+        Snapshot::assemble(faiss, table, layout)
+    }
+
+    /// Maps the snapshot file `path` read-only: FAISS's vectors and graph, and the ids and
+    /// hashes, stay in the page cache, one copy for every process. The footer and sizes are
+    /// always checked; the checksum, which reads the whole file, only when `verify_checksum`
+    /// (see [`crate::cache_file`] for when that is needed). FAISS maps the very file that was
+    /// checked (through /proc/self/fd), even if another process renames a new one over it.
+    pub fn open_file(path: &Path, verify_checksum: bool) -> Result<Snapshot, IndexError> {
+        let io_error = |e: std::io::Error| IndexError::Corrupt(format!("{}: {e}", path.display()));
+        let file = File::open(path).map_err(io_error)?;
+        let len = file.metadata().map_err(io_error)?.len();
+        if len < FOOTER_LEN as u64 {
+            return Err(IndexError::Corrupt(format!(
+                "{}: snapshot is shorter than its footer (truncated?)",
+                path.display()
+            )));
+        }
+        // SAFETY: the file is never written once published (new snapshots get new files), so
+        // the mapping does not change under us.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
+        let layout = Layout::parse(len, &map[map.len() - FOOTER_LEN..])?;
+        if verify_checksum {
+            layout.verify(&map)?;
+        }
+        let faiss = {
+            use std::os::fd::AsRawFd;
+            Faiss::mapped(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?
+        };
+        Snapshot::assemble(faiss, Table::Mapped(map), layout)
+    }
+
+    fn assemble(faiss: Faiss, table: Table, layout: Layout) -> Result<Snapshot, IndexError> {
+        if faiss.len() as u64 != layout.vectors {
+            return Err(IndexError::Corrupt(
+                "snapshot footer and faiss index disagree on the vector count".into(),
+            ));
+        }
+        Ok(Snapshot {
+            faiss,
+            table,
+            layout,
+        })
+    }
+
+    fn table(&self, from: u64, to: u64) -> &[u8] {
+        match &self.table {
+            Table::Owned(bytes) => {
+                let base = self.layout.ids_at();
+                &bytes[(from - base) as usize..(to - base) as usize]
+            }
+            Table::Mapped(map) => &map[from as usize..to as usize],
+        }
+    }
+
+    fn word(&self, from: u64, pos: usize) -> [u8; 8] {
+        let at = from + 8 * pos as u64;
+        self.table(at, at + 8).try_into().expect("8 bytes")
+    }
+
+    pub fn key(&self) -> &CacheKey {
+        &self.layout.key
+    }
+
+    /// Whether the snapshot is mapped from the cache file (else it is a private copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.table, Table::Mapped(_))
+    }
+
+    pub fn len(&self) -> usize {
+        self.layout.vectors as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.faiss.dim()
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.faiss.metric()
+    }
+
+    /// The row id of every vector, in position order.
+    pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        words(self.table(self.layout.ids_at(), self.layout.hashes_at())).map(i64::from_le_bytes)
+    }
+
+    /// The `k` nearest vectors to `query`, best first (see [`VectorIndex::search`]).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<Vec<SnapshotHit>, IndexError> {
+        let has_hashes = self.layout.hashes != 0;
+        Ok(self
+            .faiss
+            .search(query, k, params)?
+            .into_iter()
+            .map(|(pos, score)| SnapshotHit {
+                id: i64::from_le_bytes(self.word(self.layout.ids_at(), pos)),
+                score,
+                text_hash: has_hashes
+                    .then(|| u64::from_le_bytes(self.word(self.layout.hashes_at(), pos))),
+            })
+            .collect())
+    }
+}
