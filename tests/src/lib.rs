@@ -338,3 +338,125 @@ pub fn expect_error(
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// real[] test data and the queries that compare an index with brute force.
+pub mod vectors {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use postgres::Client;
+
+    /// A seeded generator of uniform numbers in [-0.5, 0.5): splitmix64 over (seed, counter), so
+    /// that different seeds give unrelated streams (no shared vectors between batches).
+    pub fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut counter = 0u64;
+        move || {
+            counter += 1;
+            let mut z = seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(counter.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        }
+    }
+
+    /// `n` 16-d points around 20 fixed centres (the same for every seed), with noise from `seed`
+    /// mostly in 4 of the dimensions: data with a low intrinsic dimension, like embeddings, on
+    /// which approximate indexes reach a high recall.
+    pub fn clustered(n: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut centre_noise = uniform(0);
+        let centres: Vec<Vec<f32>> = (0..20)
+            .map(|_| (0..16).map(|_| centre_noise() * 8.0).collect())
+            .collect();
+        let mut noise = uniform(seed);
+        (0..n)
+            .map(|i| {
+                centres[i % 20]
+                    .iter()
+                    .enumerate()
+                    .map(|(d, c)| c + noise() * if d < 4 { 1.0 } else { 0.02 })
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub fn copy_vectors(client: &mut Client, table: &str, first_id: usize, vectors: &[Vec<f32>]) {
+        let mut text = String::new();
+        for (i, v) in vectors.iter().enumerate() {
+            let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+            text.push_str(&format!("{}\t{{{}}}\n", first_id + i, items.join(",")));
+        }
+        let mut w = client
+            .copy_in(&format!("COPY {table} (id, vec) FROM STDIN"))
+            .unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+        w.finish().unwrap();
+    }
+
+    pub fn ids(
+        client: &mut Client,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Vec<i32> {
+        client
+            .query(sql, params)
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Exact top-k by L2 distance, computed in SQL without the index.
+    pub fn exact(client: &mut Client, table: &str, q: &[f32], k: i64) -> Vec<i32> {
+        client.batch_execute("SET enable_indexscan = off").unwrap();
+        let r = ids(
+            client,
+            &format!("SELECT id FROM {table} ORDER BY vec <=> $1, id LIMIT $2"),
+            &[&q, &k],
+        );
+        client.batch_execute("RESET enable_indexscan").unwrap();
+        r
+    }
+
+    pub fn via_index(client: &mut Client, table: &str, q: &[f32], k: i64) -> Vec<i32> {
+        client.batch_execute("SET enable_seqscan = off").unwrap();
+        let r = ids(
+            client,
+            &format!("SELECT id FROM {table} ORDER BY vec <=> $1 LIMIT $2"),
+            &[&q, &k],
+        );
+        client.batch_execute("RESET enable_seqscan").unwrap();
+        r
+    }
+
+    pub fn recall(found: &[i32], exact: &[i32]) -> f64 {
+        found.iter().filter(|id| exact.contains(id)).count() as f64 / exact.len().max(1) as f64
+    }
+
+    pub fn wait_for_replay(primary: &mut Client, standby: &mut Client) {
+        let lsn: String = primary
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        let start = Instant::now();
+        loop {
+            let caught_up: bool = standby
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                    &[&lsn],
+                )
+                .unwrap()
+                .get(0);
+            if caught_up {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "standby did not catch up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -3,128 +3,16 @@
 //! clusters. SEMANTIC_FULL_TESTS=1 runs the long variants.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::Client;
+use semantic_tests::vectors::{
+    clustered, copy_vectors, exact, ids, recall, via_index, wait_for_replay,
+};
 use semantic_tests::{env, full_tests, Cluster};
-
-/// A seeded generator of uniform numbers in [-0.5, 0.5): splitmix64 over (seed, counter), so
-/// that different seeds give unrelated streams (no shared vectors between batches).
-fn uniform(seed: u64) -> impl FnMut() -> f32 {
-    let mut counter = 0u64;
-    move || {
-        counter += 1;
-        let mut z = seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(counter.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-    }
-}
-
-/// `n` 16-d points around 20 fixed centres (the same for every seed), with noise from `seed`
-/// mostly in 4 of the dimensions: data with a low intrinsic dimension, like embeddings, on
-/// which approximate indexes reach a high recall.
-fn clustered(n: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut centre_noise = uniform(0);
-    let centres: Vec<Vec<f32>> = (0..20)
-        .map(|_| (0..16).map(|_| centre_noise() * 8.0).collect())
-        .collect();
-    let mut noise = uniform(seed);
-    (0..n)
-        .map(|i| {
-            centres[i % 20]
-                .iter()
-                .enumerate()
-                .map(|(d, c)| c + noise() * if d < 4 { 1.0 } else { 0.02 })
-                .collect()
-        })
-        .collect()
-}
-
-fn copy_vectors(client: &mut Client, table: &str, first_id: usize, vectors: &[Vec<f32>]) {
-    let mut text = String::new();
-    for (i, v) in vectors.iter().enumerate() {
-        let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-        text.push_str(&format!("{}\t{{{}}}\n", first_id + i, items.join(",")));
-    }
-    let mut w = client
-        .copy_in(&format!("COPY {table} (id, vec) FROM STDIN"))
-        .unwrap();
-    w.write_all(text.as_bytes()).unwrap();
-    w.finish().unwrap();
-}
-
-fn ids(
-    client: &mut Client,
-    sql: &str,
-    params: &[&(dyn postgres::types::ToSql + Sync)],
-) -> Vec<i32> {
-    client
-        .query(sql, params)
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// Exact top-k by L2 distance, computed in SQL without the index.
-fn exact(client: &mut Client, table: &str, q: &[f32], k: i64) -> Vec<i32> {
-    client.batch_execute("SET enable_indexscan = off").unwrap();
-    let r = ids(
-        client,
-        &format!("SELECT id FROM {table} ORDER BY vec <=> $1, id LIMIT $2"),
-        &[&q, &k],
-    );
-    client.batch_execute("RESET enable_indexscan").unwrap();
-    r
-}
-
-fn via_index(client: &mut Client, table: &str, q: &[f32], k: i64) -> Vec<i32> {
-    client.batch_execute("SET enable_seqscan = off").unwrap();
-    let r = ids(
-        client,
-        &format!("SELECT id FROM {table} ORDER BY vec <=> $1 LIMIT $2"),
-        &[&q, &k],
-    );
-    client.batch_execute("RESET enable_seqscan").unwrap();
-    r
-}
-
-fn recall(found: &[i32], exact: &[i32]) -> f64 {
-    found.iter().filter(|id| exact.contains(id)).count() as f64 / exact.len().max(1) as f64
-}
-
-fn wait_for_replay(primary: &mut Client, standby: &mut Client) {
-    let lsn: String = primary
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .unwrap()
-        .get(0);
-    let start = Instant::now();
-    loop {
-        let caught_up: bool = standby
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                &[&lsn],
-            )
-            .unwrap()
-            .get(0);
-        if caught_up {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "standby did not catch up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
@@ -145,6 +33,18 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
     .unwrap();
     let standby = primary.start_standby("repl_standby");
     let mut s = standby.connect();
+    // Base backups leave the snapshot files out (pg_stat_tmp): the standby builds its own.
+    let snapshot_files = |cluster: &Cluster| {
+        std::fs::read_dir(cluster.data.join("pg_stat_tmp/semantic"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(snapshot_files(&primary), 2);
+    assert_eq!(snapshot_files(&standby), 0);
 
     // Changes after the base backup travel as WAL: inserts, updates, deletes, vacuum.
     copy_vectors(&mut p, "v", 5001, &clustered(500, 2));
@@ -169,6 +69,12 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
         let sql = "SELECT id FROM docs ORDER BY body <=> $1 LIMIT 10";
         assert_eq!(ids(&mut p, sql, &[&q]), ids(&mut s, sql, &[&q]), "{q}");
     }
+    assert_eq!(snapshot_files(&standby), 2);
+    let shared: bool = s
+        .query_one("SELECT shared FROM semantic_index_info('v_flat')", &[])
+        .unwrap()
+        .get(0);
+    assert!(shared);
     // The standby replayed every record with its consistency check, without complaint.
     assert!(
         !standby.log().contains("inconsistent page"),
