@@ -58,6 +58,25 @@ pub unsafe fn owner(rel: pg_sys::Relation) -> String {
     )
 }
 
+extern "C-unwind" {
+    // utils/relfilenodemap.h (not in pgrx's bindings); called through pgrx's FFI guard.
+    fn RelidByRelfilenode(reltablespace: pg_sys::Oid, relfilenode: pg_sys::Oid) -> pg_sys::Oid;
+}
+
+/// Whether the index relation a file `owner` names still exists, as far as this backend can
+/// tell (files of other databases are left to them).
+unsafe fn owner_exists(owner: &str) -> bool {
+    let parts: Vec<u32> = owner.split('.').filter_map(|p| p.parse().ok()).collect();
+    let [spc, db, rel] = parts[..] else {
+        return true;
+    };
+    if db != u32::from(pg_sys::MyDatabaseId) {
+        return true;
+    }
+    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| RelidByRelfilenode(spc.into(), rel.into()))
+        != pg_sys::InvalidOid
+}
+
 /// A fresh random cache key for a new generation.
 pub fn new_cache_key() -> CacheKey {
     let mut key = [0u8; 16];
@@ -90,6 +109,13 @@ pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
     if let Err(e) = published {
         pgrx::debug1!("faiss index: could not write its snapshot file: {e}");
     }
+    // Files of this database's dropped or rebuilt indexes go; an hour's grace covers
+    // transactions that created an index and have not committed yet (a file removed too early
+    // is only rebuilt by its first search).
+    dir.sweep(
+        |owner| owner_exists(owner),
+        std::time::Duration::from_secs(3600),
+    );
 }
 
 /// The searchable snapshot of `meta`'s generation, or None if the index has none (no rows

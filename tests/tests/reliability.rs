@@ -269,7 +269,7 @@ fn concurrent_writers_and_searchers_agree_with_brute_force() {
                         1 => format!("UPDATE docs SET body = 'revised memo about topic {topic}', vec = '{{{topic},3,4}}' WHERE id = (SELECT id FROM docs ORDER BY random() LIMIT 1)"),
                         2 => "DELETE FROM docs WHERE id = (SELECT id FROM docs ORDER BY random() LIMIT 1)".to_string(),
                         3 => format!("SELECT * FROM semantic_search('topic {topic}', 5, 'docs_body')"),
-                        _ if n == 0 && i % 20 == 0 => "VACUUM docs".to_string(),
+                        _ if n == 0 && i.is_multiple_of(20) => "VACUUM docs".to_string(),
                         _ => format!("SELECT id FROM docs ORDER BY vec <=> '{{{topic},0,0}}' LIMIT 5"),
                     };
                     if let Err(e) = conn.batch_execute(&sql) {

@@ -153,6 +153,29 @@ impl CacheDir {
         self.remove_files(owner, None);
     }
 
+    /// Removes the files of owners that `alive` says are gone (dropped or rebuilt indexes),
+    /// once they are older than `grace`: an index being created publishes its file before the
+    /// rest of the server can see it exists.
+    pub fn sweep(&self, mut alive: impl FnMut(&str) -> bool, grace: std::time::Duration) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Some((owner, _)) = name.split_once('-') else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= grace));
+            if old && !alive(owner) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn remove_files(&self, owner: &str, keep: Option<&CacheKey>) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
