@@ -1,5 +1,9 @@
-//! The per-backend model cache: each model is loaded once per backend, on first use, and
-//! reloaded when its files or the thread/provider settings change.
+//! The per-backend model handles: each model is loaded once per backend, on first use, and
+//! reloaded when its files or the thread/provider settings change. Loads share the server's
+//! model cache under the data directory (`pg_stat_tmp/semantic/models`): a stamp that spares
+//! later loads the fingerprint's hashing, and ONNX Runtime's optimised graph with its
+//! pre-packed weights, which every backend maps from the page cache instead of building its
+//! own (see semantic_encoder's `EncoderOptions::cache_dir`).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -100,9 +104,13 @@ pub fn with_encoder<R>(name: &str, f: impl FnOnce(&mut Encoder) -> Result<R, Enc
             let options = EncoderOptions {
                 threads: key.threads,
                 provider: key.provider,
+                cache_dir: Some(crate::am::cache_root().join("models")),
                 ..EncoderOptions::default()
             };
             let encoder = Encoder::load(&dir, &options)?;
+            for problem in &encoder.load_report().cache_problems {
+                pgrx::log!("model \"{name}\": the model cache was not used: {problem}");
+            }
             cache.insert(name.to_string(), (key, encoder), gucs::max_cached_models());
         }
         let (_, encoder) = cache.get_mut(&name.to_string()).expect("inserted above");

@@ -40,11 +40,17 @@ fn index_error(e: impl std::fmt::Display) -> ! {
     )
 }
 
-/// The server's snapshot directory.
-pub fn cache_dir() -> CacheDir {
+/// The server's cache folder: files derived from what the database and the model directory
+/// hold, left out of base backups and pg_rewind like the rest of pg_stat_tmp.
+pub fn cache_root() -> PathBuf {
     // SAFETY: DataDir is set before any backend runs SQL.
     let data_dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    CacheDir::new(PathBuf::from(data_dir.to_string_lossy().as_ref()).join("pg_stat_tmp/semantic"))
+    PathBuf::from(data_dir.to_string_lossy().as_ref()).join("pg_stat_tmp/semantic")
+}
+
+/// The server's snapshot directory.
+pub fn cache_dir() -> CacheDir {
+    CacheDir::new(cache_root())
 }
 
 /// Names an index relation's files within the server: tablespace, database, relfilenode.
@@ -89,10 +95,6 @@ pub fn new_cache_key() -> CacheKey {
         );
     }
     key
-}
-
-pub fn key_hex(key: &CacheKey) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Publishes a snapshot the caller has in memory (build, vacuum, fold), before the metapage

@@ -9,7 +9,7 @@ use semantic_index::layout::ColumnKind;
 use semantic_index::records::{text_hash, RecordKey};
 
 use super::build::{relation_name, tid_parts};
-use super::storage::{append_record, check_dimension, read_meta, MetaGuard};
+use super::storage::{append_record, check_dimension, lock_meta, read_meta, Index};
 use super::vectors::{datum_text, datum_vector, embed_passages, prepare};
 
 #[pg_guard]
@@ -55,7 +55,8 @@ pub unsafe extern "C-unwind" fn aminsert(
             )
         }
     };
-    let mut guard = MetaGuard::lock(index);
+    let rel = Index(index);
+    let mut guard = lock_meta(&rel);
     if guard.meta.kind == ColumnKind::Vector && guard.meta.dim == 0 {
         // The first vector of a real[] index built on an empty table fixes its dimension.
         guard.meta.dim = vectors[0].len() as u32;
@@ -66,7 +67,7 @@ pub unsafe extern "C-unwind" fn aminsert(
         .collect();
     guard.meta.rows += 1; // written with the first record
     for v in &vectors {
-        append_record(index, &mut guard, &key, v);
+        append_record(&rel, &mut guard, &key, v);
     }
     drop(guard);
     false

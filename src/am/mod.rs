@@ -12,6 +12,8 @@ mod storage;
 mod vacuum;
 mod vectors;
 
+pub use cache::cache_root;
+
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;

@@ -7,6 +7,7 @@
 //!   keeps its vectors), so that searches do not scan a long appended part. It runs in
 //!   `amvacuumcleanup` once more than [`fold_threshold`] records are appended, and on demand
 //!   through `semantic_index_fold(index)`.
+//!
 //! Inserts wait while a new generation is written; scans go on with the old one meanwhile.
 
 use pgrx::pg_sys;
@@ -100,7 +101,7 @@ unsafe fn regenerate(
     let mut live_rows = std::collections::HashSet::new();
     let mut keep = |id: i64, i: usize| {
         let (block, offset) = id_to_tid(id);
-        if i % 1024 == 0 {
+        if i.is_multiple_of(1024) {
             pg_sys::check_for_interrupts!();
         }
         if dead(block, offset) {

@@ -32,6 +32,10 @@ pub struct EncodeArgs {
     batch_size: usize,
     #[arg(long, value_parser = ["cpu", "cuda"], default_value = "cpu")]
     provider: String,
+    /// A directory where loads keep a fingerprint stamp and an optimised copy of the model for
+    /// the next loads (the extension keeps one in its data directory).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Embed as queries (query prefix) instead of passages.
     #[arg(long)]
     query: bool,
@@ -90,6 +94,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         },
         batch_size: args.batch_size,
         verify_fingerprint: true,
+        cache_dir: args.cache_dir,
     };
     let mut encoder = Encoder::load(&args.model_dir.join(&args.model), &options)?;
     let kind = if args.query {

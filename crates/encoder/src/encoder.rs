@@ -1,7 +1,9 @@
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use ort::environment::Environment;
 use ort::ep::{ExecutionProvider as _, CPU, CUDA};
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session};
 use ort::value::Tensor;
 use tokenizers::{Tokenizer, TruncationParams};
@@ -9,6 +11,9 @@ use tokenizers::{Tokenizer, TruncationParams};
 use crate::batching::plan_batches;
 use crate::error::EncoderError;
 use crate::manifest::{Manifest, MODEL_FILE, TOKENIZER_FILE};
+use crate::model_cache::{
+    copy_settings, model_file_identities, ModelCache, COPY_GRAPH_FILE, COPY_WEIGHTS_FILE,
+};
 use crate::pooling::{l2_normalize, pool};
 use crate::runtime::{environment, ExecutionProvider};
 
@@ -22,6 +27,12 @@ pub struct EncoderOptions {
     pub batch_size: usize,
     /// Recompute the content fingerprint at load (detects files changed after installation).
     pub verify_fingerprint: bool,
+    /// A directory this process may write, shared by all the processes that load models (the
+    /// extension gives one under the data directory), where loads keep what the next ones can
+    /// reuse: see [`Encoder::load`]. Created if missing; `None`, or a directory that cannot be
+    /// used, loads every time from the model files alone. What is in it is trusted as the
+    /// model, so only the server's own user may be able to write there.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for EncoderOptions {
@@ -31,8 +42,40 @@ impl Default for EncoderOptions {
             provider: ExecutionProvider::Cpu,
             batch_size: 32,
             verify_fingerprint: true,
+            cache_dir: None,
         }
     }
+}
+
+/// How [`Encoder::load`] made a model ready: for logs and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadReport {
+    pub fingerprint: FingerprintCheck,
+    pub graph: GraphSource,
+    /// What went wrong with the cache directory, if anything; the load fell back to the model
+    /// files for that part and succeeded.
+    pub cache_problems: Vec<String>,
+}
+
+/// How the files were checked against the manifest fingerprint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FingerprintCheck {
+    /// Hashed.
+    Hashed,
+    /// Not hashed: a stamp in the cache directory vouches for them, unchanged since they were.
+    Stamped,
+    /// Not at all ([`EncoderOptions::verify_fingerprint`] off and no stamp).
+    Skipped,
+}
+
+/// Where the inference session's graph and weights came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphSource {
+    /// model.onnx, optimised into this process's own memory.
+    ModelFile,
+    /// The optimised copy in the cache directory, its weights mapped from the page cache;
+    /// `created` when this load made it.
+    OptimizedCopy { created: bool },
 }
 
 /// Which side of an asymmetric model a text is on: it selects the manifest's prefix.
@@ -47,82 +90,72 @@ pub struct Encoder {
     manifest: Manifest,
     dir: PathBuf,
     tokenizer: Tokenizer,
-    /// The same tokenizer without truncation, for long-text chunks.
-    full_tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, for long-text chunks; made on first use, since
+    /// only bulk loads chunk and the copy costs a query backend time and memory.
+    full_tokenizer: OnceLock<Tokenizer>,
     session: Session,
     /// Run options for every batch but the last of a call, and for the last one.
     keep_arena: RunOptions,
     shrink_arena: RunOptions,
     takes_token_type_ids: bool,
     batch_size: usize,
+    load_report: LoadReport,
 }
 
 impl Encoder {
     /// Loads the model directory `dir` (manifest.json, tokenizer.json, model.onnx).
     /// [`crate::init_runtime`] must have succeeded first.
+    ///
+    /// With [`EncoderOptions::cache_dir`], the first load of a model version hashes its files
+    /// and leaves a stamp, and (on the CPU) saves ONNX Runtime's optimised graph there; later
+    /// loads of unchanged files skip the hashing and open that copy, whose weights ONNX Runtime
+    /// maps from the file instead of copying: fast, and shared by all processes through the page
+    /// cache. Problems with the cache directory never fail a load (see
+    /// [`LoadReport::cache_problems`]); changed model files are still refused.
     pub fn load(dir: &Path, options: &EncoderOptions) -> Result<Self, EncoderError> {
         let environment = environment().expect("init_runtime must succeed before Encoder::load");
         let manifest = Manifest::load(dir)?;
-        if options.verify_fingerprint {
-            manifest.verify_files(dir)?;
-        }
+        let mut cache_problems = Vec::new();
+        let cache = options.cache_dir.as_deref().and_then(|cache_dir| {
+            ModelCache::open(cache_dir, &manifest.fingerprint)
+                .map_err(|problem| cache_problems.push(problem))
+                .ok()
+        });
+        let fingerprint = check_fingerprint(
+            dir,
+            &manifest,
+            options.verify_fingerprint,
+            cache.as_ref(),
+            &mut cache_problems,
+        )?;
         let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE), manifest.max_seq_length)?;
-        let mut full_tokenizer = tokenizer.clone();
-        full_tokenizer
-            .with_truncation(None)
-            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
 
         let model_path = dir.join(MODEL_FILE);
-        let invalid = |e: ort::Error| EncoderError::InvalidModel {
-            path: model_path.clone(),
-            reason: e.to_string(),
-        };
-        let mut builder = Session::builder(environment)
-            .map_err(invalid)?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| invalid(e.into()))?
-            .with_intra_threads(options.threads.max(1))
-            .map_err(|e| invalid(e.into()))?
-            .with_inter_threads(1)
-            .map_err(|e| invalid(e.into()))?;
-        builder = match options.provider {
-            // The arena (ONNX Runtime's default, which the ort crate turns off) reuses memory for
-            // the activations instead of fresh pages for every operator: 0.80-0.85x -> about
-            // 1.0x of Python onnxruntime on batches of 32 x 256 tokens (BENCHMARKS.md). The last
-            // batch of each call runs with `shrink_arena`, so a backend does not keep the peak
-            // of a bulk build.
-            ExecutionProvider::Cpu => builder
-                .with_execution_providers([CPU::default().with_arena_allocator(true).build()]),
-            ExecutionProvider::Cuda => {
-                let cuda = CUDA::default();
-                match CUDA::is_available() {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(EncoderError::ProviderUnavailable {
-                            provider: "cuda",
-                            reason: "this ONNX Runtime library was built without CUDA support (use the onnxruntime-gpu build)".into(),
-                        })
-                    }
-                    Err(e) => {
-                        return Err(EncoderError::ProviderUnavailable { provider: "cuda", reason: e.to_string() })
-                    }
-                }
-                builder.with_execution_providers([cuda.build().error_on_failure()])
-            }
-        }
-        .map_err(|e| match options.provider {
-            ExecutionProvider::Cuda => {
-                EncoderError::ProviderUnavailable { provider: "cuda", reason: e.to_string() }
-            }
-            ExecutionProvider::Cpu => invalid(e.into()),
-        })?;
         if !model_path.is_file() {
             return Err(EncoderError::MissingFile {
                 path: model_path.clone(),
                 reason: "no such file".into(),
             });
         }
-        let session = builder.commit_from_file(&model_path).map_err(invalid)?;
+        let sessions = Sessions {
+            environment,
+            options,
+            model_path: &model_path,
+        };
+        // A copy is named by the fingerprint, so it may stand in for model.onnx only once the
+        // files are known to match it. It holds CPU kernels' fused operators and pre-packed
+        // weights, so CUDA sessions keep optimising model.onnx.
+        let copy_cache = cache.filter(|_| {
+            fingerprint != FingerprintCheck::Skipped && options.provider == ExecutionProvider::Cpu
+        });
+        let (session, graph) = match copy_cache {
+            Some(cache) => sessions.through_cache(&cache, &mut cache_problems)?,
+            None => (sessions.open_model_file()?, GraphSource::ModelFile),
+        };
+        let invalid = |e: ort::Error| EncoderError::InvalidModel {
+            path: model_path.clone(),
+            reason: e.to_string(),
+        };
         let mut shrink_arena = RunOptions::new().map_err(invalid)?;
         shrink_arena
             .set("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -145,13 +178,23 @@ impl Encoder {
             manifest,
             dir: dir.to_path_buf(),
             tokenizer,
-            full_tokenizer,
+            full_tokenizer: OnceLock::new(),
             session,
             keep_arena,
             shrink_arena,
             takes_token_type_ids,
             batch_size: options.batch_size.max(1),
+            load_report: LoadReport {
+                fingerprint,
+                graph,
+                cache_problems,
+            },
         })
+    }
+
+    /// How this encoder was loaded.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.load_report
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -177,8 +220,14 @@ impl Encoder {
         text: &str,
         kind: TextKind,
     ) -> Result<Vec<Vec<u32>>, EncoderError> {
+        let full_tokenizer = self.full_tokenizer.get_or_init(|| {
+            let mut full = self.tokenizer.clone();
+            full.with_truncation(None)
+                .expect("turning truncation off cannot fail");
+            full
+        });
         let encode = |input: String| {
-            self.full_tokenizer
+            full_tokenizer
                 .encode(input, true)
                 .map_err(|e| EncoderError::Tokenizer(e.to_string()))
         };
@@ -352,6 +401,194 @@ impl Encoder {
             .collect())
     }
 }
+
+/// Checks the files in `dir` against the manifest fingerprint: by a stamp in the cache if one
+/// vouches for them, else by hashing them (when `verify`), leaving a stamp for the next load.
+fn check_fingerprint(
+    dir: &Path,
+    manifest: &Manifest,
+    verify: bool,
+    cache: Option<&ModelCache>,
+    cache_problems: &mut Vec<String>,
+) -> Result<FingerprintCheck, EncoderError> {
+    let before = cache.and_then(|_| model_file_identities(dir).ok());
+    if let (Some(cache), Some(files)) = (cache, &before) {
+        if cache.is_verified(files) {
+            return Ok(FingerprintCheck::Stamped);
+        }
+    }
+    if !verify {
+        return Ok(FingerprintCheck::Skipped);
+    }
+    manifest.verify_files(dir)?;
+    // Only if nothing changed while hashing does the hash belong to these identities.
+    if let (Some(cache), Some(files)) = (cache, before) {
+        if model_file_identities(dir).is_ok_and(|after| after == files) {
+            if let Err(e) = cache.record_verified(&files) {
+                cache_problems.push(format!(
+                    "cannot write {}: {e}",
+                    cache.stamp_path().display()
+                ));
+            }
+        }
+    }
+    Ok(FingerprintCheck::Hashed)
+}
+
+/// Makes the inference sessions of one load.
+struct Sessions<'a> {
+    environment: &'a Environment,
+    options: &'a EncoderOptions,
+    model_path: &'a Path,
+}
+
+impl Sessions<'_> {
+    fn invalid(&self, e: ort::Error) -> EncoderError {
+        EncoderError::InvalidModel {
+            path: self.model_path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// A session builder with the options' threads and execution provider.
+    fn builder(
+        &self,
+        optimization: GraphOptimizationLevel,
+    ) -> Result<SessionBuilder, EncoderError> {
+        let builder = Session::builder(self.environment)
+            .map_err(|e| self.invalid(e))?
+            .with_optimization_level(optimization)
+            .map_err(|e| self.invalid(e.into()))?
+            .with_intra_threads(self.options.threads.max(1))
+            .map_err(|e| self.invalid(e.into()))?
+            .with_inter_threads(1)
+            .map_err(|e| self.invalid(e.into()))?;
+        match self.options.provider {
+            // The arena (ONNX Runtime's default, which the ort crate turns off) reuses memory for
+            // the activations instead of fresh pages for every operator: 0.80-0.85x -> about
+            // 1.0x of Python onnxruntime on batches of 32 x 256 tokens (BENCHMARKS.md). The last
+            // batch of each call runs with `shrink_arena`, so a backend does not keep the peak
+            // of a bulk build.
+            ExecutionProvider::Cpu => builder
+                .with_execution_providers([CPU::default().with_arena_allocator(true).build()])
+                .map_err(|e| self.invalid(e.into())),
+            ExecutionProvider::Cuda => {
+                let unavailable = |reason: String| EncoderError::ProviderUnavailable {
+                    provider: "cuda",
+                    reason,
+                };
+                match CUDA::is_available() {
+                    Ok(true) => {}
+                    Ok(false) => return Err(unavailable("this ONNX Runtime library was built without CUDA support (use the onnxruntime-gpu build)".into())),
+                    Err(e) => return Err(unavailable(e.to_string())),
+                }
+                builder
+                    .with_execution_providers([CUDA::default().build().error_on_failure()])
+                    .map_err(|e| unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// model.onnx, optimised in memory.
+    fn open_model_file(&self) -> Result<Session, EncoderError> {
+        self.builder(MODEL_OPTIMIZATION)?
+            .commit_from_file(self.model_path)
+            .map_err(|e| self.invalid(e))
+    }
+
+    /// model.onnx, optimised in memory, also saving the optimised graph into `folder`: the
+    /// weights go to their own file, pre-packed ones included, which ONNX Runtime maps when the
+    /// copy is loaded.
+    fn open_model_file_saving_copy(&self, folder: &Path) -> Result<Session, EncoderError> {
+        let mut builder = self
+            .builder(MODEL_OPTIMIZATION)?
+            .with_optimized_model_path(folder.join(COPY_GRAPH_FILE))
+            .map_err(|e| self.invalid(e.into()))?;
+        for (key, value) in [
+            (
+                "session.optimized_model_external_initializers_file_name",
+                COPY_WEIGHTS_FILE,
+            ),
+            // Small tensors stay in the graph file: mapping them would save nothing.
+            (
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                "1024",
+            ),
+            // Without this, every process would pre-pack the weights into private memory.
+            ("session.save_external_prepacked_constant_initializers", "1"),
+        ] {
+            builder = builder
+                .with_config_entry(key, value)
+                .map_err(|e| self.invalid(e.into()))?;
+        }
+        builder
+            .commit_from_file(self.model_path)
+            .map_err(|e| self.invalid(e))
+    }
+
+    /// An optimised copy: already optimised, so no graph optimisation runs again.
+    fn open_copy(&self, copy: &Path) -> Result<Session, EncoderError> {
+        let graph = copy.join(COPY_GRAPH_FILE);
+        self.builder(GraphOptimizationLevel::Disable)?
+            .commit_from_file(&graph)
+            .map_err(|e| EncoderError::InvalidModel {
+                path: graph,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Opens the cache's optimised copy, making it first if there is none (or only a damaged
+    /// one); falls back to model.onnx alone when the cache cannot provide one.
+    fn through_cache(
+        &self,
+        cache: &ModelCache,
+        cache_problems: &mut Vec<String>,
+    ) -> Result<(Session, GraphSource), EncoderError> {
+        let copy = cache.optimized_copy(&copy_settings(&format!("{MODEL_OPTIMIZATION:?}")));
+        if copy.is_dir() {
+            match self.open_copy(&copy) {
+                Ok(session) => return Ok((session, GraphSource::OptimizedCopy { created: false })),
+                Err(e) => {
+                    cache_problems.push(format!("discarded the optimised copy: {e}"));
+                    cache.discard(&copy);
+                }
+            }
+        }
+        let folder = match cache.new_copy_folder(&copy) {
+            Ok(folder) => folder,
+            Err(e) => {
+                cache_problems.push(format!("cannot write {}: {e}", copy.display()));
+                return Ok((self.open_model_file()?, GraphSource::ModelFile));
+            }
+        };
+        let session = match self.open_model_file_saving_copy(&folder) {
+            Ok(session) => session,
+            Err(e) => {
+                cache.discard(&folder);
+                cache_problems.push(format!("could not save {}: {e}", copy.display()));
+                return Ok((self.open_model_file()?, GraphSource::ModelFile));
+            }
+        };
+        if let Err(e) = cache.publish(&folder, &copy) {
+            cache_problems.push(format!("could not save {}: {e}", copy.display()));
+            return Ok((session, GraphSource::ModelFile));
+        }
+        // Opened again at once, so that this process too shares the mapped weights, and a copy
+        // that does not load is found now rather than by the next process.
+        match self.open_copy(&copy) {
+            Ok(mapped) => Ok((mapped, GraphSource::OptimizedCopy { created: true })),
+            Err(e) => {
+                cache_problems.push(format!("discarded the new optimised copy: {e}"));
+                cache.discard(&copy);
+                Ok((session, GraphSource::ModelFile))
+            }
+        }
+    }
+}
+
+/// The graph optimisation of every session made from model.onnx, so an optimised copy is the
+/// same graph as a session without one.
+const MODEL_OPTIMIZATION: GraphOptimizationLevel = GraphOptimizationLevel::All;
 
 /// Tokens shared by consecutive chunks of a long text, so that no sentence is only ever seen cut.
 fn chunk_overlap(max_len: usize) -> usize {

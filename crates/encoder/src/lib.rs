@@ -7,12 +7,13 @@ mod encoder;
 mod error;
 mod lru;
 mod manifest;
+mod model_cache;
 mod pooling;
 mod runtime;
 mod st_folder;
 
 pub use batching::plan_batches;
-pub use encoder::{Encoder, EncoderOptions, TextKind};
+pub use encoder::{Encoder, EncoderOptions, FingerprintCheck, GraphSource, LoadReport, TextKind};
 pub use error::EncoderError;
 pub use lru::Lru;
 pub use manifest::{

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::snapshot::{CacheKey, Snapshot};
+use crate::snapshot::{key_hex as hex, CacheKey, Snapshot};
 use crate::IndexError;
 
 /// A directory of snapshot files.
@@ -39,10 +39,6 @@ pub enum Opened {
 /// dies: it is an flock).
 pub struct CacheLock {
     _file: File,
-}
-
-fn hex(key: &CacheKey) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl CacheDir {

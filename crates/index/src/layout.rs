@@ -159,8 +159,10 @@ pub enum LayoutError {
     BadMagic,
     #[error("index format version {0} is not supported by this build (expected {FORMAT_VERSION}); REINDEX the index")]
     Version(u32),
-    #[error("corrupt metapage: {0}; REINDEX the index")]
+    #[error("corrupt faiss index: {0}; REINDEX the index")]
     Corrupt(String),
+    #[error("faiss index metapage overflow (its free-space list is too long); REINDEX the index")]
+    MetapageFull,
 }
 
 impl Meta {
@@ -221,10 +223,10 @@ impl Meta {
         let len = bytes
             .get(..4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or_else(|| LayoutError::Corrupt("truncated".into()))?;
+            .ok_or_else(|| LayoutError::Corrupt("metapage truncated".into()))?;
         let json = bytes
             .get(4..4 + len)
-            .ok_or_else(|| LayoutError::Corrupt("truncated".into()))?;
+            .ok_or_else(|| LayoutError::Corrupt("metapage truncated".into()))?;
         let value: serde_json::Value =
             serde_json::from_slice(json).map_err(|_| LayoutError::BadMagic)?;
         if value.get("magic").and_then(|m| m.as_u64()) != Some(u64::from(MAGIC)) {
@@ -234,7 +236,7 @@ impl Meta {
         if version != FORMAT_VERSION {
             return Err(LayoutError::Version(version));
         }
-        serde_json::from_value(value).map_err(|e| LayoutError::Corrupt(e.to_string()))
+        serde_json::from_value(value).map_err(|e| LayoutError::Corrupt(format!("metapage: {e}")))
     }
 
     /// Takes one reusable block, if any.

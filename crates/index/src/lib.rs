@@ -9,7 +9,10 @@
 //! * [`tid_to_id`] / [`id_to_tid`]: heap TID <-> FAISS id.
 //! * [`best_per_id`] / [`to_distance`]: merging per-chunk hits into per-row
 //!   hits and turning FAISS scores into the `<=>` distance.
-//! * [`records`]: the fixed-size record codec used on the index pages.
+//! * [`records`]: the fixed-size record codec used on the index pages;
+//!   [`chain`]: the page protocol (metapage, chains, rewrite) over a
+//!   [`relation::Relation`], which the extension implements with PostgreSQL's
+//!   buffers and WAL.
 //!
 //! Every FAISS call goes through the C API, which turns C++ exceptions into
 //! error codes; inputs that FAISS would not check (or would check with an
@@ -25,12 +28,14 @@
 //! [`set_threads`] overrides that.
 
 pub mod cache_file;
+pub mod chain;
 mod error;
 mod index;
 mod interrupt;
 mod io;
 pub mod layout;
 pub mod records;
+pub mod relation;
 pub mod snapshot;
 mod threads;
 

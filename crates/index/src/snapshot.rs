@@ -34,6 +34,11 @@ use crate::{IndexError, Metric, SearchParams, VectorIndex};
 /// different snapshots share a name.
 pub type CacheKey = [u8; 16];
 
+/// A key in hexadecimal, as the metapage and file names hold it.
+pub fn key_hex(key: &CacheKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 const MAGIC: &[u8; 8] = b"SEMSNAP1";
 const VERSION: u32 = 1;
 pub const FOOTER_LEN: usize = 64;

@@ -1,0 +1,285 @@
+//! The page protocol (metapage, chains, appends, rewrites, generations) on an in-memory
+//! relation: what the extension does through PostgreSQL's buffers and GenericXLog, without a
+//! cluster.
+
+use std::cell::{Cell, RefCell};
+
+use semantic_index::chain::{
+    self, append_record, create_meta, read_meta, read_records, read_snapshot, rewrite, ChainRead,
+    Generation, MetaLock, PAGE_CAPACITY,
+};
+use semantic_index::layout::{ChainPos, ColumnKind, IndexMetric, LongText, Meta, NO_BLOCK};
+use semantic_index::records::{decode_records, record_size, RecordKey};
+use semantic_index::relation::{Image, Lock, Relation, BLOCK_SIZE};
+
+/// Pages in memory. Locks are not enforced (the protocol's callers are single-threaded here);
+/// `log` applies a change to copies and installs them together, like GenericXLog, and counts
+/// WAL records.
+#[derive(Default)]
+struct MemoryRelation {
+    pages: RefCell<Vec<Box<[u8; BLOCK_SIZE]>>>,
+    wal_records: Cell<usize>,
+    pinned: Cell<isize>,
+}
+
+impl Relation for MemoryRelation {
+    type Buffer = u32;
+
+    fn lock(&self, block: u32, _lock: Lock) -> u32 {
+        assert!(
+            (block as usize) < self.pages.borrow().len(),
+            "block {block} beyond the end"
+        );
+        self.pinned.set(self.pinned.get() + 1);
+        block
+    }
+
+    fn extend(&self) -> u32 {
+        let mut pages = self.pages.borrow_mut();
+        pages.push(Box::new([0; BLOCK_SIZE]));
+        self.pinned.set(self.pinned.get() + 1);
+        (pages.len() - 1) as u32
+    }
+
+    fn block(&self, buffer: u32) -> u32 {
+        buffer
+    }
+
+    fn page(&self, buffer: u32) -> &[u8] {
+        let pages = self.pages.borrow();
+        let page: &[u8] = &pages[buffer as usize][..];
+        // SAFETY: pages are boxed (they never move) and never freed while the relation lives.
+        unsafe { std::slice::from_raw_parts(page.as_ptr(), BLOCK_SIZE) }
+    }
+
+    fn release(&self, _buffer: u32) {
+        self.pinned.set(self.pinned.get() - 1);
+    }
+
+    fn log(&self, pages: &[(u32, Image)], change: &mut dyn FnMut(&mut [&mut [u8]])) {
+        assert!(
+            pages.len() <= 4,
+            "GenericXLog takes at most 4 pages a record"
+        );
+        let mut copies: Vec<Box<[u8; BLOCK_SIZE]>> = pages
+            .iter()
+            .map(|&(b, image)| match image {
+                Image::Full => Box::new([0xAB; BLOCK_SIZE]), // must be written whole
+                Image::Delta => self.pages.borrow()[b as usize].clone(),
+            })
+            .collect();
+        let mut views: Vec<&mut [u8]> = copies.iter_mut().map(|c| &mut c[..]).collect();
+        change(&mut views);
+        let mut all = self.pages.borrow_mut();
+        for (&(b, _), copy) in pages.iter().zip(copies) {
+            all[b as usize].copy_from_slice(&copy[..]);
+        }
+        self.wal_records.set(self.wal_records.get() + 1);
+    }
+
+    fn check_interrupts(&self) {}
+}
+
+const DIM: usize = 24;
+
+fn new_index(rel: &MemoryRelation) -> Meta {
+    let meta = Meta::new(
+        ColumnKind::Vector,
+        IndexMetric::L2,
+        LongText::Truncate,
+        DIM as u32,
+        "Flat",
+    );
+    create_meta(rel, &meta).unwrap();
+    meta
+}
+
+fn vector(i: usize) -> Vec<f32> {
+    (0..DIM).map(|d| (i * 31 + d) as f32).collect()
+}
+
+fn key(i: usize) -> RecordKey {
+    RecordKey {
+        block: i as u32 / 100,
+        offset: (i % 100) as u16 + 1,
+        text_hash: i as u64 * 7,
+    }
+}
+
+fn append(rel: &MemoryRelation, i: usize) {
+    let mut lock = MetaLock::lock(rel).unwrap();
+    append_record(rel, &mut lock, &key(i), &vector(i)).unwrap();
+}
+
+fn all_records(rel: &MemoryRelation, meta: &Meta) -> (ChainRead, Vec<(RecordKey, Vec<f32>)>) {
+    let mut out = Vec::new();
+    let from = ChainPos {
+        block: meta.records_head,
+        slot: 0,
+    };
+    let read = read_records(rel, from, meta.generation, DIM, |bytes| {
+        out.extend(decode_records(bytes, DIM))
+    });
+    (read, out)
+}
+
+#[test]
+fn appends_fill_pages_in_order_and_log_each_change_once() {
+    let rel = MemoryRelation::default();
+    new_index(&rel);
+    let per_page = chain::records_per_page(DIM);
+    let n = per_page * 5 + 3;
+    for i in 0..n {
+        let before = rel.wal_records.get();
+        append(&rel, i);
+        assert_eq!(
+            rel.wal_records.get(),
+            before + 1,
+            "one WAL record per append"
+        );
+    }
+    assert_eq!(rel.pinned.get(), 0, "every buffer released");
+    let meta = read_meta(&rel).unwrap();
+    assert_eq!(meta.record_count, n as u64);
+    assert_eq!(rel.pages.borrow().len(), 1 + 6, "metapage + 6 record pages");
+    let (read, records) = all_records(&rel, &meta);
+    assert_eq!(read, ChainRead::Done);
+    assert_eq!(records.len(), n);
+    for (i, (k, v)) in records.iter().enumerate() {
+        assert_eq!((k, v), (&key(i), &vector(i)));
+    }
+    // Reading from a position inside the chain gives the records from there on.
+    let from = ChainPos {
+        block: meta.records_head,
+        slot: 2,
+    };
+    let mut count = 0;
+    read_records(&rel, from, meta.generation, DIM, |b| {
+        count += b.len() / record_size(DIM)
+    });
+    assert_eq!(count, n - 2);
+}
+
+#[test]
+fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
+    let rel = MemoryRelation::default();
+    new_index(&rel);
+    let mut meta;
+    for i in 0..500 {
+        append(&rel, i);
+    }
+    let old = read_meta(&rel).unwrap();
+    let snapshot: Vec<u8> = (0..3 * PAGE_CAPACITY + 100)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut sizes = Vec::new();
+    let mut first_generation = None;
+    for round in 0..6 {
+        meta = read_meta(&rel).unwrap();
+        let records: Vec<u8> = all_records(&rel, &meta)
+            .1
+            .iter()
+            .flat_map(|(k, v)| {
+                let mut out = Vec::new();
+                semantic_index::records::encode_record(k, v, &mut out);
+                out
+            })
+            .collect();
+        let key = [round as u8; 16];
+        rewrite(
+            &rel,
+            &mut meta,
+            DIM,
+            &Generation {
+                records: &records,
+                rows: 500,
+                snapshot: &snapshot,
+                cache_key: key,
+                snapshot_vectors: 500,
+                snapshot_has_vectors: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(meta, read_meta(&rel).unwrap());
+        assert_eq!(meta.generation, round as u64 + 1);
+        assert_eq!(meta.cache_key(), Some(key));
+        assert_eq!(read_snapshot(&rel, &meta).unwrap(), snapshot);
+        let (read, again) = all_records(&rel, &meta);
+        assert_eq!(read, ChainRead::Done);
+        assert_eq!(again.len(), 500);
+        sizes.push(rel.pages.borrow().len());
+        assert_eq!(rel.pinned.get(), 0);
+        first_generation.get_or_insert(meta.clone());
+    }
+    // The relation stops growing: each rewrite reuses the pages the one before freed.
+    assert_eq!(sizes[5], sizes[2], "{sizes:?}");
+    // A reader still on the first generation finds out instead of reading reused pages.
+    assert_eq!(all_records(&rel, &old).0, ChainRead::Rewritten);
+    assert_eq!(read_snapshot(&rel, &first_generation.unwrap()), None);
+    // Appends after a rewrite land after the snapshot's end.
+    append(&rel, 9999);
+    let meta = read_meta(&rel).unwrap();
+    assert_eq!(meta.appended(), 1);
+    let mut appended = Vec::new();
+    read_records(&rel, meta.snapshot_end, meta.generation, DIM, |b| {
+        appended.extend(decode_records(b, DIM))
+    });
+    assert_eq!(appended, vec![(key(9999), vector(9999))]);
+}
+
+#[test]
+fn a_rewrite_without_records_starts_an_empty_chain() {
+    let rel = MemoryRelation::default();
+    new_index(&rel);
+    for i in 0..50 {
+        append(&rel, i);
+    }
+    let mut meta = read_meta(&rel).unwrap();
+    rewrite(
+        &rel,
+        &mut meta,
+        DIM,
+        &Generation {
+            records: &[],
+            rows: 50,
+            snapshot: b"snapshot bytes",
+            cache_key: [9; 16],
+            snapshot_vectors: 50,
+            snapshot_has_vectors: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (meta.records_head, meta.snapshot_end.block),
+        (NO_BLOCK, NO_BLOCK)
+    );
+    assert_eq!(meta.appended(), 0);
+    append(&rel, 77);
+    let meta = read_meta(&rel).unwrap();
+    assert_eq!(meta.appended(), 1);
+    assert_eq!(all_records(&rel, &meta).1, vec![(key(77), vector(77))]);
+}
+
+#[test]
+fn damaged_pages_are_errors_not_wild_reads() {
+    let rel = MemoryRelation::default();
+    new_index(&rel);
+    for i in 0..20 {
+        append(&rel, i);
+    }
+    let meta = read_meta(&rel).unwrap();
+    // A record count far beyond the page: the read stays on the page.
+    {
+        let mut pages = rel.pages.borrow_mut();
+        let page = &mut pages[meta.records_head as usize];
+        let special = BLOCK_SIZE - 16;
+        page[special + 12..special + 14].copy_from_slice(&u16::MAX.to_le_bytes());
+    }
+    let (_, records) = all_records(&rel, &meta);
+    assert_eq!(records.len(), chain::records_per_page(DIM));
+    // A garbage metapage.
+    rel.pages.borrow_mut()[0][30] ^= 0xff;
+    assert!(read_meta(&rel).is_err());
+    assert!(MetaLock::lock(&rel).is_err());
+    assert_eq!(rel.pinned.get(), 0, "buffers released on errors too");
+}
