@@ -338,3 +338,29 @@ fn a_failed_scan_leaves_no_stale_distance() {
         );
     }
 }
+
+/// `semantic.max_scan_tuples` caps how deep a filtered scan searches, as pgvector's
+/// `hnsw.max_scan_tuples` does.
+#[test]
+fn max_scan_tuples_caps_the_deepening_search() {
+    let cluster = Cluster::start("shared_cap", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION semantic;
+         CREATE TABLE v (id int PRIMARY KEY, vec real[]);",
+    )
+    .unwrap();
+    copy_vectors(&mut c, "v", 1, &clustered(3000, 1));
+    c.batch_execute("CREATE INDEX v_hnsw ON v USING faiss (vec) WITH (factory = 'HNSW16'); SET enable_seqscan = off")
+        .unwrap();
+    let q = &clustered(1, 50)[0];
+    let sql = "SELECT id FROM v WHERE id % 600 = 0 ORDER BY vec <=> $1 LIMIT 10";
+    let rows = |c: &mut Client| c.query(sql, &[q]).unwrap().len();
+    assert_eq!(rows(&mut c), 5, "every match, by searching deeper");
+    c.batch_execute("SET semantic.scan_candidates = 10; SET semantic.max_scan_tuples = 40")
+        .unwrap();
+    assert!(rows(&mut c) < 5, "the scan went past its cap");
+    c.batch_execute("SET semantic.max_scan_tuples = 3000")
+        .unwrap();
+    assert_eq!(rows(&mut c), 5);
+}
