@@ -74,6 +74,11 @@ if [ "$("${PSQL[@]}" -d "$DB" -Atc "SELECT count(*) FROM pg_indexes WHERE indexn
   log "indexing the plots (CREATE INDEX ... USING faiss embeds every row)"
   "${PSQL[@]}" -d "$DB" -c "SET semantic.threads = 2" -c "CREATE INDEX movies_plot_idx ON movies USING faiss (plot)"
 fi
+# An index built by an older release with another page format says so; rebuild it.
+if ! "${PSQL[@]}" -d "$DB" -Atc "SELECT generation FROM semantic_index_info('movies_plot_idx')" >/dev/null 2>&1; then
+  log "rebuilding the index in this release's format (REINDEX)"
+  "${PSQL[@]}" -d "$DB" -c "SET semantic.threads = 2" -c "REINDEX INDEX movies_plot_idx"
+fi
 
 log "searching: romance and separation"
 "${PSQL[@]}" -d "$DB" -P pager=off <<'SQL'
