@@ -50,7 +50,8 @@ pub fn cache_root() -> PathBuf {
 
 /// The server's snapshot directory.
 pub fn cache_dir() -> CacheDir {
-    CacheDir::new(cache_root())
+    // SAFETY: a plain read of the fsync setting.
+    CacheDir::new(cache_root()).with_fsync(unsafe { pg_sys::enableFsync })
 }
 
 /// Names an index relation's files within the server: tablespace, database, relfilenode.

@@ -147,6 +147,36 @@ fn the_snapshot_file_is_shared_rebuilt_and_checked() {
     assert_exact(&cluster, "v", &queries);
     assert!(cluster.log().contains("searches a private copy"));
     run_as_root(&["chmod", "0700", snapshot_dir(&cluster).to_str().unwrap()]);
+
+    // A full disk: a 64 kB file system over the directory makes the write fail with ENOSPC.
+    let dir = snapshot_dir(&cluster);
+    for f in std::fs::read_dir(&dir).unwrap().flatten() {
+        let _ = std::fs::remove_file(f.path());
+    }
+    let dir_str = dir.to_str().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", dir_str])
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        run_as_root(&["chown", "postgres:postgres", dir_str]);
+        let warnings_before = cluster.log().matches("searches a private copy").count();
+        let mut c = cluster.connect();
+        via_index(&mut c, "v", &queries[0], 10);
+        assert_eq!(info(&mut c, "v_flat").2, Some(false));
+        assert_exact(&cluster, "v", &queries);
+        drop(c);
+        let log = cluster.log();
+        assert!(log.matches("searches a private copy").count() > warnings_before);
+        assert!(log.contains("No space left on device"), "{log}");
+        assert!(
+            snapshot_files(&cluster).is_empty(),
+            "a partial file was left"
+        );
+        run_as_root(&["umount", dir_str]);
+    } else {
+        eprintln!("no tmpfs mount here (not root?): the full-disk case is skipped");
+    }
 }
 
 #[test]

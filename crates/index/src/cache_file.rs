@@ -25,6 +25,7 @@ use crate::IndexError;
 /// A directory of snapshot files.
 pub struct CacheDir {
     dir: PathBuf,
+    fsync: bool,
 }
 
 /// What [`CacheDir::open`] found.
@@ -43,7 +44,17 @@ pub struct CacheLock {
 
 impl CacheDir {
     pub fn new(dir: impl Into<PathBuf>) -> CacheDir {
-        CacheDir { dir: dir.into() }
+        CacheDir {
+            dir: dir.into(),
+            fsync: true,
+        }
+    }
+
+    /// Whether files are fsynced before they are renamed into place (a server running with
+    /// `fsync = off` asks for no fsync anywhere, as pg_fsync does then).
+    pub fn with_fsync(mut self, fsync: bool) -> CacheDir {
+        self.fsync = fsync;
+        self
     }
 
     /// The file of generation `key` of the index `owner` (a name unique to the index within
@@ -86,7 +97,7 @@ impl CacheDir {
             Ok(snapshot) => {
                 if !verified {
                     // Best effort: without a stamp the next process checks the file again.
-                    let _ = write_durably(&stamp, |w| w.write_all(identity.as_bytes()));
+                    let _ = write_durably(&stamp, self.fsync, |w| w.write_all(identity.as_bytes()));
                 }
                 Opened::Ready(snapshot)
             }
@@ -133,7 +144,7 @@ impl CacheDir {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(owner, key);
         let _ = std::fs::remove_file(Self::sibling(&path, ".verified"));
-        write_durably(&path, write)?;
+        write_durably(&path, self.fsync, write)?;
         self.remove_others(owner, key);
         Ok(path)
     }
@@ -194,10 +205,12 @@ impl CacheDir {
 }
 
 /// Writes `path` as a whole or not at all: a temporary file in the same directory, fsynced,
-/// renamed over `path`, and the directory fsynced so that the rename survives a crash. The
-/// temporary file is removed on failure, also when `write` unwinds (a query cancel).
+/// renamed over `path`, and the directory fsynced so that the rename survives a crash (the
+/// fsyncs only when `fsync`). The temporary file is removed on failure, also when `write`
+/// unwinds (a query cancel).
 pub fn write_durably(
     path: &Path,
+    fsync: bool,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
     struct Temp(PathBuf, bool);
@@ -216,8 +229,13 @@ pub fn write_durably(
     let mut file = io::BufWriter::with_capacity(1 << 20, File::create(&temp.0)?);
     write(&mut file)?;
     let file = file.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    if fsync {
+        file.sync_all()?;
+    }
     std::fs::rename(&temp.0, path)?;
     temp.1 = true;
-    File::open(dir)?.sync_all()
+    if fsync {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
