@@ -22,8 +22,10 @@ import time
 import numpy as np
 import psycopg
 
+from clustered import DIM, Clustered, copy_real_arrays, exact_top_k
+
 port, n = sys.argv[1], int(sys.argv[2])
-DIM, CENTRES, NQ, K = 384, 2000, 200, 10
+NQ, K = 200, 10
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
 
 
@@ -31,37 +33,14 @@ def connect():
     return psycopg.connect(DSN, autocommit=True)
 
 
-rng = np.random.default_rng(20261201)
-centres = rng.standard_normal((CENTRES, DIM), dtype=np.float32)
-
-
-def draw(count):
-    out = np.empty((count, DIM), dtype=np.float32)
-    for s in range(0, count, 100_000):
-        m = min(100_000, count - s)
-        x = centres[rng.integers(0, CENTRES, m)] + 0.5 * rng.standard_normal((m, DIM), dtype=np.float32)
-        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
 t0 = time.perf_counter()
-base = draw(n)
-queries = draw(NQ)
-scores = np.empty((NQ, 0), dtype=np.float32)
-best = np.empty((NQ, 0), dtype=np.int64)
-for s in range(0, n, 200_000):
-    sc = queries @ base[s:s + 200_000].T
-    top = np.argpartition(-sc, K, axis=1)[:, :K]
-    scores = np.hstack([scores, np.take_along_axis(sc, top, 1)])
-    best = np.hstack([best, top + s])
-order = np.argsort(-scores, axis=1)[:, :K]
-truth = [set((np.take_along_axis(best, order, 1)[i] + 1).tolist()) for i in range(NQ)]
+data = Clustered(20261201)
+base = data.draw(n)
+queries = data.draw(NQ)
+truth = exact_top_k(base, queries, K)
 qtext = ["[" + ",".join(f"{x:.9g}" for x in q) + "]" for q in queries]
 print(f"generated {n} vectors + {NQ} queries and exact top-{K} in {time.perf_counter() - t0:.1f} s")
 
-row_t = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i4"), ("l2", ">i4"), ("ndim", ">i4"),
-                  ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"), ("lb", ">i4"),
-                  ("els", [("len", ">i4"), ("v", ">f4")], (DIM,))])
 with connect() as c:
     c.execute("CREATE EXTENSION IF NOT EXISTS semantic")
     c.execute("CREATE EXTENSION IF NOT EXISTS vector")
@@ -71,16 +50,7 @@ with connect() as c:
     c.execute("DROP TABLE IF EXISTS vecs, pv")
     c.execute("CREATE TABLE vecs (id int, vec real[])")
     t = time.perf_counter()
-    with c.cursor().copy("COPY vecs (id, vec) FROM STDIN (FORMAT binary)") as cp:
-        cp.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
-        for s in range(0, n, 20_000):
-            m = min(20_000, n - s)
-            r = np.zeros(m, dtype=row_t)
-            r["nf"], r["l1"], r["id"], r["l2"] = 2, 4, np.arange(s + 1, s + m + 1), 20 + 8 * DIM
-            r["ndim"], r["oid"], r["dim"], r["lb"] = 1, 700, DIM, 1
-            r["els"]["len"], r["els"]["v"] = 4, base[s:s + m]
-            cp.write(r.tobytes())
-        cp.write(b"\xff\xff")
+    copy_real_arrays(c, "vecs", base)
     c.execute("CREATE TABLE pv AS SELECT id, vec::vector(384) AS v FROM vecs")
     c.execute("ALTER TABLE vecs ADD PRIMARY KEY (id)")
     c.execute("ALTER TABLE pv ADD PRIMARY KEY (id)")
@@ -189,46 +159,38 @@ def backend_memory(system, backends=32):
     return {k: v / 1024.0 for k, v in totals.items()}
 
 
-results = {}
-for system, index_sql in [
-    ("pgvector", "CREATE INDEX pv_hnsw ON pv USING hnsw (v vector_ip_ops) WITH (m = 16, ef_construction = 64)"),
-    ("faiss", "CREATE INDEX vecs_hnsw ON vecs USING faiss (vec) WITH (factory = 'HNSW16', ef_construction = 64, metric = 'cosine')"),
-]:
+def measure(system, label, index_sql):
+    """Builds an index and measures it; prints one line; returns the figures."""
     took, size = build(system, index_sql)
     recall, client, server = warm(system)
     fq_median, fq_max = first_query(system)
-    cold = None
-    if drop_page_cache():
-        cold = first_query(system, connections=1)[0]
+    cold = first_query(system, connections=1)[0] if drop_page_cache() else None
     mem = backend_memory(system)
-    results[system] = (took, size, recall, client, server, fq_median, fq_max, cold, mem)
-    if system == "faiss":
-        # Equal recall: the smallest efSearch at which the faiss index reaches pgvector's recall.
-        for ef in (100, 120, 150, 200, 300, 400):
-            r, cl, sv = warm("faiss", [f"SET semantic.hnsw_ef_search = {ef}"])
-            if r >= results["pgvector"][2]:
-                break
-        results["faiss_equal"] = (ef, r, cl, sv)
-        print(f"faiss HNSW at equal recall: hnsw_ef_search {ef}: recall@10 {r:.4f}, warm p50 client "
-              f"{cl * 1000:.2f} ms, server {sv * 1000:.3f} ms")
-    print(f"{system} HNSW: build {took:.1f} s; index {size / 2**20:.0f} MiB = {size / VECTOR_BYTES:.2f}x the vectors; "
+    print(f"{label}: build {took:.1f} s; index {size / 2**20:.0f} MiB = {size / VECTOR_BYTES:.2f}x the vectors; "
           f"recall@10 {recall:.4f}; warm p50 client {client * 1000:.2f} ms, server {server * 1000:.3f} ms; "
           f"first query of a new connection median {fq_median * 1000:.1f} ms (max {fq_max * 1000:.1f})"
           + (f", after dropping the page cache {cold * 1000:.1f} ms" if cold is not None else ", page cache not droppable here")
           + f"; 32 backends: Anonymous {mem['Anonymous']:.0f} MiB, Rss {mem['Rss']:.0f} MiB, Pss {mem['Pss']:.0f} MiB")
+    return took, size, recall, client, server, fq_median, fq_max, cold, mem
 
+
+results = {
+    "pgvector": measure("pgvector", "pgvector HNSW", "CREATE INDEX pv_hnsw ON pv USING hnsw (v vector_ip_ops) "
+                        "WITH (m = 16, ef_construction = 64)"),
+    "faiss": measure("faiss", "faiss HNSW", "CREATE INDEX vecs_hnsw ON vecs USING faiss (vec) "
+                     "WITH (factory = 'HNSW16', ef_construction = 64, metric = 'cosine')"),
+}
+# Equal recall: the smallest efSearch at which the faiss index reaches pgvector's recall.
+for ef in (100, 120, 150, 200, 300, 400):
+    r, cl, sv = warm("faiss", [f"SET semantic.hnsw_ef_search = {ef}"])
+    if r >= results["pgvector"][2]:
+        break
+results["faiss_equal"] = (ef, r, cl, sv)
+print(f"faiss HNSW at equal recall: hnsw_ef_search {ef}: recall@10 {r:.4f}, warm p50 client "
+      f"{cl * 1000:.2f} ms, server {sv * 1000:.3f} ms")
 with connect() as c:
     c.execute("DROP INDEX vecs_hnsw")
-took, size = build("faiss", "CREATE INDEX vecs_flat ON vecs USING faiss (vec) WITH (factory = 'Flat', metric = 'cosine')")
-recall, client, server = warm("faiss")
-fq_median, fq_max = first_query("faiss")
-cold = first_query("faiss", connections=1)[0] if drop_page_cache() else None
-mem = backend_memory("faiss")
-print(f"faiss Flat: build {took:.1f} s; index {size / 2**20:.0f} MiB = {size / VECTOR_BYTES:.2f}x the vectors; "
-      f"recall@10 {recall:.4f}; warm p50 client {client * 1000:.2f} ms, server {server * 1000:.3f} ms; "
-      f"first query of a new connection median {fq_median * 1000:.1f} ms (max {fq_max * 1000:.1f})"
-      + (f", after dropping the page cache {cold * 1000:.1f} ms" if cold is not None else "")
-      + f"; 32 backends: Anonymous {mem['Anonymous']:.0f} MiB, Rss {mem['Rss']:.0f} MiB, Pss {mem['Pss']:.0f} MiB")
+measure("faiss", "faiss Flat", "CREATE INDEX vecs_flat ON vecs USING faiss (vec) WITH (factory = 'Flat', metric = 'cosine')")
 with connect() as c:
     c.execute("DROP INDEX pv_hnsw")
     c.execute("SET max_parallel_workers_per_gather = 1")

@@ -24,9 +24,11 @@ import time
 import numpy as np
 import psycopg
 
+from clustered import DIM, Clustered, copy_real_arrays, exact_top_k
+
 port, n = sys.argv[1], int(sys.argv[2])
 factories = sys.argv[3:]
-DIM, CENTRES, NQ, K = 384, 2000, 200, 10
+NQ, K = 200, 10
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 EF_CONSTRUCTION = 64  # the faiss index's default ef_construction
@@ -41,37 +43,13 @@ def ms(xs, p):
 
 
 t0 = time.perf_counter()
-rng = np.random.default_rng(20261127)
-centres = rng.standard_normal((CENTRES, DIM), dtype=np.float32)
-
-
-def draw(count):
-    out = np.empty((count, DIM), dtype=np.float32)
-    for s in range(0, count, 100_000):
-        m = min(100_000, count - s)
-        x = centres[rng.integers(0, CENTRES, m)] + 0.5 * rng.standard_normal((m, DIM), dtype=np.float32)
-        out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-base = draw(n)
-queries = draw(NQ)
-scores = np.empty((NQ, 0), dtype=np.float32)
-best_ids = np.empty((NQ, 0), dtype=np.int64)
-for s in range(0, n, 200_000):  # exact top-K by inner product, in chunks
-    sc = queries @ base[s:s + 200_000].T
-    top = np.argpartition(-sc, K, axis=1)[:, :K]
-    scores = np.hstack([scores, np.take_along_axis(sc, top, 1)])
-    best_ids = np.hstack([best_ids, top + s])
-order = np.argsort(-scores, axis=1)[:, :K]
-truth = [set((np.take_along_axis(best_ids, order, 1)[i] + 1).tolist()) for i in range(NQ)]  # ids are 1-based
+data = Clustered(20261127)
+base = data.draw(n)
+queries = data.draw(NQ)
+truth = exact_top_k(base, queries, K)
 qtext = ["{" + ",".join(f"{x:.9g}" for x in q) + "}" for q in queries]
 print(f"generated {n} vectors + {NQ} queries and exact top-{K} in {time.perf_counter() - t0:.1f} s")
 
-# binary COPY rows: int16 nfields, int4 id, real[] (ndim, hasnull, elemtype 700, dim, lbound, elements)
-row_t = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i4"), ("l2", ">i4"), ("ndim", ">i4"),
-                  ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"), ("lb", ">i4"),
-                  ("els", [("len", ">i4"), ("v", ">f4")], (DIM,))])
 SQL_PART = port != "-"  # PORT "-": raw FAISS only, no database
 if SQL_PART:
     with connect() as c:
@@ -79,16 +57,7 @@ if SQL_PART:
         c.execute("DROP TABLE IF EXISTS vecs")
         c.execute("CREATE TABLE vecs (id int, vec real[])")
         t = time.perf_counter()
-        with c.cursor().copy("COPY vecs (id, vec) FROM STDIN (FORMAT binary)") as cp:
-            cp.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
-            for s in range(0, n, 20_000):
-                m = min(20_000, n - s)
-                r = np.zeros(m, dtype=row_t)
-                r["nf"], r["l1"], r["id"], r["l2"] = 2, 4, np.arange(s + 1, s + m + 1), 20 + 8 * DIM
-                r["ndim"], r["oid"], r["dim"], r["lb"] = 1, 700, DIM, 1
-                r["els"]["len"], r["els"]["v"] = 4, base[s:s + m]
-                cp.write(r.tobytes())
-            cp.write(b"\xff\xff")
+        copy_real_arrays(c, "vecs", base)
         load = time.perf_counter() - t
         c.execute("ALTER TABLE vecs ADD PRIMARY KEY (id)")
         c.execute("VACUUM ANALYZE vecs")

@@ -52,9 +52,10 @@ fn run_as_root(args: &[&str]) {
     assert!(status.success(), "{args:?}");
 }
 
-#[test]
-fn the_snapshot_file_is_shared_rebuilt_and_checked() {
-    let cluster = Cluster::start("shared_file", &[]);
+/// A cluster with table `v` of 3,000 clustered vectors and the faiss index `index` on it
+/// (`with` holds its options).
+fn indexed_table(name: &str, index: &str, with: &str) -> (Cluster, Client) {
+    let cluster = Cluster::start(name, &[]);
     let mut c = cluster.connect();
     c.batch_execute(
         "CREATE EXTENSION semantic;
@@ -62,8 +63,16 @@ fn the_snapshot_file_is_shared_rebuilt_and_checked() {
     )
     .unwrap();
     copy_vectors(&mut c, "v", 1, &clustered(3000, 1));
-    c.batch_execute("CREATE INDEX v_flat ON v USING faiss (vec)")
-        .unwrap();
+    c.batch_execute(&format!(
+        "CREATE INDEX {index} ON v USING faiss (vec) {with}"
+    ))
+    .unwrap();
+    (cluster, c)
+}
+
+#[test]
+fn the_snapshot_file_is_shared_rebuilt_and_checked() {
+    let (cluster, c) = indexed_table("shared_file", "v_flat", "");
     let queries = clustered(10, 42);
 
     // CREATE INDEX published the file; every backend maps it.
@@ -268,16 +277,7 @@ fn appended_rows_are_searched_where_they_lie_and_folded() {
 
 #[test]
 fn eight_clients_insert_and_search_while_the_index_is_folded() {
-    let cluster = Cluster::start("shared_fold_load", &[]);
-    let mut c = cluster.connect();
-    c.batch_execute(
-        "CREATE EXTENSION semantic;
-         CREATE TABLE v (id int PRIMARY KEY, vec real[]);",
-    )
-    .unwrap();
-    copy_vectors(&mut c, "v", 1, &clustered(3000, 1));
-    c.batch_execute("CREATE INDEX v_flat ON v USING faiss (vec)")
-        .unwrap();
+    let (cluster, mut c) = indexed_table("shared_fold_load", "v_flat", "");
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..8u64 {
@@ -373,16 +373,8 @@ fn a_failed_scan_leaves_no_stale_distance() {
 /// `hnsw.max_scan_tuples` does.
 #[test]
 fn max_scan_tuples_caps_the_deepening_search() {
-    let cluster = Cluster::start("shared_cap", &[]);
-    let mut c = cluster.connect();
-    c.batch_execute(
-        "CREATE EXTENSION semantic;
-         CREATE TABLE v (id int PRIMARY KEY, vec real[]);",
-    )
-    .unwrap();
-    copy_vectors(&mut c, "v", 1, &clustered(3000, 1));
-    c.batch_execute("CREATE INDEX v_hnsw ON v USING faiss (vec) WITH (factory = 'HNSW16'); SET enable_seqscan = off")
-        .unwrap();
+    let (_cluster, mut c) = indexed_table("shared_cap", "v_hnsw", "WITH (factory = 'HNSW16')");
+    c.batch_execute("SET enable_seqscan = off").unwrap();
     let q = &clustered(1, 50)[0];
     let sql = "SELECT id FROM v WHERE id % 600 = 0 ORDER BY vec <=> $1 LIMIT 10";
     let rows = |c: &mut Client| c.query(sql, &[q]).unwrap().len();
