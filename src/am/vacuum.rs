@@ -287,11 +287,18 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
 
 /// Folds the records appended to a faiss index since its snapshot into a new snapshot, as
 /// VACUUM does past its threshold; returns how many records were folded. Searches go on
-/// meanwhile; inserts into the index wait.
+/// meanwhile; inserts into the index wait. Like VACUUM, it takes the table's owner.
 #[pg_extern(volatile, strict)]
 fn semantic_index_fold(index: pgrx::PgRelation) -> i64 {
     unsafe {
         super::check_faiss_index(&index);
+        if !pg_sys::pg_class_ownercheck(index.oid(), pg_sys::GetUserId()) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("must be owner of index {}", index.name()),
+                None,
+            );
+        }
         fold(index.as_ptr()) as i64
     }
 }

@@ -240,6 +240,17 @@ fn appended_rows_are_searched_where_they_lie_and_folded() {
         .get(0);
     assert_eq!(folded, 500);
     assert_eq!(snapshot_files(&cluster).len(), 2, "one file per index");
+    // Like VACUUM, folding takes the owner.
+    c.batch_execute("CREATE ROLE reader LOGIN; GRANT SELECT ON v TO reader")
+        .unwrap();
+    let err = cluster
+        .connect_as("reader")
+        .query_one("SELECT semantic_index_fold('v_flat')", &[])
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
 
     // VACUUM folds once more than its threshold (1,000 records here) is appended.
     copy_vectors(&mut c, "v", 20_001, &clustered(900, 3));

@@ -128,7 +128,11 @@ impl Encoder {
             cache.as_ref(),
             &mut cache_problems,
         )?;
-        let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE), manifest.max_seq_length)?;
+        // The tokenizer's JSON parse (about 20 ms) overlaps the session's creation. The thread
+        // only parses; an early return below leaves it to finish on its own.
+        let tokenizer_path = dir.join(TOKENIZER_FILE);
+        let max_len = manifest.max_seq_length;
+        let tokenizer = std::thread::spawn(move || load_tokenizer(&tokenizer_path, max_len));
 
         let model_path = dir.join(MODEL_FILE);
         if !model_path.is_file() {
@@ -174,6 +178,9 @@ impl Encoder {
             }
         }
         let takes_token_type_ids = input_names.contains(&"token_type_ids");
+        let tokenizer = tokenizer
+            .join()
+            .map_err(|_| EncoderError::Tokenizer("loading tokenizer.json panicked".into()))??;
         Ok(Encoder {
             manifest,
             dir: dir.to_path_buf(),
