@@ -18,4 +18,7 @@ mod search;
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     am::options::register();
+    // `SET semantic.thread = 2` (a typo) is an error, not a silent placeholder.
+    // SAFETY: a static, NUL-terminated prefix, once, after our settings are defined.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"semantic".as_ptr()) };
 }

@@ -102,7 +102,8 @@ unsafe fn regenerate(
     let mut keep = |id: i64, i: usize| {
         let (block, offset) = id_to_tid(id);
         if i.is_multiple_of(1024) {
-            pg_sys::check_for_interrupts!();
+            // Honours vacuum_cost_delay (and checks for interrupts).
+            pg_sys::vacuum_delay_point();
         }
         if dead(block, offset) {
             removed += 1;
@@ -195,7 +196,8 @@ unsafe fn is_dead(
     tid.ip_blkid.bi_hi = (block >> 16) as u16;
     tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
     tid.ip_posid = offset;
-    callback(&mut tid, state)
+    // The callback is PostgreSQL's C code: an ERROR in it unwinds through pgrx's guard.
+    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| callback(&mut tid, state))
 }
 
 #[pg_guard]
@@ -215,7 +217,10 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     if meta.dim != 0 {
         if meta.snapshot_has_vectors {
             if let Some(snapshot) = super::cache::snapshot(index, &meta) {
-                any_dead = snapshot.ids().any(|id| {
+                any_dead = snapshot.ids().enumerate().any(|(i, id)| {
+                    if i.is_multiple_of(1024) {
+                        pg_sys::vacuum_delay_point();
+                    }
                     let (block, offset) = id_to_tid(id);
                     is_dead(callback, callback_state, block, offset)
                 });

@@ -428,6 +428,7 @@ fn bad_input_gives_errors_and_no_backend_crashes() {
         ("SELECT id FROM docs WHERE body <=> 'q' < 0.5 AND id < 0 AND false ORDER BY body <=> 'q' LIMIT 1; SET semantic.threads = 0".into(), S::INVALID_PARAMETER_VALUE, "semantic.threads"),
         ("LOAD 'semantic'; SET semantic.execution_provider = 'tpu'".into(), S::INVALID_PARAMETER_VALUE, "semantic.execution_provider"),
         ("LOAD 'semantic'; SET semantic.scan_candidates = -1".into(), S::INVALID_PARAMETER_VALUE, "semantic.scan_candidates"),
+        ("LOAD 'semantic'; SET semantic.thread = 2".into(), S::INVALID_NAME, "semantic.thread"),
         (format!("SET statement_timeout = '300ms'; SELECT count(embed(body || i || '{}')) FROM docs, generate_series(1, 100) i", "y".repeat(2000)), S::QUERY_CANCELED, "statement timeout"),
         ("SET statement_timeout = 0; SET semantic.model_dir = ''; SELECT embed('x')".into(), S::OBJECT_NOT_IN_PREREQUISITE_STATE, "semantic.model_dir"),
     ];
