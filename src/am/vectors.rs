@@ -15,8 +15,19 @@ pub unsafe fn datum_text(datum: pg_sys::Datum) -> String {
     String::from_datum(datum, false).unwrap_or_default()
 }
 
-/// The floats of a real[] datum; NULL elements are an error.
+/// The floats of a real[] datum; NULL elements and arrays of more than one dimension are
+/// errors ('{{1,2},{3,4}}' is not a 4-d vector).
 pub unsafe fn datum_vector(datum: pg_sys::Datum) -> Vec<f32> {
+    // Not a copy unless the value is toasted.
+    let raw = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *const pg_sys::ArrayType;
+    let ndim = (*raw).ndim;
+    if ndim > 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("vectors must be one-dimensional arrays, got {ndim} dimensions"),
+            None,
+        );
+    }
     let array = pgrx::Array::<f32>::from_datum(datum, false).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,

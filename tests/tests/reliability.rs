@@ -415,6 +415,7 @@ fn bad_input_gives_errors_and_no_backend_crashes() {
         ("SELECT id FROM docs ORDER BY vec <=> '{1,NULL,2}' LIMIT 1".into(), S::NULL_VALUE_NOT_ALLOWED, "NULL"),
         ("SELECT id FROM docs ORDER BY vec <=> '{1,NaN,2}' LIMIT 1".into(), S::DATA_EXCEPTION, "NaN"),
         ("INSERT INTO docs(vec) VALUES ('{1,2,3,4}')".into(), S::DATA_EXCEPTION, "dimensions"),
+        ("INSERT INTO docs(vec) VALUES ('{{1,2},{3,4}}')".into(), S::DATA_EXCEPTION, "one-dimensional"),
         ("INSERT INTO docs(vec) VALUES ('{Infinity,2,3}')".into(), S::DATA_EXCEPTION, "NaN or infinity"),
         ("SELECT '{1,2}'::real[] <=> '{1,2,3}'::real[]".into(), S::DATA_EXCEPTION, "different dimensions"),
         ("CREATE INDEX ON docs USING faiss (body) WITH (metric = 'hamming')".into(), S::INVALID_PARAMETER_VALUE, "metric"),
