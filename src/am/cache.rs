@@ -15,7 +15,7 @@ use std::rc::Rc;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::Lru;
-use semantic_index::cache_file::{CacheDir, Opened};
+use semantic_index::cache_file::{CacheDir, CacheLock, Opened};
 use semantic_index::layout::Meta;
 use semantic_index::{CacheKey, Snapshot};
 
@@ -98,16 +98,20 @@ pub fn new_cache_key() -> CacheKey {
     key
 }
 
+/// The build lock of `key`'s file; a query cancel ends the wait.
+fn lock(dir: &CacheDir, owner: &str, key: &CacheKey) -> std::io::Result<CacheLock> {
+    dir.lock(owner, key, || {
+        pg_sys::check_for_interrupts!();
+    })
+}
+
 /// Publishes a snapshot the caller has in memory (build, vacuum, fold), before the metapage
 /// points to it, so that searches find the file ready. A failure only costs the first search
 /// the work of writing it (or a private copy).
 pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
     let dir = cache_dir();
     let owner = owner(rel);
-    let published = dir
-        .lock(&owner, key, || {
-            pg_sys::check_for_interrupts!();
-        })
+    let published = lock(&dir, &owner, key)
         .and_then(|_lock| dir.publish(&owner, key, |w| w.write_all(snapshot)));
     if let Err(e) = published {
         pgrx::debug1!("faiss index: could not write its snapshot file: {e}");
@@ -166,9 +170,7 @@ unsafe fn open_or_build(rel: pg_sys::Relation, meta: &Meta, key: &CacheKey) -> O
         let bytes = super::storage::read_snapshot(rel, meta)?;
         Some(Snapshot::from_bytes(&bytes).unwrap_or_else(|e| index_error(e)))
     };
-    let lock = match dir.lock(&owner, key, || {
-        pg_sys::check_for_interrupts!();
-    }) {
+    let lock = match lock(&dir, &owner, key) {
         Ok(lock) => lock,
         Err(e) => return private(format!("cannot lock its snapshot file: {e}")),
     };

@@ -180,6 +180,26 @@ pub fn check_snapshot(bytes: &[u8]) -> Result<Layout, IndexError> {
     Ok(layout)
 }
 
+/// `faiss`, checked to hold as many vectors as the snapshot's footer says.
+fn counted(faiss: Faiss, layout: &Layout) -> Result<Faiss, IndexError> {
+    if faiss.len() as u64 != layout.vectors {
+        return Err(IndexError::Corrupt(
+            "snapshot footer and faiss index disagree on the vector count".into(),
+        ));
+    }
+    Ok(faiss)
+}
+
+/// A whole snapshot held in memory, checked, with its FAISS index read into private memory.
+fn read_private(bytes: &[u8]) -> Result<(Layout, Faiss), IndexError> {
+    let layout = check_snapshot(bytes)?;
+    let faiss = counted(
+        Faiss::from_bytes(&bytes[..layout.faiss_len as usize])?,
+        &layout,
+    )?;
+    Ok((layout, faiss))
+}
+
 fn words(bytes: &[u8]) -> impl Iterator<Item = [u8; 8]> + '_ {
     bytes
         .chunks_exact(8)
@@ -190,13 +210,7 @@ impl VectorIndex {
     /// A mutable private copy of a snapshot (to add to it, or to read its vectors back), with
     /// its text hashes (empty for real[] indexes).
     pub fn from_snapshot(bytes: &[u8]) -> Result<(VectorIndex, Vec<u64>), IndexError> {
-        let layout = check_snapshot(bytes)?;
-        let faiss = Faiss::from_bytes(&bytes[..layout.faiss_len as usize])?;
-        if faiss.len() as u64 != layout.vectors {
-            return Err(IndexError::Corrupt(
-                "snapshot footer and faiss index disagree on the vector count".into(),
-            ));
-        }
+        let (layout, faiss) = read_private(bytes)?;
         let ids = words(&bytes[layout.ids_at() as usize..layout.hashes_at() as usize])
             .map(i64::from_le_bytes)
             .collect();
@@ -236,11 +250,14 @@ pub struct SnapshotHit {
 impl Snapshot {
     /// Loads a snapshot held in memory into private memory (checksum checked first).
     pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, IndexError> {
-        let layout = check_snapshot(bytes)?;
-        let faiss = Faiss::from_bytes(&bytes[..layout.faiss_len as usize])?;
+        let (layout, faiss) = read_private(bytes)?;
         let table =
             Table::Owned(bytes[layout.ids_at() as usize..layout.footer_at() as usize].to_vec());
-        Snapshot::assemble(faiss, table, layout)
+        Ok(Snapshot {
+            faiss,
+            table,
+            layout,
+        })
     }
 
     /// Maps the snapshot file `path` read-only: FAISS's vectors and graph, and the ids and
@@ -267,20 +284,14 @@ impl Snapshot {
         }
         let faiss = {
             use std::os::fd::AsRawFd;
-            Faiss::mapped(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?
+            counted(
+                Faiss::mapped(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?,
+                &layout,
+            )?
         };
-        Snapshot::assemble(faiss, Table::Mapped(map), layout)
-    }
-
-    fn assemble(faiss: Faiss, table: Table, layout: Layout) -> Result<Snapshot, IndexError> {
-        if faiss.len() as u64 != layout.vectors {
-            return Err(IndexError::Corrupt(
-                "snapshot footer and faiss index disagree on the vector count".into(),
-            ));
-        }
         Ok(Snapshot {
             faiss,
-            table,
+            table: Table::Mapped(map),
             layout,
         })
     }
