@@ -1,7 +1,7 @@
 """Driver of benchmarks/first_search.sh: what a new connection pays for its first
 `semantic_search` on the demo corpus, and the memory a backend adds for the model.
 
-  bench_first_search.py PORT MODEL_DIR
+  bench_first_search.py PORT MODEL_DIR [--no-baseline]
 
 Loads scripts/demo/movies.csv (80 rows), builds the demo's index, then opens 20 connections one
 after the other (all kept open, their memory summed at the end); each runs one `semantic_search('romance and separation', 5)` (timed at the
@@ -19,6 +19,7 @@ import time
 import psycopg
 
 port, model_dir = sys.argv[1], sys.argv[2]
+baseline = "--no-baseline" not in sys.argv[3:]
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERY = "SELECT * FROM semantic_search('romance and separation', 5)"
@@ -84,12 +85,22 @@ print(f"20 backends connected together, each after its semantic_search: Anonymou
       f"PSS sum {sum(pss):.0f} MiB, RSS sum {sum(m['Rss'] for m in together):.0f} MiB")
 for c in open_conns:
     c.close()
+with psycopg.connect(DSN, autocommit=True) as c:
+    row = c.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'semantic model server'").fetchone()
+if row:
+    m = smaps(row[0])
+    print(f"the model server (one process for all sessions): Anonymous {m['Anonymous']:.0f} MiB, "
+          f"private {m['Private']:.0f} MiB, RSS {m['Rss']:.0f} MiB")
+else:
+    print("no model server runs: each backend embeds with its own copy of the model")
 rest = slice(1, None)
 print(f"connections 2-20: first semantic_search median {statistics.median(firsts[rest]) * 1000:.1f} ms "
       f"(min {min(firsts[rest]) * 1000:.1f}, max {max(firsts[rest]) * 1000:.1f}); added by it: Anonymous median "
       f"{statistics.median(anon[rest]):.1f} MiB, private {statistics.median(private[rest]):.1f} MiB, "
       f"RSS {statistics.median(rss[rest]):.1f} MiB; warm p50 {statistics.median(warm) * 1000:.2f} ms")
 
+if not baseline:
+    sys.exit(0)
 # Baseline: a fresh Python process's first embedding of the same model.
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402

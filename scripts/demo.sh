@@ -34,6 +34,14 @@ semantic.model_dir = '$STATE/models'
 semantic.onnxruntime_library = '$STATE/lib/libonnxruntime.so.1.32.0'
 CONF
 fi
+# Preloaded, the library runs the model server: one copy of each model for all sessions.
+if ! grep -q "^shared_preload_libraries = 'semantic'" "$PGDATA/postgresql.conf"; then
+  echo "shared_preload_libraries = 'semantic'" >> "$PGDATA/postgresql.conf"
+  if "$ROOT/scripts/pg.sh" status >/dev/null 2>&1; then
+    log "restarting the cluster to preload the library"
+    "$ROOT/scripts/pg.sh" stop >/dev/null
+  fi
+fi
 if ! "$ROOT/scripts/pg.sh" status >/dev/null 2>&1; then
   log "starting the cluster on 127.0.0.1:$PORT"
   "$ROOT/scripts/pg.sh" start

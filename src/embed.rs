@@ -4,7 +4,7 @@ use pgrx::prelude::*;
 use semantic_encoder::{Manifest, TextKind, MANIFEST_FILE};
 
 use crate::gucs;
-use crate::models::{is_loaded, model_root, with_encoder};
+use crate::models::{embed_text, is_loaded, model_root};
 
 /// The embedding of `input` under the default model (`semantic.default_model`). Texts longer
 /// than the model's limit are truncated to it.
@@ -16,9 +16,7 @@ fn embed_default(input: &str) -> Vec<f32> {
 /// The embedding of `input` under the installed model `model`.
 #[pg_extern(stable, parallel_safe, name = "embed")]
 fn embed_with(input: &str, model: &str) -> Vec<f32> {
-    with_encoder(model, |encoder| {
-        encoder.encode_one(input, TextKind::Passage)
-    })
+    embed_text(model, input, TextKind::Passage).vector
 }
 
 /// The models installed in `semantic.model_dir`.

@@ -15,8 +15,14 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<&str
 }
 
 pub fn raise_encoder_error(error: EncoderError) -> ! {
+    let (code, hint) = classify(&error);
+    raise(code, error.to_string(), hint)
+}
+
+/// The SQLSTATE of an encoder error, and a hint saying what to do about it.
+pub fn classify(error: &EncoderError) -> (PgSqlErrorCode, Option<&'static str>) {
     use PgSqlErrorCode::*;
-    let (code, hint) = match &error {
+    match error {
         EncoderError::InvalidModelName(_) => (ERRCODE_INVALID_PARAMETER_VALUE, None),
         EncoderError::ModelNotFound { .. } => (
             ERRCODE_UNDEFINED_OBJECT,
@@ -39,6 +45,5 @@ pub fn raise_encoder_error(error: EncoderError) -> ! {
             Some("SET semantic.execution_provider = 'cpu', or point semantic.onnxruntime_library at a CUDA build of ONNX Runtime."),
         ),
         EncoderError::Tokenizer(_) | EncoderError::Inference(_) => (ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, None),
-    };
-    raise(code, error.to_string(), hint)
+    }
 }

@@ -11,6 +11,7 @@ pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
+pub static MODEL_SERVER: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static SCAN_CANDIDATES: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static MAX_SCAN_TUPLES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
@@ -56,7 +57,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"semantic.threads",
-        c"ONNX Runtime threads per backend for inference.",
+        c"ONNX Runtime threads for inference (of the model server, or of a backend that embeds itself).",
         c"Models already loaded in a session are reloaded when this changes.",
         &THREADS,
         1,
@@ -134,6 +135,19 @@ pub fn register() {
     );
 }
 
+/// Settings that exist only when the library is preloaded (as pg_stat_statements does: a
+/// postmaster-level setting cannot be defined later).
+pub fn register_preloaded() {
+    GucRegistry::define_bool_guc(
+        c"semantic.model_server",
+        c"Whether a background worker holds each model once for the whole server and embeds the texts of every session.",
+        c"Exists with shared_preload_libraries = 'semantic'. Sessions whose semantic.threads, semantic.execution_provider or semantic.onnxruntime_library differ from the server's embed in their own backend.",
+        &MODEL_SERVER,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
 fn path_setting(setting: &GucSetting<Option<CString>>) -> Option<PathBuf> {
     setting
         .get()
@@ -154,6 +168,10 @@ pub fn default_model() -> String {
         .get()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+pub fn model_server() -> bool {
+    MODEL_SERVER.get()
 }
 
 pub fn threads() -> usize {

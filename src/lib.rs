@@ -7,13 +7,15 @@ mod am;
 mod embed;
 mod errors;
 mod gucs;
+mod model_server;
 mod models;
 mod search;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// Only registers settings: ONNX Runtime, its thread pools and models are created lazily in the
-/// backend that needs them (thread pools do not survive the postmaster's fork).
+/// Registers settings, and when preloaded the model server's shared memory and worker.
+/// ONNX Runtime, its thread pools and models are created lazily in the process that needs
+/// them (thread pools do not survive the postmaster's fork).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
@@ -21,4 +23,5 @@ pub extern "C-unwind" fn _PG_init() {
     // `SET semantic.thread = 2` (a typo) is an error, not a silent placeholder.
     // SAFETY: a static, NUL-terminated prefix, once, after our settings are defined.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"semantic".as_ptr()) };
+    model_server::register();
 }

@@ -9,7 +9,7 @@ use semantic_encoder::TextKind;
 use crate::am::scan::returned_row_distance;
 use crate::errors::raise;
 use crate::gucs;
-use crate::models::with_encoder;
+use crate::models::embed_text;
 
 thread_local! {
     /// The right-hand side of the last text <=> text: the constant query of a scan, embedded
@@ -25,7 +25,7 @@ fn embed_query(model: &str, text: &str) -> Vec<f32> {
             .map(|(_, _, v)| v.clone())
     });
     hit.unwrap_or_else(|| {
-        let v = with_encoder(model, |e| e.encode_one(text, TextKind::Query));
+        let v = embed_text(model, text, TextKind::Query).vector;
         LAST_QUERY
             .with(|q| *q.borrow_mut() = Some((model.to_string(), text.to_string(), v.clone())));
         v
@@ -47,7 +47,7 @@ fn semantic_text_distance(document: &str, query: &str) -> f64 {
     }
     let model = gucs::default_model();
     let q = embed_query(&model, query);
-    let d = with_encoder(&model, |e| e.encode_one(document, TextKind::Passage));
+    let d = embed_text(&model, document, TextKind::Passage).vector;
     1.0 - semantic_encoder::cosine_similarity(&d, &q)
 }
 

@@ -8,7 +8,7 @@ use semantic_encoder::{l2_normalize, EncoderError, TextKind};
 use semantic_index::layout::{ColumnKind, LongText, Meta};
 
 use crate::errors::raise;
-use crate::models::with_encoder;
+use crate::models::{embed_text, with_encoder};
 
 /// The text of a text/varchar datum.
 pub unsafe fn datum_text(datum: pg_sys::Datum) -> String {
@@ -143,11 +143,11 @@ pub unsafe fn query_vector(meta: &Meta, index_name: &str, datum: pg_sys::Datum) 
     match meta.kind {
         ColumnKind::Text => {
             let text = datum_text(datum);
-            let v = with_encoder(&meta.model, |encoder| {
-                check_fingerprint(meta, index_name, &encoder.manifest().fingerprint)?;
-                encoder.encode_one(&text, TextKind::Query)
-            });
-            prepare(meta, v)
+            let embedding = embed_text(&meta.model, &text, TextKind::Query);
+            if let Err(e) = check_fingerprint(meta, index_name, &embedding.fingerprint) {
+                crate::errors::raise_encoder_error(e);
+            }
+            prepare(meta, embedding.vector)
         }
         ColumnKind::Vector => prepare(meta, datum_vector(datum)),
     }

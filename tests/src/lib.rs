@@ -174,6 +174,7 @@ impl Cluster {
         let mut conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              fsync = off\nmax_connections = 40\nshared_buffers = 64MB\n\
+             shared_preload_libraries = 'semantic'\n\
              semantic.model_dir = '{}'\nsemantic.onnxruntime_library = '{}'\n",
             data.display(),
             env.model_dir.display(),
