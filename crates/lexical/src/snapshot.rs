@@ -1,0 +1,344 @@
+//! The snapshot byte string: built once from documents' lexemes, read in place (from the index
+//! pages or a mapped cache file) without parsing more than its fixed tables.
+//!
+//! ```text
+//! header   magic "SEMLEX01", documents u64, total length u64, terms u32, k1 f32, b f32,
+//!          0 u32, pool bytes u64, postings bytes u64                            (56 bytes)
+//! ids      documents x u64    the row id of each document
+//! lengths  documents x u32    its length in lexemes
+//! terms    terms x 32 bytes   pool offset u32, term bytes u32, df u32, max tf u32,
+//!                             shortest length u32, largest tf part f32 (under the
+//!                             snapshot's k1, b and average length), postings offset u64,
+//!                             postings length u32, 0 u32 (40 bytes)
+//!                             (sorted by term bytes)
+//! pool     the term strings
+//! postings the posting lists (see postings.rs)
+//! ```
+
+use std::collections::HashMap;
+
+use crate::bm25::{Bm25, CorpusStats};
+use crate::postings::{self, Cursor};
+use crate::topk::{self, QueryTerm, TopK};
+
+const MAGIC: &[u8; 8] = b"SEMLEX01";
+const HEADER: usize = 56;
+const TERM: usize = 40;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("lexical snapshot is damaged: {0}")]
+    Damaged(&'static str),
+}
+
+/// Collects documents, then writes the snapshot.
+pub struct SnapshotBuilder {
+    k1: f32,
+    b: f32,
+    ids: Vec<u64>,
+    lengths: Vec<u32>,
+    postings: HashMap<String, Vec<(u32, u32)>>,
+}
+
+impl SnapshotBuilder {
+    /// A builder for a snapshot scored with BM25's `k1` and `b`.
+    pub fn new(k1: f32, b: f32) -> Self {
+        SnapshotBuilder {
+            k1,
+            b,
+            ids: Vec::new(),
+            lengths: Vec::new(),
+            postings: HashMap::new(),
+        }
+    }
+
+    /// Adds a document: its row id and its lexemes with their frequencies (a lexeme given twice
+    /// counts twice). Its length is the sum of the frequencies.
+    pub fn add<'t>(&mut self, id: u64, lexemes: impl IntoIterator<Item = (&'t str, u32)>) {
+        let doc = self.ids.len() as u32;
+        let mut counts: HashMap<&str, u32> = HashMap::new();
+        for (lexeme, tf) in lexemes {
+            if tf > 0 {
+                *counts.entry(lexeme).or_default() += tf;
+            }
+        }
+        let length = counts.values().sum();
+        for (lexeme, tf) in counts {
+            self.postings
+                .entry(lexeme.to_string())
+                .or_default()
+                .push((doc, tf));
+        }
+        self.ids.push(id);
+        self.lengths.push(length);
+    }
+
+    pub fn documents(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        let mut terms: Vec<(String, Vec<(u32, u32)>)> = self.postings.into_iter().collect();
+        terms.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut pool = Vec::new();
+        let mut lists = Vec::new();
+        let mut table = Vec::with_capacity(terms.len() * TERM);
+        let total: u64 = self.lengths.iter().map(|&l| l as u64).sum();
+        let bm25 = Bm25 {
+            k1: self.k1,
+            b: self.b,
+            stats: CorpusStats {
+                documents: self.ids.len() as u64,
+                total_length: total,
+            },
+        };
+        for (term, list) in &terms {
+            let start = lists.len();
+            postings::encode(
+                list,
+                |d| self.lengths[d as usize],
+                |tf, length| bm25.tf_part(tf, length),
+                &mut lists,
+            );
+            let (max_tf, min_length, max_tf_part) = postings::list_bounds(&lists[start..]);
+            let fields32 = [
+                pool.len() as u32,
+                term.len() as u32,
+                list.len() as u32,
+                max_tf,
+                min_length,
+                max_tf_part.to_bits(),
+            ];
+            for v in fields32 {
+                table.extend_from_slice(&v.to_le_bytes());
+            }
+            table.extend_from_slice(&(start as u64).to_le_bytes());
+            table.extend_from_slice(&((lists.len() - start) as u32).to_le_bytes());
+            table.extend_from_slice(&0u32.to_le_bytes());
+            pool.extend_from_slice(term.as_bytes());
+        }
+        let mut out = Vec::with_capacity(
+            HEADER + self.ids.len() * 12 + table.len() + pool.len() + lists.len(),
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
+        out.extend_from_slice(&total.to_le_bytes());
+        out.extend_from_slice(&(terms.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.k1.to_le_bytes());
+        out.extend_from_slice(&self.b.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(pool.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(lists.len() as u64).to_le_bytes());
+        for id in &self.ids {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        for l in &self.lengths {
+            out.extend_from_slice(&l.to_le_bytes());
+        }
+        out.extend_from_slice(&table);
+        out.extend_from_slice(&pool);
+        out.extend_from_slice(&lists);
+        out
+    }
+}
+
+/// What the snapshot knows of one term.
+#[derive(Clone, Copy, Debug)]
+pub struct TermInfo<'a> {
+    pub df: u32,
+    pub max_tf: u32,
+    pub min_length: u32,
+    /// The largest tf part under the snapshot's own parameters.
+    pub max_tf_part: f32,
+    pub(crate) postings: &'a [u8],
+}
+
+impl<'a> TermInfo<'a> {
+    pub(crate) fn cursor(&self) -> Cursor<'a> {
+        Cursor::new(self.postings)
+    }
+}
+
+/// A snapshot read in place.
+pub struct Snapshot<'a> {
+    bytes: &'a [u8],
+    documents: usize,
+    total_length: u64,
+    terms: usize,
+    k1: f32,
+    b: f32,
+    lengths_at: usize,
+    table_at: usize,
+    pool_at: usize,
+    pool_len: usize,
+    postings_at: usize,
+    postings_len: usize,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl<'a> Snapshot<'a> {
+    /// Reads the tables of `bytes`, checking that every offset stays inside and that the
+    /// terms are sorted. Posting lists are checked by [`Snapshot::verify`].
+    pub fn parse(bytes: &'a [u8]) -> Result<Snapshot<'a>, SnapshotError> {
+        let damaged = SnapshotError::Damaged;
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            return Err(damaged("bad header"));
+        }
+        let documents = usize::try_from(u64_at(bytes, 8)).map_err(|_| damaged("size"))?;
+        let total_length = u64_at(bytes, 16);
+        let terms = u32_at(bytes, 24) as usize;
+        let k1 = f32::from_le_bytes(bytes[28..32].try_into().expect("4 bytes"));
+        let b = f32::from_le_bytes(bytes[32..36].try_into().expect("4 bytes"));
+        let pool_len = usize::try_from(u64_at(bytes, 40)).map_err(|_| damaged("size"))?;
+        let postings_len = usize::try_from(u64_at(bytes, 48)).map_err(|_| damaged("size"))?;
+        let lengths_at = documents
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(HEADER))
+            .ok_or(damaged("size"))?;
+        let table_at = documents
+            .checked_mul(4)
+            .and_then(|n| n.checked_add(lengths_at))
+            .ok_or(damaged("size"))?;
+        let pool_at = terms
+            .checked_mul(TERM)
+            .and_then(|n| n.checked_add(table_at))
+            .ok_or(damaged("size"))?;
+        let postings_at = pool_at.checked_add(pool_len).ok_or(damaged("size"))?;
+        if postings_at.checked_add(postings_len) != Some(bytes.len()) {
+            return Err(damaged("sizes do not add up"));
+        }
+        let s = Snapshot {
+            bytes,
+            documents,
+            total_length,
+            terms,
+            k1,
+            b,
+            lengths_at,
+            table_at,
+            pool_at,
+            pool_len,
+            postings_at,
+            postings_len,
+        };
+        let mut previous: Option<&[u8]> = None;
+        for i in 0..terms {
+            let (term, range) = s.entry_raw(i).ok_or(damaged("term entry out of bounds"))?;
+            if previous.is_some_and(|p| p >= term) {
+                return Err(damaged("terms out of order"));
+            }
+            if range.is_none() {
+                return Err(damaged("postings out of bounds"));
+            }
+            previous = Some(term);
+        }
+        Ok(s)
+    }
+
+    /// Checks every posting list (a full read of the snapshot).
+    pub fn verify(&self) -> Result<(), SnapshotError> {
+        for i in 0..self.terms {
+            let info = self.info(i);
+            if !postings::validate(info.postings, info.df, self.documents as u32) {
+                return Err(SnapshotError::Damaged("malformed posting list"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Term `i`'s bytes and the range of its postings (None when out of bounds).
+    #[allow(clippy::type_complexity)]
+    fn entry_raw(&self, i: usize) -> Option<(&'a [u8], Option<(usize, usize)>)> {
+        let at = self.table_at + i * TERM;
+        let b = self.bytes;
+        let (off, len) = (u32_at(b, at) as usize, u32_at(b, at + 4) as usize);
+        if off.checked_add(len)? > self.pool_len {
+            return None;
+        }
+        let term = &b[self.pool_at + off..self.pool_at + off + len];
+        let poff = usize::try_from(u64_at(b, at + 24)).ok()?;
+        let plen = u32_at(b, at + 32) as usize;
+        let range = poff
+            .checked_add(plen)
+            .filter(|&end| end <= self.postings_len)
+            .map(|_| (self.postings_at + poff, plen));
+        Some((term, range))
+    }
+
+    fn info(&self, i: usize) -> TermInfo<'a> {
+        let at = self.table_at + i * TERM;
+        let (_, range) = self.entry_raw(i).expect("checked by parse");
+        let (start, len) = range.expect("checked by parse");
+        TermInfo {
+            df: u32_at(self.bytes, at + 8),
+            max_tf: u32_at(self.bytes, at + 12),
+            min_length: u32_at(self.bytes, at + 16),
+            max_tf_part: f32::from_bits(u32_at(self.bytes, at + 20)),
+            postings: &self.bytes[start..start + len],
+        }
+    }
+
+    /// What the snapshot knows of `term`, if it has it.
+    pub fn term(&self, term: &str) -> Option<TermInfo<'a>> {
+        let (mut lo, mut hi) = (0, self.terms);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (t, _) = self.entry_raw(mid).expect("checked by parse");
+            match t.cmp(term.as_bytes()) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(self.info(mid)),
+            }
+        }
+        None
+    }
+
+    pub fn documents(&self) -> usize {
+        self.documents
+    }
+
+    pub fn terms(&self) -> usize {
+        self.terms
+    }
+
+    /// The BM25 parameters the snapshot's bounds were computed with.
+    pub fn params(&self) -> (f32, f32) {
+        (self.k1, self.b)
+    }
+
+    pub fn stats(&self) -> CorpusStats {
+        CorpusStats {
+            documents: self.documents as u64,
+            total_length: self.total_length,
+        }
+    }
+
+    /// The row id of document `doc`.
+    pub fn id(&self, doc: u32) -> u64 {
+        u64_at(self.bytes, HEADER + doc as usize * 8)
+    }
+
+    /// The length of document `doc`, in lexemes.
+    pub fn length(&self, doc: u32) -> u32 {
+        u32_at(self.bytes, self.lengths_at + doc as usize * 4)
+    }
+
+    /// The `k` best documents for `query` (each term with its weight: idf x query frequency);
+    /// `accept` may refuse row ids (deleted rows), which then do not count towards k.
+    pub fn search(
+        &self,
+        query: &[QueryTerm],
+        k: usize,
+        bm25: &Bm25,
+        accept: impl FnMut(u64) -> bool,
+    ) -> TopK {
+        topk::max_score(self, query, k, bm25, accept)
+    }
+}
