@@ -13,6 +13,7 @@ mod bm25;
 mod postings;
 mod snapshot;
 mod topk;
+pub mod tsvector;
 
 pub use bm25::{Bm25, CorpusStats};
 pub use postings::BLOCK;

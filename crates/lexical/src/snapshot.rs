@@ -330,6 +330,40 @@ impl<'a> Snapshot<'a> {
         u32_at(self.bytes, self.lengths_at + doc as usize * 4)
     }
 
+    /// A builder holding the documents of this snapshot whose row id `keep` accepts, in their
+    /// order and with the snapshot's k1 and b, to add more documents to and finish: how VACUUM
+    /// and folding write a new generation without reading the table again.
+    pub fn rebuild(&self, mut keep: impl FnMut(u64) -> bool) -> SnapshotBuilder {
+        let mut builder = SnapshotBuilder::new(self.k1, self.b);
+        let mut renumbered = vec![u32::MAX; self.documents];
+        for doc in 0..self.documents as u32 {
+            let id = self.id(doc);
+            if keep(id) {
+                renumbered[doc as usize] = builder.ids.len() as u32;
+                builder.ids.push(id);
+                builder.lengths.push(self.length(doc));
+            }
+        }
+        for i in 0..self.terms {
+            let (term, _) = self.entry_raw(i).expect("checked by parse");
+            let mut cursor = self.info(i).cursor();
+            let mut list = Vec::new();
+            while cursor.doc() != Cursor::END {
+                let doc = renumbered[cursor.doc() as usize];
+                if doc != u32::MAX {
+                    list.push((doc, cursor.tf()));
+                }
+                cursor.next();
+            }
+            if !list.is_empty() {
+                builder
+                    .postings
+                    .insert(String::from_utf8_lossy(term).into_owned(), list);
+            }
+        }
+        builder
+    }
+
     /// The `k` best documents for `query` (each term with its weight: idf x query frequency);
     /// `accept` may refuse row ids (deleted rows), which then do not count towards k.
     pub fn search(

@@ -262,3 +262,33 @@ fn damaged_snapshots_are_refused() {
         }
     }
 }
+
+#[test]
+fn rebuild_equals_a_fresh_build() {
+    let corpus = zipf_corpus(3_000, 800, 11);
+    let add = |b: &mut SnapshotBuilder, d: usize| {
+        b.add(d as u64, corpus[d].iter().map(|(t, tf)| (t.as_str(), *tf)));
+    };
+    let mut first = SnapshotBuilder::new(1.5, 0.6);
+    for d in 0..2_000 {
+        add(&mut first, d);
+    }
+    let bytes = first.finish();
+    let old = Snapshot::parse(&bytes).unwrap();
+    // Drop every third row, then add the rest of the corpus.
+    let keep = |id: u64| id % 3 != 0;
+    let mut rebuilt = old.rebuild(keep);
+    let mut fresh = SnapshotBuilder::new(1.5, 0.6);
+    for d in (0..2_000).filter(|&d| keep(d as u64)) {
+        add(&mut fresh, d);
+    }
+    for d in 2_000..3_000 {
+        add(&mut rebuilt, d);
+        add(&mut fresh, d);
+    }
+    let rebuilt = rebuilt.finish();
+    assert_eq!(rebuilt, fresh.finish());
+    let s = Snapshot::parse(&rebuilt).unwrap();
+    s.verify().unwrap();
+    assert_eq!(s.params(), (1.5, 0.6));
+}
