@@ -88,11 +88,18 @@ if ! "${PSQL[@]}" -d "$DB" -Atc "SELECT generation FROM semantic_index_info('mov
   "${PSQL[@]}" -d "$DB" -c "SET semantic.threads = 2" -c "REINDEX INDEX movies_plot_idx"
 fi
 
-log "searching: romance and separation"
-"${PSQL[@]}" -d "$DB" -P pager=off <<'SQL'
+if [ "$("${PSQL[@]}" -d "$DB" -Atc "SELECT count(*) FROM pg_indexes WHERE indexname = 'movies_plot_bm25'")" = 0 ]; then
+  log "indexing the plots for lexical search (CREATE INDEX ... USING bm25)"
+  "${PSQL[@]}" -d "$DB" -c "CREATE INDEX movies_plot_bm25 ON movies USING bm25 (plot)"
+fi
+
+for mode in semantic hybrid; do
+  log "searching ($mode): romance and separation"
+  "${PSQL[@]}" -d "$DB" -P pager=off -v mode="$mode" <<'SQL'
 SELECT rank, round(score::numeric, 4) AS score, "row"->>'title' AS title, "row"->>'year' AS year
-FROM semantic_search('romance and separation', 5);
+FROM semantic_search('romance and separation', 5, mode => :'mode');
 SQL
+done
 
 echo
 echo "Connect with:  psql -h 127.0.0.1 -p $PORT -U postgres -d $DB"

@@ -7,6 +7,7 @@ mod am;
 mod embed;
 mod errors;
 mod gucs;
+mod lexical;
 mod model_server;
 mod models;
 mod search;
@@ -20,6 +21,7 @@ mod search;
 pub extern "C-unwind" fn _PG_init() {
     gucs::register();
     am::options::register();
+    lexical::register_options();
     // `SET semantic.thread = 2` (a typo) is an error, not a silent placeholder.
     // SAFETY: a static, NUL-terminated prefix, once, after our settings are defined.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"semantic".as_ptr()) };

@@ -2,17 +2,17 @@
 //! classes). One file per phase: build, insert, scan, vacuum (and folding), cost; pages in
 //! storage, the server's shared snapshot files in cache.
 
-mod build;
+pub(crate) mod build;
 mod cache;
-mod cost;
+pub(crate) mod cost;
 mod insert;
 pub mod options;
 pub mod scan;
-mod storage;
-mod vacuum;
-mod vectors;
+pub(crate) mod storage;
+pub(crate) mod vacuum;
+pub(crate) mod vectors;
 
-pub use cache::cache_root;
+pub use cache::{cache_root, new_cache_key};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -185,7 +185,7 @@ unsafe fn stats_or_new(
 }
 
 /// Calls VACUUM's bulk-delete callback for one heap TID.
-unsafe fn is_dead(
+pub(crate) unsafe fn is_dead(
     callback: pg_sys::IndexBulkDeleteCallback,
     state: *mut std::ffi::c_void,
     block: u32,

@@ -102,6 +102,19 @@ impl LongText {
     }
 }
 
+/// What a lexical (bm25) index adds to the metapage: how its texts become lexemes and how
+/// BM25 scores them. Its records are keys only (dimension 0) and its snapshot is a
+/// `semantic_lexical` snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LexicalSettings {
+    /// The text search configuration, by name (as regconfig prints it) and OID.
+    pub config: String,
+    pub config_oid: u32,
+    pub k1: f32,
+    pub b: f32,
+}
+
 /// A position in the records chain: the `slot`-th record of page `block`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainPos {
@@ -151,6 +164,9 @@ pub struct Meta {
     pub rows: u64,
     /// Reusable blocks, as (first, count) ranges.
     pub free: Vec<(u32, u32)>,
+    /// Set for lexical (bm25) indexes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<LexicalSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +223,7 @@ impl Meta {
             snapshot_records: 0,
             rows: 0,
             free: Vec::new(),
+            lexical: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! header   magic "SEMLEX01", documents u64, total length u64, terms u32, k1 f32, b f32,
 //!          0 u32, pool bytes u64, postings bytes u64                            (56 bytes)
 //! ids      documents x u64    the row id of each document
+//! hashes   documents x u64    a hash of its text (the caller's: it tells a row's text apart)
 //! lengths  documents x u32    its length in lexemes
 //! terms    terms x 32 bytes   pool offset u32, term bytes u32, df u32, max tf u32,
 //!                             shortest length u32, largest tf part f32 (under the
@@ -36,6 +37,7 @@ pub struct SnapshotBuilder {
     k1: f32,
     b: f32,
     ids: Vec<u64>,
+    hashes: Vec<u64>,
     lengths: Vec<u32>,
     postings: HashMap<String, Vec<(u32, u32)>>,
 }
@@ -47,14 +49,20 @@ impl SnapshotBuilder {
             k1,
             b,
             ids: Vec::new(),
+            hashes: Vec::new(),
             lengths: Vec::new(),
             postings: HashMap::new(),
         }
     }
 
-    /// Adds a document: its row id and its lexemes with their frequencies (a lexeme given twice
-    /// counts twice). Its length is the sum of the frequencies.
-    pub fn add<'t>(&mut self, id: u64, lexemes: impl IntoIterator<Item = (&'t str, u32)>) {
+    /// Adds a document: its row id, its text's hash and its lexemes with their frequencies (a
+    /// lexeme given twice counts twice). Its length is the sum of the frequencies.
+    pub fn add<'t>(
+        &mut self,
+        id: u64,
+        text_hash: u64,
+        lexemes: impl IntoIterator<Item = (&'t str, u32)>,
+    ) {
         let doc = self.ids.len() as u32;
         let mut counts: HashMap<&str, u32> = HashMap::new();
         for (lexeme, tf) in lexemes {
@@ -70,6 +78,7 @@ impl SnapshotBuilder {
                 .push((doc, tf));
         }
         self.ids.push(id);
+        self.hashes.push(text_hash);
         self.lengths.push(length);
     }
 
@@ -118,7 +127,7 @@ impl SnapshotBuilder {
             pool.extend_from_slice(term.as_bytes());
         }
         let mut out = Vec::with_capacity(
-            HEADER + self.ids.len() * 12 + table.len() + pool.len() + lists.len(),
+            HEADER + self.ids.len() * 20 + table.len() + pool.len() + lists.len(),
         );
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
@@ -129,7 +138,7 @@ impl SnapshotBuilder {
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&(pool.len() as u64).to_le_bytes());
         out.extend_from_slice(&(lists.len() as u64).to_le_bytes());
-        for id in &self.ids {
+        for id in self.ids.iter().chain(&self.hashes) {
             out.extend_from_slice(&id.to_le_bytes());
         }
         for l in &self.lengths {
@@ -184,8 +193,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl<'a> Snapshot<'a> {
-    /// Reads the tables of `bytes`, checking that every offset stays inside and that the
-    /// terms are sorted. Posting lists are checked by [`Snapshot::verify`].
+    /// Reads the header of `bytes` and checks that its sections add up (constant time: a
+    /// scan parses the snapshot each time). [`Snapshot::verify`] checks the rest.
     pub fn parse(bytes: &'a [u8]) -> Result<Snapshot<'a>, SnapshotError> {
         let damaged = SnapshotError::Damaged;
         if bytes.len() < HEADER || &bytes[..8] != MAGIC {
@@ -199,7 +208,7 @@ impl<'a> Snapshot<'a> {
         let pool_len = usize::try_from(u64_at(bytes, 40)).map_err(|_| damaged("size"))?;
         let postings_len = usize::try_from(u64_at(bytes, 48)).map_err(|_| damaged("size"))?;
         let lengths_at = documents
-            .checked_mul(8)
+            .checked_mul(16)
             .and_then(|n| n.checked_add(HEADER))
             .ok_or(damaged("size"))?;
         let table_at = documents
@@ -228,9 +237,18 @@ impl<'a> Snapshot<'a> {
             postings_at,
             postings_len,
         };
+        Ok(s)
+    }
+
+    /// Checks every term entry and posting list (a full read of the snapshot): after it,
+    /// nothing in the snapshot can make a search read out of bounds.
+    pub fn verify(&self) -> Result<(), SnapshotError> {
+        let damaged = SnapshotError::Damaged;
         let mut previous: Option<&[u8]> = None;
-        for i in 0..terms {
-            let (term, range) = s.entry_raw(i).ok_or(damaged("term entry out of bounds"))?;
+        for i in 0..self.terms {
+            let (term, range) = self
+                .entry_raw(i)
+                .ok_or(damaged("term entry out of bounds"))?;
             if previous.is_some_and(|p| p >= term) {
                 return Err(damaged("terms out of order"));
             }
@@ -239,11 +257,6 @@ impl<'a> Snapshot<'a> {
             }
             previous = Some(term);
         }
-        Ok(s)
-    }
-
-    /// Checks every posting list (a full read of the snapshot).
-    pub fn verify(&self) -> Result<(), SnapshotError> {
         for i in 0..self.terms {
             let info = self.info(i);
             if !postings::validate(info.postings, info.df, self.documents as u32) {
@@ -325,6 +338,11 @@ impl<'a> Snapshot<'a> {
         u64_at(self.bytes, HEADER + doc as usize * 8)
     }
 
+    /// The text hash of document `doc`.
+    pub fn text_hash(&self, doc: u32) -> u64 {
+        u64_at(self.bytes, HEADER + (self.documents + doc as usize) * 8)
+    }
+
     /// The length of document `doc`, in lexemes.
     pub fn length(&self, doc: u32) -> u32 {
         u32_at(self.bytes, self.lengths_at + doc as usize * 4)
@@ -341,6 +359,7 @@ impl<'a> Snapshot<'a> {
             if keep(id) {
                 renumbered[doc as usize] = builder.ids.len() as u32;
                 builder.ids.push(id);
+                builder.hashes.push(self.text_hash(doc));
                 builder.lengths.push(self.length(doc));
             }
         }

@@ -30,6 +30,7 @@ pub struct TopK {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hit {
     pub id: u64,
+    pub text_hash: u64,
     /// The document's position in the snapshot.
     pub doc: u32,
     pub score: f32,
@@ -208,6 +209,7 @@ pub(crate) fn max_score(
             }
             let hit = Hit {
                 id: snapshot.id(doc),
+                text_hash: snapshot.text_hash(doc),
                 doc,
                 score,
             };

@@ -26,9 +26,9 @@ fn query(snapshot: &Snapshot, bm: &Bm25, terms: &[&str]) -> Vec<QueryTerm> {
 #[test]
 fn scores_equal_a_hand_computation() {
     let mut b = SnapshotBuilder::new(Bm25::DEFAULT_K1, Bm25::DEFAULT_B);
-    b.add(10, [("cat", 2), ("dog", 1)]); // length 3
-    b.add(11, [("dog", 1)]); // length 1
-    b.add(12, [("bird", 1), ("fish", 3)]); // length 4
+    b.add(10, 0, [("cat", 2), ("dog", 1)]); // length 3
+    b.add(11, 0, [("dog", 1)]); // length 1
+    b.add(12, 0, [("bird", 1), ("fish", 3)]); // length 4
     let bytes = b.finish();
     let s = Snapshot::parse(&bytes).unwrap();
     s.verify().unwrap();
@@ -137,7 +137,7 @@ fn max_score_top_k_equals_exhaustive_scoring() {
     let corpus = zipf_corpus(10_000, 5_000, 7);
     let mut b = SnapshotBuilder::new(Bm25::DEFAULT_K1, Bm25::DEFAULT_B);
     for (d, doc) in corpus.iter().enumerate() {
-        b.add(d as u64 * 3, doc.iter().map(|(t, tf)| (t.as_str(), *tf)));
+        b.add(d as u64 * 3, d as u64 ^ 0xabc, doc.iter().map(|(t, tf)| (t.as_str(), *tf)));
     }
     let bytes = b.finish();
     let s = Snapshot::parse(&bytes).unwrap();
@@ -171,6 +171,7 @@ fn max_score_top_k_equals_exhaustive_scoring() {
                 .iter()
                 .map(|h| {
                     assert_eq!(h.id, h.doc as u64 * 3);
+                    assert_eq!(h.text_hash, h.doc as u64 ^ 0xabc);
                     (h.doc, h.score)
                 })
                 .collect();
@@ -200,7 +201,7 @@ fn max_score_top_k_equals_exhaustive_scoring() {
             assert_same_ranking(&got, &want, &format!("query {i} under {other:?}"));
         }
         // Refused rows (say, deleted) do not count towards k.
-        let accept = |id: u64| id % 2 == 0;
+        let accept = |id: u64| id.is_multiple_of(2);
         let got: Vec<(u32, f32)> = s
             .search(&q, 10, &bm, accept)
             .hits
@@ -225,8 +226,8 @@ fn empty_queries_and_corpora() {
     let bm = bm25(&s);
     assert!(s.search(&query(&s, &bm, &["a"]), 10, &bm, |_| true).hits.is_empty());
     let mut b = SnapshotBuilder::new(Bm25::DEFAULT_K1, Bm25::DEFAULT_B);
-    b.add(1, [("a", 1)]);
-    b.add(2, []); // a document with no lexemes (only stop words)
+    b.add(1, 7, [("a", 1)]);
+    b.add(2, 8, []); // a document with no lexemes (only stop words)
     let bytes = b.finish();
     let s = Snapshot::parse(&bytes).unwrap();
     let bm = bm25(&s);
@@ -240,16 +241,22 @@ fn damaged_snapshots_are_refused() {
     let corpus = zipf_corpus(500, 200, 3);
     let mut b = SnapshotBuilder::new(Bm25::DEFAULT_K1, Bm25::DEFAULT_B);
     for (d, doc) in corpus.iter().enumerate() {
-        b.add(d as u64, doc.iter().map(|(t, tf)| (t.as_str(), *tf)));
+        b.add(d as u64, 0, doc.iter().map(|(t, tf)| (t.as_str(), *tf)));
     }
     let bytes = b.finish();
     Snapshot::parse(&bytes).unwrap().verify().unwrap();
-    for cut in [0, 7, 47, 48, 1000, bytes.len() / 2, bytes.len() - 1] {
+    for cut in [0, 7, 55, 56, 1000, bytes.len() / 2, bytes.len() - 1] {
         assert!(Snapshot::parse(&bytes[..cut]).is_err(), "cut at {cut}");
     }
     let mut bad = bytes.clone();
     bad[0] ^= 1;
     assert!(Snapshot::parse(&bad).is_err());
+    // A term table out of order is found by verify.
+    let s = Snapshot::parse(&bytes).unwrap();
+    let table_at = 56 + s.documents() * 20;
+    let mut swapped = bytes.clone();
+    swapped.copy_within(table_at..table_at + 40, table_at + 40 * 5);
+    assert!(Snapshot::parse(&swapped).unwrap().verify().is_err());
     // Garbage in the posting lists: parse or verify refuses it, nothing panics.
     let mut rng = StdRng::seed_from_u64(5);
     let postings_start = bytes.len() - bytes.len() / 3;
@@ -267,7 +274,7 @@ fn damaged_snapshots_are_refused() {
 fn rebuild_equals_a_fresh_build() {
     let corpus = zipf_corpus(3_000, 800, 11);
     let add = |b: &mut SnapshotBuilder, d: usize| {
-        b.add(d as u64, corpus[d].iter().map(|(t, tf)| (t.as_str(), *tf)));
+        b.add(d as u64, d as u64 * 7, corpus[d].iter().map(|(t, tf)| (t.as_str(), *tf)));
     };
     let mut first = SnapshotBuilder::new(1.5, 0.6);
     for d in 0..2_000 {
@@ -276,7 +283,7 @@ fn rebuild_equals_a_fresh_build() {
     let bytes = first.finish();
     let old = Snapshot::parse(&bytes).unwrap();
     // Drop every third row, then add the rest of the corpus.
-    let keep = |id: u64| id % 3 != 0;
+    let keep = |id: u64| !id.is_multiple_of(3);
     let mut rebuilt = old.rebuild(keep);
     let mut fresh = SnapshotBuilder::new(1.5, 0.6);
     for d in (0..2_000).filter(|&d| keep(d as u64)) {

@@ -1,0 +1,218 @@
+//! CREATE INDEX / REINDEX of a bm25 index: every row's text becomes lexemes (through the
+//! index's text search configuration) and a document of the snapshot; the records chain gets
+//! each row's key. Progress goes to pg_stat_progress_create_index.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use semantic_index::layout::{ColumnKind, IndexMetric, LexicalSettings, LongText, Meta};
+use semantic_index::records::{encode_record, text_hash, RecordKey};
+use semantic_index::tid_to_id;
+use semantic_lexical::SnapshotBuilder;
+
+use super::analyze::{lexemes, resolve_config};
+use super::options::LexicalOptions;
+use super::storage::{create_meta, rewrite, Generation};
+use crate::am::build::tid_parts;
+use crate::am::vectors::datum_text;
+use crate::errors::raise;
+
+/// The one build phase past scanning, as pg_stat_progress_create_index shows it.
+const PHASE_WRITING: i64 = 2;
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildphasename(phase: i64) -> *mut std::ffi::c_char {
+    let name: &std::ffi::CStr = match phase {
+        1 => c"analysing rows",
+        PHASE_WRITING => c"writing index pages",
+        _ => return std::ptr::null_mut(),
+    };
+    name.as_ptr() as *mut _
+}
+
+fn progress(param: u32, value: i64) {
+    // SAFETY: plain progress counters of this backend.
+    unsafe { pg_sys::pgstat_progress_update_param(param as i32, value) };
+}
+
+/// The heap column a bm25 index reads: it must be a plain text column (scans read appended
+/// rows' texts back from the table).
+pub unsafe fn indexed_column(index: pg_sys::Relation) -> i16 {
+    // SAFETY: rd_index and rd_att describe the index being built or scanned.
+    unsafe {
+        let desc = (*index).rd_att;
+        let form = (*index).rd_index;
+        if (*desc).natts != 1 {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "bm25 indexes have exactly one column",
+                None,
+            );
+        }
+        let attnum = *(*form).indkey.values.as_ptr();
+        if attnum == 0 {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "bm25 indexes take a table column, not an expression",
+                Some("Index the column itself; the text search configuration is the index option config."),
+            );
+        }
+        let atttype = (*(*desc).attrs.as_ptr()).atttypid;
+        if atttype != pg_sys::TEXTOID && atttype != pg_sys::VARCHAROID {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                "bm25 indexes support text and varchar columns",
+                None,
+            );
+        }
+        attnum
+    }
+}
+
+/// The metapage of a new bm25 index, its options checked.
+pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
+    // SAFETY: the index relation being built.
+    let options = unsafe {
+        indexed_column(index);
+        LexicalOptions::of(index)
+    };
+    let (oid, config) = resolve_config(&options.config);
+    let mut meta = Meta::new(
+        ColumnKind::Text,
+        IndexMetric::Dot,
+        LongText::Truncate,
+        0,
+        "bm25",
+    );
+    meta.lexical = Some(LexicalSettings {
+        config,
+        config_oid: oid.to_u32(),
+        k1: options.k1,
+        b: options.b,
+    });
+    meta
+}
+
+struct BuildState {
+    config: pg_sys::Oid,
+    builder: SnapshotBuilder,
+    records: Vec<u8>,
+    rows: u64,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn build_callback(
+    _index: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    _alive: bool,
+    state: *mut std::ffi::c_void,
+) {
+    // SAFETY: PostgreSQL passes one value of the one column, and our state.
+    unsafe {
+        if *isnull {
+            return;
+        }
+        let state = &mut *(state as *mut BuildState);
+        let (block, offset) = tid_parts(tid);
+        let text = datum_text(*values);
+        let lexemes = lexemes(state.config, &text);
+        let key = RecordKey {
+            block,
+            offset,
+            text_hash: text_hash(&text),
+        };
+        state.builder.add(
+            tid_to_id(block, offset) as u64,
+            key.text_hash,
+            lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)),
+        );
+        encode_record(&key, &[], &mut state.records);
+        state.rows += 1;
+        if state.rows.is_multiple_of(1000) {
+            progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.rows as i64);
+        }
+    }
+}
+
+/// Writes a new generation: `records` (every row's key) and the snapshot of `builder`.
+pub unsafe fn write_generation(
+    index: pg_sys::Relation,
+    meta: &mut Meta,
+    records: &[u8],
+    rows: u64,
+    builder: SnapshotBuilder,
+) {
+    let documents = builder.documents() as u64;
+    let snapshot = builder.finish();
+    // SAFETY: the caller holds the index as a rewrite needs it.
+    unsafe {
+        rewrite(
+            index,
+            meta,
+            0,
+            &Generation {
+                records,
+                rows,
+                snapshot: &snapshot,
+                cache_key: crate::am::new_cache_key(),
+                snapshot_vectors: documents,
+                snapshot_has_vectors: false,
+            },
+        );
+    }
+    super::cache::forget(index);
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuild(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
+) -> *mut pg_sys::IndexBuildResult {
+    // SAFETY: the relations and index info PostgreSQL builds with.
+    unsafe {
+        let mut meta = initial_meta(index);
+        let settings = meta.lexical.clone().expect("set by initial_meta");
+        let mut state = BuildState {
+            config: pg_sys::Oid::from(settings.config_oid),
+            builder: SnapshotBuilder::new(settings.k1, settings.b),
+            records: Vec::new(),
+            rows: 0,
+        };
+        progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, 1);
+        progress(
+            pg_sys::PROGRESS_CREATEIDX_TUPLES_TOTAL,
+            (*(*heap).rd_rel).reltuples.max(0.0) as i64,
+        );
+        let heap_tuples = pg_sys::table_index_build_scan(
+            heap,
+            index,
+            index_info,
+            true,
+            true,
+            Some(build_callback),
+            &mut state as *mut BuildState as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        );
+        progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.rows as i64);
+        progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
+        create_meta(index, &meta);
+        let rows = state.rows;
+        write_generation(index, &mut meta, &state.records, rows, state.builder);
+        let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
+        result.heap_tuples = heap_tuples;
+        result.index_tuples = rows as f64;
+        result.into_pg()
+    }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambuildempty(_index: pg_sys::Relation) {
+    raise(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "bm25 indexes on unlogged tables are not supported",
+        None,
+    );
+}

@@ -1,0 +1,40 @@
+//! Rows appended since the snapshot are read back from the table: the index keeps only their
+//! key (TID and text hash), so their text is fetched and analysed where it lies.
+
+use pgrx::pg_sys;
+use semantic_index::records::{text_hash, RecordKey};
+
+use crate::am::vectors::datum_text;
+
+/// The indexed text of the row at `key` in `heap` (column `attnum`), whatever its visibility
+/// (the executor checks that), or None when the slot no longer holds that text.
+pub unsafe fn row_text(heap: pg_sys::Relation, attnum: i16, key: &RecordKey) -> Option<String> {
+    // SAFETY: a heap relation the caller holds open; the tuple is read while its buffer is
+    // pinned, and the buffer released on every path.
+    unsafe {
+        let blocks = pg_sys::RelationGetNumberOfBlocksInFork(heap, pg_sys::ForkNumber::MAIN_FORKNUM);
+        if key.block >= blocks {
+            return None;
+        }
+        let mut tuple = pg_sys::HeapTupleData::default();
+        tuple.t_self.ip_blkid.bi_hi = (key.block >> 16) as u16;
+        tuple.t_self.ip_blkid.bi_lo = (key.block & 0xffff) as u16;
+        tuple.t_self.ip_posid = key.offset;
+        let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        let found = pg_sys::heap_fetch(
+            heap,
+            &raw mut pg_sys::SnapshotAnyData,
+            &mut tuple,
+            &mut buffer,
+            false,
+        );
+        if !found {
+            return None;
+        }
+        let mut isnull = false;
+        let datum = pg_sys::heap_getattr(&mut tuple, attnum as i32, (*heap).rd_att, &mut isnull);
+        let text = (!isnull).then(|| datum_text(datum));
+        pg_sys::ReleaseBuffer(buffer);
+        text.filter(|t| text_hash(t) == key.text_hash)
+    }
+}

@@ -1,0 +1,428 @@
+//! Ordered scans: `ORDER BY col <@> 'query' LIMIT k`, best BM25 score first. Each search asks
+//! the snapshot for its top candidates (MaxScore over its posting lists) and scores the rows
+//! appended since the snapshot exactly, reading their text back from the table; corpus
+//! statistics and document frequencies cover both. When the executor keeps asking (filters,
+//! dead rows) the search is repeated deeper, skipping rows already returned, up to
+//! `semantic.max_scan_tuples` candidates. Once every row that holds a query term has come
+//! out, the other rows follow at distance 0 (an ORDER BY returns every row), unless the
+//! search stopped at `semantic.max_scan_tuples`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
+use pgrx::PgSqlErrorCode;
+use semantic_index::layout::{Meta, NO_BLOCK};
+use semantic_index::records::{decode_records_into, RecordKey};
+use semantic_index::{id_to_tid, tid_to_id};
+use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Snapshot};
+
+use super::analyze::lexemes;
+use super::heap::row_text;
+use super::storage::{read_meta, read_records, ChainRead};
+use crate::am::vectors::datum_text;
+use crate::errors::raise;
+use crate::gucs;
+
+/// A row appended since the snapshot, analysed for this scan's query.
+struct AppendedRow {
+    id: i64,
+    text_hash: u64,
+    length: u32,
+    /// Its frequency of each query term.
+    tfs: Vec<u32>,
+}
+
+struct Candidate {
+    id: i64,
+    distance: f64,
+    text_hash: u64,
+}
+
+struct ScanState {
+    id: u64,
+    /// The query text and its lexemes with their frequencies.
+    query: Option<(String, Vec<(String, u32)>)>,
+    /// The appended rows of generation .0, analysed once per scan.
+    appended: Option<(u64, Vec<AppendedRow>)>,
+    pending: VecDeque<Candidate>,
+    returned: HashSet<i64>,
+    k: usize,
+    exhausted: bool,
+    /// Whether the rows without any query term are still to come (after the matching ones).
+    rest_pending: bool,
+}
+
+/// The row a bm25 scan returned last, for `text <@> text` in the select list.
+struct ReturnedRow {
+    scan: u64,
+    query: String,
+    text_hash: u64,
+    distance: f64,
+}
+
+thread_local! {
+    static RETURNED: RefCell<Option<ReturnedRow>> = const { RefCell::new(None) };
+    static NEXT_SCAN_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+impl ScanState {
+    fn release_returned(&self) {
+        RETURNED.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.as_ref().is_some_and(|row| row.scan == self.id) {
+                *r = None;
+            }
+        });
+    }
+}
+
+impl Drop for ScanState {
+    fn drop(&mut self) {
+        self.release_returned();
+    }
+}
+
+/// The distance (minus the BM25 score) of the row a bm25 scan just returned, when `text_hash`
+/// and `query` are that row's text and the scan's query.
+pub fn returned_row_distance(text_hash: u64, query: &str) -> Option<f64> {
+    RETURNED.with(|r| {
+        r.borrow()
+            .as_ref()
+            .filter(|r| r.text_hash == text_hash && r.query == query)
+            .map(|r| r.distance)
+    })
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ambeginscan(
+    index: pg_sys::Relation,
+    nkeys: i32,
+    norderbys: i32,
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: PostgreSQL's scan allocation; the state lives in the scan's memory context.
+    unsafe {
+        let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
+        let n = norderbys.max(1) as usize;
+        (*scan).xs_orderbyvals =
+            pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
+        (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
+        std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
+        let id = NEXT_SCAN_ID.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        let state = ScanState {
+            id,
+            query: None,
+            appended: None,
+            pending: VecDeque::new(),
+            returned: HashSet::new(),
+            k: 0,
+            exhausted: true,
+            rest_pending: false,
+        };
+        let state = PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(state);
+        (*scan).opaque = state as *mut std::ffi::c_void;
+        scan
+    }
+}
+
+fn settings(meta: &Meta) -> &semantic_index::layout::LexicalSettings {
+    meta.lexical.as_ref().unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+            "bm25 index metapage has no lexical settings",
+            Some("REINDEX the index."),
+        )
+    })
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn amrescan(
+    scan: pg_sys::IndexScanDesc,
+    _keys: pg_sys::ScanKey,
+    _nkeys: i32,
+    orderbys: pg_sys::ScanKey,
+    norderbys: i32,
+) {
+    // SAFETY: the scan ambeginscan made.
+    unsafe {
+        let state = &mut *((*scan).opaque as *mut ScanState);
+        if !orderbys.is_null() && norderbys > 0 {
+            std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
+        }
+        state.pending.clear();
+        state.returned.clear();
+        state.query = None;
+        state.appended = None;
+        state.exhausted = true;
+        state.rest_pending = false;
+        if (*scan).numberOfOrderBys < 1 {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "bm25 indexes only answer ORDER BY column <@> query",
+                None,
+            );
+        }
+        let key = &*(*scan).orderByData;
+        if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
+            return;
+        }
+        let meta = read_meta((*scan).indexRelation);
+        let text = datum_text(key.sk_argument);
+        let terms = lexemes(pg_sys::Oid::from(settings(&meta).config_oid), &text);
+        // A query of stop words only (or no words) matches nothing: every row is at distance 0.
+        state.exhausted = terms.is_empty();
+        state.rest_pending = true;
+        state.query = Some((text, terms));
+        state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
+    }
+}
+
+/// The keys of the rows appended since `meta`'s snapshot; None if rewritten under the reader.
+unsafe fn appended_keys(index: pg_sys::Relation, meta: &Meta) -> Option<Vec<RecordKey>> {
+    let mut keys = Vec::new();
+    if meta.snapshot_end.block == NO_BLOCK {
+        return Some(keys);
+    }
+    let mut unused = Vec::new();
+    // SAFETY: an open index.
+    let read = unsafe {
+        read_records(index, meta.snapshot_end, meta.generation, 0, |bytes| {
+            decode_records_into(bytes, 0, &mut keys, &mut unused);
+        })
+    };
+    matches!(read, ChainRead::Done).then_some(keys)
+}
+
+/// Reads and analyses the appended rows for `terms`.
+unsafe fn analyse_appended(
+    heap: pg_sys::Relation,
+    attnum: i16,
+    config: pg_sys::Oid,
+    keys: &[RecordKey],
+    terms: &[(String, u32)],
+) -> Vec<AppendedRow> {
+    let position: HashMap<&str, usize> = terms
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| (t.as_str(), i))
+        .collect();
+    keys.iter()
+        .filter_map(|key| {
+            // SAFETY: the scan's heap relation.
+            let text = unsafe { row_text(heap, attnum, key) }?;
+            let mut tfs = vec![0u32; terms.len()];
+            let mut length = 0;
+            for (lexeme, tf) in lexemes(config, &text) {
+                length += tf;
+                if let Some(&i) = position.get(lexeme.as_str()) {
+                    tfs[i] = tf;
+                }
+            }
+            Some(AppendedRow {
+                id: tid_to_id(key.block, key.offset),
+                text_hash: key.text_hash,
+                length,
+                tfs,
+            })
+        })
+        .collect()
+}
+
+unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
+    // SAFETY: the scan and its relations.
+    let (index, heap) = unsafe { ((*scan).indexRelation, (*scan).heapRelation) };
+    let (_, terms) = state.query.as_ref().expect("searching needs a query");
+    let k = state.k;
+    let last = k >= gucs::max_scan_tuples();
+    for _ in 0..10 {
+        // SAFETY: an open index.
+        let meta = unsafe { read_meta(index) };
+        let settings = settings(&meta).clone();
+        let Some(bytes) = (unsafe { super::cache::snapshot(index, &meta) }) else {
+            continue;
+        };
+        let snapshot = Snapshot::parse(&bytes).unwrap_or_else(|e| {
+            raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
+        });
+        if state.appended.as_ref().is_none_or(|(g, _)| *g != meta.generation) {
+            let Some(keys) = (unsafe { appended_keys(index, &meta) }) else {
+                continue;
+            };
+            // SAFETY: the scan's index and heap.
+            let rows = unsafe {
+                let attnum = super::build::indexed_column(index);
+                analyse_appended(heap, attnum, pg_sys::Oid::from(settings.config_oid), &keys, terms)
+            };
+            state.appended = Some((meta.generation, rows));
+        }
+        let appended = &state.appended.as_ref().expect("set above").1;
+        let base = snapshot.stats();
+        let bm25 = Bm25 {
+            k1: settings.k1,
+            b: settings.b,
+            stats: CorpusStats {
+                documents: base.documents + appended.len() as u64,
+                total_length: base.total_length
+                    + appended.iter().map(|r| r.length as u64).sum::<u64>(),
+            },
+        };
+        let weights: Vec<QueryTerm> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, (term, qtf))| {
+                let df = snapshot.term(term).map_or(0, |t| t.df as u64)
+                    + appended.iter().filter(|r| r.tfs[i] > 0).count() as u64;
+                QueryTerm {
+                    term: term.clone(),
+                    weight: if df == 0 { 0.0 } else { bm25.idf(df) * *qtf as f32 },
+                }
+            })
+            .collect();
+        let returned = &state.returned;
+        let top = snapshot.search(&weights, k, &bm25, |id| !returned.contains(&(id as i64)));
+        let snapshot_done = top.hits.len() < k;
+        let cutoff = (!snapshot_done && !last)
+            .then(|| top.hits.last().map(|h| h.score))
+            .flatten();
+        let mut scored: Vec<(i64, f32, u64)> = top
+            .hits
+            .iter()
+            .map(|h| (h.id as i64, h.score, h.text_hash))
+            .collect();
+        for row in appended.iter().filter(|r| !returned.contains(&r.id)) {
+            let score: f32 = weights
+                .iter()
+                .zip(&row.tfs)
+                .filter(|(_, &tf)| tf > 0)
+                .map(|(w, &tf)| w.weight * bm25.tf_part(tf, row.length))
+                .sum();
+            if score > 0.0 && cutoff.is_none_or(|c| score >= c) {
+                scored.push((row.id, score, row.text_hash));
+            }
+        }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        state.pending.extend(scored.into_iter().map(|(id, score, text_hash)| Candidate {
+            id,
+            distance: -f64::from(score),
+            text_hash,
+        }));
+        state.exhausted = last || snapshot_done;
+        if last && !snapshot_done {
+            // Matching rows were left out at the cap: rows at distance 0 must not follow them.
+            state.rest_pending = false;
+        }
+        state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
+        return;
+    }
+    raise(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        "bm25 index kept changing while being read",
+        Some("Retry the query."),
+    )
+}
+
+/// Queues every row not returned yet, at distance 0: the rows that hold no query term.
+unsafe fn queue_the_rest(index: pg_sys::Relation, state: &mut ScanState) {
+    for _ in 0..10 {
+        // SAFETY: an open index.
+        let meta = unsafe { read_meta(index) };
+        let (mut keys, mut unused) = (Vec::new(), Vec::new());
+        let from = semantic_index::layout::ChainPos {
+            block: meta.records_head,
+            slot: 0,
+        };
+        if from.block != NO_BLOCK {
+            // SAFETY: as above.
+            let read = unsafe {
+                read_records(index, from, meta.generation, 0, |bytes| {
+                    decode_records_into(bytes, 0, &mut keys, &mut unused);
+                })
+            };
+            if !matches!(read, ChainRead::Done) {
+                continue;
+            }
+        }
+        let returned = &state.returned;
+        state.pending.extend(
+            keys.iter()
+                .map(|key| (tid_to_id(key.block, key.offset), key.text_hash))
+                .filter(|(id, _)| !returned.contains(id))
+                .map(|(id, text_hash)| Candidate {
+                    id,
+                    distance: 0.0,
+                    text_hash,
+                }),
+        );
+        return;
+    }
+    raise(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        "bm25 index kept changing while being read",
+        Some("Retry the query."),
+    )
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn amgettuple(
+    scan: pg_sys::IndexScanDesc,
+    _direction: pg_sys::ScanDirection::Type,
+) -> bool {
+    // SAFETY: the scan ambeginscan made.
+    unsafe {
+        let state = &mut *((*scan).opaque as *mut ScanState);
+        let Some((query, _)) = state.query.clone() else {
+            return false;
+        };
+        loop {
+            while let Some(candidate) = state.pending.pop_front() {
+                if !state.returned.insert(candidate.id) {
+                    continue;
+                }
+                let (block, offset) = id_to_tid(candidate.id);
+                let tid = &mut (*scan).xs_heaptid;
+                tid.ip_blkid.bi_hi = (block >> 16) as u16;
+                tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
+                tid.ip_posid = offset;
+                (*scan).xs_recheck = false;
+                (*scan).xs_recheckorderby = false;
+                *(*scan).xs_orderbyvals = candidate.distance.into_datum().expect("a float8");
+                *(*scan).xs_orderbynulls = false;
+                RETURNED.with(|r| {
+                    *r.borrow_mut() = Some(ReturnedRow {
+                        scan: state.id,
+                        query: query.clone(),
+                        text_hash: candidate.text_hash,
+                        distance: candidate.distance,
+                    })
+                });
+                return true;
+            }
+            if state.exhausted {
+                if !state.rest_pending {
+                    return false;
+                }
+                state.rest_pending = false;
+                queue_the_rest((*scan).indexRelation, state);
+                continue;
+            }
+            pg_sys::check_for_interrupts!();
+            search_more(scan, state);
+        }
+    }
+}
+
+#[pg_guard]
+pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
+    // SAFETY: the scan ambeginscan made.
+    unsafe {
+        let state = &mut *((*scan).opaque as *mut ScanState);
+        state.pending.clear();
+        state.returned = HashSet::new();
+        state.release_returned();
+    }
+}
