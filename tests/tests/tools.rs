@@ -220,6 +220,7 @@ fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
     install_copy(&model_dir, "minilm-copy");
     let beir = cluster.data.join("toy-beir");
     write_toy_beir(&beir);
+    let results = cluster.data.join("eval-results");
 
     let output = tools(&[
         "eval",
@@ -229,6 +230,8 @@ fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
         &connection_string(&cluster),
         "--model-b",
         "minilm-copy",
+        "--results",
+        results.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "eval failed");
     // Without --model, the first model is semantic.default_model.
@@ -239,26 +242,58 @@ fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
         .unwrap()
         .get(0);
     assert_eq!(documents, 10);
-    let mut sums = [0.0; 3];
-    for (query, text) in &QUERIES[..4] {
-        let ranking: Vec<String> = client
-            .query(
-                "SELECT \"row\"->>'doc_id' FROM semantic_search($1, 100, 'beir_toy_beir_all_minilm_l6_v2') ORDER BY rank",
-                &[text],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(ranking.len(), 10);
-        let judged: BTreeMap<&str, i32> = QRELS
-            .iter()
-            .filter(|(q, _, _)| q == query)
-            .map(|&(_, d, g)| (d, g))
-            .collect();
-        for (sum, value) in sums.iter_mut().zip(hand_metrics(&ranking, &judged)) {
-            *sum += value / 4.0;
+    // Each system's figures, computed here from its SQL rankings.
+    let hand = |client: &mut Client, index: &str, mode: &str| {
+        let mut sums = [0.0; 3];
+        for (query, text) in &QUERIES[..4] {
+            let ranking: Vec<String> = client
+                .query(
+                    "SELECT \"row\"->>'doc_id' FROM semantic_search($1, 100, $2, mode => $3) ORDER BY rank",
+                    &[text, &index, &mode],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if mode == "semantic" {
+                assert_eq!(ranking.len(), 10);
+            }
+            let judged: BTreeMap<&str, i32> = QRELS
+                .iter()
+                .filter(|(q, _, _)| q == query)
+                .map(|&(_, d, g)| (d, g))
+                .collect();
+            for (sum, value) in sums.iter_mut().zip(hand_metrics(&ranking, &judged)) {
+                *sum += value / 4.0;
+            }
         }
+        sums
+    };
+    let sums = hand(&mut client, "beir_toy_beir_all_minilm_l6_v2", "semantic");
+    let systems = [
+        ("bm25", hand(&mut client, "beir_toy_beir_bm25", "lexical")),
+        (
+            "all-MiniLM-L6-v2+bm25",
+            hand(&mut client, "beir_toy_beir_all_minilm_l6_v2", "hybrid"),
+        ),
+        (
+            "minilm-copy+bm25",
+            hand(&mut client, "beir_toy_beir_b_minilm_copy", "hybrid"),
+        ),
+    ];
+    for (system, expected) in systems {
+        let printed = printed_metrics(&stdout, system);
+        for (p, e) in printed.iter().zip(expected) {
+            assert!((p - e).abs() <= 5e-5, "{system}: printed {printed:?}, computed {expected:?}\n{stdout}");
+        }
+    }
+    // The runs and per-query figures: one line per ranked row, one per query.
+    for system in ["bm25", "all_minilm_l6_v2", "all_minilm_l6_v2_bm25", "minilm_copy", "minilm_copy_bm25"] {
+        let run = std::fs::read_to_string(results.join(format!("{system}.run"))).unwrap();
+        let first = run.lines().next().unwrap().split_whitespace().collect::<Vec<_>>();
+        assert_eq!((first[1], first[3], first[5]), ("Q0", "1", system), "{run}");
+        let per_query = std::fs::read_to_string(results.join(format!("{system}.tsv"))).unwrap();
+        assert_eq!(per_query.lines().count(), 1 + 4, "{per_query}");
     }
     for model in [MODEL, "minilm-copy"] {
         let printed = printed_metrics(&stdout, model);

@@ -1,10 +1,13 @@
-//! `semantic-tools eval`: retrieval quality of the faiss index on a BEIR data set, measured
-//! through SQL exactly as an application searches: the corpus goes into a table, a faiss index
-//! is built per model, every judged query runs through `semantic_search`, and the rankings are
-//! scored with trec_eval's definitions (crate semantic-eval).
+//! `semantic-tools eval`: retrieval quality on a BEIR data set, measured through SQL exactly as
+//! an application searches: the corpus goes into a table per model (so that each model's
+//! faiss index is the only one on its column), with a bm25 index beside it; every judged query
+//! runs through `semantic_search` in lexical, semantic and hybrid mode, and the rankings are
+//! scored with trec_eval's definitions (crate semantic-eval). `--results` writes each system's
+//! run (TREC format) and per-query figures, so that two runs can be compared.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -12,7 +15,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use postgres::Client;
 use semantic_encoder::validate_model_name;
-use semantic_eval::{evaluate, BeirDataset, Metrics};
+use semantic_eval::{evaluate, ndcg_at, recall_at, reciprocal_rank_at, BeirDataset, Metrics};
 
 use crate::reload::{connect, quote_ident, quote_literal, run_index_build};
 
@@ -38,10 +41,15 @@ pub struct EvalArgs {
     /// Which qrels file judges the queries.
     #[arg(long, default_value = "test")]
     split: String,
-    /// Table the corpus is loaded into, replaced if it exists, kept afterwards with its
-    /// indexes (<table>_<model>). Default: beir_<folder name>.
+    /// Table the corpus is loaded into for --model (and <table>_b for --model-b), replaced if
+    /// it exists, kept afterwards with its indexes (<table>_<model>, <table>_bm25). Default:
+    /// beir_<folder name>.
     #[arg(long)]
     table: Option<String>,
+    /// A folder to write, per system, its run (<system>.run, TREC format: query Q0 document
+    /// rank score system) and its per-query figures (<system>.tsv).
+    #[arg(long)]
+    results: Option<PathBuf>,
 }
 
 /// Lower-case letters, digits and '_' only, so generated names need no thought.
@@ -78,28 +86,101 @@ fn load_corpus(client: &mut Client, table: &str, data: &BeirDataset) -> Result<(
     Ok(())
 }
 
-/// One model's figures.
-struct ModelResult {
-    model: String,
+/// One system's figures: a search mode over one table.
+struct SystemResult {
+    system: String,
     metrics: Metrics,
     build_seconds: f64,
     queries_per_second: f64,
+    run: BTreeMap<String, Vec<(String, f64)>>,
 }
 
+/// Builds `statement`'s index with a progress bar; returns the seconds it took.
+fn build(client: &mut Client, db: &str, statement: &str) -> Result<f64> {
+    let started = Instant::now();
+    run_index_build(client, db, statement)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs every judged query through `semantic_search(q, DEPTH, index, mode)`.
+fn search_all(
+    client: &mut Client,
+    data: &BeirDataset,
+    index: &str,
+    mode: &str,
+) -> Result<(BTreeMap<String, Vec<(String, f64)>>, f64)> {
+    let search = client.prepare(
+        "SELECT \"row\"->>'doc_id', score FROM semantic_search($1, $2, $3::text, mode => $4) ORDER BY rank",
+    )?;
+    let bar = ProgressBar::new(data.queries.len() as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} queries, {msg}")?
+            .progress_chars("=> "),
+    );
+    bar.set_message(mode.to_string());
+    let index = quote_ident(index);
+    let started = Instant::now();
+    let mut run = BTreeMap::new();
+    for (id, text) in &data.queries {
+        let ranking: Vec<(String, f64)> = client
+            .query(&search, &[text, &DEPTH, &index, &mode])
+            .with_context(|| format!("query {id} failed ({mode})"))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        run.insert(id.clone(), ranking);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((run, data.queries.len() as f64 / started.elapsed().as_secs_f64()))
+}
+
+fn scored(
+    system: String,
+    data: &BeirDataset,
+    build_seconds: f64,
+    (run, queries_per_second): (BTreeMap<String, Vec<(String, f64)>>, f64),
+) -> SystemResult {
+    let ids: BTreeMap<String, Vec<String>> = run
+        .iter()
+        .map(|(q, r)| (q.clone(), r.iter().map(|(d, _)| d.clone()).collect()))
+        .collect();
+    SystemResult {
+        system,
+        metrics: evaluate(&data.qrels, &ids),
+        build_seconds,
+        queries_per_second,
+        run,
+    }
+}
+
+/// Loads the corpus into `table`, indexes it with `model` and bm25, and evaluates the
+/// semantic and hybrid modes (and the lexical one when `lexical`).
 fn evaluate_model(
     client: &mut Client,
     db: &str,
     table: &str,
     model: &str,
     data: &BeirDataset,
-) -> Result<ModelResult> {
+    lexical: bool,
+) -> Result<Vec<SystemResult>> {
+    eprintln!("loading {} documents into {table}", data.corpus.len());
+    load_corpus(client, table, data)?;
+    let bm25 = index_name(table, "bm25");
+    let lexical_build = build(
+        client,
+        db,
+        &format!(
+            "CREATE INDEX {} ON {} USING bm25 (body)",
+            quote_ident(&bm25),
+            quote_ident(table)
+        ),
+    )?;
     let index = index_name(table, model);
     eprintln!(
         "indexing {} documents with {model} ({index})",
         data.corpus.len()
     );
-    let started = Instant::now();
-    run_index_build(
+    let semantic_build = build(
         client,
         db,
         &format!(
@@ -109,36 +190,49 @@ fn evaluate_model(
             quote_literal(model)
         ),
     )?;
-    let build_seconds = started.elapsed().as_secs_f64();
-
-    let search = client.prepare(
-        "SELECT \"row\"->>'doc_id' FROM semantic_search($1, $2, $3::text) ORDER BY rank",
-    )?;
-    let bar = ProgressBar::new(data.queries.len() as u64).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} queries")?
-            .progress_chars("=> "),
-    );
-    let index = quote_ident(&index);
-    let started = Instant::now();
-    let mut run = BTreeMap::new();
-    for (id, text) in &data.queries {
-        let ranking: Vec<String> = client
-            .query(&search, &[text, &DEPTH, &index])
-            .with_context(|| format!("query {id} failed"))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        run.insert(id.clone(), ranking);
-        bar.inc(1);
+    let mut results = Vec::new();
+    if lexical {
+        let run = search_all(client, data, &bm25, "lexical")?;
+        results.push(scored("bm25".into(), data, lexical_build, run));
     }
-    bar.finish_and_clear();
-    let queries_per_second = data.queries.len() as f64 / started.elapsed().as_secs_f64();
-    Ok(ModelResult {
-        model: model.to_string(),
-        metrics: evaluate(&data.qrels, &run),
-        build_seconds,
-        queries_per_second,
-    })
+    let run = search_all(client, data, &index, "semantic")?;
+    results.push(scored(model.to_string(), data, semantic_build, run));
+    let run = search_all(client, data, &index, "hybrid")?;
+    results.push(scored(
+        format!("{model}+bm25"),
+        data,
+        semantic_build + lexical_build,
+        run,
+    ));
+    Ok(results)
+}
+
+/// Writes a system's run and per-query figures into `dir`.
+fn write_results(dir: &Path, result: &SystemResult, data: &BeirDataset) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let name = plain_identifier(&result.system);
+    let mut run = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{name}.run")))?);
+    let mut per_query =
+        std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{name}.tsv")))?);
+    writeln!(per_query, "query\tndcg@10\trecall@100\tmrr@10")?;
+    let empty = BTreeMap::new();
+    for (query, ranking) in &result.run {
+        for (rank, (doc, score)) in ranking.iter().enumerate() {
+            writeln!(run, "{query} Q0 {doc} {} {score} {name}", rank + 1)?;
+        }
+        let ids: Vec<String> = ranking.iter().map(|(d, _)| d.clone()).collect();
+        let judged = data.qrels.get(query).unwrap_or(&empty);
+        writeln!(
+            per_query,
+            "{query}\t{:.6}\t{:.6}\t{:.6}",
+            ndcg_at(10, &ids, judged),
+            recall_at(100, &ids, judged),
+            reciprocal_rank_at(10, &ids, judged)
+        )?;
+    }
+    run.flush()?;
+    per_query.flush()?;
+    Ok(())
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -181,31 +275,48 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
 
     eprintln!(
-        "loading {} documents into {table}; {} judged queries ({} split)",
+        "{} documents, {} judged queries ({} split)",
         data.corpus.len(),
         data.queries.len(),
         args.split
     );
-    load_corpus(&mut client, &table, &data)?;
-    let results = models
-        .iter()
-        .map(|model| evaluate_model(&mut client, &args.db, &table, model, &data))
-        .collect::<Result<Vec<_>>>()?;
+    let mut results = Vec::new();
+    for (i, model) in models.iter().enumerate() {
+        let table = if i == 0 {
+            table.clone()
+        } else {
+            format!("{table}_b")
+        };
+        results.extend(evaluate_model(
+            &mut client,
+            &args.db,
+            &table,
+            model,
+            &data,
+            i == 0,
+        )?);
+    }
+    if let Some(dir) = &args.results {
+        for result in &results {
+            write_results(dir, result, &data)?;
+        }
+        eprintln!("runs and per-query figures written to {}", dir.display());
+    }
 
     let width = results
         .iter()
-        .map(|r| r.model.len())
+        .map(|r| r.system.len())
         .max()
         .unwrap_or(0)
         .max(5);
     println!(
         "{:<width$}  {:>8}  {:>10}  {:>8}  {:>8}  {:>9}",
-        "model", "nDCG@10", "Recall@100", "MRR@10", "build_s", "queries/s"
+        "system", "nDCG@10", "Recall@100", "MRR@10", "build_s", "queries/s"
     );
     for r in &results {
         println!(
             "{:<width$}  {:>8.4}  {:>10.4}  {:>8.4}  {:>8.1}  {:>9.1}",
-            r.model,
+            r.system,
             r.metrics.ndcg_at_10,
             r.metrics.recall_at_100,
             r.metrics.mrr_at_10,

@@ -5,4 +5,4 @@ pub mod beir;
 pub mod metrics;
 
 pub use beir::{read_corpus, read_qrels, read_queries, BeirDataset, Document};
-pub use metrics::{evaluate, Metrics, Qrels};
+pub use metrics::{evaluate, ndcg_at, recall_at, reciprocal_rank_at, Metrics, Qrels};
