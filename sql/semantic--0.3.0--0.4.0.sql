@@ -28,7 +28,8 @@ CREATE  FUNCTION "semantic_lexical_info"(
 	"terms" bigint,  /* i64 */
 	"appended" bigint,  /* i64 */
 	"generation" bigint,  /* i64 */
-	"pages" bigint  /* i64 */
+	"pages" bigint,  /* i64 */
+	"shared" bool  /* Option < bool > */
 )
 STRICT STABLE
 LANGUAGE c /* Rust */

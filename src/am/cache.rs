@@ -15,9 +15,9 @@ use std::rc::Rc;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::Lru;
-use semantic_index::cache_file::{CacheDir, CacheLock, Opened};
+use semantic_index::cache_file::{CacheDir, CacheLock, Opened, SnapshotFile};
 use semantic_index::layout::Meta;
-use semantic_index::{CacheKey, Snapshot};
+use semantic_index::{CacheKey, IndexError, Snapshot};
 
 use super::storage::read_snapshot_with;
 use crate::errors::raise;
@@ -32,10 +32,10 @@ thread_local! {
     static OPEN: RefCell<Lru<pg_sys::Oid, OpenSnapshot>> = RefCell::new(Lru::default());
 }
 
-fn index_error(e: impl std::fmt::Display) -> ! {
+fn index_error(kind: &str, e: impl std::fmt::Display) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-        format!("faiss index: {e}"),
+        format!("{kind}: {e}"),
         Some("REINDEX the index."),
     )
 }
@@ -114,7 +114,10 @@ pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
     let published = lock(&dir, &owner, key)
         .and_then(|_lock| dir.publish(&owner, key, |w| w.write_all(snapshot)));
     if let Err(e) = published {
-        pgrx::debug1!("faiss index: could not write its snapshot file: {e}");
+        pgrx::debug1!(
+            "index \"{}\": could not write its snapshot file: {e}",
+            super::build::relation_name(rel)
+        );
     }
     // Files of this database's dropped or rebuilt indexes go; an hour's grace covers
     // transactions that created an index and have not committed yet (a file removed too early
@@ -140,7 +143,9 @@ pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot
     if open.is_some() {
         return open;
     }
-    let snapshot = Rc::new(open_or_build(rel, meta, &key)?);
+    let snapshot = Rc::new(open_or_build(rel, meta, &key, "faiss index", |bytes| {
+        Snapshot::from_bytes(&bytes)
+    })?);
     OPEN.with(|open| {
         open.borrow_mut().insert(
             oid,
@@ -155,20 +160,30 @@ pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot
     Some(snapshot)
 }
 
-unsafe fn open_or_build(rel: pg_sys::Relation, meta: &Meta, key: &CacheKey) -> Option<Snapshot> {
+/// The snapshot file of `meta`'s generation (`key`) of the `kind` index `rel`, mapped; built
+/// from the pages when missing or damaged, by one backend while the others wait. Where no file
+/// can be written, a private copy made by `from_pages` from the pages' bytes, with a WARNING.
+/// None if the index was rewritten while its pages were read. (faiss and bm25 indexes alike.)
+pub unsafe fn open_or_build<S: SnapshotFile>(
+    rel: pg_sys::Relation,
+    meta: &Meta,
+    key: &CacheKey,
+    kind: &str,
+    from_pages: impl FnOnce(Vec<u8>) -> Result<S, IndexError>,
+) -> Option<S> {
     let dir = cache_dir();
     let owner = owner(rel);
     let started = pg_sys::PgStartTime;
     if let Opened::Ready(snapshot) = dir.open(&owner, key, started) {
         return Some(snapshot);
     }
-    let private = |why: String| -> Option<Snapshot> {
+    let private = |why: String| -> Option<S> {
         pgrx::warning!(
-            "faiss index \"{}\": {why}; this session searches a private copy",
+            "{kind} \"{}\": {why}; this session searches a private copy",
             super::build::relation_name(rel)
         );
         let bytes = super::storage::read_snapshot(rel, meta)?;
-        Some(Snapshot::from_bytes(&bytes).unwrap_or_else(|e| index_error(e)))
+        Some(from_pages(bytes).unwrap_or_else(|e| index_error(kind, e)))
     };
     let lock = match lock(&dir, &owner, key) {
         Ok(lock) => lock,
@@ -178,7 +193,7 @@ unsafe fn open_or_build(rel: pg_sys::Relation, meta: &Meta, key: &CacheKey) -> O
     match dir.open(&owner, key, started) {
         Opened::Ready(snapshot) => return Some(snapshot),
         Opened::Damaged(e) => pgrx::log!(
-            "faiss index \"{}\": rebuilding its snapshot file: {e}",
+            "{kind} \"{}\": rebuilding its snapshot file: {e}",
             super::build::relation_name(rel)
         ),
         Opened::Missing => {}
@@ -201,7 +216,7 @@ unsafe fn open_or_build(rel: pg_sys::Relation, meta: &Meta, key: &CacheKey) -> O
     match dir.open(&owner, key, started) {
         Opened::Ready(snapshot) => Some(snapshot),
         // Written from pages that are damaged themselves.
-        Opened::Damaged(e) => index_error(e),
+        Opened::Damaged(e) => index_error(kind, e),
         Opened::Missing => private("its snapshot file vanished".into()),
     }
 }

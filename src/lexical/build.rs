@@ -136,7 +136,8 @@ unsafe extern "C-unwind" fn build_callback(
     }
 }
 
-/// Writes a new generation: `records` (every row's key) and the snapshot of `builder`.
+/// Writes a new generation: `records` (every row's key) and the snapshot of `builder`, sealed
+/// with the generation's key; its file first, so that searches find it ready.
 pub unsafe fn write_generation(
     index: pg_sys::Relation,
     meta: &mut Meta,
@@ -145,9 +146,11 @@ pub unsafe fn write_generation(
     builder: SnapshotBuilder,
 ) {
     let documents = builder.documents() as u64;
-    let snapshot = builder.finish();
+    let key = crate::am::new_cache_key();
+    let snapshot = semantic_index::seal(&builder.finish(), &key);
     // SAFETY: the caller holds the index as a rewrite needs it.
     unsafe {
+        crate::am::publish(index, &key, &snapshot);
         rewrite(
             index,
             meta,
@@ -156,7 +159,7 @@ pub unsafe fn write_generation(
                 records,
                 rows,
                 snapshot: &snapshot,
-                cache_key: crate::am::new_cache_key(),
+                cache_key: key,
                 snapshot_vectors: documents,
                 snapshot_has_vectors: false,
             },

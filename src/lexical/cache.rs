@@ -1,69 +1,67 @@
-//! Each backend's copy of a bm25 index's snapshot, read from the index pages and checked once
-//! per generation. (faiss indexes share one mapped file per server; bm25 snapshots are small
-//! next to vectors, and moving them to the same shared file is the next step.)
+//! Which bm25 snapshot a backend searches: as for faiss indexes (src/am/cache.rs, whose file
+//! protocol this shares), every generation's snapshot is sealed with the generation's key, held
+//! by the pages and written once to the server's snapshot directory, and every backend maps
+//! that file; where it cannot be written, a backend searches a private copy, with a WARNING.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use pgrx::pg_sys;
-use pgrx::PgSqlErrorCode;
 use semantic_encoder::Lru;
 use semantic_index::layout::Meta;
-use semantic_lexical::Snapshot;
+use semantic_index::{CacheKey, Sealed};
 
-use super::storage::read_snapshot;
-use crate::errors::raise;
-
-struct Cached {
-    key: String,
-    bytes: Rc<Vec<u8>>,
+struct Open {
+    relfilenode: u32,
+    key: CacheKey,
+    snapshot: Rc<Sealed>,
 }
 
 thread_local! {
-    static OPEN: RefCell<Lru<pg_sys::Oid, Cached>> = RefCell::new(Lru::default());
+    static OPEN: RefCell<Lru<pg_sys::Oid, Open>> = RefCell::new(Lru::default());
 }
 
-/// The snapshot bytes of `meta`'s generation, or None when the index was rewritten while
-/// they were read (the caller reads the metapage again).
-pub unsafe fn snapshot(index: pg_sys::Relation, meta: &Meta) -> Option<Rc<Vec<u8>>> {
+/// The sealed snapshot of `meta`'s generation, or None when the index was rewritten while its
+/// pages were read (the caller reads the metapage again).
+pub unsafe fn snapshot(index: pg_sys::Relation, meta: &Meta) -> Option<Rc<Sealed>> {
+    let key = meta.cache_key()?;
     // SAFETY: an open index relation.
-    let oid = unsafe { (*index).rd_id };
+    let (oid, relfilenode) = unsafe { ((*index).rd_id, u32::from((*index).rd_node.relNode)) };
     let hit = OPEN.with(|open| {
         open.borrow_mut()
             .get(&oid)
-            .filter(|c| c.key == meta.cache_key)
-            .map(|c| c.bytes.clone())
+            .filter(|o| o.relfilenode == relfilenode && o.key == key)
+            .map(|o| o.snapshot.clone())
     });
     if hit.is_some() {
         return hit;
     }
     // SAFETY: as above.
-    let bytes = unsafe { read_snapshot(index, meta) }?;
-    let checked = Snapshot::parse(&bytes).and_then(|s| s.verify());
-    if let Err(e) = checked {
-        raise(
-            PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-            format!("bm25 index: {e}"),
-            Some("REINDEX the index."),
-        );
-    }
-    let bytes = Rc::new(bytes);
+    let snapshot = Rc::new(unsafe {
+        crate::am::open_or_build(index, meta, &key, "bm25 index", Sealed::from_bytes)
+    }?);
     OPEN.with(|open| {
         open.borrow_mut().insert(
             oid,
-            Cached {
-                key: meta.cache_key.clone(),
-                bytes: bytes.clone(),
+            Open {
+                relfilenode,
+                key,
+                snapshot: snapshot.clone(),
             },
             crate::gucs::max_cached_indexes(),
         )
     });
-    Some(bytes)
+    Some(snapshot)
 }
 
-/// Drops this backend's copy of `index` (after this backend rewrote it).
+/// Drops this backend's handle of `index` (after this backend rewrote it).
 pub fn forget(index: pg_sys::Relation) {
     // SAFETY: an open index relation.
     let oid = unsafe { (*index).rd_id };
     OPEN.with(|open| open.borrow_mut().remove(&oid));
+}
+
+/// Whether the snapshot this backend opened for `oid` is the server's shared file.
+pub fn shared(oid: pg_sys::Oid) -> Option<bool> {
+    OPEN.with(|open| open.borrow().get(&oid).map(|o| o.snapshot.is_mapped()))
 }

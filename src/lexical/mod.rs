@@ -3,9 +3,10 @@
 //! lexical index is useful alone (no model, no embeddings), has its own options and
 //! maintenance, and hybrid search joins the two on the same column. Its pages follow the faiss
 //! index's protocol (src/am/storage.rs): the metapage, a records chain of row keys, and a
-//! snapshot (`semantic_lexical`: posting lists with score bounds) covering the rows up to the
-//! snapshot's end; rows appended since are read back from the table and scored exactly. One
-//! file per phase: build, insert, scan, vacuum.
+//! snapshot (`semantic_lexical`: posting lists with score bounds, sealed with the generation's
+//! key and shared through the server's snapshot file like a faiss one) covering the rows up to
+//! the snapshot's end; rows appended since are read back from the table and scored exactly.
+//! One file per phase: build, insert, scan, vacuum.
 
 mod analyze;
 mod build;
@@ -115,7 +116,8 @@ unsafe fn check_bm25_index(index: &pgrx::PgRelation) {
 }
 
 /// What a bm25 index holds: its text search configuration and BM25 parameters, its rows, the
-/// documents and terms of its snapshot, and the rows appended since.
+/// documents and terms of its snapshot, the rows appended since, and whether this backend
+/// searches the server's shared snapshot file (NULL if it opened none).
 #[pg_extern(stable, strict)]
 #[allow(clippy::type_complexity)] // the SQL result row
 fn semantic_lexical_info(
@@ -132,6 +134,7 @@ fn semantic_lexical_info(
         name!(appended, i64),
         name!(generation, i64),
         name!(pages, i64),
+        name!(shared, Option<bool>),
     ),
 > {
     // SAFETY: an open index relation of our access method.
@@ -147,7 +150,11 @@ fn semantic_lexical_info(
             )
         });
         let terms = cache::snapshot(rel, &meta)
-            .and_then(|bytes| semantic_lexical::Snapshot::parse(&bytes).ok().map(|s| s.terms()))
+            .and_then(|sealed| {
+                semantic_lexical::Snapshot::parse(sealed.payload())
+                    .ok()
+                    .map(|s| s.terms())
+            })
             .unwrap_or(0);
         let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
         TableIterator::once((
@@ -160,6 +167,7 @@ fn semantic_lexical_info(
             meta.appended() as i64,
             meta.generation as i64,
             i64::from(pages),
+            cache::shared((*rel).rd_id),
         ))
     }
 }

@@ -246,7 +246,7 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         let Some(bytes) = (unsafe { super::cache::snapshot(index, &meta) }) else {
             continue;
         };
-        let snapshot = Snapshot::parse(&bytes).unwrap_or_else(|e| {
+        let snapshot = Snapshot::parse(bytes.payload()).unwrap_or_else(|e| {
             raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
         });
         if state.appended.as_ref().is_none_or(|(g, _)| *g != meta.generation) {

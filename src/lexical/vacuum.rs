@@ -61,8 +61,17 @@ unsafe fn regenerate(
     unsafe {
         let settings = meta.lexical.clone().unwrap_or_else(|| changed());
         let keys = all_keys(index, meta);
-        let bytes = read_snapshot(index, meta).unwrap_or_else(|| changed());
-        let snapshot = Snapshot::parse(&bytes)
+        let sealed = read_snapshot(index, meta)
+            .map(semantic_index::Sealed::from_bytes)
+            .unwrap_or_else(|| changed())
+            .unwrap_or_else(|e| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+                    format!("bm25 index: {e}"),
+                    Some("REINDEX the index."),
+                )
+            });
+        let snapshot = Snapshot::parse(sealed.payload())
             .and_then(|s| s.verify().map(|_| s))
             .unwrap_or_else(|e| {
                 raise(

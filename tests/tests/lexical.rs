@@ -192,6 +192,18 @@ fn rows_follow_the_table() {
         .batch_execute("CREATE INDEX docs_bm25 ON docs USING bm25 (body)")
         .unwrap();
     check_all(&mut client, "built");
+    // Searched through the server's shared snapshot file, as faiss indexes are.
+    let shared: Option<bool> = client
+        .query_one("SELECT shared FROM semantic_lexical_info('docs_bm25')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(shared, Some(true));
+    let files = std::fs::read_dir(cluster.data.join("pg_stat_tmp/semantic"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        .count();
+    assert_eq!(files, 1, "one snapshot file for the one index");
 
     // Inserts go to the appended part, scored where they lie, with the same statistics.
     for i in 400..450 {
@@ -257,6 +269,14 @@ fn rows_follow_the_table() {
         .unwrap();
     client.batch_execute("VACUUM docs").unwrap();
     wait_for_replay(&mut client, &mut replica);
+    let shared: Option<bool> = {
+        via_index(&mut replica, "storm", 1);
+        replica
+            .query_one("SELECT shared FROM semantic_lexical_info('docs_bm25')", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(shared, Some(true), "the standby built its own file");
     for q in QUERIES {
         assert_same(
             &via_index(&mut replica, q, 10),

@@ -19,8 +19,32 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::snapshot::{key_hex as hex, CacheKey, Snapshot};
+use crate::snapshot::{key_hex as hex, CacheKey, Sealed, Snapshot};
 use crate::IndexError;
+
+/// What a snapshot file opens as: a faiss [`Snapshot`], or a [`Sealed`] payload.
+pub trait SnapshotFile: Sized {
+    fn open_file(path: &Path, verify_checksum: bool) -> Result<Self, IndexError>;
+    fn key(&self) -> &CacheKey;
+}
+
+impl SnapshotFile for Snapshot {
+    fn open_file(path: &Path, verify_checksum: bool) -> Result<Self, IndexError> {
+        Snapshot::open_file(path, verify_checksum)
+    }
+    fn key(&self) -> &CacheKey {
+        Snapshot::key(self)
+    }
+}
+
+impl SnapshotFile for Sealed {
+    fn open_file(path: &Path, verify_checksum: bool) -> Result<Self, IndexError> {
+        Sealed::open_file(path, verify_checksum)
+    }
+    fn key(&self) -> &CacheKey {
+        Sealed::key(self)
+    }
+}
 
 /// A directory of snapshot files.
 pub struct CacheDir {
@@ -29,8 +53,8 @@ pub struct CacheDir {
 }
 
 /// What [`CacheDir::open`] found.
-pub enum Opened {
-    Ready(Snapshot),
+pub enum Opened<S> {
+    Ready(S),
     Missing,
     /// Present but unusable (truncated, corrupt, another generation's): rebuild it.
     Damaged(IndexError),
@@ -72,7 +96,7 @@ impl CacheDir {
 
     /// Maps the published file of `key`, if there is a sound one. `server_start` identifies
     /// the running server (its start time): the checksum is checked once per file and start.
-    pub fn open(&self, owner: &str, key: &CacheKey, server_start: i64) -> Opened {
+    pub fn open<S: SnapshotFile>(&self, owner: &str, key: &CacheKey, server_start: i64) -> Opened<S> {
         let path = self.path(owner, key);
         let identity = match std::fs::metadata(&path) {
             Ok(m) => format!(
@@ -89,7 +113,7 @@ impl CacheDir {
         };
         let stamp = Self::sibling(&path, ".verified");
         let verified = std::fs::read_to_string(&stamp).is_ok_and(|s| s == identity);
-        match Snapshot::open_file(&path, !verified) {
+        match S::open_file(&path, !verified) {
             Ok(snapshot) if snapshot.key() != key => Opened::Damaged(IndexError::Corrupt(format!(
                 "{}: holds another generation",
                 path.display()

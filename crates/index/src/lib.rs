@@ -43,7 +43,7 @@ pub use error::IndexError;
 pub use index::{VectorIndex, DEFAULT_EF_SEARCH};
 pub use interrupt::set_interrupt_check;
 pub use records::{decode_records, encode_record, record_size};
-pub use snapshot::{CacheKey, Snapshot, SnapshotHit};
+pub use snapshot::{seal, CacheKey, Sealed, Snapshot, SnapshotHit};
 pub use threads::set_threads;
 
 use std::collections::HashMap;

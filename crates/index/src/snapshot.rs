@@ -156,16 +156,110 @@ pub fn encode_snapshot(
     out.resize(align8(faiss_len) as usize, 0);
     le_words(&index.ids, i64::to_le_bytes, &mut out);
     le_words(text_hashes, u64::to_le_bytes, &mut out);
+    append_footer(&mut out, key, faiss_len, n as u64, text_hashes.len() as u64);
+    Ok(out)
+}
+
+/// Ends a snapshot whose payload (`payload_len` bytes, padded) and tables are in `out`.
+fn append_footer(out: &mut Vec<u8>, key: &CacheKey, payload_len: u64, ids: u64, hashes: u64) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(key);
-    for v in [faiss_len, n as u64, text_hashes.len() as u64] {
+    for v in [payload_len, ids, hashes] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    let checksum = xxhash_rust::xxh3::xxh3_64(&out);
+    let checksum = xxhash_rust::xxh3::xxh3_64(out);
     out.extend_from_slice(&checksum.to_le_bytes());
-    Ok(out)
+}
+
+/// A snapshot of another kind of index (a lexical one): its own non-empty payload in place of
+/// FAISS's, no id or hash tables, the same footer. The same pages, files, checks and file
+/// protocol then serve it.
+pub fn seal(payload: &[u8], key: &CacheKey) -> Vec<u8> {
+    let len = payload.len() as u64;
+    let mut out = Vec::with_capacity((align8(len) as usize) + FOOTER_LEN);
+    out.extend_from_slice(payload);
+    out.resize(align8(len) as usize, 0);
+    append_footer(&mut out, key, len, 0, 0);
+    out
+}
+
+/// Maps the snapshot file `path` read-only and checks its footer (and, when asked, the
+/// checksum over the whole file).
+fn map_checked(
+    path: &Path,
+    verify_checksum: bool,
+) -> Result<(File, memmap2::Mmap, Layout), IndexError> {
+    let io_error = |e: std::io::Error| IndexError::Corrupt(format!("{}: {e}", path.display()));
+    let file = File::open(path).map_err(io_error)?;
+    let len = file.metadata().map_err(io_error)?.len();
+    if len < FOOTER_LEN as u64 {
+        return Err(IndexError::Corrupt(format!(
+            "{}: snapshot is shorter than its footer (truncated?)",
+            path.display()
+        )));
+    }
+    // SAFETY: the file is never written once published (new snapshots get new files), so
+    // the mapping does not change under us.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
+    let layout = Layout::parse(len, &map[map.len() - FOOTER_LEN..])?;
+    if verify_checksum {
+        layout.verify(&map)?;
+    }
+    Ok((file, map, layout))
+}
+
+enum SealedBytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+/// A [`seal`]ed snapshot, checked: held in private memory, or mapped from its file.
+pub struct Sealed {
+    bytes: SealedBytes,
+    layout: Layout,
+}
+
+impl Sealed {
+    fn checked(bytes: SealedBytes, layout: Layout) -> Result<Sealed, IndexError> {
+        if layout.vectors != 0 || layout.hashes != 0 {
+            return Err(IndexError::Corrupt(
+                "snapshot holds a faiss index, not a sealed payload".into(),
+            ));
+        }
+        Ok(Sealed { bytes, layout })
+    }
+
+    /// A sealed snapshot read from the index pages (footer and checksum checked).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Sealed, IndexError> {
+        let layout = check_snapshot(&bytes)?;
+        Self::checked(SealedBytes::Owned(bytes), layout)
+    }
+
+    /// Maps a sealed snapshot's file (see [`Snapshot::open_file`] for what is checked when).
+    pub fn open_file(path: &Path, verify_checksum: bool) -> Result<Sealed, IndexError> {
+        let (_file, map, layout) = map_checked(path, verify_checksum)?;
+        Self::checked(SealedBytes::Mapped(map), layout)
+    }
+
+    /// The payload, as given to [`seal`].
+    pub fn payload(&self) -> &[u8] {
+        let len = self.layout.faiss_len as usize;
+        match &self.bytes {
+            SealedBytes::Owned(b) => &b[..len],
+            SealedBytes::Mapped(m) => &m[..len],
+        }
+    }
+
+    pub fn key(&self) -> &CacheKey {
+        &self.layout.key
+    }
+
+    /// Whether it is mapped from the server's file (else a private copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.bytes, SealedBytes::Mapped(_))
+    }
 }
 
 /// Checks a whole snapshot held in memory (footer, sizes, checksum) and returns its layout.
@@ -266,22 +360,7 @@ impl Snapshot {
     /// (see [`crate::cache_file`] for when that is needed). FAISS maps the very file that was
     /// checked (through /proc/self/fd), even if another process renames a new one over it.
     pub fn open_file(path: &Path, verify_checksum: bool) -> Result<Snapshot, IndexError> {
-        let io_error = |e: std::io::Error| IndexError::Corrupt(format!("{}: {e}", path.display()));
-        let file = File::open(path).map_err(io_error)?;
-        let len = file.metadata().map_err(io_error)?.len();
-        if len < FOOTER_LEN as u64 {
-            return Err(IndexError::Corrupt(format!(
-                "{}: snapshot is shorter than its footer (truncated?)",
-                path.display()
-            )));
-        }
-        // SAFETY: the file is never written once published (new snapshots get new files), so
-        // the mapping does not change under us.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
-        let layout = Layout::parse(len, &map[map.len() - FOOTER_LEN..])?;
-        if verify_checksum {
-            layout.verify(&map)?;
-        }
+        let (file, map, layout) = map_checked(path, verify_checksum)?;
         let faiss = {
             use std::os::fd::AsRawFd;
             counted(

@@ -6,8 +6,8 @@ use rand::{Rng, SeedableRng};
 use semantic_index::cache_file::{CacheDir, Opened};
 use semantic_index::snapshot::encode_snapshot;
 use semantic_index::{
-    best_per_id, id_to_tid, tid_to_id, to_distance, CacheKey, IndexError, Metric, SearchParams,
-    Snapshot, VectorIndex,
+    best_per_id, id_to_tid, seal, tid_to_id, to_distance, CacheKey, IndexError, Metric, Sealed,
+    SearchParams, Snapshot, VectorIndex,
 };
 
 const KEY: CacheKey = [7; 16];
@@ -564,7 +564,7 @@ fn cache_files_are_published_checked_and_replaced() {
     let bytes_b = encode_snapshot(&index, &[], &key_b).unwrap();
     let started = 1234;
     assert!(matches!(
-        cache.open("1.2.3", &key_a, started),
+        cache.open::<Snapshot>("1.2.3", &key_a, started),
         Opened::Missing
     ));
 
@@ -574,7 +574,7 @@ fn cache_files_are_published_checked_and_replaced() {
     };
     let path_a = publish(&key_a, &bytes_a);
     assert_eq!(std::fs::read(&path_a).unwrap(), bytes_a);
-    let Opened::Ready(snapshot) = cache.open("1.2.3", &key_a, started) else {
+    let Opened::Ready(snapshot) = cache.open::<Snapshot>("1.2.3", &key_a, started) else {
         panic!("published file not opened");
     };
     assert!(snapshot.is_mapped());
@@ -591,7 +591,7 @@ fn cache_files_are_published_checked_and_replaced() {
     // A file under another generation's name is not taken for this one.
     std::fs::copy(&path_a, cache.path("1.2.3", &key_b)).unwrap();
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Damaged(_)
     ));
 
@@ -599,7 +599,7 @@ fn cache_files_are_published_checked_and_replaced() {
     let path_b = publish(&key_b, &bytes_b);
     assert!(!path_a.exists());
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Ready(_)
     ));
     assert_eq!(
@@ -618,7 +618,7 @@ fn cache_files_are_published_checked_and_replaced() {
     f.set_len(bytes_b.len() as u64 - 100).unwrap();
     drop(f);
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Damaged(_)
     ));
     publish(&key_b, &bytes_b);
@@ -626,7 +626,7 @@ fn cache_files_are_published_checked_and_replaced() {
     // A flipped byte in the FAISS part with the file's identity kept (size, and mtime put
     // back) passes while the stamp of this server start stands, and is found after a restart.
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Ready(_)
     ));
     let mut damaged = bytes_b.clone();
@@ -640,18 +640,18 @@ fn cache_files_are_published_checked_and_replaced() {
     f.set_modified(mtime).unwrap();
     drop(f);
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started + 1),
+        cache.open::<Snapshot>("1.2.3", &key_b, started + 1),
         Opened::Damaged(_)
     ));
     // Rewritten in place with a new mtime: checked again at once.
     std::fs::write(&path_b, &damaged).unwrap();
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Damaged(_)
     ));
     publish(&key_b, &bytes_b);
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Ready(_)
     ));
 
@@ -676,7 +676,7 @@ fn cache_files_are_published_checked_and_replaced() {
     let err = cache.publish("1.2.3", &key_b, |_| Err(std::io::Error::other("disk full")));
     assert!(err.is_err());
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Ready(_)
     ));
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("semantic"))
@@ -692,7 +692,44 @@ fn cache_files_are_published_checked_and_replaced() {
     assert!(blocked.lock("1.2.3", &key_b, || {}).is_err());
     cache.remove_all("1.2.3");
     assert!(matches!(
-        cache.open("1.2.3", &key_b, started),
+        cache.open::<Snapshot>("1.2.3", &key_b, started),
+        Opened::Missing
+    ));
+}
+
+#[test]
+fn sealed_payloads_share_the_snapshot_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheDir::new(dir.path().join("semantic"));
+    let key: CacheKey = [9; 16];
+    let payload: Vec<u8> = (0..1001u32).map(|i| (i * 7) as u8).collect();
+    let bytes = seal(&payload, &key);
+    // In memory: checked, and the payload comes back exactly.
+    let sealed = Sealed::from_bytes(bytes.clone()).unwrap();
+    assert_eq!(sealed.payload(), &payload[..]);
+    assert!(!sealed.is_mapped());
+    let mut flipped = bytes.clone();
+    flipped[10] ^= 1;
+    assert!(Sealed::from_bytes(flipped).is_err(), "checksum");
+    assert!(Sealed::from_bytes(bytes[..bytes.len() - 1].to_vec()).is_err(), "truncated");
+    // A faiss snapshot is not a sealed payload, nor the other way round.
+    let mut rng = StdRng::seed_from_u64(3);
+    let data = random_vectors(&mut rng, 10, DIM, true);
+    let faiss = encode_snapshot(&build("Flat", Metric::L2, &ids_for(10), &data), &[], &key).unwrap();
+    assert!(Sealed::from_bytes(faiss).is_err());
+    assert!(Snapshot::from_bytes(&bytes).is_err());
+    // As a file: published, mapped, checked like a faiss snapshot.
+    {
+        let _lock = cache.lock("4.5.6", &key, || {}).unwrap();
+        cache.publish("4.5.6", &key, |w| w.write_all(&bytes)).unwrap();
+    }
+    let Opened::Ready(mapped) = cache.open::<Sealed>("4.5.6", &key, 1) else {
+        panic!("sealed file not opened");
+    };
+    assert!(mapped.is_mapped());
+    assert_eq!(mapped.payload(), &payload[..]);
+    assert!(matches!(
+        cache.open::<Sealed>("4.5.6", &[8; 16], 1),
         Opened::Missing
     ));
 }
