@@ -290,13 +290,17 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
     stats
 }
 
-/// Folds the records appended to a faiss index since its snapshot into a new snapshot, as
-/// VACUUM does past its threshold; returns how many records were folded. Searches go on
-/// meanwhile; inserts into the index wait. Like VACUUM, it takes the table's owner.
+/// Folds the records appended to a faiss or bm25 index since its snapshot into a new
+/// snapshot, as VACUUM does past its threshold; returns how many records were folded. Searches
+/// go on meanwhile; inserts into the index wait. Like VACUUM, it takes the table's owner.
 #[pg_extern(volatile, strict)]
 fn semantic_index_fold(index: pgrx::PgRelation) -> i64 {
     unsafe {
-        super::check_faiss_index(&index);
+        let relam = (*(*index.as_ptr()).rd_rel).relam;
+        let bm25 = relam == pg_sys::get_index_am_oid(c"bm25".as_ptr(), false);
+        if !bm25 {
+            super::check_faiss_index(&index);
+        }
         if !pg_sys::pg_class_ownercheck(index.oid(), pg_sys::GetUserId()) {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -304,6 +308,10 @@ fn semantic_index_fold(index: pgrx::PgRelation) -> i64 {
                 None,
             );
         }
-        fold(index.as_ptr()) as i64
+        if bm25 {
+            crate::lexical::fold(index.as_ptr()) as i64
+        } else {
+            fold(index.as_ptr()) as i64
+        }
     }
 }

@@ -18,6 +18,7 @@ mod scan;
 mod vacuum;
 
 pub use options::register as register_options;
+pub use vacuum::fold;
 
 use crate::am::storage;
 use pgrx::pg_sys;

@@ -217,6 +217,18 @@ fn rows_follow_the_table() {
         .get(0);
     assert_eq!(appended, 50);
     check_all(&mut client, "appended");
+    // Folded on demand: the same answers from a new snapshot.
+    let folded: i64 = client
+        .query_one("SELECT semantic_index_fold('docs_bm25')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(folded, 50);
+    let appended: i64 = client
+        .query_one("SELECT appended FROM semantic_lexical_info('docs_bm25')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(appended, 0);
+    check_all(&mut client, "folded on demand");
 
     // A rolled-back insert never shows; updates and deletes, then VACUUM: exact again.
     client
