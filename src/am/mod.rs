@@ -25,6 +25,27 @@ CREATE ACCESS METHOD faiss TYPE INDEX HANDLER faiss_amhandler;
 COMMENT ON ACCESS METHOD faiss IS 'FAISS vector index over text (embedded) or real[] columns';
 ")]
 fn faiss_amhandler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRoutine> {
+    let mut am = ordered_am_routine();
+
+    am.ambuild = Some(build::ambuild);
+    am.ambuildempty = Some(build::ambuildempty);
+    am.aminsert = Some(insert::aminsert);
+    am.ambulkdelete = Some(vacuum::ambulkdelete);
+    am.amvacuumcleanup = Some(vacuum::amvacuumcleanup);
+    am.amcostestimate = Some(cost::amcostestimate);
+    am.amoptions = Some(options::amoptions);
+    am.ambuildphasename = Some(build::ambuildphasename);
+    am.amvalidate = Some(amvalidate);
+    am.ambeginscan = Some(scan::ambeginscan);
+    am.amrescan = Some(scan::amrescan);
+    am.amgettuple = Some(scan::amgettuple);
+    am.amendscan = Some(scan::amendscan);
+    am.into_pg_boxed()
+}
+
+/// What faiss and bm25 indexes can do: one column, no plain scans, `ORDER BY col <op> query`
+/// only. The handlers add their own callbacks.
+pub fn ordered_am_routine() -> PgBox<pg_sys::IndexAmRoutine, pgrx::AllocatedByRust> {
     let mut am =
         unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
     am.amstrategies = 1;
@@ -46,25 +67,11 @@ fn faiss_amhandler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRo
     am.amusemaintenanceworkmem = false;
     am.amparallelvacuumoptions = pg_sys::VACUUM_OPTION_NO_PARALLEL as u8;
     am.amkeytype = pg_sys::InvalidOid;
-
-    am.ambuild = Some(build::ambuild);
-    am.ambuildempty = Some(build::ambuildempty);
-    am.aminsert = Some(insert::aminsert);
-    am.ambulkdelete = Some(vacuum::ambulkdelete);
-    am.amvacuumcleanup = Some(vacuum::amvacuumcleanup);
-    am.amcostestimate = Some(cost::amcostestimate);
-    am.amoptions = Some(options::amoptions);
-    am.ambuildphasename = Some(build::ambuildphasename);
-    am.amvalidate = Some(amvalidate);
-    am.ambeginscan = Some(scan::ambeginscan);
-    am.amrescan = Some(scan::amrescan);
-    am.amgettuple = Some(scan::amgettuple);
-    am.amendscan = Some(scan::amendscan);
-    am.into_pg_boxed()
+    am
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn amvalidate(_opclass: pg_sys::Oid) -> bool {
+pub unsafe extern "C-unwind" fn amvalidate(_opclass: pg_sys::Oid) -> bool {
     true
 }
 

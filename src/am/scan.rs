@@ -90,19 +90,29 @@ pub fn returned_row_distance(text_hash: u64, query: &str) -> Option<f64> {
     })
 }
 
+/// A new index scan with the arrays the executor reads returned rows' distances from (the AM
+/// allocates them): what faiss and bm25 scans begin with.
+pub unsafe fn new_ordered_scan(
+    index: pg_sys::Relation,
+    nkeys: i32,
+    norderbys: i32,
+) -> pg_sys::IndexScanDesc {
+    let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
+    let n = norderbys.max(1) as usize;
+    (*scan).xs_orderbyvals =
+        pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
+    (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
+    std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
+    scan
+}
+
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ambeginscan(
     index: pg_sys::Relation,
     nkeys: i32,
     norderbys: i32,
 ) -> pg_sys::IndexScanDesc {
-    let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
-    // The executor reads the distances of returned rows from here; the AM allocates them.
-    let n = norderbys.max(1) as usize;
-    (*scan).xs_orderbyvals =
-        pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
-    (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
-    std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
+    let scan = new_ordered_scan(index, nkeys, norderbys);
     let id = NEXT_SCAN_ID.with(|n| {
         n.set(n.get() + 1);
         n.get()

@@ -174,7 +174,7 @@ unsafe fn regenerate(
     (removed, live)
 }
 
-unsafe fn stats_or_new(
+pub(crate) unsafe fn stats_or_new(
     stats: *mut pg_sys::IndexBulkDeleteResult,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
     if stats.is_null() {

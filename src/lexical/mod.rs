@@ -34,27 +34,7 @@ CREATE ACCESS METHOD bm25 TYPE INDEX HANDLER bm25_amhandler;
 COMMENT ON ACCESS METHOD bm25 IS 'Okapi BM25 lexical index over text columns';
 ")]
 fn bm25_amhandler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRoutine> {
-    let mut am =
-        unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
-    am.amstrategies = 1;
-    am.amsupport = 0;
-    am.amoptsprocnum = 0;
-    am.amcanorder = false;
-    am.amcanorderbyop = true;
-    am.amcanbackward = false;
-    am.amcanunique = false;
-    am.amcanmulticol = false;
-    am.amoptionalkey = true;
-    am.amsearcharray = false;
-    am.amsearchnulls = false;
-    am.amstorage = false;
-    am.amclusterable = false;
-    am.ampredlocks = false;
-    am.amcanparallel = false;
-    am.amcaninclude = false;
-    am.amusemaintenanceworkmem = false;
-    am.amparallelvacuumoptions = pg_sys::VACUUM_OPTION_NO_PARALLEL as u8;
-    am.amkeytype = pg_sys::InvalidOid;
+    let mut am = crate::am::ordered_am_routine();
 
     am.ambuild = Some(build::ambuild);
     am.ambuildempty = Some(build::ambuildempty);
@@ -64,17 +44,12 @@ fn bm25_amhandler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRou
     am.amcostestimate = Some(crate::am::cost::amcostestimate);
     am.amoptions = Some(options::amoptions);
     am.ambuildphasename = Some(build::ambuildphasename);
-    am.amvalidate = Some(amvalidate);
+    am.amvalidate = Some(crate::am::amvalidate);
     am.ambeginscan = Some(scan::ambeginscan);
     am.amrescan = Some(scan::amrescan);
     am.amgettuple = Some(scan::amgettuple);
     am.amendscan = Some(scan::amendscan);
     am.into_pg_boxed()
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn amvalidate(_opclass: pg_sys::Oid) -> bool {
-    true
 }
 
 /// `document <@> query`: minus the BM25 score of the row a bm25 index scan ordered by it just

@@ -104,12 +104,7 @@ pub unsafe extern "C-unwind" fn ambeginscan(
 ) -> pg_sys::IndexScanDesc {
     // SAFETY: PostgreSQL's scan allocation; the state lives in the scan's memory context.
     unsafe {
-        let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
-        let n = norderbys.max(1) as usize;
-        (*scan).xs_orderbyvals =
-            pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
-        (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
-        std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
+        let scan = crate::am::scan::new_ordered_scan(index, nkeys, norderbys);
         let id = NEXT_SCAN_ID.with(|n| {
             n.set(n.get() + 1);
             n.get()

@@ -16,6 +16,7 @@ use super::analyze::lexemes;
 use super::build::{indexed_column, write_generation};
 use super::heap::row_text;
 use super::storage::{read_meta, read_records, read_snapshot, ChainRead};
+use crate::am::vacuum::stats_or_new;
 use crate::errors::raise;
 
 /// Appended rows beyond which VACUUM folds them: 200, or 2% of the snapshot's documents when
@@ -113,16 +114,6 @@ unsafe fn regenerate(
         let kept = live.len() as u64;
         write_generation(index, meta, &records, kept, builder);
         (removed, kept)
-    }
-}
-
-unsafe fn stats_or_new(
-    stats: *mut pg_sys::IndexBulkDeleteResult,
-) -> *mut pg_sys::IndexBulkDeleteResult {
-    if stats.is_null() {
-        PgBox::<pg_sys::IndexBulkDeleteResult>::alloc0().into_pg()
-    } else {
-        stats
     }
 }
 
