@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -102,8 +104,8 @@ unsafe extern "C-unwind" fn startup_shmem() {
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
         let size = Mailbox::size(SLOTS, SLOT_BYTES);
-        let base = pg_sys::ShmemInitStruct(c"semantic model server".as_ptr(), size, &mut found)
-            as *mut u8;
+        let base =
+            pg_sys::ShmemInitStruct(c"semantic model server".as_ptr(), size, &mut found) as *mut u8;
         if !found {
             Mailbox::init(base, SLOTS, SLOT_BYTES);
         }
@@ -185,7 +187,7 @@ pub fn embed(model_dir: &Path, text: &str, kind: TextKind) -> Option<Embedding> 
                 return Some(Embedding {
                     vector,
                     fingerprint,
-                })
+                });
             }
             Poll::Ready(Reply::Error(e)) => raise(
                 PgSqlErrorCode::from(e.sqlstate),
@@ -261,7 +263,11 @@ fn serve(mailbox: &Mailbox, taken: Vec<(usize, Option<Request>)>) {
         }
     }
     for ((model_dir, is_query), requests) in groups {
-        let kind = if is_query { TextKind::Query } else { TextKind::Passage };
+        let kind = if is_query {
+            TextKind::Query
+        } else {
+            TextKind::Passage
+        };
         let texts: Vec<&str> = requests.iter().map(|(_, t)| t.as_str()).collect();
         let answers = embed_batch(&model_dir, kind, &texts);
         replies.extend(requests.iter().map(|(slot, _)| *slot).zip(answers));
@@ -310,7 +316,11 @@ pub extern "C-unwind" fn semantic_model_server_main(_arg: pg_sys::Datum) {
     // (after which the postmaster restarts every process anyway).
     let epoch = unsafe {
         pg_sys::before_shmem_exit(Some(withdraw), pg_sys::Datum::from(0));
-        mailbox.server_started(pg_sys::MyProcPid as u32, pg_sys::MyLatch as usize, settings_hash())
+        mailbox.server_started(
+            pg_sys::MyProcPid as u32,
+            pg_sys::MyLatch as usize,
+            settings_hash(),
+        )
     };
     // Requests that come meanwhile wait for this load, which they would need anyway.
     preload_default_model();

@@ -12,7 +12,8 @@ pub unsafe fn row_text(heap: pg_sys::Relation, attnum: i16, key: &RecordKey) -> 
     // SAFETY: a heap relation the caller holds open; the tuple is read while its buffer is
     // pinned, and the buffer released on every path.
     unsafe {
-        let blocks = pg_sys::RelationGetNumberOfBlocksInFork(heap, pg_sys::ForkNumber::MAIN_FORKNUM);
+        let blocks =
+            pg_sys::RelationGetNumberOfBlocksInFork(heap, pg_sys::ForkNumber::MAIN_FORKNUM);
         if key.block >= blocks {
             return None;
         }

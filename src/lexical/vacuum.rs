@@ -108,7 +108,11 @@ unsafe fn regenerate(
             }
             let text = row_text(heap, attnum, key).unwrap_or_default();
             let lexemes = lexemes(config, &text);
-            builder.add(id, key.text_hash, lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)));
+            builder.add(
+                id,
+                key.text_hash,
+                lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)),
+            );
         }
         pg_sys::table_close(heap, pg_sys::AccessShareLock as _);
         let kept = live.len() as u64;

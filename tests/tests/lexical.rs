@@ -13,9 +13,7 @@ use semantic_tests::{cluster_with_extension as setup, expect_error};
 
 /// (id, minus the BM25 score) of `ORDER BY body <@> query LIMIT k` through the index.
 fn via_index(client: &mut Client, query: &str, k: i64) -> Vec<(i32, f64)> {
-    client
-        .batch_execute("SET enable_seqscan = off")
-        .unwrap();
+    client.batch_execute("SET enable_seqscan = off").unwrap();
     client
         .query(
             "SELECT id, body <@> $1 FROM docs ORDER BY body <@> $1 LIMIT $2",
@@ -95,9 +93,30 @@ fn assert_same(got: &[(i32, f64)], want: &[(i32, f64)], what: &str) {
 }
 
 const WORDS: [&str; 24] = [
-    "harbour", "lighthouse", "storm", "letters", "summer", "train", "piano", "garden", "winter",
-    "detective", "island", "wedding", "mountain", "river", "secret", "village", "soldier",
-    "dancer", "orchard", "painter", "thief", "festival", "desert", "archive",
+    "harbour",
+    "lighthouse",
+    "storm",
+    "letters",
+    "summer",
+    "train",
+    "piano",
+    "garden",
+    "winter",
+    "detective",
+    "island",
+    "wedding",
+    "mountain",
+    "river",
+    "secret",
+    "village",
+    "soldier",
+    "dancer",
+    "orchard",
+    "painter",
+    "thief",
+    "festival",
+    "desert",
+    "archive",
 ];
 
 /// A text of `n` words drawn from WORDS by a seeded generator (skewed towards the first).
@@ -208,11 +227,17 @@ fn rows_follow_the_table() {
     // Inserts go to the appended part, scored where they lie, with the same statistics.
     for i in 400..450 {
         client
-            .execute("INSERT INTO docs VALUES ($1, $2)", &[&i, &text(i as u64, 12)])
+            .execute(
+                "INSERT INTO docs VALUES ($1, $2)",
+                &[&i, &text(i as u64, 12)],
+            )
             .unwrap();
     }
     let appended: i64 = client
-        .query_one("SELECT appended FROM semantic_lexical_info('docs_bm25')", &[])
+        .query_one(
+            "SELECT appended FROM semantic_lexical_info('docs_bm25')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(appended, 50);
@@ -224,7 +249,10 @@ fn rows_follow_the_table() {
         .get(0);
     assert_eq!(folded, 50);
     let appended: i64 = client
-        .query_one("SELECT appended FROM semantic_lexical_info('docs_bm25')", &[])
+        .query_one(
+            "SELECT appended FROM semantic_lexical_info('docs_bm25')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(appended, 0);
@@ -250,12 +278,18 @@ fn rows_follow_the_table() {
     // Past the threshold, VACUUM folds the appended rows into the snapshot.
     for i in 1000..1300 {
         client
-            .execute("INSERT INTO docs VALUES ($1, $2)", &[&i, &text(i as u64, 9)])
+            .execute(
+                "INSERT INTO docs VALUES ($1, $2)",
+                &[&i, &text(i as u64, 9)],
+            )
             .unwrap();
     }
     client.batch_execute("VACUUM docs").unwrap();
     let appended: i64 = client
-        .query_one("SELECT appended FROM semantic_lexical_info('docs_bm25')", &[])
+        .query_one(
+            "SELECT appended FROM semantic_lexical_info('docs_bm25')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(appended, 0, "folded");
@@ -405,7 +439,10 @@ fn bad_input_gets_an_error_or_nothing() {
     let got = via_index(&mut client, "the", 1);
     assert!(got[0].1 < 0.0, "'the' is a term under simple: {got:?}");
     let config: String = client
-        .query_one("SELECT config FROM semantic_lexical_info('docs_simple')", &[])
+        .query_one(
+            "SELECT config FROM semantic_lexical_info('docs_simple')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(config, "simple");

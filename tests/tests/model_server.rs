@@ -48,14 +48,20 @@ fn server_pid(client: &mut Client) -> i32 {
 
 fn loaded_here(client: &mut Client) -> bool {
     client
-        .query_one("SELECT loaded FROM semantic_models() WHERE name = $1", &[&MODEL])
+        .query_one(
+            "SELECT loaded FROM semantic_models() WHERE name = $1",
+            &[&MODEL],
+        )
         .unwrap()
         .get(0)
 }
 
 /// This backend's anonymous memory, from its smaps_rollup.
 fn backend_anonymous_kib(client: &mut Client) -> u64 {
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
     rollup
         .lines()
@@ -87,7 +93,10 @@ fn the_server_answers_as_a_backend_would() {
     // by a model (a backend's own all-MiniLM-L6-v2 adds tens of MiB).
     let added_mib = (backend_anonymous_kib(&mut served) as f64 - before as f64) / 1024.0;
     assert!(added_mib < 8.0, "backend grew by {added_mib:.1} MiB");
-    assert!(loaded_here(&mut served), "semantic_models() reports the served model as ready");
+    assert!(
+        loaded_here(&mut served),
+        "semantic_models() reports the served model as ready"
+    );
 
     // Another thread count is another session configuration: that session embeds itself.
     let mut own = cluster.connect();
@@ -149,7 +158,11 @@ fn server_errors_keep_their_sqlstate() {
         std::fs::copy(source.join(f), dir.join(f)).unwrap();
     }
     std::fs::write(dir.join("model.onnx"), b"not an onnx graph").unwrap();
-    Command::new("chmod").args(["-R", "a+rX"]).arg(&root).status().unwrap();
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&root)
+        .status()
+        .unwrap();
     client
         .batch_execute(&format!("SET semantic.model_dir = '{}'", root.display()))
         .unwrap();
@@ -162,7 +175,11 @@ fn server_errors_keep_their_sqlstate() {
     let pid = server_pid(&mut client);
     client.batch_execute("RESET semantic.model_dir").unwrap();
     assert_eq!(embed(&mut client, "still served").len(), 384);
-    assert_eq!(server_pid(&mut client), pid, "the error did not cost the server");
+    assert_eq!(
+        server_pid(&mut client),
+        pid,
+        "the error did not cost the server"
+    );
 }
 
 #[test]
@@ -207,7 +224,10 @@ fn a_stopped_terminated_or_killed_server_never_hangs_a_backend() {
     signal(restarted, "-KILL");
     let deadline = Instant::now() + Duration::from_secs(60);
     while fresh.simple_query("SELECT 1").is_ok() {
-        assert!(Instant::now() < deadline, "the postmaster did not restart the processes");
+        assert!(
+            Instant::now() < deadline,
+            "the postmaster did not restart the processes"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut after = loop {

@@ -284,13 +284,27 @@ fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
     for (system, expected) in systems {
         let printed = printed_metrics(&stdout, system);
         for (p, e) in printed.iter().zip(expected) {
-            assert!((p - e).abs() <= 5e-5, "{system}: printed {printed:?}, computed {expected:?}\n{stdout}");
+            assert!(
+                (p - e).abs() <= 5e-5,
+                "{system}: printed {printed:?}, computed {expected:?}\n{stdout}"
+            );
         }
     }
     // The runs and per-query figures: one line per ranked row, one per query.
-    for system in ["bm25", "all_minilm_l6_v2", "all_minilm_l6_v2_bm25", "minilm_copy", "minilm_copy_bm25"] {
+    for system in [
+        "bm25",
+        "all_minilm_l6_v2",
+        "all_minilm_l6_v2_bm25",
+        "minilm_copy",
+        "minilm_copy_bm25",
+    ] {
         let run = std::fs::read_to_string(results.join(format!("{system}.run"))).unwrap();
-        let first = run.lines().next().unwrap().split_whitespace().collect::<Vec<_>>();
+        let first = run
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>();
         assert_eq!((first[1], first[3], first[5]), ("Q0", "1", system), "{run}");
         let per_query = std::fs::read_to_string(results.join(format!("{system}.tsv"))).unwrap();
         assert_eq!(per_query.lines().count(), 1 + 4, "{per_query}");

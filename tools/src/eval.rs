@@ -131,7 +131,10 @@ fn search_all(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok((run, data.queries.len() as f64 / started.elapsed().as_secs_f64()))
+    Ok((
+        run,
+        data.queries.len() as f64 / started.elapsed().as_secs_f64(),
+    ))
 }
 
 fn scored(

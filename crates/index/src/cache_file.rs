@@ -96,7 +96,12 @@ impl CacheDir {
 
     /// Maps the published file of `key`, if there is a sound one. `server_start` identifies
     /// the running server (its start time): the checksum is checked once per file and start.
-    pub fn open<S: SnapshotFile>(&self, owner: &str, key: &CacheKey, server_start: i64) -> Opened<S> {
+    pub fn open<S: SnapshotFile>(
+        &self,
+        owner: &str,
+        key: &CacheKey,
+        server_start: i64,
+    ) -> Opened<S> {
         let path = self.path(owner, key);
         let identity = match std::fs::metadata(&path) {
             Ok(m) => format!(

@@ -711,17 +711,23 @@ fn sealed_payloads_share_the_snapshot_protocol() {
     let mut flipped = bytes.clone();
     flipped[10] ^= 1;
     assert!(Sealed::from_bytes(flipped).is_err(), "checksum");
-    assert!(Sealed::from_bytes(bytes[..bytes.len() - 1].to_vec()).is_err(), "truncated");
+    assert!(
+        Sealed::from_bytes(bytes[..bytes.len() - 1].to_vec()).is_err(),
+        "truncated"
+    );
     // A faiss snapshot is not a sealed payload, nor the other way round.
     let mut rng = StdRng::seed_from_u64(3);
     let data = random_vectors(&mut rng, 10, DIM, true);
-    let faiss = encode_snapshot(&build("Flat", Metric::L2, &ids_for(10), &data), &[], &key).unwrap();
+    let faiss =
+        encode_snapshot(&build("Flat", Metric::L2, &ids_for(10), &data), &[], &key).unwrap();
     assert!(Sealed::from_bytes(faiss).is_err());
     assert!(Snapshot::from_bytes(&bytes).is_err());
     // As a file: published, mapped, checked like a faiss snapshot.
     {
         let _lock = cache.lock("4.5.6", &key, || {}).unwrap();
-        cache.publish("4.5.6", &key, |w| w.write_all(&bytes)).unwrap();
+        cache
+            .publish("4.5.6", &key, |w| w.write_all(&bytes))
+            .unwrap();
     }
     let Opened::Ready(mapped) = cache.open::<Sealed>("4.5.6", &key, 1) else {
         panic!("sealed file not opened");

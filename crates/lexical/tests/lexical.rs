@@ -51,12 +51,16 @@ fn scores_equal_a_hand_computation() {
     assert_eq!((got[0].0, got[1].0), (11, 10));
     assert!((got[0].1 - 0.631_455).abs() < 1e-5 && (got[1].1 - 0.447_139).abs() < 1e-5);
     // Both terms: they add up (1.749976), and an unknown term changes nothing.
-    let hits = s.search(&query(&s, &bm, &["cat", "dog", "zebra"]), 1, &bm, |_| true).hits;
+    let hits = s
+        .search(&query(&s, &bm, &["cat", "dog", "zebra"]), 1, &bm, |_| true)
+        .hits;
     assert_eq!(hits[0].id, 10);
     assert!((hits[0].score - 1.749_976).abs() < 1e-5);
     // b = 0: no length normalisation, doc 10 and 11 tie on dog, the earlier first.
     let flat = Bm25 { b: 0.0, ..bm };
-    let hits = s.search(&query(&s, &flat, &["dog"]), 10, &flat, |_| true).hits;
+    let hits = s
+        .search(&query(&s, &flat, &["dog"]), 10, &flat, |_| true)
+        .hits;
     assert_eq!(hits[0].score, hits[1].score);
     assert_eq!((hits[0].id, hits[1].id), (10, 11));
 }
@@ -122,7 +126,10 @@ fn exhaustive(
 fn assert_same_ranking(got: &[(u32, f32)], want: &[(u32, f32)], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g.1 - w.1).abs() <= 1e-4 * w.1.max(1.0), "{what}: score {i}: {g:?} vs {w:?}");
+        assert!(
+            (g.1 - w.1).abs() <= 1e-4 * w.1.max(1.0),
+            "{what}: score {i}: {g:?} vs {w:?}"
+        );
         let tie = want
             .iter()
             .filter(|x| (x.1 - w.1).abs() <= 1e-4 * w.1.max(1.0))
@@ -137,12 +144,19 @@ fn max_score_top_k_equals_exhaustive_scoring() {
     let corpus = zipf_corpus(10_000, 5_000, 7);
     let mut b = SnapshotBuilder::new(Bm25::DEFAULT_K1, Bm25::DEFAULT_B);
     for (d, doc) in corpus.iter().enumerate() {
-        b.add(d as u64 * 3, d as u64 ^ 0xabc, doc.iter().map(|(t, tf)| (t.as_str(), *tf)));
+        b.add(
+            d as u64 * 3,
+            d as u64 ^ 0xabc,
+            doc.iter().map(|(t, tf)| (t.as_str(), *tf)),
+        );
     }
     let bytes = b.finish();
     let s = Snapshot::parse(&bytes).unwrap();
     s.verify().unwrap();
-    assert!(s.term("t0").unwrap().df as usize > 10 * BLOCK, "common terms span many blocks");
+    assert!(
+        s.term("t0").unwrap().df as usize > 10 * BLOCK,
+        "common terms span many blocks"
+    );
     let bm = bm25(&s);
     let mut rng = StdRng::seed_from_u64(99);
     let (mut scored, mut matching) = (0u64, 0u64);
@@ -150,7 +164,12 @@ fn max_score_top_k_equals_exhaustive_scoring() {
         let n = rng.random_range(1..6);
         // Mix common and rare terms (Zipf ranks drawn log-uniformly).
         let terms: Vec<String> = (0..n)
-            .map(|_| format!("t{}", (5000f64.powf(rng.random::<f64>()) as usize).min(4999)))
+            .map(|_| {
+                format!(
+                    "t{}",
+                    (5000f64.powf(rng.random::<f64>()) as usize).min(4999)
+                )
+            })
             .collect();
         let refs: Vec<&str> = terms.iter().map(String::as_str).collect();
         let q = query(&s, &bm, &refs);
@@ -189,7 +208,11 @@ fn max_score_top_k_equals_exhaustive_scoring() {
                 },
                 ..bm
             },
-            Bm25 { k1: 2.0, b: 0.3, ..bm },
+            Bm25 {
+                k1: 2.0,
+                b: 0.3,
+                ..bm
+            },
         ] {
             let got: Vec<(u32, f32)> = s
                 .search(&q, 10, &other, |_| true)
@@ -224,7 +247,10 @@ fn empty_queries_and_corpora() {
     let bytes = SnapshotBuilder::new(Bm25::DEFAULT_K1, Bm25::DEFAULT_B).finish();
     let s = Snapshot::parse(&bytes).unwrap();
     let bm = bm25(&s);
-    assert!(s.search(&query(&s, &bm, &["a"]), 10, &bm, |_| true).hits.is_empty());
+    assert!(s
+        .search(&query(&s, &bm, &["a"]), 10, &bm, |_| true)
+        .hits
+        .is_empty());
     let mut b = SnapshotBuilder::new(Bm25::DEFAULT_K1, Bm25::DEFAULT_B);
     b.add(1, 7, [("a", 1)]);
     b.add(2, 8, []); // a document with no lexemes (only stop words)
@@ -232,8 +258,16 @@ fn empty_queries_and_corpora() {
     let s = Snapshot::parse(&bytes).unwrap();
     let bm = bm25(&s);
     assert!(s.search(&[], 10, &bm, |_| true).hits.is_empty());
-    assert!(s.search(&query(&s, &bm, &["a"]), 0, &bm, |_| true).hits.is_empty());
-    assert_eq!(s.search(&query(&s, &bm, &["a"]), 10, &bm, |_| true).hits.len(), 1);
+    assert!(s
+        .search(&query(&s, &bm, &["a"]), 0, &bm, |_| true)
+        .hits
+        .is_empty());
+    assert_eq!(
+        s.search(&query(&s, &bm, &["a"]), 10, &bm, |_| true)
+            .hits
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -274,7 +308,11 @@ fn damaged_snapshots_are_refused() {
 fn rebuild_equals_a_fresh_build() {
     let corpus = zipf_corpus(3_000, 800, 11);
     let add = |b: &mut SnapshotBuilder, d: usize| {
-        b.add(d as u64, d as u64 * 7, corpus[d].iter().map(|(t, tf)| (t.as_str(), *tf)));
+        b.add(
+            d as u64,
+            d as u64 * 7,
+            corpus[d].iter().map(|(t, tf)| (t.as_str(), *tf)),
+        );
     };
     let mut first = SnapshotBuilder::new(1.5, 0.6);
     for d in 0..2_000 {

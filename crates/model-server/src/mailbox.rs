@@ -196,12 +196,10 @@ impl Mailbox {
 
     /// Withdraws the server `pid` (on its exit); clients then stop waiting for it.
     pub fn server_stopped(&self, pid: u32) {
-        let _ = self.header().server_pid.compare_exchange(
-            pid,
-            0,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.header()
+                .server_pid
+                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// The running server, if any.
@@ -356,7 +354,10 @@ impl Ticket<'_> {
     }
 
     fn release(&mut self) {
-        self.mailbox.slot(self.slot).state.store(FREE, Ordering::Release);
+        self.mailbox
+            .slot(self.slot)
+            .state
+            .store(FREE, Ordering::Release);
         self.finished = true;
     }
 }

@@ -32,7 +32,10 @@ fn answer(request: &Option<Request>) -> Reply {
     match request {
         Some(r) => Reply::Vector {
             fingerprint: "fp".into(),
-            vector: vec![r.text.len() as f32, r.text.bytes().next().unwrap_or(0) as f32],
+            vector: vec![
+                r.text.len() as f32,
+                r.text.bytes().next().unwrap_or(0) as f32,
+            ],
         },
         None => Reply::Error(ErrorReply {
             sqlstate: 1,
@@ -99,8 +102,13 @@ fn many_clients_one_server() {
     stop.store(true, Ordering::Release);
     assert_eq!(server.join().unwrap(), 8 * 300);
     // Every slot is free again: four claims succeed at once.
-    let tickets: Vec<_> = (0..4).map(|_| mailbox.submit(&request("x"), 0).unwrap()).collect();
-    assert_eq!(mailbox.submit(&request("x"), 0).err(), Some(SubmitError::Busy));
+    let tickets: Vec<_> = (0..4)
+        .map(|_| mailbox.submit(&request("x"), 0).unwrap())
+        .collect();
+    assert_eq!(
+        mailbox.submit(&request("x"), 0).err(),
+        Some(SubmitError::Busy)
+    );
     drop(tickets);
     assert!(mailbox.submit(&request("x"), 0).is_ok());
 }
@@ -108,7 +116,10 @@ fn many_clients_one_server() {
 #[test]
 fn no_server_and_too_large_are_refused() {
     let (_region, mailbox) = Region::new(2, 64);
-    assert_eq!(mailbox.submit(&request("x"), 0).err(), Some(SubmitError::NoServer));
+    assert_eq!(
+        mailbox.submit(&request("x"), 0).err(),
+        Some(SubmitError::NoServer)
+    );
     mailbox.server_started(1, 0, 0);
     assert_eq!(
         mailbox.submit(&request(&"x".repeat(100)), 0).err(),
@@ -128,7 +139,10 @@ fn a_client_that_gives_up_frees_its_slot_before_or_during_work() {
     let taken = mailbox.take_pending(epoch);
     assert_eq!(taken.len(), 1);
     drop(ticket);
-    assert_eq!(mailbox.submit(&request("c"), 0).err(), Some(SubmitError::Busy));
+    assert_eq!(
+        mailbox.submit(&request("c"), 0).err(),
+        Some(SubmitError::Busy)
+    );
     assert_eq!(mailbox.complete(taken[0].0, &answer(&taken[0].1)), None);
     let mut ticket = mailbox.submit(&request("c"), 6).unwrap();
     let taken = mailbox.take_pending(epoch);
