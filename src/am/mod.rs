@@ -7,6 +7,7 @@ mod cache;
 pub(crate) mod cost;
 mod insert;
 pub mod options;
+pub(crate) mod ordered;
 pub mod scan;
 pub(crate) mod storage;
 pub(crate) mod vacuum;

@@ -5,10 +5,9 @@
 //! until the index is exhausted or `semantic.max_scan_tuples` candidates were asked for.
 //!
 //! The scan state lives in the scan's memory context (dropped with it, also when the query
-//! fails), and so does the claim of a scan on [`RETURNED`].
+//! fails); what both access methods' ordered scans share is in [`super::ordered`].
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -16,78 +15,27 @@ use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, ColumnKind, Meta, NO_BLOCK};
 use semantic_index::records::score_records;
-use semantic_index::{best_per_id, id_to_tid, tid_to_id, SearchParams};
+use semantic_index::{best_per_id, tid_to_id, SearchParams};
 
 use super::build::relation_name;
+use super::ordered::{self, retry_while_changing, Candidate, OrderedBy, RowQueue};
 use super::storage::{read_meta, read_records, ChainRead};
 use super::vectors::{datum_text, query_vector};
 use crate::errors::raise;
 use crate::gucs;
 
-struct Candidate {
-    id: i64,
-    distance: f64,
-    /// Text indexes: the row's text hash.
-    text_hash: Option<u64>,
-}
-
 struct ScanState {
-    /// Tells this scan's [`RETURNED`] row from another scan's.
-    id: u64,
+    queue: RowQueue,
     query: Option<Vec<f32>>,
-    /// Text indexes: the query text, for [`returned_row_distance`].
-    query_text: Option<String>,
-    pending: VecDeque<Candidate>,
-    returned: HashSet<i64>,
     /// Candidates asked of FAISS by the next search.
     k: usize,
     exhausted: bool,
 }
 
-/// The row a text index scan returned last: PostgreSQL evaluates the ORDER BY expression
-/// `col <=> query` again on every returned row, and the operator answers from here instead of
-/// embedding the row's text.
-struct ReturnedRow {
-    scan: u64,
-    query: String,
-    text_hash: u64,
-    distance: f64,
-}
-
-thread_local! {
-    static RETURNED: RefCell<Option<ReturnedRow>> = const { RefCell::new(None) };
-    static NEXT_SCAN_ID: Cell<u64> = const { Cell::new(0) };
-}
-
-impl ScanState {
-    /// Forgets the row this scan returned last, if [`RETURNED`] still holds it: it must not
-    /// answer a `<=>` after the scan.
-    fn release_returned(&self) {
-        RETURNED.with(|r| {
-            let mut r = r.borrow_mut();
-            if r.as_ref().is_some_and(|row| row.scan == self.id) {
-                *r = None;
-            }
-        });
-    }
-}
-
-impl Drop for ScanState {
-    /// Runs when the scan's memory context goes: at the end of the query, or at its failure.
-    fn drop(&mut self) {
-        self.release_returned();
-    }
-}
-
-/// The index distance of the row a scan just returned, when `text_hash`/`query` are that row's
-/// text and the scan's query.
+/// The index distance of the row a faiss scan just returned, when `text_hash`/`query` are
+/// that row's text and the scan's query.
 pub fn returned_row_distance(text_hash: u64, query: &str) -> Option<f64> {
-    RETURNED.with(|r| {
-        r.borrow()
-            .as_ref()
-            .filter(|r| r.text_hash == text_hash && r.query == query)
-            .map(|r| r.distance)
-    })
+    ordered::returned_row_distance(OrderedBy::Vector, text_hash, query)
 }
 
 /// A new index scan with the arrays the executor reads returned rows' distances from (the AM
@@ -113,16 +61,9 @@ pub unsafe extern "C-unwind" fn ambeginscan(
     norderbys: i32,
 ) -> pg_sys::IndexScanDesc {
     let scan = new_ordered_scan(index, nkeys, norderbys);
-    let id = NEXT_SCAN_ID.with(|n| {
-        n.set(n.get() + 1);
-        n.get()
-    });
     let state = ScanState {
-        id,
+        queue: RowQueue::new(OrderedBy::Vector),
         query: None,
-        query_text: None,
-        pending: VecDeque::new(),
-        returned: HashSet::new(),
         k: 0,
         exhausted: true,
     };
@@ -144,10 +85,8 @@ pub unsafe extern "C-unwind" fn amrescan(
     if !orderbys.is_null() && norderbys > 0 {
         std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
     }
-    state.pending.clear();
-    state.returned.clear();
+    state.queue.restart(None);
     state.query = None;
-    state.query_text = None;
     state.exhausted = true;
     if (*scan).numberOfOrderBys < 1 {
         raise(
@@ -163,7 +102,7 @@ pub unsafe extern "C-unwind" fn amrescan(
     let index = (*scan).indexRelation;
     let meta = read_meta(index);
     if meta.kind == ColumnKind::Text {
-        state.query_text = Some(datum_text(key.sk_argument));
+        state.queue.restart(Some(datum_text(key.sk_argument)));
     }
     state.query = Some(query_vector(&meta, &relation_name(index), key.sk_argument));
     state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
@@ -219,18 +158,16 @@ unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
     let k = state.k;
     // The last round: every appended record is a candidate, whatever its distance.
     let last = k >= gucs::max_scan_tuples();
-    for _ in 0..10 {
+    let (candidates, exhausted) = retry_while_changing(OrderedBy::Vector, || {
         let meta = read_meta(index);
         let snapshot = match meta.cache_key() {
             Some(_) => match super::cache::snapshot(index, &meta) {
                 Some(snapshot) => Some(snapshot),
-                None => continue, // rewritten while being read
+                None => return None, // rewritten while being read
             },
             None => None,
         };
-        let Some(appended) = score_appended(index, &meta, query) else {
-            continue;
-        };
+        let appended = score_appended(index, &meta, query)?;
         let metric = meta.metric.faiss_metric();
         let hits = match &snapshot {
             Some(snapshot) => snapshot.search(query, k, &params).unwrap_or_else(|e| {
@@ -267,25 +204,20 @@ unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
             }
         }
         // Chunks share their row's TID: keep each row's best chunk.
-        let returned = &state.returned;
-        let candidates = best_per_id(scored.iter().copied(), metric, scored.len())
+        let candidates: Vec<Candidate> = best_per_id(scored.iter().copied(), metric, scored.len())
             .into_iter()
-            .filter(|(id, _)| !returned.contains(id))
+            .filter(|(id, _)| !state.queue.was_returned(*id))
             .map(|(id, score)| Candidate {
                 id,
                 distance: meta.metric.distance(score),
                 text_hash: hashes.get(&id).copied(),
-            });
-        state.pending.extend(candidates);
-        state.exhausted = last || snapshot_done;
-        state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
-        return;
-    }
-    raise(
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-        "faiss index kept changing while being read",
-        Some("Retry the query."),
-    )
+            })
+            .collect();
+        Some((candidates, last || snapshot_done))
+    });
+    state.queue.extend(candidates);
+    state.exhausted = exhausted;
+    state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
 }
 
 #[pg_guard]
@@ -298,29 +230,7 @@ pub unsafe extern "C-unwind" fn amgettuple(
         return false;
     }
     loop {
-        while let Some(candidate) = state.pending.pop_front() {
-            if !state.returned.insert(candidate.id) {
-                continue;
-            }
-            let (block, offset) = id_to_tid(candidate.id);
-            let tid = &mut (*scan).xs_heaptid;
-            tid.ip_blkid.bi_hi = (block >> 16) as u16;
-            tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
-            tid.ip_posid = offset;
-            (*scan).xs_recheck = false;
-            (*scan).xs_recheckorderby = false;
-            *(*scan).xs_orderbyvals = candidate.distance.into_datum().expect("a float8 datum");
-            *(*scan).xs_orderbynulls = false;
-            let returned = match (&state.query_text, candidate.text_hash) {
-                (Some(query), Some(text_hash)) => Some(ReturnedRow {
-                    scan: state.id,
-                    query: query.clone(),
-                    text_hash,
-                    distance: candidate.distance,
-                }),
-                _ => None,
-            };
-            RETURNED.with(|r| *r.borrow_mut() = returned);
+        if state.queue.emit_next(scan) {
             return true;
         }
         if state.exhausted {
@@ -331,12 +241,10 @@ pub unsafe extern "C-unwind" fn amgettuple(
     }
 }
 
-/// The state itself goes with the scan's memory context (see [`ScanState`]'s Drop); the
-/// scan's claim on [`RETURNED`] ends here.
+/// The state itself goes with the scan's memory context; the scan's claim on the returned row
+/// ends here.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
     let state = &mut *((*scan).opaque as *mut ScanState);
-    state.pending.clear();
-    state.returned = HashSet::new();
-    state.release_returned();
+    state.queue.end();
 }

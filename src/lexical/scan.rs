@@ -7,8 +7,7 @@
 //! out, the other rows follow at distance 0 (an ORDER BY returns every row), unless the
 //! search stopped at `semantic.max_scan_tuples`.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -16,12 +15,13 @@ use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{Meta, NO_BLOCK};
 use semantic_index::records::{decode_records_into, RecordKey};
-use semantic_index::{id_to_tid, tid_to_id};
+use semantic_index::tid_to_id;
 use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Snapshot};
 
 use super::analyze::lexemes;
 use super::heap::row_text;
 use super::storage::{read_meta, read_records, ChainRead};
+use crate::am::ordered::{self, retry_while_changing, Candidate, OrderedBy, RowQueue};
 use crate::am::vectors::datum_text;
 use crate::errors::raise;
 use crate::gucs;
@@ -35,65 +35,22 @@ struct AppendedRow {
     tfs: Vec<u32>,
 }
 
-struct Candidate {
-    id: i64,
-    distance: f64,
-    text_hash: u64,
-}
-
 struct ScanState {
-    id: u64,
+    queue: RowQueue,
     /// The query text and its lexemes with their frequencies.
     query: Option<(String, Vec<(String, u32)>)>,
     /// The appended rows of generation .0, analysed once per scan.
     appended: Option<(u64, Vec<AppendedRow>)>,
-    pending: VecDeque<Candidate>,
-    returned: HashSet<i64>,
     k: usize,
     exhausted: bool,
     /// Whether the rows without any query term are still to come (after the matching ones).
     rest_pending: bool,
 }
 
-/// The row a bm25 scan returned last, for `text <@> text` in the select list.
-struct ReturnedRow {
-    scan: u64,
-    query: String,
-    text_hash: u64,
-    distance: f64,
-}
-
-thread_local! {
-    static RETURNED: RefCell<Option<ReturnedRow>> = const { RefCell::new(None) };
-    static NEXT_SCAN_ID: Cell<u64> = const { Cell::new(0) };
-}
-
-impl ScanState {
-    fn release_returned(&self) {
-        RETURNED.with(|r| {
-            let mut r = r.borrow_mut();
-            if r.as_ref().is_some_and(|row| row.scan == self.id) {
-                *r = None;
-            }
-        });
-    }
-}
-
-impl Drop for ScanState {
-    fn drop(&mut self) {
-        self.release_returned();
-    }
-}
-
 /// The distance (minus the BM25 score) of the row a bm25 scan just returned, when `text_hash`
 /// and `query` are that row's text and the scan's query.
 pub fn returned_row_distance(text_hash: u64, query: &str) -> Option<f64> {
-    RETURNED.with(|r| {
-        r.borrow()
-            .as_ref()
-            .filter(|r| r.text_hash == text_hash && r.query == query)
-            .map(|r| r.distance)
-    })
+    ordered::returned_row_distance(OrderedBy::Bm25, text_hash, query)
 }
 
 #[pg_guard]
@@ -105,16 +62,10 @@ pub unsafe extern "C-unwind" fn ambeginscan(
     // SAFETY: PostgreSQL's scan allocation; the state lives in the scan's memory context.
     unsafe {
         let scan = crate::am::scan::new_ordered_scan(index, nkeys, norderbys);
-        let id = NEXT_SCAN_ID.with(|n| {
-            n.set(n.get() + 1);
-            n.get()
-        });
         let state = ScanState {
-            id,
+            queue: RowQueue::new(OrderedBy::Bm25),
             query: None,
             appended: None,
-            pending: VecDeque::new(),
-            returned: HashSet::new(),
             k: 0,
             exhausted: true,
             rest_pending: false,
@@ -149,8 +100,7 @@ pub unsafe extern "C-unwind" fn amrescan(
         if !orderbys.is_null() && norderbys > 0 {
             std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
         }
-        state.pending.clear();
-        state.returned.clear();
+        state.queue.restart(None);
         state.query = None;
         state.appended = None;
         state.exhausted = true;
@@ -172,6 +122,7 @@ pub unsafe extern "C-unwind" fn amrescan(
         // A query of stop words only (or no words) matches nothing: every row is at distance 0.
         state.exhausted = terms.is_empty();
         state.rest_pending = true;
+        state.queue.restart(Some(text.clone()));
         state.query = Some((text, terms));
         state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
     }
@@ -234,28 +185,37 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     let (_, terms) = state.query.as_ref().expect("searching needs a query");
     let k = state.k;
     let last = k >= gucs::max_scan_tuples();
-    for _ in 0..10 {
+    let appended_state = &mut state.appended;
+    let queue = &state.queue;
+    let (scored, snapshot_done) = retry_while_changing(OrderedBy::Bm25, || {
         // SAFETY: an open index.
         let meta = unsafe { read_meta(index) };
         let settings = settings(&meta).clone();
-        let Some(bytes) = (unsafe { super::cache::snapshot(index, &meta) }) else {
-            continue;
-        };
+        // SAFETY: as above.
+        let bytes = unsafe { super::cache::snapshot(index, &meta) }?;
         let snapshot = Snapshot::parse(bytes.payload()).unwrap_or_else(|e| {
             raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
         });
-        if state.appended.as_ref().is_none_or(|(g, _)| *g != meta.generation) {
-            let Some(keys) = (unsafe { appended_keys(index, &meta) }) else {
-                continue;
-            };
+        if appended_state
+            .as_ref()
+            .is_none_or(|(g, _)| *g != meta.generation)
+        {
+            // SAFETY: as above.
+            let keys = unsafe { appended_keys(index, &meta) }?;
             // SAFETY: the scan's index and heap.
             let rows = unsafe {
                 let attnum = super::build::indexed_column(index);
-                analyse_appended(heap, attnum, pg_sys::Oid::from(settings.config_oid), &keys, terms)
+                analyse_appended(
+                    heap,
+                    attnum,
+                    pg_sys::Oid::from(settings.config_oid),
+                    &keys,
+                    terms,
+                )
             };
-            state.appended = Some((meta.generation, rows));
+            *appended_state = Some((meta.generation, rows));
         }
-        let appended = &state.appended.as_ref().expect("set above").1;
+        let appended = &appended_state.as_ref().expect("set above").1;
         let base = snapshot.stats();
         let bm25 = Bm25 {
             k1: settings.k1,
@@ -274,12 +234,15 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
                     + appended.iter().filter(|r| r.tfs[i] > 0).count() as u64;
                 QueryTerm {
                     term: term.clone(),
-                    weight: if df == 0 { 0.0 } else { bm25.idf(df) * *qtf as f32 },
+                    weight: if df == 0 {
+                        0.0
+                    } else {
+                        bm25.idf(df) * *qtf as f32
+                    },
                 }
             })
             .collect();
-        let returned = &state.returned;
-        let top = snapshot.search(&weights, k, &bm25, |id| !returned.contains(&(id as i64)));
+        let top = snapshot.search(&weights, k, &bm25, |id| !queue.was_returned(id as i64));
         let snapshot_done = top.hits.len() < k;
         let cutoff = (!snapshot_done && !last)
             .then(|| top.hits.last().map(|h| h.score))
@@ -289,7 +252,7 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
             .iter()
             .map(|h| (h.id as i64, h.score, h.text_hash))
             .collect();
-        for row in appended.iter().filter(|r| !returned.contains(&r.id)) {
+        for row in appended.iter().filter(|r| !queue.was_returned(r.id)) {
             let score: f32 = weights
                 .iter()
                 .zip(&row.tfs)
@@ -301,29 +264,26 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
             }
         }
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        state.pending.extend(scored.into_iter().map(|(id, score, text_hash)| Candidate {
+        Some((scored, snapshot_done))
+    });
+    state
+        .queue
+        .extend(scored.into_iter().map(|(id, score, text_hash)| Candidate {
             id,
             distance: -f64::from(score),
-            text_hash,
+            text_hash: Some(text_hash),
         }));
-        state.exhausted = last || snapshot_done;
-        if last && !snapshot_done {
-            // Matching rows were left out at the cap: rows at distance 0 must not follow them.
-            state.rest_pending = false;
-        }
-        state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
-        return;
+    state.exhausted = last || snapshot_done;
+    if last && !snapshot_done {
+        // Matching rows were left out at the cap: rows at distance 0 must not follow them.
+        state.rest_pending = false;
     }
-    raise(
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-        "bm25 index kept changing while being read",
-        Some("Retry the query."),
-    )
+    state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
 }
 
 /// Queues every row not returned yet, at distance 0: the rows that hold no query term.
 unsafe fn queue_the_rest(index: pg_sys::Relation, state: &mut ScanState) {
-    for _ in 0..10 {
+    let keys = retry_while_changing(OrderedBy::Bm25, || {
         // SAFETY: an open index.
         let meta = unsafe { read_meta(index) };
         let (mut keys, mut unused) = (Vec::new(), Vec::new());
@@ -339,27 +299,22 @@ unsafe fn queue_the_rest(index: pg_sys::Relation, state: &mut ScanState) {
                 })
             };
             if !matches!(read, ChainRead::Done) {
-                continue;
+                return None;
             }
         }
-        let returned = &state.returned;
-        state.pending.extend(
-            keys.iter()
-                .map(|key| (tid_to_id(key.block, key.offset), key.text_hash))
-                .filter(|(id, _)| !returned.contains(id))
-                .map(|(id, text_hash)| Candidate {
-                    id,
-                    distance: 0.0,
-                    text_hash,
-                }),
-        );
-        return;
-    }
-    raise(
-        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-        "bm25 index kept changing while being read",
-        Some("Retry the query."),
-    )
+        Some(keys)
+    });
+    let candidates: Vec<Candidate> = keys
+        .iter()
+        .map(|key| (tid_to_id(key.block, key.offset), key.text_hash))
+        .filter(|(id, _)| !state.queue.was_returned(*id))
+        .map(|(id, text_hash)| Candidate {
+            id,
+            distance: 0.0,
+            text_hash: Some(text_hash),
+        })
+        .collect();
+    state.queue.extend(candidates);
 }
 
 #[pg_guard]
@@ -370,31 +325,11 @@ pub unsafe extern "C-unwind" fn amgettuple(
     // SAFETY: the scan ambeginscan made.
     unsafe {
         let state = &mut *((*scan).opaque as *mut ScanState);
-        let Some((query, _)) = state.query.clone() else {
+        if state.query.is_none() {
             return false;
-        };
+        }
         loop {
-            while let Some(candidate) = state.pending.pop_front() {
-                if !state.returned.insert(candidate.id) {
-                    continue;
-                }
-                let (block, offset) = id_to_tid(candidate.id);
-                let tid = &mut (*scan).xs_heaptid;
-                tid.ip_blkid.bi_hi = (block >> 16) as u16;
-                tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
-                tid.ip_posid = offset;
-                (*scan).xs_recheck = false;
-                (*scan).xs_recheckorderby = false;
-                *(*scan).xs_orderbyvals = candidate.distance.into_datum().expect("a float8");
-                *(*scan).xs_orderbynulls = false;
-                RETURNED.with(|r| {
-                    *r.borrow_mut() = Some(ReturnedRow {
-                        scan: state.id,
-                        query: query.clone(),
-                        text_hash: candidate.text_hash,
-                        distance: candidate.distance,
-                    })
-                });
+            if state.queue.emit_next(scan) {
                 return true;
             }
             if state.exhausted {
@@ -416,8 +351,6 @@ pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
     // SAFETY: the scan ambeginscan made.
     unsafe {
         let state = &mut *((*scan).opaque as *mut ScanState);
-        state.pending.clear();
-        state.returned = HashSet::new();
-        state.release_returned();
+        state.queue.end();
     }
 }

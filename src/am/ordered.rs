@@ -1,0 +1,198 @@
+//! What the ordered scans of both access methods (faiss `<=>`, bm25 `<@>`) share:
+//! - the queue of candidates handed to the executor one row at a time, and the rows already
+//!   returned, which a deeper search must not return again;
+//! - the row returned last: PostgreSQL evaluates the ORDER BY expression again on every row an
+//!   index scan returns (`SELECT doc <=> 'q' ...`), and the operator answers from here
+//!   instead of embedding or analysing the row's text;
+//! - the retry of a read that raced a rewrite of the index.
+//!
+//! A queue lives in its scan's memory context and drops with it, also when the query fails;
+//! its claim on the returned row ends then.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use semantic_index::id_to_tid;
+
+use crate::errors::raise;
+
+/// Which operator an ordered scan answers, so that one never takes the other's distance.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OrderedBy {
+    /// `<=>` of a faiss index.
+    Vector,
+    /// `<@>` of a bm25 index.
+    Bm25,
+}
+
+impl OrderedBy {
+    fn access_method(self) -> &'static str {
+        match self {
+            OrderedBy::Vector => "faiss",
+            OrderedBy::Bm25 => "bm25",
+        }
+    }
+}
+
+/// A row a search found, not yet handed to the executor.
+pub struct Candidate {
+    /// The row's TID as [`semantic_index::tid_to_id`] packs it.
+    pub id: i64,
+    pub distance: f64,
+    /// Text columns: the hash of the row's text.
+    pub text_hash: Option<u64>,
+}
+
+struct ReturnedRow {
+    scan: u64,
+    by: OrderedBy,
+    query: String,
+    text_hash: u64,
+    distance: f64,
+}
+
+thread_local! {
+    static RETURNED: RefCell<Option<ReturnedRow>> = const { RefCell::new(None) };
+    static NEXT_SCAN_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The distance the last row returned by a scan of `by` had, when `text_hash` and `query` are
+/// that row's text and the scan's query.
+pub fn returned_row_distance(by: OrderedBy, text_hash: u64, query: &str) -> Option<f64> {
+    RETURNED.with(|r| {
+        r.borrow()
+            .as_ref()
+            .filter(|r| r.by == by && r.text_hash == text_hash && r.query == query)
+            .map(|r| r.distance)
+    })
+}
+
+/// One scan's candidates in the order they are to come out.
+pub struct RowQueue {
+    /// Tells this scan's returned row from another scan's.
+    scan: u64,
+    by: OrderedBy,
+    /// Text queries: the query, for [`returned_row_distance`].
+    query_text: Option<String>,
+    pending: VecDeque<Candidate>,
+    returned: HashSet<i64>,
+}
+
+impl RowQueue {
+    pub fn new(by: OrderedBy) -> Self {
+        let scan = NEXT_SCAN_ID.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        RowQueue {
+            scan,
+            by,
+            query_text: None,
+            pending: VecDeque::new(),
+            returned: HashSet::new(),
+        }
+    }
+
+    /// Starts over for a new query (amrescan).
+    pub fn restart(&mut self, query_text: Option<String>) {
+        self.pending.clear();
+        self.returned.clear();
+        self.query_text = query_text;
+        self.release_returned();
+    }
+
+    pub fn was_returned(&self, id: i64) -> bool {
+        self.returned.contains(&id)
+    }
+
+    /// Queues candidates behind the pending ones; those already returned are skipped when
+    /// their turn comes.
+    pub fn extend(&mut self, candidates: impl IntoIterator<Item = Candidate>) {
+        self.pending.extend(candidates);
+    }
+
+    /// Sets the next row not yet returned into `scan` (its TID and its ORDER BY value) and
+    /// records it as the returned row; false when nothing is pending.
+    ///
+    /// # Safety
+    /// `scan` is an ordered index scan made by [`super::scan::new_ordered_scan`].
+    pub unsafe fn emit_next(&mut self, scan: pg_sys::IndexScanDesc) -> bool {
+        while let Some(candidate) = self.pending.pop_front() {
+            if !self.returned.insert(candidate.id) {
+                continue;
+            }
+            let (block, offset) = id_to_tid(candidate.id);
+            // SAFETY: the caller's scan, whose order-by arrays hold at least one value.
+            unsafe {
+                let tid = &mut (*scan).xs_heaptid;
+                tid.ip_blkid.bi_hi = (block >> 16) as u16;
+                tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
+                tid.ip_posid = offset;
+                (*scan).xs_recheck = false;
+                (*scan).xs_recheckorderby = false;
+                *(*scan).xs_orderbyvals = candidate.distance.into_datum().expect("a float8");
+                *(*scan).xs_orderbynulls = false;
+            }
+            let returned = match (&self.query_text, candidate.text_hash) {
+                (Some(query), Some(text_hash)) => Some(ReturnedRow {
+                    scan: self.scan,
+                    by: self.by,
+                    query: query.clone(),
+                    text_hash,
+                    distance: candidate.distance,
+                }),
+                _ => None,
+            };
+            RETURNED.with(|r| *r.borrow_mut() = returned);
+            return true;
+        }
+        false
+    }
+
+    /// Ends the scan (amendscan): frees the queue's sets now rather than with the context.
+    pub fn end(&mut self) {
+        self.pending = VecDeque::new();
+        self.returned = HashSet::new();
+        self.release_returned();
+    }
+
+    /// Forgets the row this scan returned last, if it is still the returned row: it must not
+    /// answer an operator after the scan.
+    fn release_returned(&self) {
+        RETURNED.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.as_ref().is_some_and(|row| row.scan == self.scan) {
+                *r = None;
+            }
+        });
+    }
+}
+
+impl Drop for RowQueue {
+    /// Runs when the scan's memory context goes: at the end of the query, or at its failure.
+    fn drop(&mut self) {
+        self.release_returned();
+    }
+}
+
+/// Runs `read` until it returns Some: None means the index was rewritten while being read (a
+/// VACUUM or fold published a new generation), and the read starts again from the metapage.
+/// After 10 such races the query fails with a retryable error.
+pub fn retry_while_changing<T>(by: OrderedBy, mut read: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..10 {
+        if let Some(value) = read() {
+            return value;
+        }
+    }
+    raise(
+        PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+        format!(
+            "{} index kept changing while being read",
+            by.access_method()
+        ),
+        Some("Retry the query."),
+    )
+}
