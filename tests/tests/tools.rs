@@ -638,3 +638,137 @@ fn genq_reads_a_table_and_keeps_the_pairs_the_base_model_finds() {
     assert_eq!(kept, expected);
     std::fs::remove_dir_all(&model_dir).unwrap();
 }
+
+#[test]
+fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
+    let (cluster, model_dir, mut client) = cluster_with_private_models("tools_genq_teacher");
+    client
+        .batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        .unwrap();
+    let bodies: Vec<String> = DOCS
+        .iter()
+        .map(|(_, title, text)| format!("{title}. {text}"))
+        .chain(LOOKALIKES.iter().map(|s| s.to_string()))
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        client
+            .execute("INSERT INTO docs VALUES ($1, $2)", &[&(i as i32 + 1), body])
+            .unwrap();
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE INDEX docs_body ON docs USING faiss (body) WITH (model = '{MODEL}');
+             CREATE INDEX docs_bm25 ON docs USING bm25 (body)"
+        ))
+        .unwrap();
+    let db = connection_string(&cluster);
+    let genq = |name: &str, teacher: bool| {
+        let path = cluster.data.join(name);
+        let mut args = vec![
+            "genq",
+            "--generator",
+            "keywords,inverse-cloze",
+            "--db",
+            &db,
+            "--table",
+            "docs",
+            "--text-column",
+            "body",
+            "--queries-per-passage",
+            "3",
+            "--output",
+            path.to_str().unwrap(),
+        ];
+        if teacher {
+            args.extend(["--teacher", "docs_body", "--pairs-per-passage", "2"]);
+            args.extend(["--negative-ranks", "1..4"]);
+        }
+        let output = tools(&args);
+        assert!(output.status.success(), "genq failed: {output:?}");
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let all = genq("all.jsonl", false);
+    let taught = genq("taught.jsonl", true);
+    assert!(all.iter().all(|p| p.get("negative").is_none()));
+    let generators_pooled = all
+        .iter()
+        .any(|p| p["query"].as_str().unwrap().contains('.'));
+    assert!(
+        generators_pooled,
+        "inverse cloze sentences follow the keyword queries"
+    );
+
+    // The same decisions, taken here from the hybrid search itself: a pair is kept when its
+    // row comes first, at most two per passage in generation order, and its negative is the
+    // text of a row at ranks 1..4 other than its own.
+    let mut per_passage: BTreeMap<String, usize> = BTreeMap::new();
+    let mut expected = Vec::new();
+    for pair in &all {
+        let (query, id) = (
+            pair["query"].as_str().unwrap(),
+            pair["passage_id"].as_str().unwrap(),
+        );
+        let count = per_passage.entry(id.to_string()).or_default();
+        if *count == 2 {
+            continue;
+        }
+        let ranking: Vec<String> = client
+            .query(
+                "SELECT \"row\"->>'id' FROM semantic_search($1, 4, 'docs_body', mode => 'hybrid') ORDER BY rank",
+                &[&query],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ranking.first().map(String::as_str) == Some(id) {
+            *count += 1;
+            let negatives: Vec<String> = ranking[1..]
+                .iter()
+                .map(|r| bodies[r.parse::<usize>().unwrap() - 1].clone())
+                .collect();
+            expected.push((query.to_string(), id.to_string(), negatives));
+        }
+    }
+    eprintln!(
+        "{} of {} pairs kept by the teacher",
+        taught.len(),
+        all.len()
+    );
+    assert!(!taught.is_empty() && taught.len() < all.len());
+    assert_eq!(taught.len(), expected.len());
+    for (pair, (query, id, negatives)) in taught.iter().zip(&expected) {
+        assert_eq!(pair["query"].as_str().unwrap(), query);
+        assert_eq!(pair["passage_id"].as_str().unwrap(), id);
+        let negative = pair["negative"].as_str().unwrap();
+        assert!(
+            negatives.iter().any(|n| n == negative),
+            "{negative} for {query}"
+        );
+    }
+
+    // A teacher that is no faiss index is a clear error.
+    let output = tools(&[
+        "genq",
+        "--generator",
+        "keywords",
+        "--db",
+        &db,
+        "--table",
+        "docs",
+        "--text-column",
+        "body",
+        "--teacher",
+        "docs_bm25",
+        "--output",
+        "/dev/null",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("teacher search failed"), "{stderr}");
+    std::fs::remove_dir_all(&model_dir).unwrap();
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use semantic_encoder::{
@@ -18,6 +18,7 @@ use semantic_genq::inverse_cloze::inverse_cloze_pairs;
 use semantic_genq::keywords::keyword_pairs;
 use semantic_genq::source::{read_passages, PassageColumns};
 use semantic_genq::t5::{T5QueryGenerator, T5Settings};
+use semantic_genq::teacher::{teach, TeacherSettings};
 use semantic_genq::{drop_duplicate_queries, title_pairs, Pair, Passage};
 
 use crate::reload::{connect, quote_ident};
@@ -36,8 +37,10 @@ enum Generator {
 
 #[derive(Args)]
 pub struct GenqArgs {
-    #[arg(long, value_enum)]
-    generator: Generator,
+    /// One generator, or several separated by commas: their pairs are pooled, in the order
+    /// given (which decides, with --teacher, whose pair a passage keeps first).
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    generator: Vec<Generator>,
     /// Passages from a file: a BEIR corpus.jsonl (_id, title, text) or a .csv (see --id-column).
     #[arg(long, required_unless_present = "db", conflicts_with = "db")]
     input: Option<PathBuf>,
@@ -69,7 +72,7 @@ pub struct GenqArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// T5 checkpoint folder: config.json, model.safetensors, tokenizer.json.
-    #[arg(long, required_if_eq("generator", "t5"))]
+    #[arg(long)]
     t5_model: Option<PathBuf>,
     #[arg(long, default_value_t = 25)]
     top_k: usize,
@@ -93,12 +96,45 @@ pub struct GenqArgs {
     filter_model: Option<String>,
     #[arg(long, default_value_t = 1)]
     filter_top: usize,
+    /// A faiss index on --table whose hybrid search (with the table's bm25 index on the same
+    /// column) is the teacher: a pair is kept only if the teacher ranks its passage among the
+    /// top --teacher-top, and gets a hard negative drawn from the teacher's --negative-ranks.
+    #[arg(long, requires = "db")]
+    teacher: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    teacher_top: usize,
+    /// 0-based ranks of the teacher's list that hard negatives come from, as START..END. The
+    /// first ranks are skipped: a passage there may answer the query as well as its own.
+    #[arg(long, default_value = "3..30", value_parser = parse_ranks)]
+    negative_ranks: std::ops::Range<usize>,
+    /// With --teacher: at most this many pairs per passage, the first generated that pass.
+    #[arg(long, default_value_t = 1)]
+    pairs_per_passage: usize,
     /// The model directory root holding --filter-model.
     #[arg(long, env = "SEMANTIC_MODEL_DIR")]
     model_dir: Option<PathBuf>,
     /// The ONNX Runtime library the filter model runs on.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     onnxruntime: Option<PathBuf>,
+}
+
+fn parse_ranks(text: &str) -> Result<std::ops::Range<usize>, String> {
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("{part:?}: {e}"))
+    };
+    match text.split_once("..") {
+        Some((start, end)) => {
+            let ranks = parse(start)?..parse(end)?;
+            if ranks.is_empty() {
+                Err(format!("{text}: the range holds no rank"))
+            } else {
+                Ok(ranks)
+            }
+        }
+        None => Err(format!("{text}: expected START..END, e.g. 3..30")),
+    }
 }
 
 impl GenqArgs {
@@ -245,6 +281,59 @@ fn filter_round_trip(
         .collect())
 }
 
+/// The teacher pass: every pair's query runs through the database's hybrid search.
+fn filter_with_teacher(
+    args: &GenqArgs,
+    index: &str,
+    passages: &[Passage],
+    pairs: Vec<Pair>,
+) -> Result<(Vec<Pair>, String)> {
+    let db = args
+        .db
+        .as_deref()
+        .expect("clap requires --db with --teacher");
+    let mut client = connect(db)?;
+    let search = client.prepare(
+        "SELECT \"row\"->>$4 FROM semantic_search($1, $2, $3::text, mode => 'hybrid') ORDER BY rank",
+    )?;
+    let index = quote_ident(index);
+    let settings = TeacherSettings {
+        keep_top: args.teacher_top,
+        negative_ranks: args.negative_ranks.clone(),
+        pairs_per_passage: args.pairs_per_passage,
+        seed: args.seed,
+    };
+    eprintln!(
+        "teacher: hybrid search of {index} for {} queries",
+        pairs.len()
+    );
+    let bar = progress_bar(pairs.len(), "queries")?;
+    let (kept, report) = teach(
+        pairs,
+        passages,
+        &settings,
+        |query, depth| {
+            let rows = client
+                .query(&search, &[&query, &(depth as i32), &index, &args.id_column])
+                .with_context(|| format!("teacher search failed for query {query:?}"))?;
+            Ok(rows.iter().filter_map(|row| row.get(0)).collect())
+        },
+        || bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let with_negative = kept.iter().filter(|p| p.negative.is_some()).count();
+    let summary = format!(
+        ", {} searched by the teacher ({} beyond --pairs-per-passage), {} kept ({} ranked below \
+         its top {}), {with_negative} with a hard negative",
+        report.searched,
+        report.surplus,
+        kept.len(),
+        report.rejected,
+        args.teacher_top
+    );
+    Ok((kept, summary))
+}
+
 fn write_pairs(pairs: &[Pair], output: Option<&Path>) -> Result<()> {
     let sink: Box<dyn Write> = match output {
         Some(path) => Box::new(
@@ -267,6 +356,9 @@ pub fn run(args: GenqArgs) -> Result<()> {
         // candle sizes its thread pools from this variable; nothing has started one yet.
         std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
     }
+    if args.generator.contains(&Generator::T5) && args.t5_model.is_none() {
+        bail!("the t5 generator needs --t5-model");
+    }
     let mut passages = match (&args.input, &args.db, &args.table) {
         (Some(path), _, _) => read_passages(path, &args.columns())?,
         (None, Some(db), Some(table)) => read_table(db, table, &args.columns())?,
@@ -280,31 +372,31 @@ pub fn run(args: GenqArgs) -> Result<()> {
         .as_deref()
         .map(|model| load_filter_encoder(&args, model))
         .transpose()?;
-    let n = args
-        .queries_per_passage
-        .unwrap_or(if args.generator == Generator::T5 {
-            5
-        } else {
-            1
+    let mut pairs = Vec::new();
+    for generator in &args.generator {
+        let n = args
+            .queries_per_passage
+            .unwrap_or(if *generator == Generator::T5 { 5 } else { 1 });
+        eprintln!(
+            "{}: up to {n} queries for each of {} passages",
+            generator
+                .to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+            passages.len()
+        );
+        pairs.extend(match generator {
+            Generator::T5 => generate_t5(
+                &args,
+                args.t5_model.as_deref().expect("checked above"),
+                &passages,
+                n,
+            )?,
+            Generator::InverseCloze => inverse_cloze_pairs(&passages, n, args.seed),
+            Generator::Keywords => keyword_pairs(&passages, n, args.seed),
+            Generator::Title => title_pairs(&passages),
         });
-    eprintln!(
-        "generating up to {n} queries for each of {} passages",
-        passages.len()
-    );
-
-    let pairs = match args.generator {
-        Generator::T5 => generate_t5(
-            &args,
-            args.t5_model
-                .as_deref()
-                .expect("clap requires --t5-model for t5"),
-            &passages,
-            n,
-        )?,
-        Generator::InverseCloze => inverse_cloze_pairs(&passages, n, args.seed),
-        Generator::Keywords => keyword_pairs(&passages, n, args.seed),
-        Generator::Title => title_pairs(&passages),
-    };
+    }
     let generated = pairs.len();
     let (mut pairs, duplicates) = drop_duplicate_queries(pairs);
     let mut summary = format!("{generated} queries, {duplicates} duplicates dropped");
@@ -320,6 +412,11 @@ pub fn run(args: GenqArgs) -> Result<()> {
         if before > 0 {
             summary += &format!(" = {:.1}%", 100.0 * pairs.len() as f64 / before as f64);
         }
+    }
+    if let Some(index) = &args.teacher {
+        let (kept, teacher_summary) = filter_with_teacher(&args, index, &passages, pairs)?;
+        pairs = kept;
+        summary += &teacher_summary;
     }
     write_pairs(&pairs, args.output.as_deref())?;
     eprintln!("{summary}; {} pairs written", pairs.len());

@@ -49,6 +49,7 @@ pub fn inverse_cloze_pairs(
                 query: sentences[query_sentence].to_string(),
                 passage_id: passage.id.clone(),
                 positive: join_title(&passage.title, &rest.join(" ")),
+                negative: None,
             });
         }
     }

@@ -270,6 +270,7 @@ pub fn keyword_pairs(passages: &[Passage], queries_per_passage: usize, seed: u64
                     .join(" "),
                 passage_id: passage.id.clone(),
                 positive: text.clone(),
+                negative: None,
             });
         }
     }

@@ -1,6 +1,7 @@
 //! Synthetic (query, passage) pairs for adapting a retriever to a corpus without labels:
 //! queries sampled from a T5 doc2query model (BEIR GenQ), or weight-free ones (inverse cloze,
-//! TF-IDF keywords, titles), with round-trip filtering against a base model's ranking.
+//! TF-IDF keywords, titles), with round-trip filtering against a base model's ranking or a
+//! teacher retriever's, which also mines hard negatives.
 //! Nothing here talks to PostgreSQL; `semantic-tools genq` reads passages and writes pairs.
 
 pub mod filter;
@@ -10,6 +11,7 @@ pub mod sampling;
 pub mod sentences;
 pub mod source;
 pub mod t5;
+pub mod teacher;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -45,6 +47,9 @@ pub struct Pair {
     pub query: String,
     pub passage_id: String,
     pub positive: String,
+    /// A hard negative: a passage that should rank below the positive (see [`teacher`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative: Option<String>,
 }
 
 /// The passage's own title as its query and the text without it as the positive: in many
@@ -58,6 +63,7 @@ pub fn title_pairs(passages: &[Passage]) -> Vec<Pair> {
             query: p.title.trim().to_string(),
             passage_id: p.id.clone(),
             positive: p.text.clone(),
+            negative: None,
         })
         .collect()
 }
@@ -108,6 +114,7 @@ mod tests {
             query: query.into(),
             passage_id: id.into(),
             positive: format!("passage {id}"),
+            negative: None,
         }
     }
 
@@ -129,6 +136,7 @@ mod tests {
                 query: "p53 regulates apoptosis".into(),
                 passage_id: "a".into(),
                 positive: "We show that p53 ...".into(),
+                negative: None,
             }]
         );
     }

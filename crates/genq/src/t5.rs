@@ -170,6 +170,7 @@ impl T5QueryGenerator {
                         query,
                         passage_id: passage.id.clone(),
                         positive: passage.full_text(),
+                        negative: None,
                     })
             })
             .collect())
