@@ -230,12 +230,30 @@ fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
         &connection_string(&cluster),
         "--model-b",
         "minilm-copy",
+        "--index-options",
+        "long_text = 'chunks'",
         "--results",
         results.to_str().unwrap(),
     ]);
     assert!(output.status.success(), "eval failed");
     // Without --model, the first model is semantic.default_model.
     let stdout = String::from_utf8(output.stdout).unwrap();
+    // --index-options reach both models' indexes.
+    let options: Vec<String> = client
+        .query(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class
+             WHERE relname IN ('beir_toy_beir_all_minilm_l6_v2', 'beir_toy_beir_b_minilm_copy')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(options.len(), 2);
+    assert!(
+        options.iter().all(|o| o.contains("long_text=chunks")),
+        "{options:?}"
+    );
 
     let documents: i64 = client
         .query_one("SELECT count(*) FROM beir_toy_beir", &[])
@@ -553,6 +571,24 @@ const LOOKALIKES: [&str; 4] = [
     "Energy. Rooftop solar cells give homes electricity from sunlight.",
 ];
 
+/// Table `docs` (id 1.., body): the toy documents, then their lookalikes; returns the bodies.
+fn create_docs(client: &mut Client) -> Vec<String> {
+    client
+        .batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        .unwrap();
+    let bodies: Vec<String> = DOCS
+        .iter()
+        .map(|(_, title, text)| format!("{title}. {text}"))
+        .chain(LOOKALIKES.iter().map(|s| s.to_string()))
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        client
+            .execute("INSERT INTO docs VALUES ($1, $2)", &[&(i as i32 + 1), body])
+            .unwrap();
+    }
+    bodies
+}
+
 fn read_pairs(path: &Path) -> Vec<(String, String, String)> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -568,21 +604,7 @@ fn read_pairs(path: &Path) -> Vec<(String, String, String)> {
 #[test]
 fn genq_reads_a_table_and_keeps_the_pairs_the_base_model_finds() {
     let (cluster, model_dir, mut client) = cluster_with_private_models("tools_genq");
-    client
-        .batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-        .unwrap();
-    let bodies = DOCS
-        .iter()
-        .map(|(_, title, text)| format!("{title}. {text}"))
-        .chain(LOOKALIKES.iter().map(|s| s.to_string()));
-    for (i, body) in bodies.enumerate() {
-        client
-            .execute(
-                "INSERT INTO docs VALUES ($1, $2)",
-                &[&(i as i32 + 1), &body],
-            )
-            .unwrap();
-    }
+    create_docs(&mut client);
     let genq = |name: &str, filter: bool| {
         let path = cluster.data.join(name);
         let db = connection_string(&cluster);
@@ -642,19 +664,7 @@ fn genq_reads_a_table_and_keeps_the_pairs_the_base_model_finds() {
 #[test]
 fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
     let (cluster, model_dir, mut client) = cluster_with_private_models("tools_genq_teacher");
-    client
-        .batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-        .unwrap();
-    let bodies: Vec<String> = DOCS
-        .iter()
-        .map(|(_, title, text)| format!("{title}. {text}"))
-        .chain(LOOKALIKES.iter().map(|s| s.to_string()))
-        .collect();
-    for (i, body) in bodies.iter().enumerate() {
-        client
-            .execute("INSERT INTO docs VALUES ($1, $2)", &[&(i as i32 + 1), body])
-            .unwrap();
-    }
+    let bodies = create_docs(&mut client);
     client
         .batch_execute(&format!(
             "CREATE INDEX docs_body ON docs USING faiss (body) WITH (model = '{MODEL}');

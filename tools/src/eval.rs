@@ -46,6 +46,9 @@ pub struct EvalArgs {
     /// beir_<folder name>.
     #[arg(long)]
     table: Option<String>,
+    /// More storage parameters for each model's faiss index, e.g. "long_text = 'chunks'".
+    #[arg(long)]
+    index_options: Option<String>,
     /// A folder to write, per system, its run (<system>.run, TREC format: query Q0 document
     /// rank score system) and its per-query figures (<system>.tsv).
     #[arg(long)]
@@ -165,6 +168,7 @@ fn evaluate_model(
     model: &str,
     data: &BeirDataset,
     lexical: bool,
+    index_options: Option<&str>,
 ) -> Result<Vec<SystemResult>> {
     eprintln!("loading {} documents into {table}", data.corpus.len());
     load_corpus(client, table, data)?;
@@ -187,10 +191,11 @@ fn evaluate_model(
         client,
         db,
         &format!(
-            "CREATE INDEX {} ON {} USING faiss (body) WITH (model = {})",
+            "CREATE INDEX {} ON {} USING faiss (body) WITH (model = {}{})",
             quote_ident(&index),
             quote_ident(table),
-            quote_literal(model)
+            quote_literal(model),
+            index_options.map_or(String::new(), |o| format!(", {o}"))
         ),
     )?;
     let mut results = Vec::new();
@@ -297,6 +302,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             model,
             &data,
             i == 0,
+            args.index_options.as_deref(),
         )?);
     }
     if let Some(dir) = &args.results {
