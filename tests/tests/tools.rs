@@ -780,5 +780,32 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("teacher search failed"), "{stderr}");
+    // So is a teacher whose table does not hold the passage ids.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE other (key int, body text);
+             INSERT INTO other SELECT id, body FROM docs;
+             CREATE INDEX other_body ON other USING faiss (body) WITH (model = '{MODEL}');
+             CREATE INDEX other_bm25 ON other USING bm25 (body)"
+        ))
+        .unwrap();
+    let output = tools(&[
+        "genq",
+        "--generator",
+        "keywords",
+        "--db",
+        &db,
+        "--table",
+        "docs",
+        "--text-column",
+        "body",
+        "--teacher",
+        "other_body",
+        "--output",
+        "/dev/null",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("have no \"id\" column"), "{stderr}");
     std::fs::remove_dir_all(&model_dir).unwrap();
 }

@@ -96,8 +96,8 @@ pub struct GenqArgs {
     filter_model: Option<String>,
     #[arg(long, default_value_t = 1)]
     filter_top: usize,
-    /// A faiss index on --table whose hybrid search (with the table's bm25 index on the same
-    /// column) is the teacher: a pair is kept only if the teacher ranks its passage among the
+    /// A faiss index whose hybrid search (with a bm25 index on the same column) is the
+    /// teacher; its table is --table or another one with the passages' ids in --id-column: a pair is kept only if the teacher ranks its passage among the
     /// top --teacher-top, and gets a hard negative drawn from the teacher's --negative-ranks.
     #[arg(long, requires = "db")]
     teacher: Option<String>,
@@ -316,7 +316,15 @@ fn filter_with_teacher(
             let rows = client
                 .query(&search, &[&query, &(depth as i32), &index, &args.id_column])
                 .with_context(|| format!("teacher search failed for query {query:?}"))?;
-            Ok(rows.iter().filter_map(|row| row.get(0)).collect())
+            let ids: Vec<String> = rows.iter().filter_map(|row| row.get(0)).collect();
+            if ids.len() < rows.len() {
+                bail!(
+                    "the teacher's rows have no {:?} column: its table must hold the passage ids \
+                     in --id-column",
+                    args.id_column
+                );
+            }
+            Ok(ids)
         },
         || bar.inc(1),
     )?;
