@@ -53,7 +53,16 @@ if [ "$("${PSQL[@]}" -d postgres -Atc "SELECT count(*) FROM pg_database WHERE da
 fi
 "${PSQL[@]}" -d "$DB" <<'SQL'
 CREATE EXTENSION IF NOT EXISTS semantic;
-ALTER EXTENSION semantic UPDATE;  -- a database made by an earlier build gets its new SQL definitions
+-- A database made by an earlier release gets this one's SQL definitions (only then: on a fresh
+-- database ALTER EXTENSION ... UPDATE would print a NOTICE that it has nothing to do).
+DO $$
+BEGIN
+  IF (SELECT extversion FROM pg_extension WHERE extname = 'semantic')
+     <> (SELECT default_version FROM pg_available_extensions WHERE name = 'semantic') THEN
+    ALTER EXTENSION semantic UPDATE;
+  END IF;
+END
+$$;
 CREATE TABLE IF NOT EXISTS movies (
   id serial PRIMARY KEY,
   title text NOT NULL,
