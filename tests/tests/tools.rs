@@ -761,26 +761,29 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
         );
     }
 
-    // A teacher that is no faiss index is a clear error.
-    let output = tools(&[
-        "genq",
-        "--generator",
-        "keywords",
-        "--db",
-        &db,
-        "--table",
-        "docs",
-        "--text-column",
-        "body",
-        "--teacher",
-        "docs_bm25",
-        "--output",
-        "/dev/null",
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A teacher that is no faiss index is a clear error, and so is one whose table does not
+    // hold the passage ids.
+    let teacher_error = |index: &str| {
+        let output = tools(&[
+            "genq",
+            "--generator",
+            "keywords",
+            "--db",
+            &db,
+            "--table",
+            "docs",
+            "--text-column",
+            "body",
+            "--teacher",
+            index,
+            "--output",
+            "/dev/null",
+        ]);
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = teacher_error("docs_bm25");
     assert!(stderr.contains("teacher search failed"), "{stderr}");
-    // So is a teacher whose table does not hold the passage ids.
     client
         .batch_execute(&format!(
             "CREATE TABLE other (key int, body text);
@@ -789,23 +792,7 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
              CREATE INDEX other_bm25 ON other USING bm25 (body)"
         ))
         .unwrap();
-    let output = tools(&[
-        "genq",
-        "--generator",
-        "keywords",
-        "--db",
-        &db,
-        "--table",
-        "docs",
-        "--text-column",
-        "body",
-        "--teacher",
-        "other_body",
-        "--output",
-        "/dev/null",
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = teacher_error("other_body");
     assert!(stderr.contains("have no \"id\" column"), "{stderr}");
     std::fs::remove_dir_all(&model_dir).unwrap();
 }
