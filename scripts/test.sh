@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
 # The test command (what CI runs): installs what is missing, then runs every test: the
 # Postgres-free crates' tests and the integration tests, which start their own clusters.
+# The full suite runs on PostgreSQL 15; the access-method, crash, replica and bad-input suites
+# run again on every other version in SEMANTIC_PG_VERSIONS (default "15 18").
+# Arguments go to every cargo test run, e.g. `scripts/test.sh -- --test-threads 1`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export SEMANTIC_PG_VERSIONS=${SEMANTIC_PG_VERSIONS:-15 18}
 "$ROOT/scripts/setup.sh"
 export SEMANTIC_MODEL_DIR="$ROOT/.semantic/models"
 export ORT_DYLIB_PATH="$ROOT/.semantic/lib/libonnxruntime.so.1.32.0"
 export SEMANTIC_TEST_ST_MODEL="$ROOT/.semantic/src-models/all-MiniLM-L6-v2"
 cd "$ROOT"
-cargo test --release --workspace --exclude semantic "$@"
+log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
+for v in $SEMANTIC_PG_VERSIONS; do
+  if [ "$v" = 15 ]; then
+    log "PostgreSQL 15: the whole suite"
+    SEMANTIC_TEST_PG_BINDIR=/usr/lib/postgresql/15/bin \
+      cargo test --release --workspace --exclude semantic "$@"
+  else
+    log "PostgreSQL $v: index, lexical, crash, replica and bad-input suites"
+    SEMANTIC_TEST_PG_BINDIR="$ROOT/.semantic/postgres/$v/bin" \
+      cargo test --release -p semantic-tests --test index --test lexical --test crash \
+      --test reliability --test embed --test shared "$@"
+  fi
+done

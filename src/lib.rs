@@ -1,9 +1,10 @@
-//! The pgrx layer of `semantic`: settings, SQL functions and (later) the faiss index access
-//! method. The work itself happens in the Postgres-free crates under `crates/`.
+//! The pgrx layer of `semantic`: settings, SQL functions, and the faiss and bm25 index access
+//! methods. The work itself happens in the Postgres-free crates under `crates/`.
 
 use pgrx::prelude::*;
 
 mod am;
+mod compat;
 mod embed;
 mod errors;
 mod gucs;

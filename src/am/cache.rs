@@ -56,18 +56,8 @@ pub fn cache_dir() -> CacheDir {
 
 /// Names an index relation's files within the server: tablespace, database, relfilenode.
 pub unsafe fn owner(rel: pg_sys::Relation) -> String {
-    let node = (*rel).rd_node;
-    format!(
-        "{}.{}.{}",
-        u32::from(node.spcNode),
-        u32::from(node.dbNode),
-        u32::from(node.relNode)
-    )
-}
-
-extern "C-unwind" {
-    // utils/relfilenodemap.h (not in pgrx's bindings); called through pgrx's FFI guard.
-    fn RelidByRelfilenode(reltablespace: pg_sys::Oid, relfilenode: pg_sys::Oid) -> pg_sys::Oid;
+    let file = crate::compat::relation_file(rel);
+    format!("{}.{}.{}", file.tablespace, file.database, file.number)
 }
 
 /// Whether the index relation a file `owner` names still exists, as far as this backend can
@@ -80,8 +70,7 @@ unsafe fn owner_exists(owner: &str) -> bool {
     if db != u32::from(pg_sys::MyDatabaseId) {
         return true;
     }
-    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| RelidByRelfilenode(spc.into(), rel.into()))
-        != pg_sys::InvalidOid
+    crate::compat::relation_of_file(spc, rel) != pg_sys::InvalidOid
 }
 
 /// A fresh random cache key for a new generation.
@@ -133,7 +122,7 @@ pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
 pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot>> {
     let key = meta.cache_key()?;
     let oid = (*rel).rd_id;
-    let relfilenode: u32 = (*rel).rd_node.relNode.into();
+    let relfilenode = crate::compat::relation_file(rel).number;
     let open = OPEN.with(|open| {
         open.borrow_mut()
             .get(&oid)

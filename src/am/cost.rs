@@ -20,7 +20,8 @@ pub unsafe extern "C-unwind" fn amcostestimate(
     *pages = 1.0;
     *selectivity = 1.0;
     if (*path).indexorderbys.is_null() {
-        // Plain scans and filters are not served: make sure the planner never picks them.
+        // A scan without ORDER BY returns every row unordered (scan.rs: every_row): only for
+        // a query that can be answered no other way.
         *startup = 1.0e10;
         *total = 1.0e10;
         return;

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ColumnKind, IndexMetric, LongText};
 
+use crate::compat::reloption;
 use crate::errors::raise;
 
 static mut RELOPT_KIND: pg_sys::relopt_kind::Type = 0;
@@ -166,16 +167,12 @@ pub unsafe extern "C-unwind" fn amoptions(
         (c"long_text", offset_of!(RawOptions, long_text)),
     ]
     .iter()
-    .map(|(name, offset)| pg_sys::relopt_parse_elt {
-        optname: name.as_ptr(),
-        opttype: pg_sys::relopt_type::RELOPT_TYPE_STRING,
-        offset: *offset as i32,
-    })
-    .chain([pg_sys::relopt_parse_elt {
-        optname: c"ef_construction".as_ptr(),
-        opttype: pg_sys::relopt_type::RELOPT_TYPE_INT,
-        offset: offset_of!(RawOptions, ef_construction) as i32,
-    }])
+    .map(|(name, offset)| reloption(name, pg_sys::relopt_type::RELOPT_TYPE_STRING, *offset))
+    .chain([reloption(
+        c"ef_construction",
+        pg_sys::relopt_type::RELOPT_TYPE_INT,
+        offset_of!(RawOptions, ef_construction),
+    )])
     .collect();
     pg_sys::build_reloptions(
         reloptions,
@@ -214,7 +211,10 @@ impl IndexOptions {
                 None,
             );
         }
-        let atttype = (*(*desc).attrs.as_ptr()).atttypid;
+        let atttype = pgrx::PgTupleDesc::from_pg_unchecked(desc)
+            .get(0)
+            .expect("one column")
+            .atttypid;
         let kind = match atttype {
             pg_sys::TEXTOID | pg_sys::VARCHAROID => ColumnKind::Text,
             pg_sys::FLOAT4ARRAYOID => ColumnKind::Vector,

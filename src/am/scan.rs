@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, ColumnKind, Meta, NO_BLOCK};
-use semantic_index::records::score_records;
+use semantic_index::records::{decode_records_into, score_records};
 use semantic_index::{best_per_id, tid_to_id, SearchParams};
 
 use super::build::relation_name;
@@ -51,6 +51,12 @@ pub unsafe fn new_ordered_scan(
         pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
     (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
     std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
+    // An index-only scan (planned when a query reads no column of the table, see every_row)
+    // takes each row's values from xs_itup. It reads none of them, so one tuple holding NULL
+    // serves every row.
+    let (mut value, mut isnull) = (pg_sys::Datum::from(0), true);
+    (*scan).xs_itupdesc = (*index).rd_att;
+    (*scan).xs_itup = pg_sys::index_form_tuple((*index).rd_att, &mut value, &mut isnull);
     scan
 }
 
@@ -89,11 +95,8 @@ pub unsafe extern "C-unwind" fn amrescan(
     state.query = None;
     state.exhausted = true;
     if (*scan).numberOfOrderBys < 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "faiss indexes only answer ORDER BY column <=> query",
-            None,
-        );
+        state.queue.extend(every_row((*scan).indexRelation));
+        return;
     }
     let key = &*(*scan).orderByData;
     if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
@@ -107,6 +110,53 @@ pub unsafe extern "C-unwind" fn amrescan(
     state.query = Some(query_vector(&meta, &relation_name(index), key.sk_argument));
     state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
     state.exhausted = false;
+}
+
+/// Every row of the index, in no order: a scan without ORDER BY is what PostgreSQL 18 plans
+/// (an index-only scan with no key) when a query reads no column of the table, such as
+/// `SELECT count(*)` with sequential scans disabled.
+unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
+    let ids = retry_while_changing(OrderedBy::Vector, || {
+        let meta = read_meta(index);
+        let mut ids: Vec<i64> = Vec::new();
+        if meta.cache_key().is_some() {
+            ids.extend(super::cache::snapshot(index, &meta)?.ids());
+        }
+        let from = appended_from(&meta);
+        if from.block != NO_BLOCK && meta.dim != 0 {
+            let dim = meta.dim as usize;
+            let (mut keys, mut vectors) = (Vec::new(), Vec::new());
+            let read = read_records(index, from, meta.generation, dim, |bytes| {
+                decode_records_into(bytes, dim, &mut keys, &mut vectors);
+                vectors.clear();
+            });
+            if !matches!(read, ChainRead::Done) {
+                return None;
+            }
+            ids.extend(keys.iter().map(|k| tid_to_id(k.block, k.offset)));
+        }
+        Some(ids)
+    });
+    // Chunks share their row's TID; the queue returns each row once.
+    ids.into_iter()
+        .map(|id| Candidate {
+            id,
+            distance: 0.0,
+            text_hash: None,
+        })
+        .collect()
+}
+
+/// Where the records not in the snapshot start.
+fn appended_from(meta: &Meta) -> ChainPos {
+    if meta.snapshot_end.block == NO_BLOCK {
+        ChainPos {
+            block: meta.records_head,
+            slot: 0,
+        }
+    } else {
+        meta.snapshot_end
+    }
 }
 
 /// One candidate of the exact search over appended records.
@@ -123,14 +173,7 @@ unsafe fn score_appended(
     meta: &Meta,
     query: &[f32],
 ) -> Option<Vec<Appended>> {
-    let from = if meta.snapshot_end.block == NO_BLOCK {
-        ChainPos {
-            block: meta.records_head,
-            slot: 0,
-        }
-    } else {
-        meta.snapshot_end
-    };
+    let from = appended_from(meta);
     let mut out = Vec::new();
     if from.block == NO_BLOCK || meta.dim == 0 {
         return Some(out);
@@ -226,9 +269,7 @@ pub unsafe extern "C-unwind" fn amgettuple(
     _direction: pg_sys::ScanDirection::Type,
 ) -> bool {
     let state = &mut *((*scan).opaque as *mut ScanState);
-    if state.query.is_none() {
-        return false;
-    }
+    // Without a query the scan is exhausted from the start: it returns what rescan queued.
     loop {
         if state.queue.emit_next(scan) {
             return true;

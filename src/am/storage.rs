@@ -42,20 +42,8 @@ impl Relation for Index {
     }
 
     fn extend(&self) -> pg_sys::Buffer {
-        // SAFETY: P_NEW under the relation extension lock, as PostgreSQL 15's AMs do.
-        unsafe {
-            pg_sys::LockRelationForExtension(self.0, pg_sys::ExclusiveLock as _);
-            let buffer = pg_sys::ReadBufferExtended(
-                self.0,
-                pg_sys::ForkNumber::MAIN_FORKNUM,
-                pg_sys::InvalidBlockNumber, // P_NEW
-                pg_sys::ReadBufferMode::RBM_NORMAL,
-                std::ptr::null_mut(),
-            );
-            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_EXCLUSIVE as _);
-            pg_sys::UnlockRelationForExtension(self.0, pg_sys::ExclusiveLock as _);
-            buffer
-        }
+        // SAFETY: an open index relation, written only by the backend holding its locks.
+        unsafe { crate::compat::extend_relation(self.0) }
     }
 
     fn block(&self, buffer: pg_sys::Buffer) -> u32 {

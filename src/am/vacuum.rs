@@ -103,7 +103,7 @@ unsafe fn regenerate(
         let (block, offset) = id_to_tid(id);
         if i.is_multiple_of(1024) {
             // Honours vacuum_cost_delay (and checks for interrupts).
-            pg_sys::vacuum_delay_point();
+            crate::compat::vacuum_delay_point();
         }
         if dead(block, offset) {
             removed += 1;
@@ -219,7 +219,7 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
             if let Some(snapshot) = super::cache::snapshot(index, &meta) {
                 any_dead = snapshot.ids().enumerate().any(|(i, id)| {
                     if i.is_multiple_of(1024) {
-                        pg_sys::vacuum_delay_point();
+                        crate::compat::vacuum_delay_point();
                     }
                     let (block, offset) = id_to_tid(id);
                     is_dead(callback, callback_state, block, offset)
@@ -301,7 +301,7 @@ fn semantic_index_fold(index: pgrx::PgRelation) -> i64 {
         if !bm25 {
             super::check_faiss_index(&index);
         }
-        if !pg_sys::pg_class_ownercheck(index.oid(), pg_sys::GetUserId()) {
+        if !crate::compat::owns_relation(index.oid()) {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!("must be owner of index {}", index.name()),

@@ -57,7 +57,10 @@ pub unsafe fn indexed_column(index: pg_sys::Relation) -> i16 {
                 Some("Index the column itself; the text search configuration is the index option config."),
             );
         }
-        let atttype = (*(*desc).attrs.as_ptr()).atttypid;
+        let atttype = pgrx::PgTupleDesc::from_pg_unchecked(desc)
+            .get(0)
+            .expect("one column")
+            .atttypid;
         if atttype != pg_sys::TEXTOID && atttype != pg_sys::VARCHAROID {
             raise(
                 PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,

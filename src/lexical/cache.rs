@@ -26,7 +26,8 @@ thread_local! {
 pub unsafe fn snapshot(index: pg_sys::Relation, meta: &Meta) -> Option<Rc<Sealed>> {
     let key = meta.cache_key()?;
     // SAFETY: an open index relation.
-    let (oid, relfilenode) = unsafe { ((*index).rd_id, u32::from((*index).rd_node.relNode)) };
+    let (oid, relfilenode) =
+        unsafe { ((*index).rd_id, crate::compat::relation_file(index).number) };
     let hit = OPEN.with(|open| {
         open.borrow_mut()
             .get(&oid)

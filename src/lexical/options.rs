@@ -6,6 +6,8 @@ use std::mem::offset_of;
 use pgrx::pg_sys;
 use semantic_lexical::Bm25;
 
+use crate::compat::reloption;
+
 static mut RELOPT_KIND: pg_sys::relopt_kind::Type = 0;
 
 /// The parsed options as PostgreSQL stores them (string fields are offsets from the start).
@@ -65,21 +67,21 @@ pub unsafe extern "C-unwind" fn amoptions(
     validate: bool,
 ) -> *mut pg_sys::bytea {
     let elts = [
-        pg_sys::relopt_parse_elt {
-            optname: c"config".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_STRING,
-            offset: offset_of!(RawOptions, config) as i32,
-        },
-        pg_sys::relopt_parse_elt {
-            optname: c"k1".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_REAL,
-            offset: offset_of!(RawOptions, k1) as i32,
-        },
-        pg_sys::relopt_parse_elt {
-            optname: c"b".as_ptr(),
-            opttype: pg_sys::relopt_type::RELOPT_TYPE_REAL,
-            offset: offset_of!(RawOptions, b) as i32,
-        },
+        reloption(
+            c"config",
+            pg_sys::relopt_type::RELOPT_TYPE_STRING,
+            offset_of!(RawOptions, config),
+        ),
+        reloption(
+            c"k1",
+            pg_sys::relopt_type::RELOPT_TYPE_REAL,
+            offset_of!(RawOptions, k1),
+        ),
+        reloption(
+            c"b",
+            pg_sys::relopt_type::RELOPT_TYPE_REAL,
+            offset_of!(RawOptions, b),
+        ),
     ];
     // SAFETY: PostgreSQL's own parser over our table of options.
     unsafe {

@@ -106,11 +106,11 @@ pub unsafe extern "C-unwind" fn amrescan(
         state.exhausted = true;
         state.rest_pending = false;
         if (*scan).numberOfOrderBys < 1 {
-            raise(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "bm25 indexes only answer ORDER BY column <@> query",
-                None,
-            );
+            // A scan without ORDER BY (PostgreSQL 18's index-only scan of a query that reads
+            // no column, see the faiss scan): every row, in no order.
+            state.query = Some((String::new(), Vec::new()));
+            state.rest_pending = true;
+            return;
         }
         let key = &*(*scan).orderByData;
         if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {

@@ -85,7 +85,7 @@ unsafe fn regenerate(
         let mut records = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             if i.is_multiple_of(1024) {
-                pg_sys::vacuum_delay_point();
+                crate::compat::vacuum_delay_point();
             }
             if !dead(key) {
                 live.insert(tid_to_id(key.block, key.offset) as u64);
@@ -100,7 +100,7 @@ unsafe fn regenerate(
         let config = pg_sys::Oid::from(settings.config_oid);
         for (i, key) in keys.iter().enumerate().skip(in_snapshot) {
             if i.is_multiple_of(256) {
-                pg_sys::vacuum_delay_point();
+                crate::compat::vacuum_delay_point();
             }
             let id = tid_to_id(key.block, key.offset) as u64;
             if !live.contains(&id) {

@@ -438,7 +438,14 @@ pub mod vectors {
         found.iter().filter(|id| exact.contains(id)).count() as f64 / exact.len().max(1) as f64
     }
 
+    /// Waits until the standby has replayed everything the primary logged so far.
     pub fn wait_for_replay(primary: &mut Client, standby: &mut Client) {
+        // A command that ran without a transaction id (VACUUM, for one) commits without
+        // flushing its WAL, which the WAL writer writes a little later. A transaction that logs
+        // a record flushes at commit, and with it every record logged before.
+        primary
+            .batch_execute("SELECT pg_logical_emit_message(true, 'semantic-tests', 'flush')")
+            .unwrap();
         let lsn: String = primary
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .unwrap()

@@ -1,5 +1,5 @@
 //! `semantic-tools`: what does not belong in a database backend: importing models, running the
-//! encoder outside PostgreSQL, and (later) generating queries, fine-tuning and evaluating.
+//! encoder outside PostgreSQL, generating queries, fine-tuning, evaluating and reloading models.
 
 mod encode;
 mod eval;
