@@ -116,6 +116,9 @@ for v in $PG_VERSIONS; do
   (cd "$PACKAGE" && find . -type f) | while read -r f; do
     $SUDO install -D -m 0644 "$PACKAGE/$f" "/${f#./}"
   done
+  # sql/ also keeps the install scripts of released versions, which pgrx does not package:
+  # with them, CREATE EXTENSION semantic VERSION '0.1.0' works (the upgrade test needs it).
+  $SUDO install -m 0644 "$ROOT"/sql/semantic--*.sql "$("${PG_CONFIGS[$v]}" --sharedir)/extension/"
 done
 
 # 6. The server runs as another user: let it read the library and the models, and reach them.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (what CI runs): installs what is missing, then runs every test: the
 # Postgres-free crates' tests and the integration tests, which start their own clusters.
-# The full suite runs on PostgreSQL 15; the access-method, crash, replica and bad-input suites
-# run again on every other version in SEMANTIC_PG_VERSIONS (default "15 18").
+# The full suite runs on PostgreSQL 15; the access-method, crash, replica, bad-input and
+# upgrade suites run again on every other version in SEMANTIC_PG_VERSIONS (default "15 18").
 # Arguments go to every cargo test run, e.g. `scripts/test.sh -- --test-threads 1`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,9 +19,9 @@ for v in $SEMANTIC_PG_VERSIONS; do
     SEMANTIC_TEST_PG_BINDIR=/usr/lib/postgresql/15/bin \
       cargo test --release --workspace --exclude semantic "$@"
   else
-    log "PostgreSQL $v: index, lexical, crash, replica and bad-input suites"
+    log "PostgreSQL $v: index, lexical, crash, replica, shared-snapshot, bad-input and upgrade suites"
     SEMANTIC_TEST_PG_BINDIR="$ROOT/.semantic/postgres/$v/bin" \
       cargo test --release -p semantic-tests --test index --test lexical --test crash \
-      --test reliability --test embed --test shared "$@"
+      --test reliability --test embed --test shared --test upgrade "$@"
   fi
 done

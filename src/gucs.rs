@@ -11,6 +11,7 @@ pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
+pub static DEFAULT_INDEX: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MODEL_SERVER: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static SCAN_CANDIDATES: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -52,6 +53,15 @@ pub fn register() {
         c"Model used by embed(text) and by new indexes that name none.",
         c"",
         &DEFAULT_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // Read by semantic_search (sql/semantic_search.sql) through current_setting.
+    GucRegistry::define_string_guc(
+        c"semantic.default_index",
+        c"Index semantic_search uses when the call names none.",
+        c"A faiss or bm25 index; a search of the other kind uses the index of its kind on the same column. Set it per database or role with ALTER DATABASE or ALTER ROLE ... SET.",
+        &DEFAULT_INDEX,
         GucContext::Userset,
         GucFlags::default(),
     );

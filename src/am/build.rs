@@ -5,9 +5,10 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ColumnKind, IndexMetric, Meta};
+use semantic_index::layout::{ColumnKind, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
 use semantic_index::snapshot::encode_snapshot;
+use semantic_index::IndexMetric;
 use semantic_index::{tid_to_id, CacheKey, VectorIndex};
 
 use super::options::IndexOptions;
@@ -99,95 +100,107 @@ unsafe extern "C-unwind" fn build_callback(
     _alive: bool,
     state: *mut std::ffi::c_void,
 ) {
-    if *isnull {
-        return;
-    }
-    let state = &mut *(state as *mut BuildState);
-    let (block, offset) = tid_parts(tid);
-    state.rows += 1;
-    match state.meta.kind {
-        ColumnKind::Text => {
-            let text = datum_text(*values);
-            state.pending_keys.push(RecordKey {
-                block,
-                offset,
-                text_hash: text_hash(&text),
-            });
-            state.pending_texts.push(text);
-            if state.pending_texts.len() >= EMBED_CHUNK {
-                state.flush_texts();
-            }
+    // SAFETY: table_index_build_scan calls this with a valid TID, values and isnull of the index's one column, and the BuildState it was given.
+    unsafe {
+        if *isnull {
+            return;
         }
-        ColumnKind::Vector => state.push(
-            &RecordKey {
-                block,
-                offset,
-                text_hash: 0,
-            },
-            datum_vector(*values),
-        ),
+        let state = &mut *(state as *mut BuildState);
+        let (block, offset) = tid_parts(tid);
+        state.rows += 1;
+        match state.meta.kind {
+            ColumnKind::Text => {
+                let text = datum_text(*values);
+                state.pending_keys.push(RecordKey {
+                    block,
+                    offset,
+                    text_hash: text_hash(&text),
+                });
+                state.pending_texts.push(text);
+                if state.pending_texts.len() >= EMBED_CHUNK {
+                    state.flush_texts();
+                }
+            }
+            ColumnKind::Vector => state.push(
+                &RecordKey {
+                    block,
+                    offset,
+                    text_hash: 0,
+                },
+                datum_vector(*values),
+            ),
+        }
     }
 }
 
 pub unsafe fn tid_parts(tid: pg_sys::ItemPointer) -> (u32, u16) {
-    let t = &*tid;
-    let block = (u32::from(t.ip_blkid.bi_hi) << 16) | u32::from(t.ip_blkid.bi_lo);
-    (block, t.ip_posid)
+    // SAFETY: `tid` points to a valid ItemPointer (the caller's contract).
+    unsafe {
+        let t = &*tid;
+        let block = (u32::from(t.ip_blkid.bi_hi) << 16) | u32::from(t.ip_blkid.bi_lo);
+        (block, t.ip_posid)
+    }
 }
 
 pub unsafe fn relation_name(rel: pg_sys::Relation) -> String {
-    std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
-        .to_string_lossy()
-        .into_owned()
+    // SAFETY: `rel` is an open relation: its rd_rel lives while it is open.
+    unsafe {
+        std::ffi::CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// The metapage of a new index: what its options and (for text) its model say.
 pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
-    let options = IndexOptions::of(index);
-    let mut meta = match options.kind {
-        ColumnKind::Text => {
-            let (dim, similarity, fingerprint) = with_encoder(&options.model, |e| {
-                let m = e.manifest();
-                Ok((m.dimension, m.similarity, m.fingerprint.clone()))
-            });
-            let metric = options.metric.unwrap_or(match similarity {
-                semantic_encoder::Similarity::Cosine => IndexMetric::Cosine,
-                semantic_encoder::Similarity::Dot => IndexMetric::Dot,
-            });
-            let mut meta = Meta::new(
-                ColumnKind::Text,
-                metric,
+    // SAFETY: `index` is an open faiss index relation (the caller's contract).
+    unsafe {
+        let options = IndexOptions::of(index);
+        let mut meta = match options.kind {
+            ColumnKind::Text => {
+                let (dim, similarity, fingerprint) = with_encoder(&options.model, |e| {
+                    let m = e.manifest();
+                    Ok((m.dimension, m.similarity, m.fingerprint.clone()))
+                });
+                let metric = options.metric.unwrap_or(match similarity {
+                    semantic_encoder::Similarity::Cosine => IndexMetric::Cosine,
+                    semantic_encoder::Similarity::Dot => IndexMetric::Dot,
+                });
+                let mut meta = Meta::new(
+                    ColumnKind::Text,
+                    metric,
+                    options.long_text,
+                    dim as u32,
+                    &options.factory,
+                );
+                meta.model = options.model.clone();
+                meta.fingerprint = fingerprint;
+                meta
+            }
+            ColumnKind::Vector => Meta::new(
+                ColumnKind::Vector,
+                options.metric.unwrap_or(IndexMetric::L2),
                 options.long_text,
-                dim as u32,
+                0,
                 &options.factory,
-            );
-            meta.model = options.model.clone();
-            meta.fingerprint = fingerprint;
-            meta
-        }
-        ColumnKind::Vector => Meta::new(
-            ColumnKind::Vector,
-            options.metric.unwrap_or(IndexMetric::L2),
-            options.long_text,
-            0,
-            &options.factory,
-        ),
-    };
-    meta.ef_construction = options.ef_construction;
-    // Check the factory string now, before any work: FAISS itself is the judge.
-    let probe_dim = if meta.dim == 0 { 8 } else { meta.dim as usize };
-    if let Err(e) = meta.empty_index(probe_dim) {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "invalid faiss option \"factory\" = \"{}\": {e}",
-                meta.factory
             ),
-            Some("Use a FAISS index factory string such as Flat, HNSW32 or IVF100,Flat."),
-        );
+        };
+        meta.ef_construction = options.ef_construction;
+        // Check the factory string now, before any work: FAISS itself is the judge.
+        let probe_dim = if meta.dim == 0 { 8 } else { meta.dim as usize };
+        if let Err(e) = meta.empty_index(probe_dim) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid faiss option \"factory\" = \"{}\": {e}",
+                    meta.factory
+                ),
+                Some("Use a FAISS index factory string such as Flat, HNSW32 or IVF100,Flat."),
+            );
+        }
+        meta.generation = 0;
+        meta
     }
-    meta.generation = 0;
-    meta
 }
 
 /// Whether this backend has a query cancel or a termination pending: what FAISS, polling from
@@ -315,29 +328,32 @@ pub unsafe fn write_generation(
     rows: u64,
     new: &NewSnapshot,
 ) {
-    if !new.bytes.is_empty() {
-        super::cache::publish(index, &new.key, &new.bytes);
+    // SAFETY: `index` is an open faiss index that the caller holds locked against other rewrites.
+    unsafe {
+        if !new.bytes.is_empty() {
+            super::cache::publish(index, &new.key, &new.bytes);
+        }
+        let dim = meta.dim as usize;
+        let records = if new.has_vectors {
+            Vec::new()
+        } else {
+            records()
+        };
+        rewrite(
+            index,
+            meta,
+            dim,
+            &Generation {
+                records: &records,
+                rows,
+                snapshot: &new.bytes,
+                cache_key: new.key,
+                snapshot_vectors: new.vectors,
+                snapshot_has_vectors: new.has_vectors,
+            },
+        );
+        super::cache::forget((*index).rd_id);
     }
-    let dim = meta.dim as usize;
-    let records = if new.has_vectors {
-        Vec::new()
-    } else {
-        records()
-    };
-    rewrite(
-        index,
-        meta,
-        dim,
-        &Generation {
-            records: &records,
-            rows,
-            snapshot: &new.bytes,
-            cache_key: new.key,
-            snapshot_vectors: new.vectors,
-            snapshot_has_vectors: new.has_vectors,
-        },
-    );
-    super::cache::forget((*index).rd_id);
 }
 
 #[pg_guard]
@@ -346,53 +362,56 @@ pub unsafe extern "C-unwind" fn ambuild(
     index: pg_sys::Relation,
     index_info: *mut pg_sys::IndexInfo,
 ) -> *mut pg_sys::IndexBuildResult {
-    let meta = initial_meta(index);
-    if meta.dim != 0 {
-        check_dimension(meta.dim as usize);
+    // SAFETY: PostgreSQL's index AM interface calls this with the open heap and index and their IndexInfo.
+    unsafe {
+        let meta = initial_meta(index);
+        if meta.dim != 0 {
+            check_dimension(meta.dim as usize);
+        }
+        let mut state = BuildState {
+            meta,
+            index_name: relation_name(index),
+            ids: Vec::new(),
+            vectors: Vec::new(),
+            rows: 0,
+            pending_keys: Vec::new(),
+            hashes: Vec::new(),
+            pending_texts: Vec::new(),
+        };
+        progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_EMBEDDING);
+        progress(
+            pg_sys::PROGRESS_CREATEIDX_TUPLES_TOTAL,
+            (*(*heap).rd_rel).reltuples.max(0.0) as i64,
+        );
+        let heap_tuples = pg_sys::table_index_build_scan(
+            heap,
+            index,
+            index_info,
+            true,
+            true,
+            Some(build_callback),
+            &mut state as *mut BuildState as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        );
+        state.flush_texts();
+
+        let new = snapshot(&state.meta, None, &state.ids, &state.hashes, &state.vectors);
+        progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
+        create_meta(index, &state.meta);
+        let dim = state.meta.dim as usize;
+        write_generation(
+            index,
+            &mut state.meta,
+            || encode_records(&state.ids, &state.hashes, &state.vectors, dim),
+            state.rows,
+            &new,
+        );
+
+        let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
+        result.heap_tuples = heap_tuples;
+        result.index_tuples = state.rows as f64;
+        result.into_pg()
     }
-    let mut state = BuildState {
-        meta,
-        index_name: relation_name(index),
-        ids: Vec::new(),
-        vectors: Vec::new(),
-        rows: 0,
-        pending_keys: Vec::new(),
-        hashes: Vec::new(),
-        pending_texts: Vec::new(),
-    };
-    progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_EMBEDDING);
-    progress(
-        pg_sys::PROGRESS_CREATEIDX_TUPLES_TOTAL,
-        (*(*heap).rd_rel).reltuples.max(0.0) as i64,
-    );
-    let heap_tuples = pg_sys::table_index_build_scan(
-        heap,
-        index,
-        index_info,
-        true,
-        true,
-        Some(build_callback),
-        &mut state as *mut BuildState as *mut std::ffi::c_void,
-        std::ptr::null_mut(),
-    );
-    state.flush_texts();
-
-    let new = snapshot(&state.meta, None, &state.ids, &state.hashes, &state.vectors);
-    progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
-    create_meta(index, &state.meta);
-    let dim = state.meta.dim as usize;
-    write_generation(
-        index,
-        &mut state.meta,
-        || encode_records(&state.ids, &state.hashes, &state.vectors, dim),
-        state.rows,
-        &new,
-    );
-
-    let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
-    result.heap_tuples = heap_tuples;
-    result.index_tuples = state.rows as f64;
-    result.into_pg()
 }
 
 /// Unlogged tables would need an init fork; they are refused rather than half supported.

@@ -56,21 +56,27 @@ pub fn cache_dir() -> CacheDir {
 
 /// Names an index relation's files within the server: tablespace, database, relfilenode.
 pub unsafe fn owner(rel: pg_sys::Relation) -> String {
-    let file = crate::compat::relation_file(rel);
-    format!("{}.{}.{}", file.tablespace, file.database, file.number)
+    // SAFETY: `rel` is an open relation (the caller's contract).
+    unsafe {
+        let file = crate::compat::relation_file(rel);
+        format!("{}.{}.{}", file.tablespace, file.database, file.number)
+    }
 }
 
 /// Whether the index relation a file `owner` names still exists, as far as this backend can
 /// tell (files of other databases are left to them).
 unsafe fn owner_exists(owner: &str) -> bool {
-    let parts: Vec<u32> = owner.split('.').filter_map(|p| p.parse().ok()).collect();
-    let [spc, db, rel] = parts[..] else {
-        return true;
-    };
-    if db != u32::from(pg_sys::MyDatabaseId) {
-        return true;
+    // SAFETY: reads the catalog inside the caller's transaction.
+    unsafe {
+        let parts: Vec<u32> = owner.split('.').filter_map(|p| p.parse().ok()).collect();
+        let [spc, db, rel] = parts[..] else {
+            return true;
+        };
+        if db != u32::from(pg_sys::MyDatabaseId) {
+            return true;
+        }
+        crate::compat::relation_of_file(spc, rel) != pg_sys::InvalidOid
     }
-    crate::compat::relation_of_file(spc, rel) != pg_sys::InvalidOid
 }
 
 /// A fresh random cache key for a new generation.
@@ -98,55 +104,61 @@ fn lock(dir: &CacheDir, owner: &str, key: &CacheKey) -> std::io::Result<CacheLoc
 /// points to it, so that searches find the file ready. A failure only costs the first search
 /// the work of writing it (or a private copy).
 pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
-    let dir = cache_dir();
-    let owner = owner(rel);
-    let published = lock(&dir, &owner, key)
-        .and_then(|_lock| dir.publish(&owner, key, |w| w.write_all(snapshot)));
-    if let Err(e) = published {
-        pgrx::debug1!(
-            "index \"{}\": could not write its snapshot file: {e}",
-            super::build::relation_name(rel)
+    // SAFETY: `rel` is an open index relation (the caller's contract).
+    unsafe {
+        let dir = cache_dir();
+        let owner = owner(rel);
+        let published = lock(&dir, &owner, key)
+            .and_then(|_lock| dir.publish(&owner, key, |w| w.write_all(snapshot)));
+        if let Err(e) = published {
+            pgrx::debug1!(
+                "index \"{}\": could not write its snapshot file: {e}",
+                super::build::relation_name(rel)
+            );
+        }
+        // Files of this database's dropped or rebuilt indexes go; an hour's grace covers
+        // transactions that created an index and have not committed yet (a file removed too early
+        // is only rebuilt by its first search).
+        dir.sweep(
+            |owner| owner_exists(owner),
+            std::time::Duration::from_secs(3600),
         );
     }
-    // Files of this database's dropped or rebuilt indexes go; an hour's grace covers
-    // transactions that created an index and have not committed yet (a file removed too early
-    // is only rebuilt by its first search).
-    dir.sweep(
-        |owner| owner_exists(owner),
-        std::time::Duration::from_secs(3600),
-    );
 }
 
 /// The searchable snapshot of `meta`'s generation, or None if the index has none (no rows
 /// when it was built) or the snapshot chain was rewritten while being read.
 pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot>> {
-    let key = meta.cache_key()?;
-    let oid = (*rel).rd_id;
-    let relfilenode = crate::compat::relation_file(rel).number;
-    let open = OPEN.with(|open| {
-        open.borrow_mut()
-            .get(&oid)
-            .filter(|o| o.relfilenode == relfilenode && o.key == key)
-            .map(|o| o.snapshot.clone())
-    });
-    if open.is_some() {
-        return open;
+    // SAFETY: `rel` is an open index relation and `meta` its metapage (the caller's contract).
+    unsafe {
+        let key = meta.cache_key()?;
+        let oid = (*rel).rd_id;
+        let relfilenode = crate::compat::relation_file(rel).number;
+        let open = OPEN.with(|open| {
+            open.borrow_mut()
+                .get(&oid)
+                .filter(|o| o.relfilenode == relfilenode && o.key == key)
+                .map(|o| o.snapshot.clone())
+        });
+        if open.is_some() {
+            return open;
+        }
+        let snapshot = Rc::new(open_or_build(rel, meta, &key, "faiss index", |bytes| {
+            Snapshot::from_bytes(&bytes)
+        })?);
+        OPEN.with(|open| {
+            open.borrow_mut().insert(
+                oid,
+                OpenSnapshot {
+                    relfilenode,
+                    key,
+                    snapshot: snapshot.clone(),
+                },
+                crate::gucs::max_cached_indexes(),
+            )
+        });
+        Some(snapshot)
     }
-    let snapshot = Rc::new(open_or_build(rel, meta, &key, "faiss index", |bytes| {
-        Snapshot::from_bytes(&bytes)
-    })?);
-    OPEN.with(|open| {
-        open.borrow_mut().insert(
-            oid,
-            OpenSnapshot {
-                relfilenode,
-                key,
-                snapshot: snapshot.clone(),
-            },
-            crate::gucs::max_cached_indexes(),
-        )
-    });
-    Some(snapshot)
 }
 
 /// The snapshot file of `meta`'s generation (`key`) of the `kind` index `rel`, mapped; built
@@ -160,53 +172,56 @@ pub unsafe fn open_or_build<S: SnapshotFile>(
     kind: &str,
     from_pages: impl FnOnce(Vec<u8>) -> Result<S, IndexError>,
 ) -> Option<S> {
-    let dir = cache_dir();
-    let owner = owner(rel);
-    let started = pg_sys::PgStartTime;
-    if let Opened::Ready(snapshot) = dir.open(&owner, key, started) {
-        return Some(snapshot);
-    }
-    let private = |why: String| -> Option<S> {
-        pgrx::warning!(
-            "{kind} \"{}\": {why}; this session searches a private copy",
-            super::build::relation_name(rel)
-        );
-        let bytes = super::storage::read_snapshot(rel, meta)?;
-        Some(from_pages(bytes).unwrap_or_else(|e| index_error(kind, e)))
-    };
-    let lock = match lock(&dir, &owner, key) {
-        Ok(lock) => lock,
-        Err(e) => return private(format!("cannot lock its snapshot file: {e}")),
-    };
-    // Whoever held the lock may have built it meanwhile.
-    match dir.open(&owner, key, started) {
-        Opened::Ready(snapshot) => return Some(snapshot),
-        Opened::Damaged(e) => pgrx::log!(
-            "{kind} \"{}\": rebuilding its snapshot file: {e}",
-            super::build::relation_name(rel)
-        ),
-        Opened::Missing => {}
-    }
-    let mut rewritten = false;
-    let written = dir.publish(&owner, key, |w| {
-        rewritten = !read_snapshot_with(rel, meta, |page| w.write_all(page))?;
-        if rewritten {
-            return Err(std::io::Error::other("the index was rewritten meanwhile"));
+    // SAFETY: `rel` is an open index relation (the caller's contract).
+    unsafe {
+        let dir = cache_dir();
+        let owner = owner(rel);
+        let started = pg_sys::PgStartTime;
+        if let Opened::Ready(snapshot) = dir.open(&owner, key, started) {
+            return Some(snapshot);
         }
-        Ok(())
-    });
-    drop(lock);
-    if rewritten {
-        return None;
-    }
-    if let Err(e) = written {
-        return private(format!("cannot write its snapshot file: {e}"));
-    }
-    match dir.open(&owner, key, started) {
-        Opened::Ready(snapshot) => Some(snapshot),
-        // Written from pages that are damaged themselves.
-        Opened::Damaged(e) => index_error(kind, e),
-        Opened::Missing => private("its snapshot file vanished".into()),
+        let private = |why: String| -> Option<S> {
+            pgrx::warning!(
+                "{kind} \"{}\": {why}; this session searches a private copy",
+                super::build::relation_name(rel)
+            );
+            let bytes = super::storage::read_snapshot(rel, meta)?;
+            Some(from_pages(bytes).unwrap_or_else(|e| index_error(kind, e)))
+        };
+        let lock = match lock(&dir, &owner, key) {
+            Ok(lock) => lock,
+            Err(e) => return private(format!("cannot lock its snapshot file: {e}")),
+        };
+        // Whoever held the lock may have built it meanwhile.
+        match dir.open(&owner, key, started) {
+            Opened::Ready(snapshot) => return Some(snapshot),
+            Opened::Damaged(e) => pgrx::log!(
+                "{kind} \"{}\": rebuilding its snapshot file: {e}",
+                super::build::relation_name(rel)
+            ),
+            Opened::Missing => {}
+        }
+        let mut rewritten = false;
+        let written = dir.publish(&owner, key, |w| {
+            rewritten = !read_snapshot_with(rel, meta, |page| w.write_all(page))?;
+            if rewritten {
+                return Err(std::io::Error::other("the index was rewritten meanwhile"));
+            }
+            Ok(())
+        });
+        drop(lock);
+        if rewritten {
+            return None;
+        }
+        if let Err(e) = written {
+            return private(format!("cannot write its snapshot file: {e}"));
+        }
+        match dir.open(&owner, key, started) {
+            Opened::Ready(snapshot) => Some(snapshot),
+            // Written from pages that are damaged themselves.
+            Opened::Damaged(e) => index_error(kind, e),
+            Opened::Missing => private("its snapshot file vanished".into()),
+        }
     }
 }
 

@@ -16,18 +16,21 @@ pub unsafe extern "C-unwind" fn amcostestimate(
     correlation: *mut f64,
     pages: *mut f64,
 ) {
-    *correlation = 0.0;
-    *pages = 1.0;
-    *selectivity = 1.0;
-    if (*path).indexorderbys.is_null() {
-        // A scan without ORDER BY returns every row unordered (scan.rs: every_row): only for
-        // a query that can be answered no other way.
-        *startup = 1.0e10;
-        *total = 1.0e10;
-        return;
+    // SAFETY: the planner calls this with valid path and output pointers.
+    unsafe {
+        *correlation = 0.0;
+        *pages = 1.0;
+        *selectivity = 1.0;
+        if (*path).indexorderbys.is_null() {
+            // A scan without ORDER BY returns every row unordered (scan.rs: every_row): only for
+            // a query that can be answered no other way.
+            *startup = 1.0e10;
+            *total = 1.0e10;
+            return;
+        }
+        let tuples = (*(*path).indexinfo).tuples.max(1.0);
+        // Embedding the query and one FAISS search make the start; each returned row is cheap.
+        *startup = 100.0 * pg_sys::cpu_operator_cost;
+        *total = *startup + tuples * pg_sys::cpu_index_tuple_cost * 0.1;
     }
-    let tuples = (*(*path).indexinfo).tuples.max(1.0);
-    // Embedding the query and one FAISS search make the start; each returned row is cheap.
-    *startup = 100.0 * pg_sys::cpu_operator_cost;
-    *total = *startup + tuples * pg_sys::cpu_index_tuple_cost * 0.1;
 }

@@ -24,51 +24,54 @@ pub unsafe extern "C-unwind" fn aminsert(
     _unchanged: bool,
     _index_info: *mut pg_sys::IndexInfo,
 ) -> bool {
-    if *isnull {
-        return false;
-    }
-    let meta = read_meta(index);
-    let (block, offset) = tid_parts(heap_tid);
-    let (vectors, key) = match meta.kind {
-        ColumnKind::Text => {
-            let text = datum_text(*values);
-            let key = RecordKey {
-                block,
-                offset,
-                text_hash: text_hash(&text),
-            };
-            let vectors = embed_passages(&meta, &relation_name(index), &[text], |_| {})
-                .pop()
-                .unwrap_or_default();
-            (vectors, key)
+    // SAFETY: PostgreSQL's index AM interface calls this with the open index and heap, the row's values and its TID.
+    unsafe {
+        if *isnull {
+            return false;
         }
-        ColumnKind::Vector => {
-            let v = datum_vector(*values);
-            check_dimension(v.len());
-            (
-                vec![v],
-                RecordKey {
+        let meta = read_meta(index);
+        let (block, offset) = tid_parts(heap_tid);
+        let (vectors, key) = match meta.kind {
+            ColumnKind::Text => {
+                let text = datum_text(*values);
+                let key = RecordKey {
                     block,
                     offset,
-                    text_hash: 0,
-                },
-            )
+                    text_hash: text_hash(&text),
+                };
+                let vectors = embed_passages(&meta, &relation_name(index), &[text], |_| {})
+                    .pop()
+                    .unwrap_or_default();
+                (vectors, key)
+            }
+            ColumnKind::Vector => {
+                let v = datum_vector(*values);
+                check_dimension(v.len());
+                (
+                    vec![v],
+                    RecordKey {
+                        block,
+                        offset,
+                        text_hash: 0,
+                    },
+                )
+            }
+        };
+        let rel = Index(index);
+        let mut guard = lock_meta(&rel);
+        if guard.meta.kind == ColumnKind::Vector && guard.meta.dim == 0 {
+            // The first vector of a real[] index built on an empty table fixes its dimension.
+            guard.meta.dim = vectors[0].len() as u32;
         }
-    };
-    let rel = Index(index);
-    let mut guard = lock_meta(&rel);
-    if guard.meta.kind == ColumnKind::Vector && guard.meta.dim == 0 {
-        // The first vector of a real[] index built on an empty table fixes its dimension.
-        guard.meta.dim = vectors[0].len() as u32;
+        let vectors: Vec<Vec<f32>> = vectors
+            .into_iter()
+            .map(|v| prepare(&guard.meta, v))
+            .collect();
+        guard.meta.rows += 1; // written with the first record
+        for v in &vectors {
+            append_record(&rel, &mut guard, &key, v);
+        }
+        drop(guard);
+        false
     }
-    let vectors: Vec<Vec<f32>> = vectors
-        .into_iter()
-        .map(|v| prepare(&guard.meta, v))
-        .collect();
-    guard.meta.rows += 1; // written with the first record
-    for v in &vectors {
-        append_record(&rel, &mut guard, &key, v);
-    }
-    drop(guard);
-    false
 }

@@ -89,13 +89,16 @@ CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
 
 /// Raises unless `index` is a faiss index.
 pub unsafe fn check_faiss_index(index: &pgrx::PgRelation) {
-    let faiss_am = pg_sys::get_index_am_oid(c"faiss".as_ptr(), false);
-    if (*(*index.as_ptr()).rd_rel).relam != faiss_am {
-        crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("\"{}\" is not a faiss index", index.name()),
-            None,
-        );
+    // SAFETY: `index` is an open relation.
+    unsafe {
+        let faiss_am = pg_sys::get_index_am_oid(c"faiss".as_ptr(), false);
+        if (*(*index.as_ptr()).rd_rel).relam != faiss_am {
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("\"{}\" is not a faiss index", index.name()),
+                None,
+            );
+        }
     }
 }
 
@@ -136,7 +139,7 @@ fn semantic_index_info(
         TableIterator::once((
             meta.model.clone(),
             meta.fingerprint.clone(),
-            lower(format!("{:?}", meta.metric)),
+            meta.metric.name().to_string(),
             meta.factory.clone(),
             meta.ef_construction as i32,
             lower(format!("{:?}", meta.long_text)),

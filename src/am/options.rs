@@ -6,7 +6,8 @@ use std::mem::offset_of;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ColumnKind, IndexMetric, LongText};
+use semantic_index::layout::{ColumnKind, LongText};
+use semantic_index::IndexMetric;
 
 use crate::compat::reloption;
 use crate::errors::raise;
@@ -38,70 +39,86 @@ pub struct IndexOptions {
 
 /// Raises the ERROR of an option value outside its list of choices.
 unsafe fn check_choice(value: *const std::ffi::c_char, option: &str, valid: bool, choices: &str) {
-    if !valid {
-        let v = CStr::from_ptr(value).to_string_lossy();
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid value for faiss option \"{option}\": \"{v}\""),
-            Some(&format!("Valid values are {choices}.")),
-        );
+    // SAFETY: `value` is NULL or a NUL-terminated string (the caller's contract).
+    unsafe {
+        if !valid {
+            let v = CStr::from_ptr(value).to_string_lossy();
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid value for faiss option \"{option}\": \"{v}\""),
+                Some(&format!("Valid values are {choices}.")),
+            );
+        }
     }
 }
 
 unsafe fn option_str<'a>(value: *const std::ffi::c_char) -> Option<std::borrow::Cow<'a, str>> {
-    (!value.is_null()).then(|| CStr::from_ptr(value).to_string_lossy())
+    // SAFETY: `value` is NULL or a NUL-terminated string (the caller's contract).
+    unsafe { (!value.is_null()).then(|| CStr::from_ptr(value).to_string_lossy()) }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn validate_metric(value: *const std::ffi::c_char) {
-    if let Some(v) = option_str(value) {
-        check_choice(
-            value,
-            "metric",
-            IndexMetric::parse(&v).is_some(),
-            "cosine, dot and l2",
-        );
+    // SAFETY: reloption validators are given NULL or a NUL-terminated string.
+    unsafe {
+        if let Some(v) = option_str(value) {
+            check_choice(
+                value,
+                "metric",
+                IndexMetric::parse(&v).is_some(),
+                "cosine, dot and l2",
+            );
+        }
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn validate_long_text(value: *const std::ffi::c_char) {
-    if let Some(v) = option_str(value) {
-        check_choice(
-            value,
-            "long_text",
-            LongText::parse(&v).is_some(),
-            "truncate and chunks",
-        );
+    // SAFETY: reloption validators are given NULL or a NUL-terminated string.
+    unsafe {
+        if let Some(v) = option_str(value) {
+            check_choice(
+                value,
+                "long_text",
+                LongText::parse(&v).is_some(),
+                "truncate and chunks",
+            );
+        }
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn validate_model(value: *const std::ffi::c_char) {
-    if !value.is_null() {
-        if let Err(e) =
-            semantic_encoder::validate_model_name(&CStr::from_ptr(value).to_string_lossy())
-        {
-            crate::errors::raise_encoder_error(e);
+    // SAFETY: reloption validators are given NULL or a NUL-terminated string.
+    unsafe {
+        if !value.is_null() {
+            if let Err(e) =
+                semantic_encoder::validate_model_name(&CStr::from_ptr(value).to_string_lossy())
+            {
+                crate::errors::raise_encoder_error(e);
+            }
         }
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn validate_factory(value: *const std::ffi::c_char) {
-    if !value.is_null() {
-        let v = CStr::from_ptr(value).to_string_lossy();
-        // FAISS checks the grammar when the index is built; refuse what can never be one.
-        let plausible = !v.is_empty()
-            && v.len() <= 200
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ",_.=".contains(c));
-        if !plausible {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("invalid value for faiss option \"factory\": \"{v}\""),
-                Some("Use a FAISS index factory string such as Flat, HNSW32 or IVF100,Flat."),
-            );
+    // SAFETY: reloption validators are given NULL or a NUL-terminated string.
+    unsafe {
+        if !value.is_null() {
+            let v = CStr::from_ptr(value).to_string_lossy();
+            // FAISS checks the grammar when the index is built; refuse what can never be one.
+            let plausible = !v.is_empty()
+                && v.len() <= 200
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ",_.=".contains(c));
+            if !plausible {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("invalid value for faiss option \"factory\": \"{v}\""),
+                    Some("Use a FAISS index factory string such as Flat, HNSW32 or IVF100,Flat."),
+                );
+            }
         }
     }
 }
@@ -160,84 +177,93 @@ pub unsafe extern "C-unwind" fn amoptions(
     reloptions: pg_sys::Datum,
     validate: bool,
 ) -> *mut pg_sys::bytea {
-    let elts: Vec<pg_sys::relopt_parse_elt> = [
-        (c"model", offset_of!(RawOptions, model)),
-        (c"factory", offset_of!(RawOptions, factory)),
-        (c"metric", offset_of!(RawOptions, metric)),
-        (c"long_text", offset_of!(RawOptions, long_text)),
-    ]
-    .iter()
-    .map(|(name, offset)| reloption(name, pg_sys::relopt_type::RELOPT_TYPE_STRING, *offset))
-    .chain([reloption(
-        c"ef_construction",
-        pg_sys::relopt_type::RELOPT_TYPE_INT,
-        offset_of!(RawOptions, ef_construction),
-    )])
-    .collect();
-    pg_sys::build_reloptions(
-        reloptions,
-        validate,
-        RELOPT_KIND,
-        std::mem::size_of::<RawOptions>(),
-        elts.as_ptr(),
-        elts.len() as i32,
-    ) as *mut pg_sys::bytea
+    // SAFETY: PostgreSQL's own parser over our table of options.
+    unsafe {
+        let elts: Vec<pg_sys::relopt_parse_elt> = [
+            (c"model", offset_of!(RawOptions, model)),
+            (c"factory", offset_of!(RawOptions, factory)),
+            (c"metric", offset_of!(RawOptions, metric)),
+            (c"long_text", offset_of!(RawOptions, long_text)),
+        ]
+        .iter()
+        .map(|(name, offset)| reloption(name, pg_sys::relopt_type::RELOPT_TYPE_STRING, *offset))
+        .chain([reloption(
+            c"ef_construction",
+            pg_sys::relopt_type::RELOPT_TYPE_INT,
+            offset_of!(RawOptions, ef_construction),
+        )])
+        .collect();
+        pg_sys::build_reloptions(
+            reloptions,
+            validate,
+            RELOPT_KIND,
+            std::mem::size_of::<RawOptions>(),
+            elts.as_ptr(),
+            elts.len() as i32,
+        ) as *mut pg_sys::bytea
+    }
 }
 
 unsafe fn string_at(raw: *const RawOptions, offset: i32) -> Option<String> {
-    (offset != 0).then(|| {
-        CStr::from_ptr((raw as *const std::ffi::c_char).add(offset as usize))
-            .to_string_lossy()
-            .into_owned()
-    })
+    // SAFETY: `raw` is the options struct build_reloptions made and `offset` one of its string offsets.
+    unsafe {
+        (offset != 0).then(|| {
+            CStr::from_ptr((raw as *const std::ffi::c_char).add(offset as usize))
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
 }
 
 impl IndexOptions {
     /// The options of `index`, defaults applied, and the kind of its one column.
     pub unsafe fn of(index: pg_sys::Relation) -> IndexOptions {
-        let raw = (*index).rd_options as *const RawOptions;
-        let get = |field: fn(&RawOptions) -> i32| {
-            if raw.is_null() {
-                None
-            } else {
-                string_at(raw, field(&*raw))
+        // SAFETY: `index` is an open index relation whose rd_options amoptions parsed.
+        unsafe {
+            let raw = (*index).rd_options as *const RawOptions;
+            let get = |field: fn(&RawOptions) -> i32| {
+                if raw.is_null() {
+                    None
+                } else {
+                    string_at(raw, field(&*raw))
+                }
+            };
+            let desc = (*index).rd_att;
+            if (*desc).natts != 1 {
+                raise(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "faiss indexes have exactly one column",
+                    None,
+                );
             }
-        };
-        let desc = (*index).rd_att;
-        if (*desc).natts != 1 {
-            raise(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "faiss indexes have exactly one column",
-                None,
-            );
-        }
-        let atttype = pgrx::PgTupleDesc::from_pg_unchecked(desc)
-            .get(0)
-            .expect("one column")
-            .atttypid;
-        let kind = match atttype {
-            pg_sys::TEXTOID | pg_sys::VARCHAROID => ColumnKind::Text,
-            pg_sys::FLOAT4ARRAYOID => ColumnKind::Vector,
-            _ => raise(
-                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                "faiss indexes support text, varchar and real[] columns",
-                None,
-            ),
-        };
-        let model = get(|r| r.model).unwrap_or_else(crate::gucs::default_model);
-        IndexOptions {
-            kind,
-            model,
-            factory: get(|r| r.factory).unwrap_or_else(|| "Flat".into()),
-            metric: get(|r| r.metric).and_then(|m| IndexMetric::parse(&m)),
-            long_text: get(|r| r.long_text)
-                .and_then(|m| LongText::parse(&m))
-                .unwrap_or(LongText::Truncate),
-            ef_construction: if raw.is_null() {
-                semantic_index::layout::DEFAULT_EF_CONSTRUCTION
-            } else {
-                (*raw).ef_construction as u32
-            },
+            let atttype = pgrx::PgTupleDesc::from_pg_unchecked(desc)
+                .get(0)
+                .expect("one column")
+                .atttypid;
+            let kind = match atttype {
+                pg_sys::TEXTOID | pg_sys::VARCHAROID => ColumnKind::Text,
+                pg_sys::FLOAT4ARRAYOID => ColumnKind::Vector,
+                _ => raise(
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    "faiss indexes support text, varchar and real[] columns",
+                    None,
+                ),
+            };
+            let model = get(|r| r.model).unwrap_or_else(crate::gucs::default_model);
+            IndexOptions {
+                kind,
+                model,
+                factory: get(|r| r.factory).unwrap_or_else(|| "Flat".into()),
+                metric: get(|r| r.metric).and_then(|m| IndexMetric::parse(&m)),
+                long_text: get(|r| r.long_text)
+                    .and_then(|m| LongText::parse(&m))
+                    .unwrap_or(LongText::Truncate),
+                ef_construction: if raw.is_null() {
+                    semantic_index::layout::DEFAULT_EF_CONSTRUCTION
+                } else {
+                    (*raw).ef_construction as u32
+                },
+            }
         }
     }
 }

@@ -45,19 +45,23 @@ pub unsafe fn new_ordered_scan(
     nkeys: i32,
     norderbys: i32,
 ) -> pg_sys::IndexScanDesc {
-    let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
-    let n = norderbys.max(1) as usize;
-    (*scan).xs_orderbyvals =
-        pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
-    (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
-    std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
-    // An index-only scan (planned when a query reads no column of the table, see every_row)
-    // takes each row's values from xs_itup. It reads none of them, so one tuple holding NULL
-    // serves every row.
-    let (mut value, mut isnull) = (pg_sys::Datum::from(0), true);
-    (*scan).xs_itupdesc = (*index).rd_att;
-    (*scan).xs_itup = pg_sys::index_form_tuple((*index).rd_att, &mut value, &mut isnull);
-    scan
+    // SAFETY: `index` is the open index relation ambeginscan was given.
+    unsafe {
+        let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
+        let n = norderbys.max(1) as usize;
+        (*scan).xs_orderbyvals =
+            pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
+        (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
+        std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
+        // An index-only scan (planned when a query reads no column of the table, see every_row)
+        // takes each row's values from xs_itup. It reads none of them, so one tuple holding NULL
+        // serves every row.
+        let (mut value, mut isnull) = (pg_sys::Datum::from(0), true);
+        (*scan).xs_itupdesc = (*index).rd_att;
+        (*scan).xs_itup =
+            pg_sys::index_form_tuple((*index).rd_att, &raw mut value, &raw mut isnull);
+        scan
+    }
 }
 
 #[pg_guard]
@@ -66,17 +70,20 @@ pub unsafe extern "C-unwind" fn ambeginscan(
     nkeys: i32,
     norderbys: i32,
 ) -> pg_sys::IndexScanDesc {
-    let scan = new_ordered_scan(index, nkeys, norderbys);
-    let state = ScanState {
-        queue: RowQueue::new(OrderedBy::Vector),
-        query: None,
-        k: 0,
-        exhausted: true,
-    };
-    // Freed with the scan's memory context, whichever way the scan ends.
-    let state = PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(state);
-    (*scan).opaque = state as *mut std::ffi::c_void;
-    scan
+    // SAFETY: PostgreSQL's index AM interface calls this with the open index relation.
+    unsafe {
+        let scan = new_ordered_scan(index, nkeys, norderbys);
+        let state = ScanState {
+            queue: RowQueue::new(OrderedBy::Vector),
+            query: None,
+            k: 0,
+            exhausted: true,
+        };
+        // Freed with the scan's memory context, whichever way the scan ends.
+        let state = PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(state);
+        (*scan).opaque = state as *mut std::ffi::c_void;
+        scan
+    }
 }
 
 #[pg_guard]
@@ -87,64 +94,70 @@ pub unsafe extern "C-unwind" fn amrescan(
     orderbys: pg_sys::ScanKey,
     norderbys: i32,
 ) {
-    let state = &mut *((*scan).opaque as *mut ScanState);
-    if !orderbys.is_null() && norderbys > 0 {
-        std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
+    // SAFETY: the executor passes the scan ambeginscan made and its order-by keys.
+    unsafe {
+        let state = &mut *((*scan).opaque as *mut ScanState);
+        if !orderbys.is_null() && norderbys > 0 {
+            std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
+        }
+        state.queue.restart(None);
+        state.query = None;
+        state.exhausted = true;
+        if (*scan).numberOfOrderBys < 1 {
+            state.queue.extend(every_row((*scan).indexRelation));
+            return;
+        }
+        let key = &*(*scan).orderByData;
+        if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
+            return; // ORDER BY col <=> NULL: nothing is near NULL
+        }
+        let index = (*scan).indexRelation;
+        let meta = read_meta(index);
+        if meta.kind == ColumnKind::Text {
+            state.queue.restart(Some(datum_text(key.sk_argument)));
+        }
+        state.query = Some(query_vector(&meta, &relation_name(index), key.sk_argument));
+        state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
+        state.exhausted = false;
     }
-    state.queue.restart(None);
-    state.query = None;
-    state.exhausted = true;
-    if (*scan).numberOfOrderBys < 1 {
-        state.queue.extend(every_row((*scan).indexRelation));
-        return;
-    }
-    let key = &*(*scan).orderByData;
-    if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
-        return; // ORDER BY col <=> NULL: nothing is near NULL
-    }
-    let index = (*scan).indexRelation;
-    let meta = read_meta(index);
-    if meta.kind == ColumnKind::Text {
-        state.queue.restart(Some(datum_text(key.sk_argument)));
-    }
-    state.query = Some(query_vector(&meta, &relation_name(index), key.sk_argument));
-    state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
-    state.exhausted = false;
 }
 
 /// Every row of the index, in no order: a scan without ORDER BY is what PostgreSQL 18 plans
 /// (an index-only scan with no key) when a query reads no column of the table, such as
 /// `SELECT count(*)` with sequential scans disabled.
 unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
-    let ids = retry_while_changing(OrderedBy::Vector, || {
-        let meta = read_meta(index);
-        let mut ids: Vec<i64> = Vec::new();
-        if meta.cache_key().is_some() {
-            ids.extend(super::cache::snapshot(index, &meta)?.ids());
-        }
-        let from = appended_from(&meta);
-        if from.block != NO_BLOCK && meta.dim != 0 {
-            let dim = meta.dim as usize;
-            let (mut keys, mut vectors) = (Vec::new(), Vec::new());
-            let read = read_records(index, from, meta.generation, dim, |bytes| {
-                decode_records_into(bytes, dim, &mut keys, &mut vectors);
-                vectors.clear();
-            });
-            if !matches!(read, ChainRead::Done) {
-                return None;
+    // SAFETY: `index` is the open index of the caller's scan.
+    unsafe {
+        let ids = retry_while_changing(OrderedBy::Vector, || {
+            let meta = read_meta(index);
+            let mut ids: Vec<i64> = Vec::new();
+            if meta.cache_key().is_some() {
+                ids.extend(super::cache::snapshot(index, &meta)?.ids());
             }
-            ids.extend(keys.iter().map(|k| tid_to_id(k.block, k.offset)));
-        }
-        Some(ids)
-    });
-    // Chunks share their row's TID; the queue returns each row once.
-    ids.into_iter()
-        .map(|id| Candidate {
-            id,
-            distance: 0.0,
-            text_hash: None,
-        })
-        .collect()
+            let from = appended_from(&meta);
+            if from.block != NO_BLOCK && meta.dim != 0 {
+                let dim = meta.dim as usize;
+                let (mut keys, mut vectors) = (Vec::new(), Vec::new());
+                let read = read_records(index, from, meta.generation, dim, |bytes| {
+                    decode_records_into(bytes, dim, &mut keys, &mut vectors);
+                    vectors.clear();
+                });
+                if !matches!(read, ChainRead::Done) {
+                    return None;
+                }
+                ids.extend(keys.iter().map(|k| tid_to_id(k.block, k.offset)));
+            }
+            Some(ids)
+        });
+        // Chunks share their row's TID; the queue returns each row once.
+        ids.into_iter()
+            .map(|id| Candidate {
+                id,
+                distance: 0.0,
+                text_hash: None,
+            })
+            .collect()
+    }
 }
 
 /// Where the records not in the snapshot start.
@@ -173,94 +186,101 @@ unsafe fn score_appended(
     meta: &Meta,
     query: &[f32],
 ) -> Option<Vec<Appended>> {
-    let from = appended_from(meta);
-    let mut out = Vec::new();
-    if from.block == NO_BLOCK || meta.dim == 0 {
-        return Some(out);
+    // SAFETY: `index` is the open index of the caller's scan.
+    unsafe {
+        let from = appended_from(meta);
+        let mut out = Vec::new();
+        if from.block == NO_BLOCK || meta.dim == 0 {
+            return Some(out);
+        }
+        let dim = meta.dim as usize;
+        let metric = meta.metric.faiss_metric();
+        let read = read_records(index, from, meta.generation, dim, |bytes| {
+            out.extend(
+                score_records(bytes, dim, query, metric).map(|(key, score)| Appended {
+                    id: tid_to_id(key.block, key.offset),
+                    score,
+                    text_hash: key.text_hash,
+                }),
+            );
+        });
+        matches!(read, ChainRead::Done).then_some(out)
     }
-    let dim = meta.dim as usize;
-    let metric = meta.metric.faiss_metric();
-    let read = read_records(index, from, meta.generation, dim, |bytes| {
-        out.extend(
-            score_records(bytes, dim, query, metric).map(|(key, score)| Appended {
-                id: tid_to_id(key.block, key.offset),
-                score,
-                text_hash: key.text_hash,
-            }),
-        );
-    });
-    matches!(read, ChainRead::Done).then_some(out)
 }
 
 unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
-    let query = state.query.as_ref().expect("searching needs a query");
-    let params = SearchParams {
-        ef_search: gucs::hnsw_ef_search().max(state.k),
-        nprobe: gucs::ivf_nprobe(),
-    };
-    let k = state.k;
-    // The last round: every appended record is a candidate, whatever its distance.
-    let last = k >= gucs::max_scan_tuples();
-    let (candidates, exhausted) = retry_while_changing(OrderedBy::Vector, || {
-        let meta = read_meta(index);
-        let snapshot = match meta.cache_key() {
-            Some(_) => match super::cache::snapshot(index, &meta) {
-                Some(snapshot) => Some(snapshot),
-                None => return None, // rewritten while being read
-            },
-            None => None,
+    // SAFETY: `index` is the open index of the caller's scan.
+    unsafe {
+        let query = state.query.as_ref().expect("searching needs a query");
+        let params = SearchParams {
+            ef_search: gucs::hnsw_ef_search().max(state.k),
+            nprobe: gucs::ivf_nprobe(),
         };
-        let appended = score_appended(index, &meta, query)?;
-        let metric = meta.metric.faiss_metric();
-        let hits = match &snapshot {
-            Some(snapshot) => snapshot.search(query, k, &params).unwrap_or_else(|e| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                    format!("faiss search failed: {e}"),
-                    None,
-                )
-            }),
-            None => Vec::new(),
-        };
-        let snapshot_len = snapshot.as_ref().map_or(0, |s| s.len());
-        let snapshot_done = hits.len() < k || k >= snapshot_len;
-        // While the snapshot may hold nearer rows than its k-th hit, appended rows beyond that
-        // hit wait for a deeper round: rows come out in distance order.
-        let cutoff = (!snapshot_done && !last)
-            .then(|| hits.last().map(|h| h.score))
-            .flatten();
-        let mut hashes: HashMap<i64, u64> = HashMap::new();
-        let mut scored: Vec<(i64, f32)> = Vec::with_capacity(hits.len() + appended.len());
-        for hit in &hits {
-            scored.push((hit.id, hit.score));
-            if let Some(hash) = hit.text_hash {
-                hashes.insert(hit.id, hash);
+        let k = state.k;
+        // The last round: every appended record is a candidate, whatever its distance.
+        let last = k >= gucs::max_scan_tuples();
+        let (candidates, exhausted) = retry_while_changing(OrderedBy::Vector, || {
+            let meta = read_meta(index);
+            let snapshot = match meta.cache_key() {
+                Some(_) => match super::cache::snapshot(index, &meta) {
+                    Some(snapshot) => Some(snapshot),
+                    None => return None, // rewritten while being read
+                },
+                None => None,
+            };
+            let appended = score_appended(index, &meta, query)?;
+            let metric = meta.metric.faiss_metric();
+            let hits = match &snapshot {
+                Some(snapshot) => snapshot.search(query, k, &params).unwrap_or_else(|e| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        format!("faiss search failed: {e}"),
+                        None,
+                    )
+                }),
+                None => Vec::new(),
+            };
+            let snapshot_len = snapshot.as_ref().map_or(0, |s| s.len());
+            let snapshot_done = hits.len() < k || k >= snapshot_len;
+            // While the snapshot may hold nearer rows than its k-th hit, appended rows beyond that
+            // hit wait for a deeper round: rows come out in distance order.
+            let cutoff = (!snapshot_done && !last)
+                .then(|| hits.last().map(|h| h.score))
+                .flatten();
+            let mut hashes: HashMap<i64, u64> = HashMap::new();
+            let mut scored: Vec<(i64, f32)> = Vec::with_capacity(hits.len() + appended.len());
+            for hit in &hits {
+                scored.push((hit.id, hit.score));
+                if let Some(hash) = hit.text_hash {
+                    hashes.insert(hit.id, hash);
+                }
             }
-        }
-        for a in appended
-            .iter()
-            .filter(|a| cutoff.is_none_or(|c| !metric.better(c, a.score)))
-        {
-            scored.push((a.id, a.score));
-            if meta.kind == ColumnKind::Text {
-                hashes.insert(a.id, a.text_hash);
+            for a in appended
+                .iter()
+                .filter(|a| cutoff.is_none_or(|c| !metric.better(c, a.score)))
+            {
+                scored.push((a.id, a.score));
+                if meta.kind == ColumnKind::Text {
+                    hashes.insert(a.id, a.text_hash);
+                }
             }
-        }
-        // Chunks share their row's TID: keep each row's best chunk.
-        let candidates: Vec<Candidate> = best_per_id(scored.iter().copied(), metric, scored.len())
-            .into_iter()
-            .filter(|(id, _)| !state.queue.was_returned(*id))
-            .map(|(id, score)| Candidate {
-                id,
-                distance: meta.metric.distance(score),
-                text_hash: hashes.get(&id).copied(),
-            })
-            .collect();
-        Some((candidates, last || snapshot_done))
-    });
-    state.queue.extend(candidates);
-    state.exhausted = exhausted;
-    state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
+            // Chunks share their row's TID: keep each row's best chunk.
+            let candidates: Vec<Candidate> =
+                best_per_id(scored.iter().copied(), metric, scored.len())
+                    .into_iter()
+                    .filter(|(id, _)| !state.queue.was_returned(*id))
+                    .map(|(id, score)| Candidate {
+                        id,
+                        distance: meta.metric.distance(score),
+                        text_hash: hashes.get(&id).copied(),
+                    })
+                    .collect();
+            Some((candidates, last || snapshot_done))
+        });
+        state.queue.extend(candidates);
+        state.exhausted = exhausted;
+        state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
+    }
 }
 
 #[pg_guard]
@@ -268,17 +288,20 @@ pub unsafe extern "C-unwind" fn amgettuple(
     scan: pg_sys::IndexScanDesc,
     _direction: pg_sys::ScanDirection::Type,
 ) -> bool {
-    let state = &mut *((*scan).opaque as *mut ScanState);
-    // Without a query the scan is exhausted from the start: it returns what rescan queued.
-    loop {
-        if state.queue.emit_next(scan) {
-            return true;
+    // SAFETY: the executor passes the scan ambeginscan made.
+    unsafe {
+        let state = &mut *((*scan).opaque as *mut ScanState);
+        // Without a query the scan is exhausted from the start: it returns what rescan queued.
+        loop {
+            if state.queue.emit_next(scan) {
+                return true;
+            }
+            if state.exhausted {
+                return false;
+            }
+            pg_sys::check_for_interrupts!();
+            search_more((*scan).indexRelation, state);
         }
-        if state.exhausted {
-            return false;
-        }
-        pg_sys::check_for_interrupts!();
-        search_more((*scan).indexRelation, state);
     }
 }
 
@@ -286,6 +309,9 @@ pub unsafe extern "C-unwind" fn amgettuple(
 /// ends here.
 #[pg_guard]
 pub unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
-    let state = &mut *((*scan).opaque as *mut ScanState);
-    state.queue.end();
+    // SAFETY: the executor passes the scan ambeginscan made.
+    unsafe {
+        let state = &mut *((*scan).opaque as *mut ScanState);
+        state.queue.end();
+    }
 }

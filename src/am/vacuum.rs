@@ -39,52 +39,54 @@ struct Rows {
 }
 
 unsafe fn read_rows(index: pg_sys::Relation, meta: &Meta) -> Rows {
-    let dim = meta.dim as usize;
-    let corrupt = |what: &str| -> ! {
-        raise(
-            PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-            format!("faiss index {what} changed while it was rewritten"),
-            None,
-        )
-    };
-    let mut rows = Rows {
-        base: None,
-        snapshot_vectors: Vec::new(),
-        appended: Vec::new(),
-        appended_vectors: Vec::new(),
-    };
-    if meta.snapshot_has_vectors && meta.cache_key().is_some() {
-        let bytes = read_snapshot(index, meta).unwrap_or_else(|| corrupt("snapshot"));
-        let base = VectorIndex::from_snapshot(&bytes).unwrap_or_else(|e| {
+    // SAFETY: `index` is an open faiss index that the caller holds locked against rewrites.
+    unsafe {
+        let dim = meta.dim as usize;
+        let corrupt = |what: &str| -> ! {
             raise(
                 PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-                format!("faiss index: {e}"),
-                Some("REINDEX the index."),
+                format!("faiss index {what} changed while it was rewritten"),
+                None,
             )
-        });
-        drop(bytes);
-        rows.snapshot_vectors = base
-            .0
-            .vectors()
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None));
-        rows.base = Some(base);
+        };
+        let mut rows = Rows {
+            base: None,
+            snapshot_vectors: Vec::new(),
+            appended: Vec::new(),
+            appended_vectors: Vec::new(),
+        };
+        if meta.snapshot_has_vectors && meta.cache_key().is_some() {
+            let bytes = read_snapshot(index, meta).unwrap_or_else(|| corrupt("snapshot"));
+            let base = VectorIndex::from_snapshot(&bytes).unwrap_or_else(|e| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+                    format!("faiss index: {e}"),
+                    Some("REINDEX the index."),
+                )
+            });
+            drop(bytes);
+            rows.snapshot_vectors = base.0.vectors().unwrap_or_else(|e| {
+                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
+            });
+            rows.base = Some(base);
+        }
+        let read = read_records(
+            index,
+            ChainPos {
+                block: meta.records_head,
+                slot: 0,
+            },
+            meta.generation,
+            dim,
+            |bytes| {
+                decode_records_into(bytes, dim, &mut rows.appended, &mut rows.appended_vectors);
+            },
+        );
+        if !matches!(read, ChainRead::Done) {
+            corrupt("records chain");
+        }
+        rows
     }
-    let read = read_records(
-        index,
-        ChainPos {
-            block: meta.records_head,
-            slot: 0,
-        },
-        meta.generation,
-        dim,
-        |bytes| {
-            decode_records_into(bytes, dim, &mut rows.appended, &mut rows.appended_vectors);
-        },
-    );
-    if !matches!(read, ChainRead::Done) {
-        corrupt("records chain");
-    }
-    rows
 }
 
 /// Writes a new generation of `index` without the vectors whose row `dead` reports. Returns
@@ -94,93 +96,99 @@ unsafe fn regenerate(
     meta: &mut Meta,
     mut dead: impl FnMut(u32, u16) -> bool,
 ) -> (u64, u64) {
-    let dim = meta.dim as usize;
-    let rows = read_rows(index, meta);
-    let text = meta.kind == ColumnKind::Text;
-    let mut removed = 0u64;
-    let mut live_rows = std::collections::HashSet::new();
-    let mut keep = |id: i64, i: usize| {
-        let (block, offset) = id_to_tid(id);
-        if i.is_multiple_of(1024) {
-            // Honours vacuum_cost_delay (and checks for interrupts).
-            crate::compat::vacuum_delay_point();
-        }
-        if dead(block, offset) {
-            removed += 1;
-            false
+    // SAFETY: `index` is an open faiss index that the caller holds exclusively locked.
+    unsafe {
+        let dim = meta.dim as usize;
+        let rows = read_rows(index, meta);
+        let text = meta.kind == ColumnKind::Text;
+        let mut removed = 0u64;
+        let mut live_rows = std::collections::HashSet::new();
+        let mut keep = |id: i64, i: usize| {
+            let (block, offset) = id_to_tid(id);
+            if i.is_multiple_of(1024) {
+                // Honours vacuum_cost_delay (and checks for interrupts).
+                crate::compat::vacuum_delay_point();
+            }
+            if dead(block, offset) {
+                removed += 1;
+                false
+            } else {
+                live_rows.insert(id);
+                true
+            }
+        };
+        // The snapshot's part: kept as a base to add to when none of its rows is dead.
+        let (base_ids, base_hashes) = match &rows.base {
+            Some((base, hashes)) => (base.ids().to_vec(), hashes.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let base_keep: Vec<bool> = base_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| keep(id, i))
+            .collect();
+        let appended_ids: Vec<i64> = rows
+            .appended
+            .iter()
+            .map(|k| tid_to_id(k.block, k.offset))
+            .collect();
+        let appended_keep: Vec<bool> = appended_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| keep(id, i))
+            .collect();
+        let mut ids = Vec::new();
+        let mut hashes = Vec::new();
+        let mut vectors = Vec::new();
+        let mut take = |id: i64, hash: u64, vector: &[f32]| {
+            ids.push(id);
+            hashes.push(hash);
+            vectors.extend_from_slice(vector);
+        };
+        let base = if base_keep.iter().all(|&k| k) {
+            rows.base
         } else {
-            live_rows.insert(id);
-            true
+            for (i, &id) in base_ids.iter().enumerate().filter(|&(i, _)| base_keep[i]) {
+                let hash = if text { base_hashes[i] } else { 0 };
+                take(id, hash, &rows.snapshot_vectors[i * dim..(i + 1) * dim]);
+            }
+            None
+        };
+        for (i, key) in rows
+            .appended
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| appended_keep[i])
+        {
+            take(
+                appended_ids[i],
+                key.text_hash,
+                &rows.appended_vectors[i * dim..(i + 1) * dim],
+            );
         }
-    };
-    // The snapshot's part: kept as a base to add to when none of its rows is dead.
-    let (base_ids, base_hashes) = match &rows.base {
-        Some((base, hashes)) => (base.ids().to_vec(), hashes.clone()),
-        None => (Vec::new(), Vec::new()),
-    };
-    let base_keep: Vec<bool> = base_ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| keep(id, i))
-        .collect();
-    let appended_ids: Vec<i64> = rows
-        .appended
-        .iter()
-        .map(|k| tid_to_id(k.block, k.offset))
-        .collect();
-    let appended_keep: Vec<bool> = appended_ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| keep(id, i))
-        .collect();
-    let mut ids = Vec::new();
-    let mut hashes = Vec::new();
-    let mut vectors = Vec::new();
-    let mut take = |id: i64, hash: u64, vector: &[f32]| {
-        ids.push(id);
-        hashes.push(hash);
-        vectors.extend_from_slice(vector);
-    };
-    let base = if base_keep.iter().all(|&k| k) {
-        rows.base
-    } else {
-        for (i, &id) in base_ids.iter().enumerate().filter(|&(i, _)| base_keep[i]) {
-            let hash = if text { base_hashes[i] } else { 0 };
-            take(id, hash, &rows.snapshot_vectors[i * dim..(i + 1) * dim]);
-        }
-        None
-    };
-    for (i, key) in rows
-        .appended
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| appended_keep[i])
-    {
-        take(
-            appended_ids[i],
-            key.text_hash,
-            &rows.appended_vectors[i * dim..(i + 1) * dim],
+        let live = live_rows.len() as u64;
+        let new = snapshot(meta, base, &ids, &hashes, &vectors);
+        write_generation(
+            index,
+            meta,
+            || encode_records(&ids, &hashes, &vectors, dim),
+            live,
+            &new,
         );
+        (removed, live)
     }
-    let live = live_rows.len() as u64;
-    let new = snapshot(meta, base, &ids, &hashes, &vectors);
-    write_generation(
-        index,
-        meta,
-        || encode_records(&ids, &hashes, &vectors, dim),
-        live,
-        &new,
-    );
-    (removed, live)
 }
 
 pub(crate) unsafe fn stats_or_new(
     stats: *mut pg_sys::IndexBulkDeleteResult,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
-    if stats.is_null() {
-        PgBox::<pg_sys::IndexBulkDeleteResult>::alloc0().into_pg()
-    } else {
-        stats
+    // SAFETY: `stats` is NULL or the IndexBulkDeleteResult VACUUM passed.
+    unsafe {
+        if stats.is_null() {
+            PgBox::<pg_sys::IndexBulkDeleteResult>::alloc0().into_pg()
+        } else {
+            stats
+        }
     }
 }
 
@@ -191,13 +199,16 @@ pub(crate) unsafe fn is_dead(
     block: u32,
     offset: u16,
 ) -> bool {
-    let callback = callback.expect("VACUUM passes a callback");
-    let mut tid = pg_sys::ItemPointerData::default();
-    tid.ip_blkid.bi_hi = (block >> 16) as u16;
-    tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
-    tid.ip_posid = offset;
-    // The callback is PostgreSQL's C code: an ERROR in it unwinds through pgrx's guard.
-    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| callback(&mut tid, state))
+    // SAFETY: the callback and its state are what VACUUM passed to ambulkdelete.
+    unsafe {
+        let callback = callback.expect("VACUUM passes a callback");
+        let mut tid = pg_sys::ItemPointerData::default();
+        tid.ip_blkid.bi_hi = (block >> 16) as u16;
+        tid.ip_blkid.bi_lo = (block & 0xffff) as u16;
+        tid.ip_posid = offset;
+        // The callback is PostgreSQL's C code: an ERROR in it unwinds through pgrx's guard.
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| callback(&mut tid, state))
+    }
 }
 
 #[pg_guard]
@@ -207,65 +218,71 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     callback: pg_sys::IndexBulkDeleteCallback,
     callback_state: *mut std::ffi::c_void,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
-    let stats = stats_or_new(stats);
-    let index = (*info).index;
-    pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
-    let mut meta = read_meta(index);
-    // A first pass only asks the callback: most VACUUMs find nothing dead in the index and
-    // then need not rewrite it.
-    let mut any_dead = false;
-    if meta.dim != 0 {
-        if meta.snapshot_has_vectors {
-            if let Some(snapshot) = super::cache::snapshot(index, &meta) {
-                any_dead = snapshot.ids().enumerate().any(|(i, id)| {
-                    if i.is_multiple_of(1024) {
-                        crate::compat::vacuum_delay_point();
-                    }
-                    let (block, offset) = id_to_tid(id);
-                    is_dead(callback, callback_state, block, offset)
-                });
+    // SAFETY: VACUUM calls this with its IndexVacuumInfo, stats, and its bulk-delete callback and state.
+    unsafe {
+        let stats = stats_or_new(stats);
+        let index = (*info).index;
+        pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
+        let mut meta = read_meta(index);
+        // A first pass only asks the callback: most VACUUMs find nothing dead in the index and
+        // then need not rewrite it.
+        let mut any_dead = false;
+        if meta.dim != 0 {
+            if meta.snapshot_has_vectors {
+                if let Some(snapshot) = super::cache::snapshot(index, &meta) {
+                    any_dead = snapshot.ids().enumerate().any(|(i, id)| {
+                        if i.is_multiple_of(1024) {
+                            crate::compat::vacuum_delay_point();
+                        }
+                        let (block, offset) = id_to_tid(id);
+                        is_dead(callback, callback_state, block, offset)
+                    });
+                }
             }
+            let dim = meta.dim as usize;
+            let from = ChainPos {
+                block: meta.records_head,
+                slot: 0,
+            };
+            let (mut keys, mut vectors) = (Vec::new(), Vec::new());
+            read_records(index, from, meta.generation, dim, |bytes| {
+                decode_records_into(bytes, dim, &mut keys, &mut vectors);
+                vectors.clear();
+            });
+            any_dead = any_dead
+                || keys
+                    .iter()
+                    .any(|k| is_dead(callback, callback_state, k.block, k.offset));
         }
-        let dim = meta.dim as usize;
-        let from = ChainPos {
-            block: meta.records_head,
-            slot: 0,
+        let (removed, rows) = if any_dead {
+            regenerate(index, &mut meta, |block, offset| {
+                is_dead(callback, callback_state, block, offset)
+            })
+        } else {
+            (0, meta.rows)
         };
-        let (mut keys, mut vectors) = (Vec::new(), Vec::new());
-        read_records(index, from, meta.generation, dim, |bytes| {
-            decode_records_into(bytes, dim, &mut keys, &mut vectors);
-            vectors.clear();
-        });
-        any_dead = any_dead
-            || keys
-                .iter()
-                .any(|k| is_dead(callback, callback_state, k.block, k.offset));
+        pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
+        (*stats).tuples_removed += removed as f64;
+        (*stats).num_index_tuples = rows as f64;
+        (*stats).num_pages =
+            pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+        stats
     }
-    let (removed, rows) = if any_dead {
-        regenerate(index, &mut meta, |block, offset| {
-            is_dead(callback, callback_state, block, offset)
-        })
-    } else {
-        (0, meta.rows)
-    };
-    pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
-    (*stats).tuples_removed += removed as f64;
-    (*stats).num_index_tuples = rows as f64;
-    (*stats).num_pages =
-        pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
-    stats
 }
 
 /// Folds the appended records into a new snapshot; returns how many were folded.
 pub unsafe fn fold(index: pg_sys::Relation) -> u64 {
-    pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
-    let mut meta = read_meta(index);
-    let appended = meta.appended();
-    if appended > 0 {
-        regenerate(index, &mut meta, |_, _| false);
+    // SAFETY: `index` is an open faiss index relation (the caller's contract).
+    unsafe {
+        pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
+        let mut meta = read_meta(index);
+        let appended = meta.appended();
+        if appended > 0 {
+            regenerate(index, &mut meta, |_, _| false);
+        }
+        pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
+        appended
     }
-    pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
-    appended
 }
 
 #[pg_guard]
@@ -273,21 +290,24 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
     info: *mut pg_sys::IndexVacuumInfo,
     stats: *mut pg_sys::IndexBulkDeleteResult,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
-    if (*info).analyze_only {
-        return stats;
+    // SAFETY: VACUUM calls this with its IndexVacuumInfo and stats.
+    unsafe {
+        if (*info).analyze_only {
+            return stats;
+        }
+        let stats = stats_or_new(stats);
+        let index = (*info).index;
+        let before = read_meta(index);
+        if before.appended() > fold_threshold(&before) {
+            fold(index);
+        }
+        let meta = read_meta(index);
+        (*stats).num_index_tuples = meta.rows as f64;
+        (*stats).num_pages =
+            pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
+        (*stats).pages_free = meta.free_blocks() as u32;
+        stats
     }
-    let stats = stats_or_new(stats);
-    let index = (*info).index;
-    let before = read_meta(index);
-    if before.appended() > fold_threshold(&before) {
-        fold(index);
-    }
-    let meta = read_meta(index);
-    (*stats).num_index_tuples = meta.rows as f64;
-    (*stats).num_pages =
-        pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
-    (*stats).pages_free = meta.free_blocks() as u32;
-    stats
 }
 
 /// Folds the records appended to a faiss or bm25 index since its snapshot into a new

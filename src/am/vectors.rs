@@ -12,41 +12,45 @@ use crate::models::{embed_text, with_encoder};
 
 /// The text of a text/varchar datum.
 pub unsafe fn datum_text(datum: pg_sys::Datum) -> String {
-    String::from_datum(datum, false).unwrap_or_default()
+    // SAFETY: `datum` is a non-null text or varchar value (the caller's contract).
+    unsafe { String::from_datum(datum, false).unwrap_or_default() }
 }
 
 /// The floats of a real[] datum; NULL elements and arrays of more than one dimension are
 /// errors ('{{1,2},{3,4}}' is not a 4-d vector).
 pub unsafe fn datum_vector(datum: pg_sys::Datum) -> Vec<f32> {
-    // Not a copy unless the value is toasted.
-    let raw = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *const pg_sys::ArrayType;
-    let ndim = (*raw).ndim;
-    if ndim > 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-            format!("vectors must be one-dimensional arrays, got {ndim} dimensions"),
-            None,
-        );
-    }
-    let array = pgrx::Array::<f32>::from_datum(datum, false).unwrap_or_else(|| {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "NULL vector",
-            None,
-        )
-    });
-    array
-        .iter()
-        .map(|v| {
-            v.unwrap_or_else(|| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                    "vectors must not contain NULL elements",
-                    None,
-                )
+    // SAFETY: `datum` is a non-null real[] value (the caller's contract).
+    unsafe {
+        // Not a copy unless the value is toasted.
+        let raw = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *const pg_sys::ArrayType;
+        let ndim = (*raw).ndim;
+        if ndim > 1 {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+                format!("vectors must be one-dimensional arrays, got {ndim} dimensions"),
+                None,
+            );
+        }
+        let array = pgrx::Array::<f32>::from_datum(datum, false).unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "NULL vector",
+                None,
+            )
+        });
+        array
+            .iter()
+            .map(|v| {
+                v.unwrap_or_else(|| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                        "vectors must not contain NULL elements",
+                        None,
+                    )
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 fn check_finite(v: &[f32]) {
@@ -140,15 +144,18 @@ pub fn embed_passages(
 
 /// The vector a query datum is searched with.
 pub unsafe fn query_vector(meta: &Meta, index_name: &str, datum: pg_sys::Datum) -> Vec<f32> {
-    match meta.kind {
-        ColumnKind::Text => {
-            let text = datum_text(datum);
-            let embedding = embed_text(&meta.model, &text, TextKind::Query);
-            if let Err(e) = check_fingerprint(meta, index_name, &embedding.fingerprint) {
-                crate::errors::raise_encoder_error(e);
+    // SAFETY: `datum` is a non-null query of the index column's type (the caller's contract).
+    unsafe {
+        match meta.kind {
+            ColumnKind::Text => {
+                let text = datum_text(datum);
+                let embedding = embed_text(&meta.model, &text, TextKind::Query);
+                if let Err(e) = check_fingerprint(meta, index_name, &embedding.fingerprint) {
+                    crate::errors::raise_encoder_error(e);
+                }
+                prepare(meta, embedding.vector)
             }
-            prepare(meta, embedding.vector)
+            ColumnKind::Vector => prepare(meta, datum_vector(datum)),
         }
-        ColumnKind::Vector => prepare(meta, datum_vector(datum)),
     }
 }

@@ -5,9 +5,10 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ColumnKind, IndexMetric, LexicalSettings, LongText, Meta};
+use semantic_index::layout::{ColumnKind, LexicalSettings, LongText, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
 use semantic_index::tid_to_id;
+use semantic_index::IndexMetric;
 use semantic_lexical::SnapshotBuilder;
 
 use super::analyze::{lexemes, resolve_config};

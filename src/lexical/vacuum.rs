@@ -94,7 +94,7 @@ unsafe fn regenerate(
         }
         let removed = keys.len() as u64 - live.len() as u64;
         let mut builder = snapshot.rebuild(|id| live.contains(&id));
-        let in_snapshot = snapshot.documents() as usize;
+        let in_snapshot = snapshot.documents();
         let heap = pg_sys::table_open((*(*index).rd_index).indrelid, pg_sys::AccessShareLock as _);
         let attnum = indexed_column(index);
         let config = pg_sys::Oid::from(settings.config_oid);

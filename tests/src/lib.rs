@@ -58,12 +58,7 @@ pub fn shared_dir() -> Option<PathBuf> {
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Runs a server binary, as `postgres` when we are root (initdb and postgres refuse root).

@@ -658,6 +658,12 @@ fn semantic_search_names_its_index_and_rejects_bad_input() {
         &SqlState::INVALID_PARAMETER_VALUE,
         "k must be",
     );
+    expect_error(
+        &mut client,
+        "SELECT semantic_distance_score('manhattan', 1)",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "unknown metric",
+    );
     client.batch_execute("CREATE TABLE other (id int, body text); CREATE INDEX other_body ON other USING faiss (body)").unwrap();
     expect_error(
         &mut client,
@@ -882,5 +888,114 @@ fn create_index_reports_progress() {
     assert!(
         seen.iter().any(|p| p.contains("embedding rows")),
         "phases seen: {seen:?}"
+    );
+}
+
+/// The row ids semantic_search returns for `args` (the SQL after the query text), best first.
+fn search_ids(client: &mut Client, args: &str) -> Vec<String> {
+    client
+        .query(
+            &format!("SELECT row_id::text FROM semantic_search('a robot learns to love', {args}) ORDER BY rank"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn default_index_setting_picks_the_index_among_several() {
+    let (cluster, mut client) = setup("default_index");
+    load_demo(&mut client);
+    client
+        .batch_execute(
+            "CREATE INDEX movies_plot ON movies USING faiss (plot);
+             CREATE INDEX movies_title ON movies USING faiss (title);
+             CREATE INDEX movies_plot_bm25 ON movies USING bm25 (plot);
+             CREATE TABLE notes (id int, body text);
+             INSERT INTO notes SELECT id, plot FROM movies;
+             CREATE INDEX notes_body ON notes USING faiss (body);",
+        )
+        .unwrap();
+    // Three faiss indexes: a call that names none is ambiguous, and says how to choose.
+    let err = client
+        .query("SELECT * FROM semantic_search('x', 5)", &[])
+        .unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code(), &SqlState::AMBIGUOUS_PARAMETER);
+    assert!(db.hint().unwrap_or("").contains("semantic.default_index"));
+
+    let by_name = |client: &mut Client, index: &str, mode: &str| {
+        search_ids(client, &format!("5, '{index}', mode => '{mode}'"))
+    };
+    // Per database: a new connection takes it.
+    client
+        .batch_execute("ALTER DATABASE postgres SET semantic.default_index = 'movies_title'")
+        .unwrap();
+    let mut fresh = cluster.connect();
+    let title = by_name(&mut fresh, "movies_title", "semantic");
+    assert_eq!(title.len(), 5);
+    assert_eq!(search_ids(&mut fresh, "5"), title);
+    // A session's SET wins over the database's; the index named in a call wins over both.
+    fresh
+        .batch_execute("SET semantic.default_index = 'movies_plot'")
+        .unwrap();
+    let plot = by_name(&mut fresh, "movies_plot", "semantic");
+    assert_ne!(plot, title, "the two indexes rank differently");
+    assert_eq!(search_ids(&mut fresh, "5"), plot);
+    assert_eq!(search_ids(&mut fresh, "5, 'movies_title'"), title);
+    // Lexical and hybrid searches use the bm25 index on the default's column.
+    assert_eq!(
+        search_ids(&mut fresh, "5, mode => 'lexical'"),
+        by_name(&mut fresh, "movies_plot_bm25", "lexical")
+    );
+    assert_eq!(
+        search_ids(&mut fresh, "5, mode => 'hybrid'"),
+        by_name(&mut fresh, "movies_plot", "hybrid")
+    );
+    // And a bm25 index as the default serves semantic search through its faiss twin.
+    fresh
+        .batch_execute("SET semantic.default_index = 'movies_plot_bm25'")
+        .unwrap();
+    assert_eq!(search_ids(&mut fresh, "5"), plot);
+
+    // Defaults that cannot serve are clear errors.
+    for (default, mode, state, message) in [
+        (
+            "movies_title",
+            "lexical",
+            &SqlState::UNDEFINED_OBJECT,
+            "no bm25 index on the column of semantic.default_index",
+        ),
+        (
+            "no_such_index",
+            "semantic",
+            &SqlState::UNDEFINED_TABLE,
+            "semantic.default_index names \"no_such_index\"",
+        ),
+        (
+            "movies_pkey",
+            "semantic",
+            &SqlState::WRONG_OBJECT_TYPE,
+            "not a faiss index",
+        ),
+    ] {
+        fresh
+            .batch_execute(&format!("SET semantic.default_index = '{default}'"))
+            .unwrap();
+        expect_error(
+            &mut fresh,
+            &format!("SELECT * FROM semantic_search('x', 5, mode => '{mode}')"),
+            state,
+            message,
+        );
+    }
+    // A misspelt setting name is refused, not kept as a placeholder.
+    expect_error(
+        &mut fresh,
+        "SET semantic.default_indx = 'movies_plot'",
+        &SqlState::INVALID_NAME,
+        "semantic.default_indx",
     );
 }

@@ -17,6 +17,9 @@ use postgres::Client;
 use semantic_encoder::validate_model_name;
 use semantic_eval::{evaluate, ndcg_at, recall_at, reciprocal_rank_at, BeirDataset, Metrics};
 
+/// A system's ranking of each judged query: query id -> (document id, score), best first.
+type Run = BTreeMap<String, Vec<(String, f64)>>;
+
 use crate::reload::{connect, quote_ident, quote_literal, run_index_build};
 
 /// Rows retrieved per query: the depth Recall@100 needs.
@@ -95,7 +98,7 @@ struct SystemResult {
     metrics: Metrics,
     build_seconds: f64,
     queries_per_second: f64,
-    run: BTreeMap<String, Vec<(String, f64)>>,
+    run: Run,
 }
 
 /// Builds `statement`'s index with a progress bar; returns the seconds it took.
@@ -111,7 +114,7 @@ fn search_all(
     data: &BeirDataset,
     index: &str,
     mode: &str,
-) -> Result<(BTreeMap<String, Vec<(String, f64)>>, f64)> {
+) -> Result<(Run, f64)> {
     let search = client.prepare(
         "SELECT \"row\"->>'doc_id', score FROM semantic_search($1, $2, $3::text, mode => $4) ORDER BY rank",
     )?;
@@ -144,7 +147,7 @@ fn scored(
     system: String,
     data: &BeirDataset,
     build_seconds: f64,
-    (run, queries_per_second): (BTreeMap<String, Vec<(String, f64)>>, f64),
+    (run, queries_per_second): (Run, f64),
 ) -> SystemResult {
     let ids: BTreeMap<String, Vec<String>> = run
         .iter()

@@ -24,6 +24,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum Command {
     /// Import a sentence-transformers folder (model.safetensors + configs) as a model directory:
     /// model.onnx exported by this project, tokenizer.json and manifest.json.

@@ -71,7 +71,7 @@ pub fn teach(
         report.searched += 1;
         let ranking = rank(&pair.query, depth)?;
         let own = ranking.iter().position(|id| *id == pair.passage_id);
-        if !own.is_some_and(|r| r < settings.keep_top) {
+        if own.is_none_or(|r| r >= settings.keep_top) {
             report.rejected += 1;
             continue;
         }

@@ -3,9 +3,9 @@
 //! The FAISS C API only serialises through a `FILE*` (`faiss_write_index` /
 //! `faiss_read_index`), a file name, or a `FaissCustomIOWriter/Reader` whose
 //! callbacks take no context pointer (so they would need thread-local
-//! buffers). glibc's `open_memstream` / `fmemopen` give a `FILE*` over
-//! memory, which keeps this stateless, needs no temporary files and no extra
-//! crate: that is what is used here.
+//! buffers). glibc's `open_memstream` / `fmemopen` (through the `libc` crate)
+//! give a `FILE*` over memory, which keeps this stateless and needs no
+//! temporary files: that is what is used here.
 //!
 //! FAISS's reader checks the structure it reads, but not the *contents*: a
 //! flipped byte inside an HNSW neighbour list or an IVF list id is read
@@ -15,16 +15,7 @@
 
 use crate::IndexError;
 use faiss_sys::{FaissIndex, FILE};
-use std::ffi::{c_char, c_int, c_void};
-
-extern "C" {
-    // glibc stdio.
-    fn open_memstream(ptr: *mut *mut c_char, sizeloc: *mut usize) -> *mut c_void;
-    fn fmemopen(buf: *mut c_void, size: usize, mode: *const c_char) -> *mut c_void;
-    fn fflush(stream: *mut c_void) -> c_int;
-    fn fclose(stream: *mut c_void) -> c_int;
-    fn free(ptr: *mut c_void);
-}
+use libc::{c_char, c_void, fclose, fflush, fmemopen, free, open_memstream};
 
 pub(crate) fn last_faiss_error() -> String {
     // SAFETY: returns null or a NUL-terminated string owned by FAISS
@@ -46,22 +37,24 @@ pub(crate) fn last_faiss_error() -> String {
 pub(crate) unsafe fn write(index: *const FaissIndex) -> Result<Vec<u8>, IndexError> {
     let mut buf: *mut c_char = std::ptr::null_mut();
     let mut size: usize = 0;
-    let f = open_memstream(&mut buf, &mut size);
+    // SAFETY: glibc keeps `buf`/`size` up to date while the stream lives.
+    let f = unsafe { open_memstream(&mut buf, &mut size) };
     if f.is_null() {
         return Err(IndexError::faiss(
             "write_index",
             format!("open_memstream: {}", std::io::Error::last_os_error()),
         ));
     }
-    let rc = faiss_sys::faiss_write_index(index, f as *mut FILE);
+    // SAFETY: the caller's live index, an open stream.
+    let rc = unsafe { faiss_sys::faiss_write_index(index, f as *mut FILE) };
     let msg = if rc != 0 {
         Some(last_faiss_error())
     } else {
         None
     };
-    let flushed = fflush(f) == 0;
-    // After fclose, buf/size hold the final buffer, which we must free().
-    let closed = fclose(f) == 0;
+    // SAFETY: the stream opened above, closed once; after fclose, buf/size hold the final
+    // buffer, which we must free().
+    let (flushed, closed) = unsafe { (fflush(f) == 0, fclose(f) == 0) };
     let result = if let Some(msg) = msg {
         Err(IndexError::faiss("write_index", msg))
     } else if !flushed || !closed || (buf.is_null() && size > 0) {
@@ -73,12 +66,14 @@ pub(crate) unsafe fn write(index: *const FaissIndex) -> Result<Vec<u8>, IndexErr
         let payload: &[u8] = if size == 0 {
             &[]
         } else {
-            std::slice::from_raw_parts(buf as *const u8, size)
+            // SAFETY: glibc's buffer of `size` bytes, freed only below.
+            unsafe { std::slice::from_raw_parts(buf as *const u8, size) }
         };
         Ok(payload.to_vec())
     };
     if !buf.is_null() {
-        free(buf as *mut c_void);
+        // SAFETY: the buffer glibc allocated for the stream.
+        unsafe { free(buf as *mut c_void) };
     }
     result
 }

@@ -15,6 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::IndexMetric;
+
 pub const MAGIC: u32 = 0x5345_4d49; // "SEMI"
 /// 2: snapshots with their own id arrays and a cache key (version 1 indexes are REINDEXed).
 pub const FORMAT_VERSION: u32 = 2;
@@ -36,51 +38,6 @@ pub enum ColumnKind {
     Text,
     /// real[], indexed as given.
     Vector,
-}
-
-/// The index's distance, as users choose it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IndexMetric {
-    /// Inner product of L2-normalised vectors; distance 1 - cosine.
-    Cosine,
-    /// Inner product of raw vectors; distance -(a . b).
-    Dot,
-    /// Euclidean; distance |a - b|.
-    L2,
-}
-
-impl IndexMetric {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "cosine" => Some(Self::Cosine),
-            "dot" => Some(Self::Dot),
-            "l2" => Some(Self::L2),
-            _ => None,
-        }
-    }
-
-    pub fn faiss_metric(self) -> crate::Metric {
-        match self {
-            Self::Cosine | Self::Dot => crate::Metric::InnerProduct,
-            Self::L2 => crate::Metric::L2,
-        }
-    }
-
-    /// Whether vectors are L2-normalised before they reach FAISS.
-    pub fn normalises(self) -> bool {
-        self == Self::Cosine
-    }
-
-    /// The SQL-visible distance (smaller is nearer) of a FAISS score.
-    pub fn distance(self, score: f32) -> f64 {
-        let score = f64::from(score);
-        match self {
-            Self::Cosine => 1.0 - score,
-            Self::Dot => -score,
-            Self::L2 => score.max(0.0).sqrt(),
-        }
-    }
 }
 
 /// How texts longer than the model's limit are indexed.

@@ -7,8 +7,9 @@
 //! * [`Snapshot`]: a search-only snapshot, private or mapped from the
 //!   server's shared [`cache_file`].
 //! * [`tid_to_id`] / [`id_to_tid`]: heap TID <-> FAISS id.
-//! * [`best_per_id`] / [`to_distance`]: merging per-chunk hits into per-row
-//!   hits and turning FAISS scores into the `<=>` distance.
+//! * [`best_per_id`]: merging per-chunk hits into per-row hits;
+//!   [`metric`]: every rule of the metrics (FAISS scores, the SQL distance,
+//!   the score semantic_search reports).
 //! * [`records`]: the fixed-size record codec used on the index pages;
 //!   [`chain`]: the page protocol (metapage, chains, rewrite) over a
 //!   [`relation::Relation`], which the extension implements with PostgreSQL's
@@ -34,6 +35,7 @@ mod index;
 mod interrupt;
 mod io;
 pub mod layout;
+pub mod metric;
 pub mod records;
 pub mod relation;
 pub mod snapshot;
@@ -42,62 +44,12 @@ mod threads;
 pub use error::IndexError;
 pub use index::{VectorIndex, DEFAULT_EF_SEARCH};
 pub use interrupt::set_interrupt_check;
+pub use metric::{IndexMetric, Metric};
 pub use records::{decode_records, encode_record, record_size};
 pub use snapshot::{seal, CacheKey, Sealed, Snapshot, SnapshotHit};
 pub use threads::set_threads;
 
 use std::collections::HashMap;
-
-/// The metric an index ranks by.
-///
-/// Cosine similarity is `InnerProduct` on L2-normalised vectors; the caller
-/// normalises both the stored vectors and the queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Metric {
-    /// Score = inner product, higher is better.
-    InnerProduct,
-    /// Score = squared Euclidean distance, lower is better.
-    L2,
-}
-
-impl Metric {
-    /// Whether score `a` ranks strictly better than score `b` under this metric.
-    pub fn better(self, a: f32, b: f32) -> bool {
-        match self {
-            Metric::InnerProduct => a > b,
-            Metric::L2 => a < b,
-        }
-    }
-
-    pub(crate) fn to_faiss(self) -> faiss::MetricType {
-        match self {
-            Metric::InnerProduct => faiss::MetricType::InnerProduct,
-            Metric::L2 => faiss::MetricType::L2,
-        }
-    }
-
-    /// From FAISS's `MetricType` code (0 = inner product, 1 = L2).
-    pub(crate) fn from_faiss_code(code: u32) -> Option<Metric> {
-        match code {
-            0 => Some(Metric::InnerProduct),
-            1 => Some(Metric::L2),
-            _ => None,
-        }
-    }
-
-    /// Orders scores best first (NaN last).
-    fn cmp_best_first(self, a: f32, b: f32) -> std::cmp::Ordering {
-        match (a.is_nan(), b.is_nan()) {
-            (true, true) => std::cmp::Ordering::Equal,
-            (true, false) => std::cmp::Ordering::Greater,
-            (false, true) => std::cmp::Ordering::Less,
-            (false, false) => match self {
-                Metric::InnerProduct => b.total_cmp(&a),
-                Metric::L2 => a.total_cmp(&b),
-            },
-        }
-    }
-}
 
 /// Search-time knobs. `0` means the FAISS default (`efSearch` =
 /// [`DEFAULT_EF_SEARCH`] (but at least `k`), `nprobe` = the index's own,
@@ -153,20 +105,6 @@ pub fn best_per_id(
     out.sort_by(|a, b| metric.cmp_best_first(a.1, b.1).then(a.0.cmp(&b.0)));
     out.truncate(k);
     out
-}
-
-/// The distance the SQL `<=>` operator reports (smaller is nearer) for a
-/// score of [`VectorIndex::search`]:
-///
-/// * `InnerProduct`: `1 - score`. For L2-normalised vectors this is the
-///   cosine distance (0 = same direction, 1 = orthogonal, 2 = opposite).
-/// * `L2`: `sqrt(score)` (FAISS reports squared distances), i.e. the
-///   Euclidean distance; tiny negative rounding residues give 0.
-pub fn to_distance(score: f32, metric: Metric) -> f32 {
-    match metric {
-        Metric::InnerProduct => 1.0 - score,
-        Metric::L2 => score.max(0.0).sqrt(),
-    }
 }
 
 #[cfg(test)]

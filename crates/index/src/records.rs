@@ -107,10 +107,6 @@ pub fn score_records<'a>(
         let values = r[HEADER..]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-        let score = match metric {
-            crate::Metric::InnerProduct => values.zip(query).map(|(v, q)| v * q).sum(),
-            crate::Metric::L2 => values.zip(query).map(|(v, q)| (v - q) * (v - q)).sum(),
-        };
-        (decode_key(r), score)
+        (decode_key(r), metric.score(values, query))
     })
 }

@@ -9,14 +9,12 @@
 //!   `dlsym` because `libblas.so.3` may be another BLAS without it.
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::c_int;
 use std::sync::Once;
 
 extern "C" {
-    // libgomp, linked by faiss-sys (`cargo:rustc-link-lib=gomp`).
+    // libgomp, linked by faiss-sys (`cargo:rustc-link-lib=gomp`); not in the libc crate.
     fn omp_set_num_threads(n: c_int);
-    // glibc (>= 2.34 has it in libc proper).
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
 }
 
 thread_local! {
@@ -27,7 +25,7 @@ static BLAS_DEFAULT: Once = Once::new();
 
 fn set_openblas_threads(n: usize) {
     // SAFETY: RTLD_DEFAULT (null) search for a plain C function symbol.
-    let sym = unsafe { dlsym(std::ptr::null_mut(), c"openblas_set_num_threads".as_ptr()) };
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr()) };
     if !sym.is_null() {
         // SAFETY: OpenBLAS declares `void openblas_set_num_threads(int)`.
         let f: extern "C" fn(c_int) = unsafe { std::mem::transmute(sym) };

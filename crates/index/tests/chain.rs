@@ -8,9 +8,10 @@ use semantic_index::chain::{
     self, append_record, create_meta, read_meta, read_records, read_snapshot, rewrite, ChainRead,
     Generation, MetaLock, PAGE_CAPACITY,
 };
-use semantic_index::layout::{ChainPos, ColumnKind, IndexMetric, LongText, Meta, NO_BLOCK};
+use semantic_index::layout::{ChainPos, ColumnKind, LongText, Meta, NO_BLOCK};
 use semantic_index::records::{decode_records, record_size, RecordKey};
 use semantic_index::relation::{Image, Lock, Relation, BLOCK_SIZE};
+use semantic_index::IndexMetric;
 
 /// Pages in memory. Locks are not enforced (the protocol's callers are single-threaded here);
 /// `log` applies a change to copies and installs them together, like GenericXLog, and counts

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use semantic_index::cache_file::{CacheDir, Opened};
 use semantic_index::snapshot::encode_snapshot;
 use semantic_index::{
-    best_per_id, id_to_tid, seal, tid_to_id, to_distance, CacheKey, IndexError, Metric, Sealed,
+    best_per_id, id_to_tid, seal, tid_to_id, CacheKey, IndexError, IndexMetric, Metric, Sealed,
     SearchParams, Snapshot, VectorIndex,
 };
 
@@ -947,23 +947,26 @@ fn best_per_id_merges() {
 }
 
 #[test]
-fn distances() {
-    assert_eq!(to_distance(1.0, Metric::InnerProduct), 0.0);
-    assert_eq!(to_distance(0.0, Metric::InnerProduct), 1.0);
-    assert_eq!(to_distance(-1.0, Metric::InnerProduct), 2.0);
-    assert_eq!(to_distance(9.0, Metric::L2), 3.0);
-    assert_eq!(to_distance(-1e-7, Metric::L2), 0.0);
-    // Cosine distance of normalised vectors via the IP index.
+fn distances_of_faiss_hits_equal_the_distances_of_the_vectors() {
+    assert_eq!(IndexMetric::Cosine.distance(1.0), 0.0);
+    assert_eq!(IndexMetric::Cosine.distance(-1.0), 2.0);
+    assert_eq!(IndexMetric::L2.distance(9.0), 3.0);
+    // What FAISS scores, turned into the SQL distance, is what `between` computes from the
+    // vectors themselves, for each metric.
     let a = [0.6f32, 0.8];
     let b = [1.0f32, 0.0];
-    let mut index = VectorIndex::new(2, "Flat", Metric::InnerProduct).unwrap();
-    index.add(&[42], &b).unwrap();
-    let hit = index.search(&a, 1, &SearchParams::default()).unwrap()[0];
-    assert_eq!(hit.0, 42);
-    assert!((to_distance(hit.1, Metric::InnerProduct) - 0.4).abs() < 1e-6);
-    let mut index = VectorIndex::new(2, "Flat", Metric::L2).unwrap();
-    index.add(&[42], &b).unwrap();
-    let hit = index.search(&a, 1, &SearchParams::default()).unwrap()[0];
-    let euclid = ((0.6f32 - 1.0).powi(2) + 0.8f32.powi(2)).sqrt();
-    assert!((to_distance(hit.1, Metric::L2) - euclid).abs() < 1e-6);
+    for metric in [IndexMetric::Cosine, IndexMetric::Dot, IndexMetric::L2] {
+        let mut index = VectorIndex::new(2, "Flat", metric.faiss_metric()).unwrap();
+        index.add(&[42], &b).unwrap();
+        let hit = index.search(&a, 1, &SearchParams::default()).unwrap()[0];
+        assert_eq!(hit.0, 42);
+        let got = metric.distance(hit.1);
+        assert!(
+            (got - metric.between(&a, &b)).abs() < 1e-6,
+            "{metric:?}: {got}"
+        );
+    }
+    assert!((IndexMetric::Cosine.between(&a, &b) - 0.4).abs() < 1e-6);
+    let euclid = ((0.6f64 - 1.0).powi(2) + 0.8f64.powi(2)).sqrt();
+    assert!((IndexMetric::L2.between(&a, &b) - euclid).abs() < 1e-6);
 }

@@ -1,0 +1,172 @@
+//! Every rule of the metrics in one place: how FAISS scores a vector
+//! ([`Metric`]), and what users see ([`IndexMetric`]): the option's name, the
+//! SQL distance (`<=>`, smaller is nearer) of a FAISS score or of two vectors,
+//! and the score semantic_search reports.
+
+use serde::{Deserialize, Serialize};
+
+/// The metric an index ranks by.
+///
+/// Cosine similarity is `InnerProduct` on L2-normalised vectors; the caller
+/// normalises both the stored vectors and the queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Score = inner product, higher is better.
+    InnerProduct,
+    /// Score = squared Euclidean distance, lower is better.
+    L2,
+}
+
+impl Metric {
+    /// The score FAISS gives vector `v` against query `q`: their inner product,
+    /// or their squared Euclidean distance.
+    pub fn score(self, v: impl IntoIterator<Item = f32>, q: &[f32]) -> f32 {
+        let pairs = v.into_iter().zip(q);
+        match self {
+            Metric::InnerProduct => pairs.map(|(v, q)| v * q).sum(),
+            Metric::L2 => pairs.map(|(v, q)| (v - q) * (v - q)).sum(),
+        }
+    }
+
+    /// Whether score `a` ranks strictly better than score `b` under this metric.
+    pub fn better(self, a: f32, b: f32) -> bool {
+        match self {
+            Metric::InnerProduct => a > b,
+            Metric::L2 => a < b,
+        }
+    }
+
+    pub(crate) fn to_faiss(self) -> faiss::MetricType {
+        match self {
+            Metric::InnerProduct => faiss::MetricType::InnerProduct,
+            Metric::L2 => faiss::MetricType::L2,
+        }
+    }
+
+    /// From FAISS's `MetricType` code (0 = inner product, 1 = L2).
+    pub(crate) fn from_faiss_code(code: u32) -> Option<Metric> {
+        match code {
+            0 => Some(Metric::InnerProduct),
+            1 => Some(Metric::L2),
+            _ => None,
+        }
+    }
+
+    /// Orders scores best first (NaN last).
+    pub(crate) fn cmp_best_first(self, a: f32, b: f32) -> std::cmp::Ordering {
+        match (a.is_nan(), b.is_nan()) {
+            (true, true) => std::cmp::Ordering::Equal,
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            (false, false) => match self {
+                Metric::InnerProduct => b.total_cmp(&a),
+                Metric::L2 => a.total_cmp(&b),
+            },
+        }
+    }
+}
+
+/// The index's distance, as users choose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexMetric {
+    /// Inner product of L2-normalised vectors; distance 1 - cosine.
+    Cosine,
+    /// Inner product of raw vectors; distance -(a . b).
+    Dot,
+    /// Euclidean; distance |a - b|.
+    L2,
+}
+
+impl IndexMetric {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cosine" => Some(Self::Cosine),
+            "dot" => Some(Self::Dot),
+            "l2" => Some(Self::L2),
+            _ => None,
+        }
+    }
+
+    pub fn faiss_metric(self) -> Metric {
+        match self {
+            Self::Cosine | Self::Dot => Metric::InnerProduct,
+            Self::L2 => Metric::L2,
+        }
+    }
+
+    /// Whether vectors are L2-normalised before they reach FAISS.
+    pub fn normalises(self) -> bool {
+        self == Self::Cosine
+    }
+
+    /// The SQL-visible distance (smaller is nearer) of a FAISS score.
+    pub fn distance(self, score: f32) -> f64 {
+        let score = f64::from(score);
+        match self {
+            Self::Cosine => 1.0 - score,
+            Self::Dot => -score,
+            Self::L2 => score.max(0.0).sqrt(),
+        }
+    }
+
+    /// The SQL-visible distance of two vectors computed directly (in f64), equal to
+    /// [`Self::distance`] of the score FAISS gives them up to float rounding; cosine treats
+    /// a zero vector as orthogonal to everything.
+    pub fn between(self, a: &[f32], b: &[f32]) -> f64 {
+        let pairs = || a.iter().zip(b).map(|(x, y)| (f64::from(*x), f64::from(*y)));
+        let dot: f64 = pairs().map(|(x, y)| x * y).sum();
+        match self {
+            Self::L2 => pairs().map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt(),
+            Self::Dot => -dot,
+            Self::Cosine => {
+                let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                let norms = norm(a) * norm(b);
+                1.0 - if norms > 0.0 { dot / norms } else { 0.0 }
+            }
+        }
+    }
+
+    /// The score semantic_search reports for a row at `distance`: higher is better;
+    /// the cosine similarity, the inner product, or minus the Euclidean distance.
+    pub fn score_of_distance(self, distance: f64) -> f64 {
+        match self {
+            Self::Cosine => 1.0 - distance,
+            Self::Dot | Self::L2 => -distance,
+        }
+    }
+
+    /// The metric's name, as index options and semantic_index_info spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cosine => "cosine",
+            Self::Dot => "dot",
+            Self::L2 => "l2",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances_of_scores_and_of_vectors_agree() {
+        let (a, b) = ([3.0f32, 4.0, 0.0], [1.0f32, 2.0, 2.0]);
+        for metric in [IndexMetric::Cosine, IndexMetric::Dot, IndexMetric::L2] {
+            assert_eq!(IndexMetric::parse(metric.name()), Some(metric));
+        }
+        // Euclidean: |(2, 2, -2)| = sqrt(12).
+        assert!((IndexMetric::L2.between(&a, &b) - 12f64.sqrt()).abs() < 1e-6);
+        // Inner product 11: distance -11.
+        assert!((IndexMetric::Dot.between(&a, &b) + 11.0).abs() < 1e-6);
+        // cos = 11 / (5 * 3).
+        assert!((IndexMetric::Cosine.between(&a, &b) - (1.0 - 11.0 / 15.0)).abs() < 1e-6);
+        assert!((IndexMetric::Cosine.score_of_distance(0.25) - 0.75).abs() < 1e-12);
+        assert_eq!(IndexMetric::L2.score_of_distance(3.0), -3.0);
+        assert_eq!(IndexMetric::Dot.score_of_distance(-11.0), 11.0);
+        // FAISS's L2 score is squared; tiny negative residues give distance 0.
+        assert_eq!(IndexMetric::L2.distance(-1e-7), 0.0);
+        assert_eq!(Metric::L2.score([1.0f32, 1.0], &[0.0, 3.0]), 5.0);
+    }
+}
