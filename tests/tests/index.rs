@@ -804,7 +804,25 @@ fn a_model_changed_under_an_index_is_detected() {
         ))
         .unwrap();
     client.batch_execute("SELECT pg_reload_conf()").unwrap();
-    let mut client = cluster.connect();
+    // The postmaster rereads the configuration when its signal arrives: wait until new
+    // connections see the new directory.
+    let want = root.display().to_string();
+    let started = std::time::Instant::now();
+    let mut client = loop {
+        let mut fresh = cluster.connect();
+        let dir: String = fresh
+            .query_one("SELECT current_setting('semantic.model_dir')", &[])
+            .unwrap()
+            .get(0);
+        if dir == want {
+            break fresh;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the reload did not happen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     load_demo(&mut client);
     client
         .batch_execute(
