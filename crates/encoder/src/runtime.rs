@@ -37,14 +37,18 @@ pub fn init_runtime(library: &Path) -> Result<(), EncoderError> {
     if !library.is_absolute() {
         return Err(failed("the path must be absolute".into()));
     }
-    let builder = ort::init_from(library).map_err(|e| failed(e.to_string()))?;
-    let environment = builder
-        .with_name("semantic")
-        .with_telemetry(false)
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
-    let _ = ENVIRONMENT.set(environment);
-    Ok(())
+    // Loading the library and creating the environment start ONNX Runtime's own threads,
+    // which must not take the process's signals (signals.rs).
+    crate::signals::with_signals_blocked(|| {
+        let builder = ort::init_from(library).map_err(|e| failed(e.to_string()))?;
+        let environment = builder
+            .with_name("semantic")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let _ = ENVIRONMENT.set(environment);
+        Ok(())
+    })
 }
 
 pub(crate) fn environment() -> Option<&'static ort::environment::Environment> {
