@@ -116,9 +116,15 @@ for v in $PG_VERSIONS; do
   (cd "$PACKAGE" && find . -type f) | while read -r f; do
     $SUDO install -D -m 0644 "$PACKAGE/$f" "/${f#./}"
   done
-  # sql/ also keeps the install scripts of released versions, which pgrx does not package:
-  # with them, CREATE EXTENSION semantic VERSION '0.1.0' works (the upgrade test needs it).
-  $SUDO install -m 0644 "$ROOT"/sql/semantic--*.sql "$("${PG_CONFIGS[$v]}" --sharedir)/extension/"
+  # pgrx packages the upgrade scripts in sql/, not the install scripts of released versions
+  # kept there (with them, CREATE EXTENSION semantic VERSION '0.1.0' works: the upgrade test
+  # needs it), nor the companion extension semantic_pgvector (operator classes, no library).
+  released=()
+  for f in "$ROOT"/sql/semantic--*.sql; do
+    case "$(basename "$f")" in semantic--*--*) ;; *) released+=("$f") ;; esac
+  done
+  $SUDO install -m 0644 "${released[@]}" "$ROOT"/sql/semantic_pgvector* \
+    "$("${PG_CONFIGS[$v]}" --sharedir)/extension/"
 done
 
 # 6. The server runs as another user: let it read the library and the models, and reach them.

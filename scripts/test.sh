@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # The test command (what CI runs): installs what is missing, then runs every test: the
 # Postgres-free crates' tests and the integration tests, which start their own clusters.
-# The full suite runs on PostgreSQL 15; the access-method, crash, replica, bad-input and
-# upgrade suites run again on every other version in SEMANTIC_PG_VERSIONS (default "15 18").
+# The full suite runs on PostgreSQL 15; the access-method, crash, replica, bad-input, upgrade
+# and pgvector suites run again on every other version in SEMANTIC_PG_VERSIONS (default "15 18").
 # Arguments go to every cargo test run, e.g. `scripts/test.sh -- --test-threads 1`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export SEMANTIC_PG_VERSIONS=${SEMANTIC_PG_VERSIONS:-15 18}
 "$ROOT/scripts/setup.sh"
+# pgvector, for the semantic_pgvector tests (built from Debian's source package if missing).
+for v in $SEMANTIC_PG_VERSIONS; do
+  if [ "$v" = 15 ]; then
+    PG_CONFIG=/usr/bin/pg_config "$ROOT/scripts/pgvector.sh"
+  else
+    PG_CONFIG="$ROOT/.semantic/postgres/$v/bin/pg_config" "$ROOT/scripts/pgvector.sh"
+  fi
+done
+# A Python with the pgvector package and psycopg, for the pgvector application test.
+VENV="$ROOT/.semantic/test-venv"
+if ! "$VENV/bin/python" -c "import psycopg, pgvector, numpy" 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "psycopg[binary]==3.3.9" pgvector==0.5.1 numpy==2.4.6
+fi
+export SEMANTIC_TEST_PYTHON="$VENV/bin/python"
 export SEMANTIC_MODEL_DIR="$ROOT/.semantic/models"
 export ORT_DYLIB_PATH="$ROOT/.semantic/lib/libonnxruntime.so.1.32.0"
 export SEMANTIC_TEST_ST_MODEL="$ROOT/.semantic/src-models/all-MiniLM-L6-v2"
@@ -19,9 +34,9 @@ for v in $SEMANTIC_PG_VERSIONS; do
     SEMANTIC_TEST_PG_BINDIR=/usr/lib/postgresql/15/bin \
       cargo test --release --workspace --exclude semantic "$@"
   else
-    log "PostgreSQL $v: index, lexical, crash, replica, shared-snapshot, bad-input and upgrade suites"
+    log "PostgreSQL $v: index, lexical, crash, replica, shared-snapshot, bad-input, upgrade and pgvector suites"
     SEMANTIC_TEST_PG_BINDIR="$ROOT/.semantic/postgres/$v/bin" \
       cargo test --release -p semantic-tests --test index --test lexical --test crash \
-      --test reliability --test embed --test shared --test upgrade "$@"
+      --test reliability --test embed --test shared --test upgrade --test pgvector "$@"
   fi
 done

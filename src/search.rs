@@ -1,4 +1,4 @@
-//! The `<=>` operators and semantic_search().
+//! The distance operators (`<=>` of texts; `<=>`, `<->`, `<#>` of real[]) and semantic_search().
 
 use std::cell::RefCell;
 
@@ -8,6 +8,7 @@ use semantic_encoder::TextKind;
 use semantic_index::IndexMetric;
 
 use crate::am::scan::returned_row_distance;
+use crate::am::vectors::array_vector;
 use crate::errors::raise;
 use crate::gucs;
 use crate::models::embed_text;
@@ -52,10 +53,9 @@ fn semantic_text_distance(document: &str, query: &str) -> f64 {
     1.0 - semantic_encoder::cosine_similarity(&d, &q)
 }
 
-/// `a <=> b` for real[]: the Euclidean distance, the default metric of faiss indexes on
-/// real[] (an index built with metric = cosine or dot orders by that metric instead).
-#[pg_extern(immutable, parallel_safe, strict)]
-fn semantic_vector_distance(a: Vec<f32>, b: Vec<f32>) -> f64 {
+/// The distance of two real[] vectors under `metric`, as the index ranks by it.
+fn vector_distance(metric: IndexMetric, a: Array<f32>, b: Array<f32>) -> f64 {
+    let (a, b) = (array_vector(a), array_vector(b));
     if a.len() != b.len() {
         raise(
             PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
@@ -67,7 +67,33 @@ fn semantic_vector_distance(a: Vec<f32>, b: Vec<f32>) -> f64 {
             None,
         );
     }
-    IndexMetric::L2.between(&a, &b)
+    metric.between(&a, &b)
+}
+
+/// `a <=> b` for real[]: the cosine distance, as pgvector's `<=>`.
+#[pg_extern(immutable, parallel_safe, strict, name = "semantic_vector_distance")]
+fn semantic_vector_cosine_distance(a: Array<f32>, b: Array<f32>) -> f64 {
+    vector_distance(IndexMetric::Cosine, a, b)
+}
+
+/// What `<=>` of real[] was before 0.6.0, the Euclidean distance: the library symbol that
+/// semantic_vector_distance stays bound to in a database whose extension is older than the
+/// library, until ALTER EXTENSION semantic UPDATE binds it to the cosine distance.
+#[pg_extern(immutable, parallel_safe, strict, sql = false)]
+fn semantic_vector_distance(a: Array<f32>, b: Array<f32>) -> f64 {
+    vector_distance(IndexMetric::L2, a, b)
+}
+
+/// `a <-> b` for real[]: the Euclidean distance.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn semantic_vector_l2_distance(a: Array<f32>, b: Array<f32>) -> f64 {
+    vector_distance(IndexMetric::L2, a, b)
+}
+
+/// `a <#> b` for real[]: the negative inner product.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn semantic_vector_negative_inner_product(a: Array<f32>, b: Array<f32>) -> f64 {
+    vector_distance(IndexMetric::Dot, a, b)
 }
 
 /// The score semantic_search reports for a row at `distance` under an index's `metric`
@@ -90,7 +116,9 @@ extension_sql_file!(
     name = "semantic_operators",
     requires = [
         semantic_text_distance,
-        semantic_vector_distance,
+        semantic_vector_cosine_distance,
+        semantic_vector_l2_distance,
+        semantic_vector_negative_inner_product,
         semantic_distance_score,
         am::semantic_index_info
     ]

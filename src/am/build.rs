@@ -11,9 +11,10 @@ use semantic_index::snapshot::encode_snapshot;
 use semantic_index::IndexMetric;
 use semantic_index::{tid_to_id, CacheKey, VectorIndex};
 
+use super::operators::vector_metric;
 use super::options::IndexOptions;
 use super::storage::{check_dimension, create_meta, rewrite, Generation};
-use super::vectors::{datum_text, datum_vector, embed_passages, prepare};
+use super::vectors::{datum_text, embed_passages, prepare, VectorType};
 use crate::errors::raise;
 use crate::models::with_encoder;
 
@@ -47,6 +48,8 @@ const EMBED_CHUNK: usize = 2048;
 struct BuildState {
     meta: Meta,
     index_name: String,
+    /// The column's type, for a vector column.
+    vector_type: Option<VectorType>,
     /// The vectors, row-major, with their FAISS ids and text hashes.
     ids: Vec<i64>,
     hashes: Vec<u64>,
@@ -121,14 +124,17 @@ unsafe extern "C-unwind" fn build_callback(
                     state.flush_texts();
                 }
             }
-            ColumnKind::Vector => state.push(
-                &RecordKey {
-                    block,
-                    offset,
-                    text_hash: 0,
-                },
-                datum_vector(*values),
-            ),
+            ColumnKind::Vector => {
+                let vector = state.vector_type.expect("a vector column").floats(*values);
+                state.push(
+                    &RecordKey {
+                        block,
+                        offset,
+                        text_hash: 0,
+                    },
+                    vector,
+                )
+            }
         }
     }
 }
@@ -179,7 +185,7 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
             }
             ColumnKind::Vector => Meta::new(
                 ColumnKind::Vector,
-                options.metric.unwrap_or(IndexMetric::L2),
+                vector_metric(index, options.metric),
                 options.long_text,
                 0,
                 &options.factory,
@@ -371,6 +377,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         let mut state = BuildState {
             meta,
             index_name: relation_name(index),
+            vector_type: VectorType::of_index(index),
             ids: Vec::new(),
             vectors: Vec::new(),
             rows: 0,

@@ -10,7 +10,7 @@ use semantic_index::records::{text_hash, RecordKey};
 
 use super::build::{relation_name, tid_parts};
 use super::storage::{append_record, check_dimension, lock_meta, read_meta, Index};
-use super::vectors::{datum_text, datum_vector, embed_passages, prepare};
+use super::vectors::{column_vector, datum_text, embed_passages, prepare};
 
 #[pg_guard]
 #[allow(clippy::too_many_arguments)] // the signature PostgreSQL calls
@@ -45,7 +45,7 @@ pub unsafe extern "C-unwind" fn aminsert(
                 (vectors, key)
             }
             ColumnKind::Vector => {
-                let v = datum_vector(*values);
+                let v = column_vector(index, *values);
                 check_dimension(v.len());
                 (
                     vec![v],

@@ -1,11 +1,13 @@
 //! The `faiss` index access method: the handler and its SQL (access method, operator
 //! classes). One file per phase: build, insert, scan, vacuum (and folding), cost; pages in
-//! storage, the server's shared snapshot files in cache.
+//! storage, the server's shared snapshot files in cache; which operator an index serves in
+//! operators.
 
 pub(crate) mod build;
 mod cache;
 pub(crate) mod cost;
 mod insert;
+pub(crate) mod operators;
 pub mod options;
 pub(crate) mod ordered;
 pub mod scan;
@@ -23,7 +25,7 @@ use pgrx::PgSqlErrorCode;
 CREATE FUNCTION faiss_amhandler(internal) RETURNS index_am_handler
     PARALLEL SAFE IMMUTABLE STRICT LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 CREATE ACCESS METHOD faiss TYPE INDEX HANDLER faiss_amhandler;
-COMMENT ON ACCESS METHOD faiss IS 'FAISS vector index over text (embedded) or real[] columns';
+COMMENT ON ACCESS METHOD faiss IS 'FAISS vector index over text (embedded), real[] or pgvector columns';
 ")]
 fn faiss_amhandler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRoutine> {
     let mut am = ordered_am_routine();
@@ -49,7 +51,8 @@ fn faiss_amhandler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::IndexAmRo
 pub fn ordered_am_routine() -> PgBox<pg_sys::IndexAmRoutine, pgrx::AllocatedByRust> {
     let mut am =
         unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
-    am.amstrategies = 1;
+    // faiss numbers its operators by metric (IndexMetric::strategy); bm25 uses 1.
+    am.amstrategies = 3;
     am.amsupport = 0;
     am.amoptsprocnum = 0;
     am.amcanorder = false;
@@ -81,7 +84,9 @@ extension_sql!(
 CREATE OPERATOR CLASS faiss_text_ops DEFAULT FOR TYPE text USING faiss AS
     OPERATOR 1 <=> (text, text) FOR ORDER BY float_ops;
 CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
-    OPERATOR 1 <=> (real[], real[]) FOR ORDER BY float_ops;
+    OPERATOR 1 <=> (real[], real[]) FOR ORDER BY float_ops,
+    OPERATOR 2 <-> (real[], real[]) FOR ORDER BY float_ops,
+    OPERATOR 3 <#> (real[], real[]) FOR ORDER BY float_ops;
 ",
     name = "faiss_opclasses",
     requires = [faiss_amhandler, "semantic_operators"]

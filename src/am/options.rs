@@ -9,6 +9,7 @@ use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ColumnKind, LongText};
 use semantic_index::IndexMetric;
 
+use super::vectors::VectorType;
 use crate::compat::reloption;
 use crate::errors::raise;
 
@@ -242,11 +243,11 @@ impl IndexOptions {
                 .atttypid;
             let kind = match atttype {
                 pg_sys::TEXTOID | pg_sys::VARCHAROID => ColumnKind::Text,
-                pg_sys::FLOAT4ARRAYOID => ColumnKind::Vector,
+                _ if VectorType::of(atttype).is_some() => ColumnKind::Vector,
                 _ => raise(
                     PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                    "faiss indexes support text, varchar and real[] columns",
-                    None,
+                    "faiss indexes support text, varchar, real[] and pgvector's vector and halfvec columns",
+                    Some("For vector and halfvec, CREATE EXTENSION semantic_pgvector."),
                 ),
             };
             let model = get(|r| r.model).unwrap_or_else(crate::gucs::default_model);

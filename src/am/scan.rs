@@ -17,7 +17,7 @@ use semantic_index::layout::{ChainPos, ColumnKind, Meta, NO_BLOCK};
 use semantic_index::records::{decode_records_into, score_records};
 use semantic_index::{best_per_id, tid_to_id, SearchParams};
 
-use super::build::relation_name;
+use super::operators::check_serves;
 use super::ordered::{self, retry_while_changing, Candidate, OrderedBy, RowQueue};
 use super::storage::{read_meta, read_records, ChainRead};
 use super::vectors::{datum_text, query_vector};
@@ -116,7 +116,8 @@ pub unsafe extern "C-unwind" fn amrescan(
         if meta.kind == ColumnKind::Text {
             state.queue.restart(Some(datum_text(key.sk_argument)));
         }
-        state.query = Some(query_vector(&meta, &relation_name(index), key.sk_argument));
+        check_serves(&meta, index, key.sk_strategy);
+        state.query = Some(query_vector(&meta, index, key.sk_argument));
         state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
         state.exhausted = false;
     }

@@ -1,5 +1,6 @@
-//! From an indexed value (text or real[]) to the vectors stored for it, and from a query to
-//! the vector searched with: the one place where models, metrics and long texts meet.
+//! From an indexed value (text, real[], pgvector's vector or halfvec) to the vectors stored
+//! for it, and from a query to the vector searched with: the one place where models, metrics,
+//! column types and long texts meet.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -7,8 +8,19 @@ use pgrx::PgSqlErrorCode;
 use semantic_encoder::{l2_normalize, EncoderError, TextKind};
 use semantic_index::layout::{ColumnKind, LongText, Meta};
 
+use super::build::relation_name;
 use crate::errors::raise;
 use crate::models::{embed_text, with_encoder};
+
+/// The floats of a non-null value of `index`'s vector column.
+pub unsafe fn column_vector(index: pg_sys::Relation, datum: pg_sys::Datum) -> Vec<f32> {
+    // SAFETY: `index` is open and `datum` a non-null value of its column (the caller's contract).
+    unsafe {
+        VectorType::of_index(index)
+            .expect("a vector column")
+            .floats(datum)
+    }
+}
 
 /// The text of a text/varchar datum.
 pub unsafe fn datum_text(datum: pg_sys::Datum) -> String {
@@ -16,40 +28,115 @@ pub unsafe fn datum_text(datum: pg_sys::Datum) -> String {
     unsafe { String::from_datum(datum, false).unwrap_or_default() }
 }
 
-/// The floats of a real[] datum; NULL elements and arrays of more than one dimension are
+/// The floats of a real[] value; NULL elements and arrays of more than one dimension are
 /// errors ('{{1,2},{3,4}}' is not a 4-d vector).
-pub unsafe fn datum_vector(datum: pg_sys::Datum) -> Vec<f32> {
-    // SAFETY: `datum` is a non-null real[] value (the caller's contract).
-    unsafe {
-        // Not a copy unless the value is toasted.
-        let raw = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *const pg_sys::ArrayType;
-        let ndim = (*raw).ndim;
-        if ndim > 1 {
-            raise(
-                PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-                format!("vectors must be one-dimensional arrays, got {ndim} dimensions"),
-                None,
-            );
-        }
-        let array = pgrx::Array::<f32>::from_datum(datum, false).unwrap_or_else(|| {
-            raise(
-                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                "NULL vector",
-                None,
-            )
-        });
-        array
-            .iter()
-            .map(|v| {
-                v.unwrap_or_else(|| {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                        "vectors must not contain NULL elements",
-                        None,
-                    )
-                })
+pub fn array_vector(array: pgrx::Array<f32>) -> Vec<f32> {
+    let values = array
+        .iter()
+        .map(|v| {
+            v.unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    "vectors must not contain NULL elements",
+                    None,
+                )
             })
-            .collect()
+        })
+        .collect();
+    // SAFETY: the header of the array value just read.
+    let ndim = unsafe { (*array.into_array_type()).ndim };
+    if ndim > 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("vectors must be one-dimensional arrays, got {ndim} dimensions"),
+            None,
+        );
+    }
+    values
+}
+
+/// The types a faiss index takes vectors from: real[], and pgvector's `vector` and `halfvec`
+/// (with the semantic_pgvector extension's operator classes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorType {
+    RealArray,
+    PgVector,
+    PgHalfvec,
+}
+
+impl VectorType {
+    /// The vector type `typid` is, if any. pgvector's types have no fixed OID: they are known
+    /// by their input functions.
+    pub fn of(typid: pg_sys::Oid) -> Option<VectorType> {
+        if typid == pg_sys::FLOAT4ARRAYOID {
+            return Some(VectorType::RealArray);
+        }
+        let (mut input, mut ioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+        // SAFETY: catalog lookups of an existing type (the column's or the operator's).
+        let name = unsafe {
+            pg_sys::getTypeInputInfo(typid, &raw mut input, &raw mut ioparam);
+            let name = pg_sys::get_func_name(input);
+            if name.is_null() {
+                return None;
+            }
+            std::ffi::CStr::from_ptr(name).to_bytes().to_vec()
+        };
+        match name.as_slice() {
+            b"vector_in" => Some(VectorType::PgVector),
+            b"halfvec_in" => Some(VectorType::PgHalfvec),
+            _ => None,
+        }
+    }
+
+    /// The type of `index`'s one column, if it is a vector type.
+    pub unsafe fn of_index(index: pg_sys::Relation) -> Option<VectorType> {
+        // SAFETY: `index` is an open index relation (the caller's contract).
+        let typid = unsafe {
+            pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att)
+                .get(0)
+                .expect("one column")
+                .atttypid
+        };
+        VectorType::of(typid)
+    }
+
+    /// The floats of a non-null value of this type.
+    pub unsafe fn floats(self, datum: pg_sys::Datum) -> Vec<f32> {
+        // SAFETY: `datum` is a non-null value of this type (the caller's contract).
+        unsafe {
+            match self {
+                VectorType::RealArray => array_vector(
+                    pgrx::Array::<f32>::from_datum(datum, false).expect("a non-null array"),
+                ),
+                VectorType::PgVector | VectorType::PgHalfvec => {
+                    // pgvector's layout: varlena header, int16 dim, int16 unused, the elements.
+                    let raw = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *const u8;
+                    let size = pgrx::varsize_any(raw as *const pg_sys::varlena);
+                    let dim = usize::from(std::ptr::read_unaligned(raw.add(4) as *const u16));
+                    let width = if self == VectorType::PgVector { 4 } else { 2 };
+                    if size < 8 + dim * width {
+                        raise(
+                            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                            format!("a pgvector value of {dim} dimensions holds {size} bytes"),
+                            None,
+                        );
+                    }
+                    let elements = std::slice::from_raw_parts(raw.add(8), dim * width);
+                    match self {
+                        VectorType::PgVector => elements
+                            .chunks_exact(4)
+                            .map(|b| f32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                            .collect(),
+                        _ => elements
+                            .chunks_exact(2)
+                            .map(|b| {
+                                half::f16::from_ne_bytes(b.try_into().expect("2 bytes")).to_f32()
+                            })
+                            .collect(),
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -143,19 +230,20 @@ pub fn embed_passages(
 }
 
 /// The vector a query datum is searched with.
-pub unsafe fn query_vector(meta: &Meta, index_name: &str, datum: pg_sys::Datum) -> Vec<f32> {
+pub unsafe fn query_vector(meta: &Meta, index: pg_sys::Relation, datum: pg_sys::Datum) -> Vec<f32> {
     // SAFETY: `datum` is a non-null query of the index column's type (the caller's contract).
     unsafe {
+        let index_name = relation_name(index);
         match meta.kind {
             ColumnKind::Text => {
                 let text = datum_text(datum);
                 let embedding = embed_text(&meta.model, &text, TextKind::Query);
-                if let Err(e) = check_fingerprint(meta, index_name, &embedding.fingerprint) {
+                if let Err(e) = check_fingerprint(meta, &index_name, &embedding.fingerprint) {
                     crate::errors::raise_encoder_error(e);
                 }
                 prepare(meta, embedding.vector)
             }
-            ColumnKind::Vector => prepare(meta, datum_vector(datum)),
+            ColumnKind::Vector => prepare(meta, column_vector(index, datum)),
         }
     }
 }

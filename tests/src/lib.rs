@@ -411,7 +411,7 @@ pub mod vectors {
         client.batch_execute("SET enable_indexscan = off").unwrap();
         let r = ids(
             client,
-            &format!("SELECT id FROM {table} ORDER BY vec <=> $1, id LIMIT $2"),
+            &format!("SELECT id FROM {table} ORDER BY vec <-> $1, id LIMIT $2"),
             &[&q, &k],
         );
         client.batch_execute("RESET enable_indexscan").unwrap();
@@ -422,7 +422,7 @@ pub mod vectors {
         client.batch_execute("SET enable_seqscan = off").unwrap();
         let r = ids(
             client,
-            &format!("SELECT id FROM {table} ORDER BY vec <=> $1 LIMIT $2"),
+            &format!("SELECT id FROM {table} ORDER BY vec <-> $1 LIMIT $2"),
             &[&q, &k],
         );
         client.batch_execute("RESET enable_seqscan").unwrap();

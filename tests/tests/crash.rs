@@ -86,7 +86,7 @@ fn committed_rows_survive_an_immediate_stop_during_inserts() {
     // Every row of the table, committed rows included, is found through the index exactly.
     let via_index: HashSet<i32> = client
         .query(
-            "SELECT id FROM v ORDER BY vec <=> '{0,0,0}' LIMIT 1000000",
+            "SELECT id FROM v ORDER BY vec <-> '{0,0,0}' LIMIT 1000000",
             &[],
         )
         .unwrap()
@@ -97,7 +97,7 @@ fn committed_rows_survive_an_immediate_stop_during_inserts() {
     for &id in committed.iter().take(200) {
         let top: i32 = client
             .query_one(
-                "SELECT id FROM v ORDER BY vec <=> $1 LIMIT 1",
+                "SELECT id FROM v ORDER BY vec <-> $1 LIMIT 1",
                 &[&vector_of(id)],
             )
             .unwrap()

@@ -361,12 +361,12 @@ fn filters_get_k_rows_by_searching_deeper() {
         .unwrap();
     uses_index(
         &mut client,
-        "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10",
+        "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <-> '{1,0,0}' LIMIT 10",
         "v_vec",
     );
     let ids: Vec<i32> = client
         .query(
-            "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <=> '{1,0,0}' LIMIT 10",
+            "SELECT id FROM v WHERE genre = 'comedy' ORDER BY vec <-> '{1,0,0}' LIMIT 10",
             &[],
         )
         .unwrap()
@@ -399,21 +399,21 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 3"
+            "SELECT id FROM a ORDER BY vec <-> '{10.2,0,0}' LIMIT 3"
         ),
         vec![10, 11, 9]
     );
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM b ORDER BY vec <=> '{0,40.1,0}' LIMIT 2"
+            "SELECT id FROM b ORDER BY vec <-> '{0,40.1,0}' LIMIT 2"
         ),
         vec![40, 41]
     );
     // Index distances are the operator's (L2 for real[]).
     let d: f64 = client
         .query_one(
-            "SELECT vec <=> '{10.2,0,0}' FROM a ORDER BY vec <=> '{10.2,0,0}' LIMIT 1",
+            "SELECT vec <-> '{10.2,0,0}' FROM a ORDER BY vec <-> '{10.2,0,0}' LIMIT 1",
             &[],
         )
         .unwrap()
@@ -422,7 +422,7 @@ fn real_array_indexes_and_table_lifecycle() {
 
     expect_error(
         &mut client,
-        "SELECT id FROM a ORDER BY vec <=> '{1,2}' LIMIT 1",
+        "SELECT id FROM a ORDER BY vec <-> '{1,2}' LIMIT 1",
         &SqlState::DATA_EXCEPTION,
         "3 dimensions",
     );
@@ -446,14 +446,14 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM a ORDER BY vec <=> '{1,0,0}' LIMIT 5"
+            "SELECT id FROM a ORDER BY vec <-> '{1,0,0}' LIMIT 5"
         ),
         vec![7]
     );
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM b ORDER BY vec <=> '{0,1,0}' LIMIT 1"
+            "SELECT id FROM b ORDER BY vec <-> '{0,1,0}' LIMIT 1"
         ),
         vec![1]
     );
@@ -463,7 +463,7 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"
+            "SELECT id FROM a ORDER BY vec <-> '{9,0,0}' LIMIT 5"
         ),
         vec![8, 7]
     );
@@ -476,7 +476,7 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"
+            "SELECT id FROM a ORDER BY vec <-> '{9,0,0}' LIMIT 5"
         ),
         vec![9, 8, 7]
     );
@@ -484,7 +484,7 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM a ORDER BY vec <=> '{9,0,0}' LIMIT 5"
+            "SELECT id FROM a ORDER BY vec <-> '{9,0,0}' LIMIT 5"
         ),
         vec![9, 8, 7]
     );
@@ -497,7 +497,7 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(
         top(
             &mut client,
-            "SELECT id FROM e ORDER BY vec <=> '{4,4}' LIMIT 2"
+            "SELECT id FROM e ORDER BY vec <-> '{4,4}' LIMIT 2"
         ),
         vec![2, 1]
     );

@@ -145,7 +145,7 @@ fn sigkill_during_inserts_loses_no_committed_row_and_shows_no_uncommitted_one() 
     c.batch_execute("SET enable_seqscan = off").unwrap();
     let all: HashSet<i32> = ids(
         &mut c,
-        "SELECT id FROM v ORDER BY vec <=> $1 LIMIT 100000",
+        "SELECT id FROM v ORDER BY vec <-> $1 LIMIT 100000",
         &[&vec![100f32; 16]],
     )
     .into_iter()
@@ -270,7 +270,7 @@ fn concurrent_writers_and_searchers_agree_with_brute_force() {
                         2 => "DELETE FROM docs WHERE id = (SELECT id FROM docs ORDER BY random() LIMIT 1)".to_string(),
                         3 => format!("SELECT * FROM semantic_search('topic {topic}', 5, 'docs_body')"),
                         _ if n == 0 && i.is_multiple_of(20) => "VACUUM docs".to_string(),
-                        _ => format!("SELECT id FROM docs ORDER BY vec <=> '{{{topic},0,0}}' LIMIT 5"),
+                        _ => format!("SELECT id FROM docs ORDER BY vec <-> '{{{topic},0,0}}' LIMIT 5"),
                     };
                     if let Err(e) = conn.batch_execute(&sql) {
                         errors.lock().unwrap().push(format!("{sql}: {e}"));
@@ -301,7 +301,7 @@ fn concurrent_writers_and_searchers_agree_with_brute_force() {
             ids.iter()
                 .map(|id| {
                     c.query_one(
-                        "SELECT round((vec <=> $1)::numeric, 4)::text FROM docs WHERE id = $2",
+                        "SELECT round((vec <-> $1)::numeric, 4)::text FROM docs WHERE id = $2",
                         &[&q, id],
                     )
                     .unwrap()
@@ -411,9 +411,9 @@ fn bad_input_gives_errors_and_no_backend_crashes() {
         ("SELECT embed('q', 'no-such-model')".into(), S::UNDEFINED_OBJECT, "not installed"),
         ("SELECT embed('q', '../../etc/passwd')".into(), S::INVALID_PARAMETER_VALUE, "invalid model name"),
         ("SELECT embed('q', '/tmp/model')".into(), S::INVALID_PARAMETER_VALUE, "invalid model name"),
-        ("SELECT id FROM docs ORDER BY vec <=> '{1,2}' LIMIT 1".into(), S::DATA_EXCEPTION, "dimensions"),
-        ("SELECT id FROM docs ORDER BY vec <=> '{1,NULL,2}' LIMIT 1".into(), S::NULL_VALUE_NOT_ALLOWED, "NULL"),
-        ("SELECT id FROM docs ORDER BY vec <=> '{1,NaN,2}' LIMIT 1".into(), S::DATA_EXCEPTION, "NaN"),
+        ("SELECT id FROM docs ORDER BY vec <-> '{1,2}' LIMIT 1".into(), S::DATA_EXCEPTION, "dimensions"),
+        ("SELECT id FROM docs ORDER BY vec <-> '{1,NULL,2}' LIMIT 1".into(), S::NULL_VALUE_NOT_ALLOWED, "NULL"),
+        ("SELECT id FROM docs ORDER BY vec <-> '{1,NaN,2}' LIMIT 1".into(), S::DATA_EXCEPTION, "NaN"),
         ("INSERT INTO docs(vec) VALUES ('{1,2,3,4}')".into(), S::DATA_EXCEPTION, "dimensions"),
         ("INSERT INTO docs(vec) VALUES ('{{1,2},{3,4}}')".into(), S::DATA_EXCEPTION, "one-dimensional"),
         ("INSERT INTO docs(vec) VALUES ('{Infinity,2,3}')".into(), S::DATA_EXCEPTION, "NaN or infinity"),

@@ -136,7 +136,7 @@ fn the_snapshot_file_is_shared_rebuilt_and_checked() {
         let q = queries[0].clone();
         move || {
             conn.batch_execute("SET enable_seqscan = off").ok();
-            conn.query("SELECT id FROM v ORDER BY vec <=> $1 LIMIT 10", &[&q])
+            conn.query("SELECT id FROM v ORDER BY vec <-> $1 LIMIT 10", &[&q])
         }
     });
     std::thread::sleep(Duration::from_millis(5));
@@ -390,7 +390,7 @@ fn max_scan_tuples_caps_the_deepening_search() {
     let (_cluster, mut c) = indexed_table("shared_cap", "v_hnsw", "WITH (factory = 'HNSW16')");
     c.batch_execute("SET enable_seqscan = off").unwrap();
     let q = &clustered(1, 50)[0];
-    let sql = "SELECT id FROM v WHERE id % 600 = 0 ORDER BY vec <=> $1 LIMIT 10";
+    let sql = "SELECT id FROM v WHERE id % 600 = 0 ORDER BY vec <-> $1 LIMIT 10";
     let rows = |c: &mut Client| c.query(sql, &[q]).unwrap().len();
     assert_eq!(rows(&mut c), 5, "every match, by searching deeper");
     c.batch_execute("SET semantic.scan_candidates = 10; SET semantic.max_scan_tuples = 40")

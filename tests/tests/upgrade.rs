@@ -9,7 +9,6 @@ use semantic_tests::{env, Cluster};
 /// The released versions whose install scripts sql/ keeps, oldest first, and the upgrade
 /// steps between consecutive versions up to the newest.
 fn versions() -> (Vec<String>, Vec<(String, String)>) {
-    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap()).collect() };
     let mut installs = Vec::new();
     let mut steps = Vec::new();
     for entry in std::fs::read_dir(env().repo.join("sql")).unwrap() {
@@ -52,10 +51,21 @@ fn assert_uses(client: &mut Client, sql: &str, index: &str, version: &str) {
     );
 }
 
+fn parse(version: &str) -> Vec<u32> {
+    version.split('.').map(|p| p.parse().unwrap()).collect()
+}
+
 /// The index's top 10 for each query, and the same order computed without any index.
 fn check_searches(client: &mut Client, version: &str) {
+    // The real[] index ranks by l2, which real[] <=> meant before 0.6.0; from 0.6.0 on, <=> is
+    // the cosine distance (as pgvector's) and the index serves <->.
+    let operator = if parse(version) < parse("0.6.0") {
+        "<=>"
+    } else {
+        "<->"
+    };
     for q in ["{0.1,0.9,0.3}", "{5,5,5}", "{-2,0.5,9}"] {
-        let order = format!("ORDER BY vec <=> '{q}'::real[] LIMIT 10");
+        let order = format!("ORDER BY vec {operator} '{q}'::real[] LIMIT 10");
         client
             .batch_execute("SET enable_seqscan = off; SET enable_indexscan = on")
             .unwrap();
@@ -85,6 +95,39 @@ fn check_searches(client: &mut Client, version: &str) {
          LIMIT 3",
     );
     assert_eq!(via_index, brute, "{version}: text index");
+}
+
+/// What an upgraded installation and a fresh one must agree on, as sorted text rows.
+const CATALOG: [(&str, &str); 3] = [
+    (
+        "extension members",
+        "SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend
+         WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+           AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'semantic') ORDER BY 1",
+    ),
+    (
+        "functions",
+        "SELECT p.oid::regprocedure || ' ' || p.prosrc || ' ' || p.provolatile::text || p.proisstrict::text
+                || ' ' || pg_get_function_result(p.oid)
+         FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
+         WHERE d.deptype = 'e' AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'semantic')
+           AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c') ORDER BY 1",
+    ),
+    (
+        "operator class members",
+        "SELECT f.opfname || ' ' || a.amopstrategy || ' ' || a.amopopr::regoperator
+         FROM pg_amop a JOIN pg_opfamily f ON f.oid = a.amopfamily
+         JOIN pg_am m ON m.oid = f.opfmethod WHERE m.amname IN ('faiss', 'bm25') ORDER BY 1",
+    ),
+];
+
+fn strings(client: &mut Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 #[test]
@@ -148,6 +191,32 @@ fn upgrades_step_by_step_from_the_oldest_release_keep_indexes_answering() {
         installed, newest,
         "the steps in sql/ reach the newest version"
     );
+    // The upgraded extension has what a fresh install of the newest version has: the same
+    // objects, functions bound to the same library symbols, the same operator class members.
+    let mut fresh = cluster.connect();
+    fresh.batch_execute("CREATE DATABASE fresh").unwrap();
+    let mut fresh = postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=fresh",
+            cluster.port
+        ),
+        postgres::NoTls,
+    )
+    .unwrap();
+    fresh.batch_execute("CREATE EXTENSION semantic").unwrap();
+    for (what, sql) in CATALOG {
+        let upgraded = strings(&mut client, sql);
+        let installed = strings(&mut fresh, sql);
+        let only = |a: &[String], b: &[String]| -> Vec<String> {
+            a.iter().filter(|x| !b.contains(x)).cloned().collect()
+        };
+        assert!(
+            upgraded == installed,
+            "{what}: only after the upgrade {:?}, only in a fresh install {:?}",
+            only(&upgraded, &installed),
+            only(&installed, &upgraded)
+        );
+    }
     // At the newest version, semantic_search answers as ORDER BY does.
     let searched = ids(
         &mut client,

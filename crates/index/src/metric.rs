@@ -1,7 +1,8 @@
 //! Every rule of the metrics in one place: how FAISS scores a vector
 //! ([`Metric`]), and what users see ([`IndexMetric`]): the option's name, the
-//! SQL distance (`<=>`, smaller is nearer) of a FAISS score or of two vectors,
-//! and the score semantic_search reports.
+//! SQL operator and its distance (smaller is nearer) of a FAISS score or of two
+//! vectors, the operator's strategy number in the faiss operator classes, and
+//! the score semantic_search reports.
 
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +137,31 @@ impl IndexMetric {
         }
     }
 
+    /// The ORDER BY operator of the metric's distance on vectors, as pgvector spells them.
+    pub fn operator(self) -> &'static str {
+        match self {
+            Self::Cosine => "<=>",
+            Self::Dot => "<#>",
+            Self::L2 => "<->",
+        }
+    }
+
+    /// The operator's strategy number in the faiss operator classes (1 is also text's `<=>`,
+    /// whose distance is the model's own metric).
+    pub fn strategy(self) -> u16 {
+        match self {
+            Self::Cosine => 1,
+            Self::L2 => 2,
+            Self::Dot => 3,
+        }
+    }
+
+    pub fn of_strategy(strategy: u16) -> Option<Self> {
+        [Self::Cosine, Self::L2, Self::Dot]
+            .into_iter()
+            .find(|m| m.strategy() == strategy)
+    }
+
     /// The metric's name, as index options and semantic_index_info spell it.
     pub fn name(self) -> &'static str {
         match self {
@@ -155,7 +181,9 @@ mod tests {
         let (a, b) = ([3.0f32, 4.0, 0.0], [1.0f32, 2.0, 2.0]);
         for metric in [IndexMetric::Cosine, IndexMetric::Dot, IndexMetric::L2] {
             assert_eq!(IndexMetric::parse(metric.name()), Some(metric));
+            assert_eq!(IndexMetric::of_strategy(metric.strategy()), Some(metric));
         }
+        assert_eq!(IndexMetric::of_strategy(4), None);
         // Euclidean: |(2, 2, -2)| = sqrt(12).
         assert!((IndexMetric::L2.between(&a, &b) - 12f64.sqrt()).abs() < 1e-6);
         // Inner product 11: distance -11.

@@ -1,0 +1,300 @@
+//! pgvector's operators on faiss indexes: real[] with `<->`, `<=>` and `<#>` (pgvector's
+//! meanings), and pgvector's own vector and halfvec columns through the semantic_pgvector
+//! extension's operator classes, checked against pgvector's exact ordering (a sequential scan
+//! that pgvector's functions compute). And a pgvector application, written with the pgvector
+//! Python package and psycopg, run unchanged but for `USING faiss`.
+
+use postgres::error::SqlState;
+use postgres::Client;
+use semantic_tests::vectors::uniform;
+use semantic_tests::{cluster_with_extension as setup, env, expect_error};
+
+/// The three operators, the metric option that ranks by each, and pgvector's opclass suffix.
+const OPERATORS: [(&str, &str, &str); 3] = [
+    ("<->", "l2", "l2_ops"),
+    ("<=>", "cosine", "cosine_ops"),
+    ("<#>", "dot", "ip_ops"),
+];
+
+fn plan(client: &mut Client, sql: &str) -> String {
+    client
+        .query(&format!("EXPLAIN {sql}"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect()
+}
+
+/// Rows as (id, distance) for `sql`, under `settings` (SET statements), reset afterwards.
+fn rows(client: &mut Client, settings: &str, sql: &str) -> Vec<(i32, f64)> {
+    client.batch_execute(settings).unwrap();
+    let rows = client
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    client.batch_execute("RESET ALL").unwrap();
+    rows
+}
+
+const THROUGH_INDEX: &str = "SET enable_seqscan = off";
+const EXACT: &str = "SET enable_indexscan = off; SET enable_bitmapscan = off";
+
+/// The index's top 10 equals the exact top 10: the same rows in the same order, where rows
+/// whose exact distances tie (to float precision) may swap.
+fn assert_same_top(via_index: &[(i32, f64)], exact: &[(i32, f64)], what: &str) {
+    assert_eq!(via_index.len(), exact.len(), "{what}");
+    for (i, (a, b)) in via_index.iter().zip(exact).enumerate() {
+        let tied = (a.1 - b.1).abs() <= 1e-6 * b.1.abs().max(1.0);
+        assert!(
+            a.0 == b.0 || tied,
+            "{what}: rank {i}: index {via_index:?}, exact {exact:?}"
+        );
+    }
+}
+
+fn vector_literal(v: &[f32]) -> String {
+    let items: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", items.join(","))
+}
+
+#[test]
+fn real_arrays_take_pgvectors_three_operators() {
+    let (_cluster, mut c) = setup("pgvector_real");
+    // The operators' values: (3,4,0) and (1,2,2) are at Euclidean distance sqrt(12), their
+    // inner product is 11, and their cosine 11 / 15.
+    let row = c
+        .query_one(
+            "SELECT '{3,4,0}'::real[] <-> '{1,2,2}', '{3,4,0}'::real[] <=> '{1,2,2}',
+                    '{3,4,0}'::real[] <#> '{1,2,2}'",
+            &[],
+        )
+        .unwrap();
+    let (l2, cosine, ip): (f64, f64, f64) = (row.get(0), row.get(1), row.get(2));
+    assert!((l2 - 12f64.sqrt()).abs() < 1e-9, "{l2}");
+    assert!((cosine - (1.0 - 11.0 / 15.0)).abs() < 1e-9, "{cosine}");
+    assert!((ip + 11.0).abs() < 1e-9, "{ip}");
+    for op in ["<->", "<=>", "<#>"] {
+        expect_error(
+            &mut c,
+            &format!("SELECT '{{{{1,2}},{{3,4}}}}'::real[] {op} '{{1,2,3,4}}'::real[]"),
+            &SqlState::DATA_EXCEPTION,
+            "one-dimensional",
+        );
+    }
+
+    c.batch_execute("CREATE TABLE v (id int, vec real[])")
+        .unwrap();
+    let mut next = uniform(7);
+    let values: Vec<String> = (1..=500)
+        .map(|id| {
+            let v: Vec<String> = (0..8).map(|_| (next() * 4.0).to_string()).collect();
+            format!("({id}, '{{{}}}')", v.join(","))
+        })
+        .collect();
+    c.batch_execute(&format!("INSERT INTO v VALUES {}", values.join(",")))
+        .unwrap();
+    for (op, metric, _) in OPERATORS {
+        let index = format!("v_{metric}");
+        c.batch_execute(&format!(
+            "CREATE INDEX {index} ON v USING faiss (vec) WITH (metric = '{metric}')"
+        ))
+        .unwrap();
+        for q in [
+            "{1,0,0,0,0,0,0,0}",
+            "{0.5,-1,2,0.1,0,0,1,-0.3}",
+            "{-2,-2,1,1,0,3,0,0}",
+        ] {
+            let sql = format!("SELECT id, vec {op} '{q}' FROM v ORDER BY vec {op} '{q}' LIMIT 10");
+            // The planner's own choice, sequential scans allowed.
+            assert!(
+                plan(&mut c, &sql).contains(&format!("Index Scan using {index}")),
+                "{op}: {}",
+                plan(&mut c, &sql)
+            );
+            let via_index = rows(&mut c, THROUGH_INDEX, &sql);
+            let exact = rows(&mut c, EXACT, &sql);
+            assert_same_top(&via_index, &exact, &format!("real[] {op} {q}"));
+        }
+        // The other two operators: the planner keeps away from this index (an exact plan
+        // answers), and a scan forced onto it is an error, never another metric's order.
+        for (other, _, _) in OPERATORS.iter().filter(|(o, _, _)| *o != op) {
+            let sql =
+                format!("SELECT id FROM v ORDER BY vec {other} '{{1,0,0,0,0,0,0,0}}' LIMIT 3");
+            assert!(
+                !plan(&mut c, &sql).contains("Index Scan"),
+                "{other} on {index}: {}",
+                plan(&mut c, &sql)
+            );
+            c.batch_execute(THROUGH_INDEX).unwrap();
+            expect_error(
+                &mut c,
+                &sql,
+                &SqlState::FEATURE_NOT_SUPPORTED,
+                &format!("serves ORDER BY ... {op}"),
+            );
+            c.batch_execute("RESET ALL").unwrap();
+        }
+        c.batch_execute(&format!("DROP INDEX {index}")).unwrap();
+    }
+    // Without a metric option, a real[] index ranks by l2.
+    c.batch_execute("CREATE INDEX v_default ON v USING faiss (vec)")
+        .unwrap();
+    let metric: String = c
+        .query_one("SELECT metric FROM semantic_index_info('v_default')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(metric, "l2");
+}
+
+/// Whether the server can install pgvector; the test script builds it (scripts/pgvector.sh).
+fn require_pgvector(c: &mut Client) {
+    let available = c
+        .query_opt(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'",
+            &[],
+        )
+        .unwrap()
+        .is_some();
+    assert!(
+        available,
+        "pgvector is not installed for the server in {}: run scripts/pgvector.sh with its pg_config",
+        env().bin_dir.display()
+    );
+}
+
+#[test]
+fn pgvector_columns_rank_as_pgvector_does() {
+    let (_cluster, mut c) = setup("pgvector_columns");
+    require_pgvector(&mut c);
+    c.batch_execute("CREATE EXTENSION vector; CREATE TABLE items (id int, embedding vector(384))")
+        .unwrap();
+    // Without the companion extension there is no faiss operator class for vector.
+    expect_error(
+        &mut c,
+        "CREATE INDEX ON items USING faiss (embedding)",
+        &SqlState::UNDEFINED_OBJECT,
+        "operator class",
+    );
+    c.batch_execute("CREATE EXTENSION semantic_pgvector")
+        .unwrap();
+    let mut next = uniform(11);
+    let mut insert = |c: &mut Client, ids: std::ops::RangeInclusive<i32>| {
+        let values: Vec<String> = ids
+            .map(|id| {
+                let v: Vec<f32> = (0..384).map(|_| next()).collect();
+                format!("({id}, '{}')", vector_literal(&v))
+            })
+            .collect();
+        c.batch_execute(&format!("INSERT INTO items VALUES {}", values.join(",")))
+            .unwrap();
+    };
+    insert(&mut c, 1..=1500);
+    c.batch_execute("ALTER TABLE items ADD COLUMN half halfvec(384); UPDATE items SET half = embedding::halfvec(384)")
+        .unwrap();
+    for (_, metric, suffix) in OPERATORS {
+        c.batch_execute(&format!(
+            "CREATE INDEX items_{metric} ON items USING faiss (embedding vector_{suffix});
+             CREATE INDEX items_half_{metric} ON items USING faiss (half halfvec_{suffix})"
+        ))
+        .unwrap();
+        let index_metric: String = c
+            .query_one(
+                &format!("SELECT metric FROM semantic_index_info('items_{metric}')"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(index_metric, metric, "vector_{suffix}");
+    }
+    let mut queries = uniform(12);
+    let queries: Vec<String> = (0..10)
+        .map(|_| vector_literal(&(0..384).map(|_| queries()).collect::<Vec<f32>>()))
+        .collect();
+    let check = |c: &mut Client, when: &str| {
+        for (op, metric, _) in OPERATORS {
+            for (n, q) in queries.iter().enumerate() {
+                for (column, cast, index) in [
+                    ("embedding", "vector", format!("items_{metric}")),
+                    ("half", "halfvec", format!("items_half_{metric}")),
+                ] {
+                    let sql = format!(
+                        "SELECT id, {column} {op} '{q}'::{cast} FROM items ORDER BY {column} {op} '{q}'::{cast} LIMIT 10"
+                    );
+                    let shown = plan(c, &sql);
+                    assert!(
+                        shown.contains(&format!("Index Scan using {index} ")),
+                        "{shown}"
+                    );
+                    let via_index = rows(c, THROUGH_INDEX, &sql);
+                    let exact = rows(c, EXACT, &sql);
+                    assert_same_top(
+                        &via_index,
+                        &exact,
+                        &format!("{when}: {column} {op}, query {n}"),
+                    );
+                }
+            }
+        }
+    };
+    check(&mut c, "built");
+    // Rows written after the build (appended records), and rows deleted then vacuumed.
+    insert(&mut c, 1501..=1700);
+    c.batch_execute("UPDATE items SET half = embedding::halfvec(384) WHERE half IS NULL; DELETE FROM items WHERE id % 7 = 0")
+        .unwrap();
+    c.batch_execute("VACUUM items").unwrap();
+    check(&mut c, "after inserts, deletes and vacuum");
+
+    // The operator class decides the metric: a contradicting option is refused.
+    expect_error(
+        &mut c,
+        "CREATE INDEX ON items USING faiss (embedding vector_cosine_ops) WITH (metric = 'l2')",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "operator class",
+    );
+    // The default operator class is vector_l2_ops, as pgvector's.
+    c.batch_execute("CREATE INDEX items_default ON items USING faiss (embedding)")
+        .unwrap();
+    let metric: String = c
+        .query_one(
+            "SELECT metric FROM semantic_index_info('items_default')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(metric, "l2");
+    expect_error(
+        &mut c,
+        "SET enable_seqscan = off; SELECT id FROM items ORDER BY embedding <-> '[1,2,3]' LIMIT 1",
+        &SqlState::DATA_EXCEPTION,
+        "dimensions",
+    );
+}
+
+#[test]
+fn a_pgvector_python_application_runs_on_a_faiss_index() {
+    let python = std::env::var("SEMANTIC_TEST_PYTHON").expect(
+        "SEMANTIC_TEST_PYTHON: a Python with psycopg and pgvector (scripts/test.sh makes one)",
+    );
+    let (cluster, mut c) = setup("pgvector_python");
+    require_pgvector(&mut c);
+    // What a database administrator adds for the application; the application is unchanged.
+    c.batch_execute("CREATE EXTENSION vector; CREATE EXTENSION semantic_pgvector")
+        .unwrap();
+    let out = std::process::Command::new(python)
+        .arg(env().repo.join("tests/python/pgvector_app.py"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            cluster.port
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("searches agree with numpy"), "{stdout}");
+}
