@@ -10,5 +10,7 @@ fn main() {
         .include(format!("{root}/include"))
         .file("cpp/interrupt.cpp")
         .file("cpp/storage.cpp")
+        .file("cpp/threads.cpp")
+        .flag("-fopenmp")
         .compile("semantic_index_shims");
 }

@@ -53,13 +53,15 @@ pub unsafe fn new_ordered_scan(
             pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
         (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
         std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
-        // An index-only scan (planned when a query reads no column of the table, see every_row)
-        // takes each row's values from xs_itup. It reads none of them, so one tuple holding NULL
-        // serves every row.
-        let (mut value, mut isnull) = (pg_sys::Datum::from(0), true);
-        (*scan).xs_itupdesc = (*index).rd_att;
-        (*scan).xs_itup =
-            pg_sys::index_form_tuple((*index).rd_att, &raw mut value, &raw mut isnull);
+        if norderbys < 1 {
+            // A scan without ORDER BY is PostgreSQL 18's index-only scan of a query that reads
+            // no column of the table (see every_row): it takes each row's values from xs_itup
+            // and reads none of them, so one tuple holding NULL serves every row.
+            let (mut value, mut isnull) = (pg_sys::Datum::from(0), true);
+            (*scan).xs_itupdesc = (*index).rd_att;
+            (*scan).xs_itup =
+                pg_sys::index_form_tuple((*index).rd_att, &raw mut value, &raw mut isnull);
+        }
         scan
     }
 }

@@ -113,8 +113,8 @@ impl Encoder {
     /// cache. Problems with the cache directory never fail a load (see
     /// [`LoadReport::cache_problems`]); changed model files are still refused.
     pub fn load(dir: &Path, options: &EncoderOptions) -> Result<Self, EncoderError> {
-        // The threads the load starts must not take the process's signals (signals.rs).
-        crate::signals::with_signals_blocked(|| Self::load_blocked(dir, options))
+        // The threads the load starts must not take the process's signals (semantic-signals).
+        semantic_signals::with_signals_blocked(|| Self::load_blocked(dir, options))
     }
 
     fn load_blocked(dir: &Path, options: &EncoderOptions) -> Result<Self, EncoderError> {

@@ -10,7 +10,6 @@ mod manifest;
 mod model_cache;
 mod pooling;
 mod runtime;
-mod signals;
 mod st_folder;
 
 pub use batching::plan_batches;

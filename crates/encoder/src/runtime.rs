@@ -38,8 +38,8 @@ pub fn init_runtime(library: &Path) -> Result<(), EncoderError> {
         return Err(failed("the path must be absolute".into()));
     }
     // Loading the library and creating the environment start ONNX Runtime's own threads,
-    // which must not take the process's signals (signals.rs).
-    crate::signals::with_signals_blocked(|| {
+    // which must not take the process's signals (semantic-signals).
+    semantic_signals::with_signals_blocked(|| {
         let builder = ort::init_from(library).map_err(|e| failed(e.to_string()))?;
         let environment = builder
             .with_name("semantic")

@@ -1,13 +1,12 @@
-//! Threads started while ONNX Runtime or a model loads (ONNX Runtime's own, the tokenizer's,
-//! the session's pools) must never take the process's signals: inside PostgreSQL a handler
+//! Threads that libraries start inside a PostgreSQL backend (ONNX Runtime's, the tokenizer's,
+//! a session's pools, FAISS's OpenMP team) must never take the process's signals: a handler
 //! that runs on a foreign thread aborts the process (pgrx checks the thread) or loses a latch
-//! wake-up. A new thread inherits the
-//! signal mask of the thread that creates it, so they are created with every asynchronous
-//! signal blocked; the creating thread's mask comes back afterwards, and the signals that
-//! arrived meanwhile are delivered to it then.
+//! wake-up. A new thread inherits the signal mask of the thread that creates it, so they are
+//! created with every asynchronous signal blocked; the creating thread's mask comes back
+//! afterwards, and the signals that arrived meanwhile are delivered to it then.
 
 /// Runs `f` with every signal but the synchronous fault signals blocked in this thread.
-pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     struct Restore(libc::sigset_t);
     impl Drop for Restore {
         fn drop(&mut self) {
