@@ -29,13 +29,18 @@ fn versions() -> (Vec<String>, Vec<(String, String)>) {
     (installs, steps)
 }
 
-fn ids(client: &mut Client, sql: &str) -> Vec<i32> {
+/// The first column of `sql`'s rows.
+fn column<T: for<'a> postgres::types::FromSql<'a>>(client: &mut Client, sql: &str) -> Vec<T> {
     client
         .query(sql, &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+fn ids(client: &mut Client, sql: &str) -> Vec<i32> {
+    column(client, sql)
 }
 
 fn assert_uses(client: &mut Client, sql: &str, index: &str, version: &str) {
@@ -121,15 +126,6 @@ const CATALOG: [(&str, &str); 3] = [
     ),
 ];
 
-fn strings(client: &mut Client, sql: &str) -> Vec<String> {
-    client
-        .query(sql, &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[test]
 fn upgrades_step_by_step_from_the_oldest_release_keep_indexes_answering() {
     let (installs, steps) = versions();
@@ -205,8 +201,8 @@ fn upgrades_step_by_step_from_the_oldest_release_keep_indexes_answering() {
     .unwrap();
     fresh.batch_execute("CREATE EXTENSION semantic").unwrap();
     for (what, sql) in CATALOG {
-        let upgraded = strings(&mut client, sql);
-        let installed = strings(&mut fresh, sql);
+        let upgraded: Vec<String> = column(&mut client, sql);
+        let installed: Vec<String> = column(&mut fresh, sql);
         let only = |a: &[String], b: &[String]| -> Vec<String> {
             a.iter().filter(|x| !b.contains(x)).cloned().collect()
         };
