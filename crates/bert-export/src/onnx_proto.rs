@@ -146,6 +146,9 @@ pub struct TensorProto {
     pub raw_data: Option<Vec<u8>>,
     #[prost(string, optional, tag = "12")]
     pub doc_string: Option<String>,
+    /// 1 (`EXTERNAL`) when the values live in a file beside the graph.
+    #[prost(int32, optional, tag = "14")]
+    pub data_location: Option<i32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

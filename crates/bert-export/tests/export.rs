@@ -603,6 +603,19 @@ fn tiny_bert_f32_matches_reference() {
 }
 
 #[test]
+fn the_graph_signature_reads_back() {
+    let dir = temp_dir("signature");
+    write_model(dir.path(), &TINY, &random_bert(&TINY, 4), Dtype::F32);
+    let io = semantic_bert_export::read_graph_io(&export_onnx(dir.path()).unwrap()).unwrap();
+    assert_eq!(io.inputs, ["input_ids", "attention_mask", "token_type_ids"]);
+    assert_eq!(io.outputs.len(), 1);
+    assert_eq!(io.outputs[0].name, "last_hidden_state");
+    // batch and sequence are symbolic, the width is the hidden size.
+    assert_eq!(io.outputs[0].shape, [None, None, Some(TINY.hidden as i64)]);
+    assert!(semantic_bert_export::read_graph_io(b"not a graph at all").is_err());
+}
+
+#[test]
 fn tiny_bert_f16_and_bf16_weights_match_reference() {
     for dtype in [Dtype::F16, Dtype::BF16] {
         let dir = temp_dir("half");
