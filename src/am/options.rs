@@ -82,7 +82,7 @@ unsafe extern "C-unwind" fn validate_long_text(value: *const std::ffi::c_char) {
                 value,
                 "long_text",
                 LongText::parse(&v).is_some(),
-                "truncate and chunks",
+                "truncate, chunks and mean",
             );
         }
     }
@@ -156,7 +156,8 @@ pub fn register() {
         pg_sys::add_string_reloption(
             RELOPT_KIND as _,
             c"long_text".as_ptr(),
-            c"truncate or chunks: how texts longer than the model's limit are indexed".as_ptr(),
+            c"truncate, chunks or mean: how texts longer than the model's limit are indexed"
+                .as_ptr(),
             c"truncate".as_ptr(),
             Some(validate_long_text),
             lock,

@@ -5,7 +5,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_encoder::{l2_normalize, EncoderError, TextKind};
+use semantic_encoder::{l2_normalize, mean_of_windows, EncoderError, TextKind};
 use semantic_index::layout::{ColumnKind, LongText, Meta};
 
 use super::build::relation_name;
@@ -189,7 +189,8 @@ pub fn check_fingerprint(
     Ok(())
 }
 
-/// Embeds texts for the index (passages), several windows per text with long_text = chunks.
+/// Embeds texts for the index (passages): several windows per text with long_text = chunks,
+/// their mean with long_text = mean.
 /// Returns, per text, its vectors. `texts_done` hears, between batches, about how many texts
 /// are embedded so far (exact for truncate, pro rata over windows for chunks).
 pub fn embed_passages(
@@ -205,7 +206,7 @@ pub fn embed_passages(
                 .iter()
                 .map(|t| encoder.tokenize(t, TextKind::Passage).map(|ids| vec![ids]))
                 .collect::<Result<_, _>>()?,
-            LongText::Chunks => texts
+            LongText::Chunks | LongText::Mean => texts
                 .iter()
                 .map(|t| encoder.tokenize_chunks(t, TextKind::Passage))
                 .collect::<Result<_, _>>()?,
@@ -218,12 +219,18 @@ pub fn embed_passages(
         let mut vectors = encoder
             .encode_token_ids_with(&flat, between_batches)?
             .into_iter();
+        let normalize = encoder.manifest().normalize;
         Ok(windows
             .iter()
             .map(|w| {
-                w.iter()
-                    .map(|_| prepare(meta, vectors.next().expect("one vector per window")))
-                    .collect()
+                let mut row: Vec<Vec<f32>> = w
+                    .iter()
+                    .map(|_| vectors.next().expect("one vector per window"))
+                    .collect();
+                if meta.long_text == LongText::Mean {
+                    row = vec![mean_of_windows(&row, normalize)];
+                }
+                row.into_iter().map(|v| prepare(meta, v)).collect()
             })
             .collect())
     })

@@ -577,6 +577,87 @@ fn long_texts_as_chunks_find_late_passages_once_per_row() {
 }
 
 #[test]
+fn long_texts_as_the_mean_of_their_windows() {
+    let (_cluster, mut client) = setup("index_mean");
+    let filler =
+        "The committee met again to discuss the annual budget and the parking rules. ".repeat(40);
+    let late = format!("{filler} At the very end, a lighthouse keeper rescues a whale.");
+    let short = "A chef opens a noodle bar in a quiet mountain town.";
+    client
+        .batch_execute("CREATE TABLE docs (id int, body text)")
+        .unwrap();
+    for (id, body) in [(1, late.as_str()), (2, filler.as_str()), (3, short)] {
+        client
+            .execute("INSERT INTO docs VALUES ($1, $2)", &[&id, &body])
+            .unwrap();
+    }
+    client
+        .batch_execute(
+            "CREATE INDEX docs_mean ON docs USING faiss (body) WITH (long_text = 'mean');
+             SET enable_seqscan = off;",
+        )
+        .unwrap();
+    let info = client
+        .query_one(
+            "SELECT long_text, vectors FROM semantic_index_info('docs_mean')",
+            &[],
+        )
+        .unwrap();
+    let (long_text, vectors): (String, i64) = (info.get(0), info.get(1));
+    assert_eq!(
+        (long_text.as_str(), vectors),
+        ("mean", 3),
+        "one vector a row"
+    );
+    // Each row's distance is that of the mean of its windows, recomputed here from the
+    // encoder's windows and window vectors (normalised, as the model normalises).
+    semantic_encoder::init_runtime(&env().onnxruntime).unwrap();
+    let mut encoder = semantic_encoder::Encoder::load(
+        &env().model_dir.join("all-MiniLM-L6-v2"),
+        &semantic_encoder::EncoderOptions::default(),
+    )
+    .unwrap();
+    let q = "lighthouse keeper saves a whale";
+    let query = encoder
+        .encode(&[q], semantic_encoder::TextKind::Query)
+        .unwrap()
+        .remove(0);
+    for (id, body) in [(1, late.as_str()), (2, filler.as_str()), (3, short)] {
+        let windows = encoder
+            .tokenize_chunks(body, semantic_encoder::TextKind::Passage)
+            .unwrap();
+        assert_eq!(
+            windows.len() > 1,
+            id != 3,
+            "row {id}: {} windows",
+            windows.len()
+        );
+        let vectors = encoder.encode_token_ids(&windows).unwrap();
+        let mut mean = vec![0f32; query.len()];
+        for v in &vectors {
+            for (m, x) in mean.iter_mut().zip(v) {
+                *m += x / vectors.len() as f32;
+            }
+        }
+        let expected = 1.0 - semantic_encoder::cosine_similarity(&mean, &query);
+        let got: f64 = client
+            .query(
+                "SELECT id, body <=> $1 FROM docs ORDER BY body <=> $1 LIMIT 3",
+                &[&q],
+            )
+            .unwrap()
+            .iter()
+            .find(|r| r.get::<_, i32>(0) == id)
+            .unwrap()
+            .get(1);
+        assert!(
+            (got - expected).abs() < 1e-5,
+            "row {id}: index {got}, recomputed {expected}"
+        );
+    }
+}
+
+#[test]
 fn semantic_search_checks_privileges_and_row_security() {
     let (cluster, mut client) = setup("index_privileges");
     load_demo(&mut client);

@@ -20,6 +20,6 @@ pub use manifest::{
     compute_fingerprint, validate_model_name, Manifest, Pooling, Similarity, MANIFEST_FILE,
     MODEL_FILE, TOKENIZER_FILE,
 };
-pub use pooling::{cosine_similarity, l2_normalize, pool};
+pub use pooling::{cosine_similarity, l2_normalize, mean_of_windows, pool};
 pub use runtime::{init_runtime, ExecutionProvider};
 pub use st_folder::SentenceTransformersPipeline;

@@ -32,6 +32,22 @@ pub fn l2_normalize(v: &mut [f32]) {
     }
 }
 
+/// One vector for a long text from the vectors of its windows: their mean, L2-normalised when
+/// the model normalises (the "average of the passage's chunk embeddings").
+pub fn mean_of_windows(windows: &[Vec<f32>], normalize: bool) -> Vec<f32> {
+    let dim = windows.first().map_or(0, Vec::len);
+    let mut mean = vec![0f32; dim];
+    for w in windows {
+        mean.iter_mut().zip(w).for_each(|(m, x)| *m += x);
+    }
+    let n = windows.len().max(1) as f32;
+    mean.iter_mut().for_each(|m| *m /= n);
+    if normalize {
+        l2_normalize(&mut mean);
+    }
+    mean
+}
+
 /// Cosine similarity of two vectors, in f64; 0 when either is all zeros.
 pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
@@ -62,6 +78,15 @@ mod tests {
     fn cls_pooling_takes_first_token() {
         let hidden = [1.0, 2.0, 3.0, 4.0];
         assert_eq!(pool(Pooling::Cls, &hidden, &[1, 1], 2), vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn windows_average_then_normalise_as_the_model_says() {
+        let windows = [vec![1.0, 0.0], vec![0.0, 1.0], vec![1.0, 1.0]];
+        assert_eq!(mean_of_windows(&windows, false), vec![2.0 / 3.0, 2.0 / 3.0]);
+        let unit = mean_of_windows(&windows, true);
+        assert!((unit[0] - 0.5f32.sqrt()).abs() < 1e-6 && (unit[1] - 0.5f32.sqrt()).abs() < 1e-6);
+        assert_eq!(mean_of_windows(&windows[..1], false), vec![1.0, 0.0]);
     }
 
     #[test]

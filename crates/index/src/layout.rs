@@ -36,7 +36,7 @@ pub const NO_BLOCK: u32 = u32::MAX;
 pub enum ColumnKind {
     /// text/varchar, embedded with the index's model.
     Text,
-    /// real[], indexed as given.
+    /// real[] or pgvector's types, indexed as given.
     Vector,
 }
 
@@ -47,6 +47,8 @@ pub enum LongText {
     Truncate,
     /// Overlapping windows, one vector each, all under the row's TID.
     Chunks,
+    /// Overlapping windows, one vector for the row: their mean.
+    Mean,
 }
 
 impl LongText {
@@ -54,6 +56,7 @@ impl LongText {
         match s {
             "truncate" => Some(Self::Truncate),
             "chunks" => Some(Self::Chunks),
+            "mean" => Some(Self::Mean),
             _ => None,
         }
     }
