@@ -21,7 +21,7 @@ pub struct ImportArgs {
     onnx: Option<PathBuf>,
     /// Pooling of the token vectors: required for a folder without sentence-transformers
     /// modules, else it replaces the folder's.
-    #[arg(long, value_parser = ["mean", "cls"])]
+    #[arg(long, value_parser = ["mean", "cls", "max", "mean_sqrt_len"])]
     pooling: Option<String>,
     /// L2-normalise the vectors (a sentence-transformers folder says so with a Normalize module).
     #[arg(long)]
@@ -77,6 +77,8 @@ struct TransformerConfig {
 fn read_source(args: &ImportArgs) -> Result<Source> {
     let pooling = args.pooling.as_deref().map(|p| match p {
         "cls" => Pooling::Cls,
+        "max" => Pooling::Max,
+        "mean_sqrt_len" => Pooling::MeanSqrtLen,
         _ => Pooling::Mean,
     });
     if args.source.join("modules.json").exists() {
@@ -91,7 +93,7 @@ fn read_source(args: &ImportArgs) -> Result<Source> {
     }
     let Some(pooling) = pooling else {
         bail!(
-            "{} has no modules.json (not a sentence-transformers folder): give --pooling mean or cls, and --normalize if the model's vectors are normalised",
+            "{} has no modules.json (not a sentence-transformers folder): give --pooling (mean, cls, max or mean_sqrt_len), and --normalize if the model's vectors are normalised",
             args.source.display()
         );
     };

@@ -11,11 +11,18 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MODEL_FILE: &str = "model.onnx";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
+/// How token vectors become one vector, as sentence-transformers' Pooling modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Pooling {
+    /// The mean of the tokens' vectors.
     Mean,
+    /// The first token's vector.
     Cls,
+    /// Each dimension's largest value over the tokens.
+    Max,
+    /// The tokens' sum over the square root of their count.
+    MeanSqrtLen,
 }
 
 /// How the model's vectors are meant to be compared.

@@ -4,22 +4,36 @@ use crate::manifest::Pooling;
 /// sentence vector. `mask` marks real tokens (1) versus padding (0); mean pooling averages the
 /// real tokens only, as sentence-transformers does.
 pub fn pool(pooling: Pooling, hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+    let tokens = || {
+        hidden
+            .chunks_exact(dim)
+            .zip(mask)
+            .filter(|(_, &m)| m != 0)
+            .map(|(row, _)| row)
+    };
+    // sentence-transformers clamps the token count at 1e-9; with [CLS]/[SEP] always present
+    // the count is never zero, but keep the guard for foreign tokenizers.
+    let count = tokens().count().max(1) as f32;
+    let sum = || {
+        let mut sum = vec![0f32; dim];
+        for row in tokens() {
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        sum
+    };
     match pooling {
         Pooling::Cls => hidden[..dim].to_vec(),
-        Pooling::Mean => {
-            let mut sum = vec![0f32; dim];
-            let mut count = 0usize;
-            for (row, &m) in hidden.chunks_exact(dim).zip(mask) {
-                if m != 0 {
-                    count += 1;
-                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                }
+        Pooling::Mean => sum().into_iter().map(|s| s / count).collect(),
+        Pooling::MeanSqrtLen => sum().into_iter().map(|s| s / count.sqrt()).collect(),
+        Pooling::Max => {
+            let mut max = vec![f32::NEG_INFINITY; dim];
+            for row in tokens() {
+                max.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(*v));
             }
-            // sentence-transformers clamps the token count at 1e-9; with [CLS]/[SEP] always
-            // present the count is never zero, but keep the guard for foreign tokenizers.
-            let count = count.max(1) as f32;
-            sum.iter_mut().for_each(|s| *s /= count);
-            sum
+            // No token at all (never with [CLS]/[SEP]): zeros rather than -inf.
+            max.into_iter()
+                .map(|m| if m.is_finite() { m } else { 0.0 })
+                .collect()
         }
     }
 }
@@ -72,6 +86,15 @@ mod tests {
     fn mean_pooling_ignores_padding() {
         let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
         assert_eq!(pool(Pooling::Mean, &hidden, &[1, 1, 0], 2), vec![2.0, 3.0]);
+    }
+
+    #[test]
+    fn max_and_mean_sqrt_len_pooling_ignore_padding() {
+        let hidden = [1.0, 5.0, 3.0, -2.0, 100.0, 100.0];
+        assert_eq!(pool(Pooling::Max, &hidden, &[1, 1, 0], 2), vec![3.0, 5.0]);
+        let v = pool(Pooling::MeanSqrtLen, &hidden, &[1, 1, 0], 2);
+        let root2 = 2f32.sqrt();
+        assert!((v[0] - 4.0 / root2).abs() < 1e-6 && (v[1] - 3.0 / root2).abs() < 1e-6);
     }
 
     #[test]

@@ -37,6 +37,10 @@ struct PoolingConfig {
     pooling_mode_max_tokens: bool,
     #[serde(default)]
     pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
 }
 
 #[derive(Deserialize)]
@@ -68,8 +72,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, EncoderErro
 }
 
 impl SentenceTransformersPipeline {
-    /// Reads the folder `root`. Supported: a Transformer, then Pooling (mean or CLS), then
-    /// optionally Normalize.
+    /// Reads the folder `root`. Supported: a Transformer, then Pooling (mean, CLS, max or
+    /// mean-sqrt-len), then optionally Normalize.
     pub fn read(root: &Path) -> Result<Self, EncoderError> {
         let modules: Vec<Module> = read_json(&root.join("modules.json"))?;
         if let Some(other) = modules.iter().find(|m| {
@@ -98,17 +102,28 @@ impl SentenceTransformersPipeline {
 
         let pooling: PoolingConfig =
             read_json(&root.join(&pooling_module.path).join("config.json"))?;
-        let pooling = match (
-            pooling.pooling_mode_mean_tokens,
-            pooling.pooling_mode_cls_token,
-            pooling.pooling_mode_max_tokens || pooling.pooling_mode_mean_sqrt_len_tokens,
-        ) {
-            (true, false, false) => Pooling::Mean,
-            (false, true, false) => Pooling::Cls,
+        let modes = [
+            (pooling.pooling_mode_mean_tokens, Pooling::Mean),
+            (pooling.pooling_mode_cls_token, Pooling::Cls),
+            (pooling.pooling_mode_max_tokens, Pooling::Max),
+            (
+                pooling.pooling_mode_mean_sqrt_len_tokens,
+                Pooling::MeanSqrtLen,
+            ),
+        ];
+        let chosen: Vec<Pooling> = modes
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, p)| *p)
+            .collect();
+        let unsupported_mode =
+            pooling.pooling_mode_weightedmean_tokens || pooling.pooling_mode_lasttoken;
+        let pooling = match chosen.as_slice() {
+            [one] if !unsupported_mode => *one,
             _ => {
                 return Err(unsupported(
                     root,
-                    "pooling: only mean or CLS pooling (one of them) is supported",
+                    "pooling: one of mean, CLS, max or mean-sqrt-len (weighted mean, last token and several modes at once are not supported)",
                 ))
             }
         };
