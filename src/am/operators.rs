@@ -85,7 +85,7 @@ pub unsafe fn vector_metric(index: pg_sys::Relation, option: Option<IndexMetric>
         _ => None,
     };
     let metric = option.or(implied).unwrap_or(IndexMetric::L2);
-    if !metrics.contains(&metric) || implied.is_some_and(|i| i != metric) {
+    if !metrics.contains(&metric) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(

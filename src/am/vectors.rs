@@ -113,7 +113,12 @@ impl VectorType {
                     let raw = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *const u8;
                     let size = pgrx::varsize_any(raw as *const pg_sys::varlena);
                     let dim = usize::from(std::ptr::read_unaligned(raw.add(4) as *const u16));
-                    let width = if self == VectorType::PgVector { 4 } else { 2 };
+                    let (width, decode): (usize, fn(&[u8]) -> f32) = match self {
+                        VectorType::PgHalfvec => {
+                            (2, |b| half::f16::from_ne_bytes([b[0], b[1]]).to_f32())
+                        }
+                        _ => (4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+                    };
                     if size < 8 + dim * width {
                         raise(
                             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
@@ -121,19 +126,10 @@ impl VectorType {
                             None,
                         );
                     }
-                    let elements = std::slice::from_raw_parts(raw.add(8), dim * width);
-                    match self {
-                        VectorType::PgVector => elements
-                            .chunks_exact(4)
-                            .map(|b| f32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                            .collect(),
-                        _ => elements
-                            .chunks_exact(2)
-                            .map(|b| {
-                                half::f16::from_ne_bytes(b.try_into().expect("2 bytes")).to_f32()
-                            })
-                            .collect(),
-                    }
+                    std::slice::from_raw_parts(raw.add(8), dim * width)
+                        .chunks_exact(width)
+                        .map(decode)
+                        .collect()
                 }
             }
         }
