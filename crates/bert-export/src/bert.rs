@@ -1,7 +1,8 @@
-//! The encoder graph for BERT and MPNet: embeddings, `num_hidden_layers`
-//! identical transformer layers (one builder parameterised by [`Arch`]), no
-//! pooling. MPNet differs from BERT in weight names, position ids (derived
-//! from `input_ids != 1`, starting at 2), having no token types, and a
+//! The encoder graph for the BERT family: embeddings, `num_hidden_layers`
+//! identical transformer layers, no pooling. One builder, parameterised by
+//! [`Arch`]: the families differ only in weight names, in how positions are
+//! numbered (from 0, or after the padding id as RoBERTa and MPNet do), in
+//! token types (an input, a constant first row, or none), and in MPNet's
 //! relative position bias (T5-style buckets) added to the attention scores.
 //!
 //! The node pattern follows what PyTorch's exporter emits for Hugging Face
@@ -24,6 +25,8 @@ const MAX_INITIALIZER_BYTES: usize = (i32::MAX as usize) - (16 << 20);
 
 /// MPNet's hard-wired padding index (`MPNetEmbeddings.padding_idx`).
 const MPNET_PADDING_IDX: i64 = 1;
+/// RoBERTa's padding index when config.json does not give `pad_token_id`.
+const ROBERTA_DEFAULT_PADDING_IDX: i64 = 1;
 /// Buckets and distance of MPNet's `relative_position_bucket` (fixed in HF).
 const MPNET_NUM_BUCKETS: usize = 32;
 const MPNET_MAX_DISTANCE: usize = 128;
@@ -32,51 +35,121 @@ const MPNET_MAX_DISTANCE: usize = 128;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Arch {
     Bert,
+    DistilBert,
+    /// RoBERTa, XLM-RoBERTa and CamemBERT: BERT's layers, RoBERTa's positions.
+    Roberta,
     MPNet,
 }
 
-/// Weight names of one attention block, relative to `encoder.layer.{i}.`.
-struct AttentionNames {
+/// How position ids are numbered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Positions {
+    /// `0..sequence_length`.
+    FromZero,
+    /// `padding_idx + 1, padding_idx + 2, ...` over the non-padding tokens
+    /// (`create_position_ids_from_input_ids`).
+    AfterPadding(i64),
+}
+
+/// How token types enter the embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenTypes {
+    /// A `token_type_ids` graph input (BERT).
+    Input,
+    /// Always type 0: the table's first row, no input (RoBERTa; optimum's
+    /// export has no such input either).
+    FirstRow,
+    /// No token type table at all.
+    Absent,
+}
+
+/// Weight names of one layer, relative to `{layers}.{i}.`.
+struct LayerNames {
+    layers: &'static str,
     query: &'static str,
     key: &'static str,
     value: &'static str,
-    output: &'static str,
-    layer_norm: &'static str,
+    attention_output: &'static str,
+    attention_norm: &'static str,
+    ffn_in: &'static str,
+    ffn_out: &'static str,
+    output_norm: &'static str,
 }
+
+const BERT_LAYER: LayerNames = LayerNames {
+    layers: "encoder.layer",
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    ffn_in: "intermediate.dense",
+    ffn_out: "output.dense",
+    output_norm: "output.LayerNorm",
+};
 
 impl Arch {
     pub(crate) fn from_model_type(model_type: &str) -> Option<Arch> {
         match model_type {
             "bert" => Some(Arch::Bert),
+            "distilbert" => Some(Arch::DistilBert),
+            "roberta" | "xlm-roberta" | "camembert" => Some(Arch::Roberta),
             "mpnet" => Some(Arch::MPNet),
             _ => None,
         }
     }
 
-    /// Prefixes accepted in front of the base-model weight names.
+    /// Prefixes accepted in front of the base-model weight names (a
+    /// `*ForMaskedLM` checkpoint keeps the encoder under its family's name).
     fn prefixes(self) -> &'static [&'static str] {
         match self {
             Arch::Bert => &["", "bert."],
+            Arch::DistilBert => &["", "distilbert."],
+            Arch::Roberta => &["", "roberta."],
             Arch::MPNet => &["", "mpnet."],
         }
     }
 
-    fn attention_names(self) -> AttentionNames {
+    fn layer_names(self) -> LayerNames {
         match self {
-            Arch::Bert => AttentionNames {
-                query: "attention.self.query",
-                key: "attention.self.key",
-                value: "attention.self.value",
-                output: "attention.output.dense",
-                layer_norm: "attention.output.LayerNorm",
-            },
-            Arch::MPNet => AttentionNames {
+            Arch::Bert | Arch::Roberta => BERT_LAYER,
+            Arch::MPNet => LayerNames {
                 query: "attention.attn.q",
                 key: "attention.attn.k",
                 value: "attention.attn.v",
-                output: "attention.attn.o",
-                layer_norm: "attention.LayerNorm",
+                attention_output: "attention.attn.o",
+                attention_norm: "attention.LayerNorm",
+                ..BERT_LAYER
             },
+            Arch::DistilBert => LayerNames {
+                layers: "transformer.layer",
+                query: "attention.q_lin",
+                key: "attention.k_lin",
+                value: "attention.v_lin",
+                attention_output: "attention.out_lin",
+                attention_norm: "sa_layer_norm",
+                ffn_in: "ffn.lin1",
+                ffn_out: "ffn.lin2",
+                output_norm: "output_layer_norm",
+            },
+        }
+    }
+
+    fn positions(self, cfg: &BertConfig) -> Positions {
+        match self {
+            Arch::Bert | Arch::DistilBert => Positions::FromZero,
+            Arch::Roberta => {
+                Positions::AfterPadding(cfg.pad_token_id.unwrap_or(ROBERTA_DEFAULT_PADDING_IDX))
+            }
+            Arch::MPNet => Positions::AfterPadding(MPNET_PADDING_IDX),
+        }
+    }
+
+    fn token_types(self) -> TokenTypes {
+        match self {
+            Arch::Bert => TokenTypes::Input,
+            Arch::Roberta => TokenTypes::FirstRow,
+            Arch::DistilBert | Arch::MPNet => TokenTypes::Absent,
         }
     }
 }
@@ -187,6 +260,20 @@ fn f32_le_bytes<'a>(
             })
         }
     })
+}
+
+/// DistilBERT's fixed position table: for position `p` and column `j`,
+/// `p / 10000^(2 * (j / 2) / dim)`, sine in even columns and cosine in odd ones
+/// (computed in f64 and rounded, as transformers does with numpy).
+fn sinusoidal_positions(rows: usize, dim: usize) -> Vec<f32> {
+    let mut table = Vec::with_capacity(rows * dim);
+    for p in 0..rows {
+        for j in 0..dim {
+            let angle = p as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+            table.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
+        }
+    }
+    table
 }
 
 /// Transposes a row-major `[rows, cols]` matrix of 4-byte elements.
@@ -322,82 +409,98 @@ impl Exporter<'_> {
         Ok(init)
     }
 
-    /// BERT: word + token_type + position embeddings (positions
-    /// `0..sequence_length`), then LayerNorm.
-    fn bert_embeddings(
+    /// The position table: `embeddings.position_embeddings.weight`, or for
+    /// DistilBERT with `sinusoidal_pos_embds` and no stored table, the waves
+    /// transformers' `create_sinusoidal_embeddings` fills it with.
+    fn position_table(&mut self) -> Result<String, ExportError> {
+        let (rows, dim) = (self.cfg.max_position_embeddings, self.cfg.hidden_size);
+        let name = "embeddings.position_embeddings.weight";
+        let stored = self.w.get(name, &[rows, dim]);
+        if let (Err(ExportError::MissingTensor { .. }), true) =
+            (&stored, self.cfg.sinusoidal_pos_embds)
+        {
+            let table = sinusoidal_positions(rows, dim);
+            let raw = table.iter().flat_map(|v| v.to_le_bytes()).collect();
+            return Ok(self.g.init_f32_raw(name, &[rows, dim], raw));
+        }
+        let init = self
+            .g
+            .init_f32_raw(name, &[rows, dim], stored?.into_owned());
+        self.check_size()?;
+        Ok(init)
+    }
+
+    /// Word + token type + position embeddings, then LayerNorm; token types
+    /// and positions as the family has them.
+    fn embeddings(
         &mut self,
         input_ids: &str,
-        token_type_ids: &str,
+        token_type_ids: Option<&str>,
     ) -> Result<String, ExportError> {
         let cfg = self.cfg;
         let scope = "/embeddings";
         let word = self.embedding_table("word_embeddings", cfg.vocab_size)?;
-        let token_type = self.embedding_table("token_type_embeddings", cfg.type_vocab_size)?;
-        let position = self.embedding_table("position_embeddings", cfg.max_position_embeddings)?;
+        let token_types = match self.arch.token_types() {
+            TokenTypes::Absent => None,
+            _ => Some(self.embedding_table("token_type_embeddings", cfg.type_vocab_size)?),
+        };
+        let position = self.position_table()?;
 
         let g = &mut self.g;
-        let w = g.node(
+        let mut sum = g.node(
             scope,
             "Gather",
             &[&word, input_ids],
             vec![attr_int("axis", 0)],
         );
-        let t = g.node(
-            scope,
-            "Gather",
-            &[&token_type, token_type_ids],
-            vec![attr_int("axis", 0)],
-        );
-        let sum = g.node(scope, "Add", &[&w, &t], vec![]);
-        // Position ids are 0..sequence_length: take the first rows of the table.
-        let seq_len = g.node(
-            scope,
-            "Shape",
-            &[input_ids],
-            vec![attr_int("start", 1), attr_int("end", 2)],
-        );
-        let zero = g.const_i64s("zero_1d", &[0]);
-        let p = g.node(scope, "Slice", &[&position, &zero, &seq_len, &zero], vec![]);
+        if let Some(table) = token_types {
+            let t = match token_type_ids {
+                Some(ids) => g.node(scope, "Gather", &[&table, ids], vec![attr_int("axis", 0)]),
+                // Type 0 for every token: the first row, broadcast.
+                None => {
+                    let zero = g.const_i64s("zero_1d", &[0]);
+                    let one = g.const_i64s("one_1d", &[1]);
+                    g.node(scope, "Slice", &[&table, &zero, &one, &zero], vec![])
+                }
+            };
+            sum = g.node(scope, "Add", &[&sum, &t], vec![]);
+        }
+        let p = match self.arch.positions(cfg) {
+            Positions::FromZero => {
+                // Positions 0..sequence_length: the first rows of the table.
+                let seq_len = g.node(
+                    scope,
+                    "Shape",
+                    &[input_ids],
+                    vec![attr_int("start", 1), attr_int("end", 2)],
+                );
+                let zero = g.const_i64s("zero_1d", &[0]);
+                g.node(scope, "Slice", &[&position, &zero, &seq_len, &zero], vec![])
+            }
+            Positions::AfterPadding(padding_idx) => {
+                // cumsum(ids != pad) * (ids != pad) + pad
+                let pad = g.const_i64s(&format!("padding_idx_{padding_idx}"), &[padding_idx]);
+                let is_pad = g.node(scope, "Equal", &[input_ids, &pad], vec![]);
+                let not_pad = g.node(scope, "Not", &[&is_pad], vec![]);
+                let mask = g.node(
+                    scope,
+                    "Cast",
+                    &[&not_pad],
+                    vec![attr_int("to", data_type::INT64 as i64)],
+                );
+                let axis = g.scalar_i64("axis_1_scalar", 1);
+                let cum = g.node(scope, "CumSum", &[&mask, &axis], vec![]);
+                let cum = g.node(scope, "Mul", &[&cum, &mask], vec![]);
+                let position_ids = g.node(scope, "Add", &[&cum, &pad], vec![]);
+                g.node(
+                    scope,
+                    "Gather",
+                    &[&position, &position_ids],
+                    vec![attr_int("axis", 0)],
+                )
+            }
+        };
         let sum = g.node(scope, "Add", &[&sum, &p], vec![]);
-        self.layer_norm(scope, "embeddings.LayerNorm", &sum, None)
-    }
-
-    /// MPNet: word + position embeddings, then LayerNorm. Position ids follow
-    /// `create_position_ids_from_input_ids`: `cumsum(ids != 1) * (ids != 1) + 1`.
-    fn mpnet_embeddings(&mut self, input_ids: &str) -> Result<String, ExportError> {
-        let cfg = self.cfg;
-        let scope = "/embeddings";
-        let word = self.embedding_table("word_embeddings", cfg.vocab_size)?;
-        let position = self.embedding_table("position_embeddings", cfg.max_position_embeddings)?;
-
-        let g = &mut self.g;
-        let pad = g.const_i64s("mpnet_padding_idx", &[MPNET_PADDING_IDX]);
-        let is_pad = g.node(scope, "Equal", &[input_ids, &pad], vec![]);
-        let not_pad = g.node(scope, "Not", &[&is_pad], vec![]);
-        let mask = g.node(
-            scope,
-            "Cast",
-            &[&not_pad],
-            vec![attr_int("to", data_type::INT64 as i64)],
-        );
-        let axis = g.scalar_i64("axis_1_scalar", 1);
-        let cum = g.node(scope, "CumSum", &[&mask, &axis], vec![]);
-        let cum = g.node(scope, "Mul", &[&cum, &mask], vec![]);
-        let position_ids = g.node(scope, "Add", &[&cum, &pad], vec![]);
-
-        let w = g.node(
-            scope,
-            "Gather",
-            &[&word, input_ids],
-            vec![attr_int("axis", 0)],
-        );
-        let p = g.node(
-            scope,
-            "Gather",
-            &[&position, &position_ids],
-            vec![attr_int("axis", 0)],
-        );
-        let sum = g.node(scope, "Add", &[&w, &p], vec![]);
         self.layer_norm(scope, "embeddings.LayerNorm", &sum, None)
     }
 
@@ -487,11 +590,11 @@ impl Exporter<'_> {
     ) -> Result<String, ExportError> {
         let cfg = self.cfg;
         let (h, n, d) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim());
-        let p = format!("encoder.layer.{i}");
+        let names = self.arch.layer_names();
+        let p = format!("{}.{i}", names.layers);
         let s = format!("/encoder/layer.{i}");
         let att = format!("{s}/attention/self");
 
-        let names = self.arch.attention_names();
         let heads_shape = self
             .g
             .const_i64s("shape_heads", &[0, 0, n as i64, d as i64]);
@@ -527,14 +630,25 @@ impl Exporter<'_> {
         let ctx = g.node(&att, "Reshape", &[&ctx, &hidden_shape], vec![]);
 
         let out_scope = format!("{s}/attention/output");
-        let o = self.linear(&out_scope, &format!("{p}.{}", names.output), h, h, &ctx)?;
+        let o = self.linear(
+            &out_scope,
+            &format!("{p}.{}", names.attention_output),
+            h,
+            h,
+            &ctx,
+        )?;
         let o = self.g.node(&out_scope, "Add", &[&o, x], vec![]);
-        let a = self.layer_norm(&out_scope, &format!("{p}.{}", names.layer_norm), &o, None)?;
+        let a = self.layer_norm(
+            &out_scope,
+            &format!("{p}.{}", names.attention_norm),
+            &o,
+            None,
+        )?;
 
         let inter_scope = format!("{s}/intermediate");
         let f = self.linear(
             &inter_scope,
-            &format!("{p}.intermediate.dense"),
+            &format!("{p}.{}", names.ffn_in),
             h,
             cfg.intermediate_size,
             &a,
@@ -543,13 +657,18 @@ impl Exporter<'_> {
         let ffn_scope = format!("{s}/output");
         let f = self.linear(
             &ffn_scope,
-            &format!("{p}.output.dense"),
+            &format!("{p}.{}", names.ffn_out),
             cfg.intermediate_size,
             h,
             &f,
         )?;
         let f = self.g.node(&ffn_scope, "Add", &[&f, &a], vec![]);
-        self.layer_norm(&ffn_scope, &format!("{p}.output.LayerNorm"), &f, output)
+        self.layer_norm(
+            &ffn_scope,
+            &format!("{p}.{}", names.output_norm),
+            &f,
+            output,
+        )
     }
 }
 
@@ -574,9 +693,9 @@ pub(crate) fn build_model(
     ];
     let input_ids = ex.g.input("input_ids", data_type::INT64, &batch_seq);
     let attention_mask = ex.g.input("attention_mask", data_type::INT64, &batch_seq);
-    // MPNet has no token types; like optimum's export its graph has no such input.
-    let token_type_ids =
-        (arch == Arch::Bert).then(|| ex.g.input("token_type_ids", data_type::INT64, &batch_seq));
+    // Like optimum's exports, only a family that reads token types takes them as an input.
+    let token_type_ids = (arch.token_types() == TokenTypes::Input)
+        .then(|| ex.g.input("token_type_ids", data_type::INT64, &batch_seq));
     ex.g.output(
         OUTPUT,
         data_type::FLOAT,
@@ -587,20 +706,14 @@ pub(crate) fn build_model(
         ],
     );
 
-    let (mut x, bias) = match token_type_ids {
-        Some(token_type_ids) => {
-            let x = ex.bert_embeddings(&input_ids, &token_type_ids)?;
-            (x, ex.mask_bias(&attention_mask))
-        }
-        None => {
-            let x = ex.mpnet_embeddings(&input_ids)?;
-            let position_bias = ex.mpnet_position_bias(&input_ids)?;
-            let mask = ex.mask_bias(&attention_mask);
-            // [1, heads, S, S] + [B, 1, 1, S], computed once for all layers.
-            let bias =
-                ex.g.node("/encoder", "Add", &[&position_bias, &mask], vec![]);
-            (x, bias)
-        }
+    let mut x = ex.embeddings(&input_ids, token_type_ids.as_deref())?;
+    let mask = ex.mask_bias(&attention_mask);
+    let bias = if arch == Arch::MPNet {
+        let position_bias = ex.mpnet_position_bias(&input_ids)?;
+        // [1, heads, S, S] + [B, 1, 1, S], computed once for all layers.
+        ex.g.node("/encoder", "Add", &[&position_bias, &mask], vec![])
+    } else {
+        mask
     };
     for i in 0..cfg.num_hidden_layers {
         let last = i + 1 == cfg.num_hidden_layers;

@@ -1,4 +1,5 @@
-//! `config.json` of a Hugging Face BERT-family model.
+//! `config.json` of a Hugging Face BERT-family model (BERT, DistilBERT, RoBERTa, XLM-RoBERTa,
+//! CamemBERT, MPNet).
 
 use std::path::Path;
 
@@ -7,22 +8,31 @@ use serde::Deserialize;
 use crate::ExportError;
 
 /// Model types `export_onnx` can build a graph for.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "mpnet"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "mpnet",
+];
 
 /// Activation names (`hidden_act`) the exporter supports.
 pub const SUPPORTED_ACTIVATIONS: &[&str] = &["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"];
 
-/// The fields of a Hugging Face `BertConfig` (or `MPNetConfig`) that matter
-/// for inference. Missing fields take the defaults of `transformers.BertConfig`.
+/// The fields of a Hugging Face `BertConfig` (or the config of another family above) that
+/// matter for inference. Missing fields take the defaults of `transformers.BertConfig`.
+/// DistilBERT names its sizes differently (`dim`, `n_layers`, `n_heads`, `hidden_dim`,
+/// `activation`): they are read as aliases.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct BertConfig {
-    #[serde(default = "d_hidden_size")]
+    #[serde(default = "d_hidden_size", alias = "dim")]
     pub hidden_size: usize,
-    #[serde(default = "d_num_hidden_layers")]
+    #[serde(default = "d_num_hidden_layers", alias = "n_layers")]
     pub num_hidden_layers: usize,
-    #[serde(default = "d_num_attention_heads")]
+    #[serde(default = "d_num_attention_heads", alias = "n_heads")]
     pub num_attention_heads: usize,
-    #[serde(default = "d_intermediate_size")]
+    #[serde(default = "d_intermediate_size", alias = "hidden_dim")]
     pub intermediate_size: usize,
     #[serde(default = "d_vocab_size")]
     pub vocab_size: usize,
@@ -32,7 +42,7 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     #[serde(default = "d_layer_norm_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "d_hidden_act")]
+    #[serde(default = "d_hidden_act", alias = "activation")]
     pub hidden_act: String,
     /// Empty when `config.json` has no `model_type`; [`BertConfig::from_file`]
     /// then infers it from `architectures` (e.g. `BertModel` -> `bert`).
@@ -46,6 +56,13 @@ pub struct BertConfig {
     /// MPNet only: rows of `encoder.relative_attention_bias`.
     #[serde(default = "d_relative_attention_num_buckets")]
     pub relative_attention_num_buckets: usize,
+    /// The padding token: RoBERTa-style models number positions after it.
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    /// DistilBERT only: the position table is fixed sine/cosine waves (still stored in most
+    /// checkpoints; computed when it is not).
+    #[serde(default)]
+    pub sinusoidal_pos_embds: bool,
 }
 
 fn d_relative_attention_num_buckets() -> usize {
@@ -94,9 +111,12 @@ impl BertConfig {
                 source,
             })?;
         if cfg.model_type.is_empty() {
+            // `XLMRobertaModel` starts with "xlm-roberta" once the dash is dropped.
             let inferred = cfg.architectures.iter().find_map(|a| {
                 let a = a.to_ascii_lowercase();
-                SUPPORTED_MODEL_TYPES.iter().find(|t| a.starts_with(*t))
+                SUPPORTED_MODEL_TYPES
+                    .iter()
+                    .find(|t| a.starts_with(&t.replace('-', "")))
             });
             if let Some(t) = inferred {
                 cfg.model_type = t.to_string();

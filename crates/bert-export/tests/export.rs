@@ -109,28 +109,73 @@ fn run(session: &mut Session, batch: &Batch, pad_id: i64) -> (Vec<i64>, Vec<f32>
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Family {
     Bert,
+    DistilBert,
+    /// RoBERTa and XLM-RoBERTa (the same network under two model types).
+    Roberta,
     MPNet,
 }
 
+/// Weight names of one family's layer `{layers}.{i}`.
+struct LayerNames {
+    layers: &'static str,
+    query: &'static str,
+    key: &'static str,
+    value: &'static str,
+    attention_output: &'static str,
+    attention_norm: &'static str,
+    ffn_in: &'static str,
+    ffn_out: &'static str,
+    output_norm: &'static str,
+}
+
 impl Family {
-    /// (query, key, value, attention output, attention LayerNorm) names.
-    fn attention_names(self) -> [&'static str; 5] {
+    fn names(self) -> LayerNames {
+        let bert = LayerNames {
+            layers: "encoder.layer",
+            query: "attention.self.query",
+            key: "attention.self.key",
+            value: "attention.self.value",
+            attention_output: "attention.output.dense",
+            attention_norm: "attention.output.LayerNorm",
+            ffn_in: "intermediate.dense",
+            ffn_out: "output.dense",
+            output_norm: "output.LayerNorm",
+        };
         match self {
-            Family::Bert => [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-                "attention.output.LayerNorm",
-            ],
-            Family::MPNet => [
-                "attention.attn.q",
-                "attention.attn.k",
-                "attention.attn.v",
-                "attention.attn.o",
-                "attention.LayerNorm",
-            ],
+            Family::Bert | Family::Roberta => bert,
+            Family::MPNet => LayerNames {
+                query: "attention.attn.q",
+                key: "attention.attn.k",
+                value: "attention.attn.v",
+                attention_output: "attention.attn.o",
+                attention_norm: "attention.LayerNorm",
+                ..bert
+            },
+            Family::DistilBert => LayerNames {
+                layers: "transformer.layer",
+                query: "attention.q_lin",
+                key: "attention.k_lin",
+                value: "attention.v_lin",
+                attention_output: "attention.out_lin",
+                attention_norm: "sa_layer_norm",
+                ffn_in: "ffn.lin1",
+                ffn_out: "ffn.lin2",
+                output_norm: "output_layer_norm",
+            },
         }
+    }
+
+    /// The first position id of a sequence without padding (RoBERTa and MPNet
+    /// count from padding_idx + 1 = 2).
+    fn first_position(self) -> usize {
+        match self {
+            Family::Bert | Family::DistilBert => 0,
+            Family::Roberta | Family::MPNet => 2,
+        }
+    }
+
+    fn has_token_types(self) -> bool {
+        matches!(self, Family::Bert | Family::Roberta)
     }
 }
 
@@ -146,6 +191,8 @@ struct TinyConfig {
     type_vocab: usize,
     eps: f64,
     act: &'static str,
+    /// DistilBERT: sine/cosine positions, left out of model.safetensors.
+    sinusoidal: bool,
 }
 
 const TINY: TinyConfig = TinyConfig {
@@ -159,6 +206,7 @@ const TINY: TinyConfig = TinyConfig {
     type_vocab: 2,
     eps: 1e-12,
     act: "gelu",
+    sinusoidal: false,
 };
 
 /// A tiny MPNet; positions long enough that relative distances reach the
@@ -170,8 +218,50 @@ const TINY_MPNET: TinyConfig = TinyConfig {
     ..TINY
 };
 
+/// A tiny DistilBERT (its LayerNorm epsilon is fixed at 1e-12).
+const TINY_DISTILBERT: TinyConfig = TinyConfig {
+    family: Family::DistilBert,
+    ..TINY
+};
+
+/// A tiny RoBERTa: one token type, positions after padding_idx 1.
+const TINY_ROBERTA: TinyConfig = TinyConfig {
+    family: Family::Roberta,
+    max_pos: 66,
+    type_vocab: 1,
+    eps: 1e-5,
+    ..TINY
+};
+
 impl TinyConfig {
+    fn model_type(&self) -> &'static str {
+        match self.family {
+            Family::Bert => "bert",
+            Family::DistilBert => "distilbert",
+            Family::Roberta => "roberta",
+            Family::MPNet => "mpnet",
+        }
+    }
+
     fn json(&self, model_type: &str) -> String {
+        if self.family == Family::DistilBert {
+            // DistilBertConfig's own field names.
+            return serde_json::json!({
+                "architectures": ["DistilBertModel"],
+                "model_type": model_type,
+                "dim": self.hidden,
+                "n_layers": self.layers,
+                "n_heads": self.heads,
+                "hidden_dim": self.inter,
+                "vocab_size": self.vocab,
+                "max_position_embeddings": self.max_pos,
+                "activation": self.act,
+                "sinusoidal_pos_embds": self.sinusoidal,
+                "dropout": 0.1,
+                "pad_token_id": 0,
+            })
+            .to_string();
+        }
         if self.family == Family::MPNet {
             return serde_json::json!({
                 "architectures": ["MPNetForMaskedLM"],
@@ -189,8 +279,12 @@ impl TinyConfig {
             })
             .to_string();
         }
+        let architecture = match self.family {
+            Family::Roberta => "RobertaModel",
+            _ => "BertModel",
+        };
         serde_json::json!({
-            "architectures": ["BertModel"],
+            "architectures": [architecture],
             "model_type": model_type,
             "hidden_size": self.hidden,
             "num_hidden_layers": self.layers,
@@ -202,7 +296,7 @@ impl TinyConfig {
             "layer_norm_eps": self.eps,
             "hidden_act": self.act,
             "hidden_dropout_prob": 0.1,
-            "pad_token_id": 0,
+            "pad_token_id": i64::from(self.family == Family::Roberta),
             "position_embedding_type": "absolute",
         })
         .to_string()
@@ -229,47 +323,51 @@ fn random_bert(cfg: &TinyConfig, seed: u64) -> Tensors {
         0.0,
         1.0,
     );
-    add(
-        "embeddings.position_embeddings.weight".into(),
-        vec![cfg.max_pos, h],
-        0.0,
-        0.5,
-    );
-    match cfg.family {
-        Family::Bert => add(
+    if !cfg.sinusoidal {
+        add(
+            "embeddings.position_embeddings.weight".into(),
+            vec![cfg.max_pos, h],
+            0.0,
+            0.5,
+        );
+    }
+    if cfg.family.has_token_types() {
+        add(
             "embeddings.token_type_embeddings.weight".into(),
             vec![cfg.type_vocab, h],
             0.0,
             0.5,
-        ),
-        Family::MPNet => add(
+        );
+    }
+    if cfg.family == Family::MPNet {
+        add(
             "encoder.relative_attention_bias.weight".into(),
             vec![32, cfg.heads],
             0.0,
             1.0,
-        ),
+        );
     }
     let ln = |add: &mut dyn FnMut(String, Vec<usize>, f32, f32), p: &str| {
         add(format!("{p}.weight"), vec![h], 1.0, 0.3);
         add(format!("{p}.bias"), vec![h], 0.0, 0.2);
     };
     ln(&mut add, "embeddings.LayerNorm");
+    let names = cfg.family.names();
     for l in 0..cfg.layers {
-        let p = format!("encoder.layer.{l}");
-        let [q, k, v, o, att_ln] = cfg.family.attention_names();
+        let p = format!("{}.{l}", names.layers);
         for (name, out, inp) in [
-            (q, h, h),
-            (k, h, h),
-            (v, h, h),
-            (o, h, h),
-            ("intermediate.dense", i, h),
-            ("output.dense", h, i),
+            (names.query, h, h),
+            (names.key, h, h),
+            (names.value, h, h),
+            (names.attention_output, h, h),
+            (names.ffn_in, i, h),
+            (names.ffn_out, h, i),
         ] {
             add(format!("{p}.{name}.weight"), vec![out, inp], 0.0, 0.4);
             add(format!("{p}.{name}.bias"), vec![out], 0.0, 0.2);
         }
-        ln(&mut add, &format!("{p}.{att_ln}"));
-        ln(&mut add, &format!("{p}.output.LayerNorm"));
+        ln(&mut add, &format!("{p}.{}", names.attention_norm));
+        ln(&mut add, &format!("{p}.{}", names.output_norm));
     }
     t
 }
@@ -330,11 +428,7 @@ fn write_safetensors(
 }
 
 fn write_model(dir: &Path, cfg: &TinyConfig, t: &Tensors, dtype: Dtype) {
-    let model_type = match cfg.family {
-        Family::Bert => "bert",
-        Family::MPNet => "mpnet",
-    };
-    std::fs::write(dir.join("config.json"), cfg.json(model_type)).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.json(cfg.model_type())).unwrap();
     write_safetensors(dir, t, |_| dtype, str::to_string);
 }
 
@@ -435,24 +529,47 @@ impl Reference<'_> {
             .collect()
     }
 
+    /// DistilBERT's sine/cosine table, from its definition:
+    /// angle(p, j) = p / 10000^(2 floor(j / 2) / dim); sin for even j, cos for odd.
+    fn sinusoidal(&self) -> Vec<f64> {
+        let h = self.cfg.hidden;
+        (0..self.cfg.max_pos * h)
+            .map(|k| {
+                let (p, j) = ((k / h) as f64, k % h);
+                let angle = p / 10000f64.powf((2 * (j / 2)) as f64 / h as f64);
+                if j % 2 == 0 {
+                    angle.sin()
+                } else {
+                    angle.cos()
+                }
+            })
+            .collect()
+    }
+
     /// Hidden states of one unpadded sequence: [len][hidden].
     fn forward(&self, ids: &[i64], types: &[i64]) -> Vec<Vec<f64>> {
         let h = self.cfg.hidden;
-        let mpnet = self.cfg.family == Family::MPNet;
+        let family = self.cfg.family;
+        let mpnet = family == Family::MPNet;
         let word = self.p("embeddings.word_embeddings.weight");
-        let pos = self.p("embeddings.position_embeddings.weight");
+        let pos = if self.cfg.sinusoidal {
+            self.sinusoidal()
+        } else {
+            self.p("embeddings.position_embeddings.weight")
+        };
+        let first = family.first_position();
         let emb: Vec<Vec<f64>> = ids
             .iter()
             .zip(types)
             .enumerate()
             .map(|(s, (&id, &ty))| {
                 let mut row: Vec<f64> = (0..h).map(|j| word[id as usize * h + j]).collect();
-                if mpnet {
-                    // No padding inside a sequence: MPNet positions start at 2.
-                    (0..h).for_each(|j| row[j] += pos[(s + 2) * h + j]);
-                } else {
+                (0..h).for_each(|j| row[j] += pos[(s + first) * h + j]);
+                if family.has_token_types() {
+                    // RoBERTa has one type: every token is type 0.
+                    let ty = if family == Family::Bert { ty } else { 0 };
                     let tt = &self.t["embeddings.token_type_embeddings.weight"].1;
-                    (0..h).for_each(|j| row[j] += pos[s * h + j] + tt[ty as usize * h + j] as f64);
+                    (0..h).for_each(|j| row[j] += tt[ty as usize * h + j] as f64);
                 }
                 row
             })
@@ -464,12 +581,12 @@ impl Reference<'_> {
         };
         let mut x = self.layer_norm(&emb, "embeddings.LayerNorm");
         let (heads, d) = (self.cfg.heads, h / self.cfg.heads);
+        let names = family.names();
         for l in 0..self.cfg.layers {
-            let p = format!("encoder.layer.{l}");
-            let [qn, kn, vn, on, lnn] = self.cfg.family.attention_names();
-            let q = self.linear(&x, &format!("{p}.{qn}"));
-            let k = self.linear(&x, &format!("{p}.{kn}"));
-            let v = self.linear(&x, &format!("{p}.{vn}"));
+            let p = format!("{}.{l}", names.layers);
+            let q = self.linear(&x, &format!("{p}.{}", names.query));
+            let k = self.linear(&x, &format!("{p}.{}", names.key));
+            let v = self.linear(&x, &format!("{p}.{}", names.value));
             let n = x.len();
             let mut ctx = vec![vec![0.0; h]; n];
             for hd in 0..heads {
@@ -494,15 +611,15 @@ impl Reference<'_> {
                     }
                 }
             }
-            let a = self.linear(&ctx, &format!("{p}.{on}"));
-            let a = self.layer_norm(&Self::add(&a, &x), &format!("{p}.{lnn}"));
-            let f = self.linear(&a, &format!("{p}.intermediate.dense"));
+            let a = self.linear(&ctx, &format!("{p}.{}", names.attention_output));
+            let a = self.layer_norm(&Self::add(&a, &x), &format!("{p}.{}", names.attention_norm));
+            let f = self.linear(&a, &format!("{p}.{}", names.ffn_in));
             let f: Vec<Vec<f64>> = f
                 .iter()
                 .map(|r| r.iter().map(|&z| activation(self.cfg.act, z)).collect())
                 .collect();
-            let f = self.linear(&f, &format!("{p}.output.dense"));
-            x = self.layer_norm(&Self::add(&f, &a), &format!("{p}.output.LayerNorm"));
+            let f = self.linear(&f, &format!("{p}.{}", names.ffn_out));
+            x = self.layer_norm(&Self::add(&f, &a), &format!("{p}.{}", names.output_norm));
         }
         x
     }
@@ -520,10 +637,7 @@ fn test_batches(cfg: &TinyConfig, seed: u64) -> Vec<Batch> {
         let types = (0..len).map(|i| i64::from(i >= split)).collect();
         (ids, types)
     };
-    let longest = match cfg.family {
-        Family::Bert => cfg.max_pos,
-        Family::MPNet => cfg.max_pos - 2, // positions start at 2
-    };
+    let longest = cfg.max_pos - cfg.family.first_position();
     [
         vec![7, 4],
         vec![5, 12, 1],
@@ -690,6 +804,126 @@ fn tiny_mpnet_matches_reference() {
         .map(|i| i.name.clone().unwrap())
         .collect();
     assert_eq!(inputs, ["input_ids", "attention_mask"]);
+}
+
+/// The graph's runtime inputs, in order.
+fn graph_inputs(dir: &Path) -> Vec<String> {
+    semantic_bert_export::read_graph_io(&export_onnx(dir).unwrap())
+        .unwrap()
+        .inputs
+}
+
+#[test]
+fn tiny_distilbert_matches_reference() {
+    for act in ["gelu", "relu"] {
+        let cfg = TinyConfig {
+            act,
+            ..TINY_DISTILBERT
+        };
+        let dir = temp_dir("distilbert");
+        let t = random_bert(&cfg, 11);
+        write_model(dir.path(), &cfg, &t, Dtype::F32);
+        let worst = check_against_reference(dir.path(), &cfg, &t);
+        println!("distilbert {act} max abs diff: {worst:e}");
+        assert_eq!(graph_inputs(dir.path()), ["input_ids", "attention_mask"]);
+    }
+
+    // `distilbert.`-prefixed names (DistilBertForMaskedLM) and a sinusoidal
+    // position table that the checkpoint does not store.
+    let cfg = TinyConfig {
+        sinusoidal: true,
+        ..TINY_DISTILBERT
+    };
+    let dir = temp_dir("distilbert-sinusoidal");
+    let t = random_bert(&cfg, 12);
+    assert!(!t.contains_key("embeddings.position_embeddings.weight"));
+    std::fs::write(dir.path().join("config.json"), cfg.json("distilbert")).unwrap();
+    write_safetensors(
+        dir.path(),
+        &t,
+        |_| Dtype::F32,
+        |n| format!("distilbert.{n}"),
+    );
+    check_against_reference(dir.path(), &cfg, &t);
+    // The same table is not taken for granted when the config says learned positions.
+    let learned = TinyConfig {
+        sinusoidal: false,
+        ..cfg
+    };
+    std::fs::write(dir.path().join("config.json"), learned.json("distilbert")).unwrap();
+    let e = expect_err(dir.path());
+    assert!(
+        matches!(e, ExportError::MissingTensor { ref name, .. } if name == "distilbert.embeddings.position_embeddings.weight"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn sinusoidal_reference_has_the_published_values() {
+    // Position 1: column 0 is sin(1), column 1 cos(1); position 0 alternates 0 and 1.
+    let cfg = TinyConfig {
+        sinusoidal: true,
+        ..TINY_DISTILBERT
+    };
+    let t = Tensors::new();
+    let table = Reference { cfg: &cfg, t: &t }.sinusoidal();
+    let h = cfg.hidden;
+    assert_eq!(&table[..4], &[0.0, 1.0, 0.0, 1.0]);
+    assert!((table[h] - 1f64.sin()).abs() < 1e-15);
+    assert!((table[h + 1] - 1f64.cos()).abs() < 1e-15);
+    // Column 2 of position 3: 3 / 10000^(2/32).
+    assert!((table[3 * h + 2] - (3.0 / 10000f64.powf(2.0 / 32.0)).sin()).abs() < 1e-15);
+}
+
+#[test]
+fn tiny_roberta_and_xlm_roberta_match_reference() {
+    for (model_type, prefix, dtype) in [
+        ("roberta", "", Dtype::F32),
+        ("xlm-roberta", "roberta.", Dtype::F16),
+        ("camembert", "roberta.", Dtype::F32),
+    ] {
+        let dir = temp_dir("roberta");
+        let mut t = random_bert(&TINY_ROBERTA, 13);
+        round_through(&mut t, dtype);
+        std::fs::write(
+            dir.path().join("config.json"),
+            TINY_ROBERTA.json(model_type),
+        )
+        .unwrap();
+        write_safetensors(dir.path(), &t, |_| dtype, |n| format!("{prefix}{n}"));
+        let worst = check_against_reference(dir.path(), &TINY_ROBERTA, &t);
+        println!("{model_type} max abs diff: {worst:e}");
+        // One token type, no input for it (as optimum's RoBERTa export).
+        assert_eq!(graph_inputs(dir.path()), ["input_ids", "attention_mask"]);
+    }
+}
+
+#[test]
+fn model_types_are_inferred_from_architectures() {
+    let dir = temp_dir("infer");
+    let p = dir.path().join("config.json");
+    for (architecture, model_type) in [
+        ("XLMRobertaModel", "xlm-roberta"),
+        ("RobertaForMaskedLM", "roberta"),
+        ("DistilBertModel", "distilbert"),
+        ("MPNetForMaskedLM", "mpnet"),
+        ("BertForMaskedLM", "bert"),
+    ] {
+        std::fs::write(&p, format!(r#"{{"architectures": ["{architecture}"]}}"#)).unwrap();
+        assert_eq!(BertConfig::from_file(&p).unwrap().model_type, model_type);
+    }
+    // DistilBERT's own names for the sizes.
+    std::fs::write(&p, TINY_DISTILBERT.json("distilbert")).unwrap();
+    let c = BertConfig::from_file(&p).unwrap();
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.intermediate_size
+        ),
+        (32, 2, 4, 64)
+    );
 }
 
 #[test]
