@@ -56,11 +56,7 @@ fn semantic_models() -> TableIterator<
                 m.dimension as i32,
                 format!("{:?}", m.similarity).to_lowercase(),
                 m.max_seq_length as i32,
-                // As the manifest spells it (mean, cls, max, mean_sqrt_len).
-                serde_json::to_value(m.pooling)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                m.pooling_name(),
                 m.normalize,
                 m.fingerprint,
                 is_loaded(&entry.file_name().to_string_lossy()),

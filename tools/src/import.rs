@@ -3,16 +3,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use semantic_encoder::{
-    compute_fingerprint, validate_model_name, Manifest, Pooling, SentenceTransformersPipeline,
-    Similarity, MODEL_FILE, TOKENIZER_FILE,
+    compute_fingerprint, validate_model_name, write_dense_file, DenseModule, Manifest, Pooling,
+    SentenceTransformersPipeline, Similarity, MODEL_FILE, TOKENIZER_FILE,
 };
 use serde::Deserialize;
 
 #[derive(Args)]
 pub struct ImportArgs {
     /// A sentence-transformers model folder (modules.json, config.json, model.safetensors or
-    /// onnx/model.onnx, tokenizer.json, 1_Pooling/config.json), or a folder with a ready-made
-    /// ONNX graph, config.json and tokenizer.json (an optimum export; give --pooling).
+    /// onnx/model.onnx, tokenizer.json, 1_Pooling/config.json, Dense modules if any), or a
+    /// folder with a ready-made ONNX graph, config.json and tokenizer.json (an optimum export;
+    /// give --pooling unless the graph pools inside).
     source: PathBuf,
     /// A ready-made ONNX graph to install instead of exporting the weights. Without it, the
     /// weights are exported when this project's exporter knows the architecture, else
@@ -20,7 +21,7 @@ pub struct ImportArgs {
     #[arg(long)]
     onnx: Option<PathBuf>,
     /// Pooling of the token vectors: required for a folder without sentence-transformers
-    /// modules, else it replaces the folder's.
+    /// modules, else it replaces the folder's; not for a graph that pools inside.
     #[arg(long, value_parser = ["mean", "cls", "max", "mean_sqrt_len"])]
     pooling: Option<String>,
     /// L2-normalise the vectors (a sentence-transformers folder says so with a Normalize module).
@@ -59,7 +60,9 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 struct Source {
     /// The folder with config.json and tokenizer.json.
     transformer_dir: PathBuf,
-    pooling: Pooling,
+    /// --pooling, else the folder's (none without sentence-transformers modules).
+    pooling: Option<Pooling>,
+    dense: Vec<DenseModule>,
     normalize: bool,
     /// sentence_bert_config.json's, if any.
     max_seq_length: Option<usize>,
@@ -70,6 +73,8 @@ struct Source {
 #[derive(Deserialize)]
 struct TransformerConfig {
     model_type: String,
+    /// DistilBERT's config.json calls it `dim`.
+    #[serde(alias = "dim")]
     hidden_size: Option<usize>,
     max_position_embeddings: Option<usize>,
 }
@@ -85,21 +90,17 @@ fn read_source(args: &ImportArgs) -> Result<Source> {
         let pipeline = SentenceTransformersPipeline::read(&args.source)?;
         return Ok(Source {
             transformer_dir: pipeline.transformer_dir,
-            pooling: pooling.unwrap_or(pipeline.pooling),
+            pooling: Some(pooling.unwrap_or(pipeline.pooling)),
+            dense: pipeline.dense,
             normalize: pipeline.normalize || args.normalize,
             max_seq_length: Some(pipeline.max_seq_length),
             similarity: pipeline.similarity,
         });
     }
-    let Some(pooling) = pooling else {
-        bail!(
-            "{} has no modules.json (not a sentence-transformers folder): give --pooling (mean, cls, max or mean_sqrt_len), and --normalize if the model's vectors are normalised",
-            args.source.display()
-        );
-    };
     Ok(Source {
         transformer_dir: args.source.clone(),
         pooling,
+        dense: Vec::new(),
         normalize: args.normalize,
         max_seq_length: None,
         similarity: Similarity::Cosine,
@@ -135,10 +136,29 @@ fn ready_made_graph(
     }
 }
 
+/// The graph output the encoder reads.
+struct VectorOutput {
+    /// Its name, when it is not the first output (which the encoder reads by default).
+    name: Option<String>,
+    /// Whether it holds pooled vectors, `[batch, hidden]`, rather than token vectors.
+    pooled: bool,
+    /// The vectors' width, when the graph states it.
+    width: Option<usize>,
+}
+
+/// Outputs read in preference to the first: sentence-transformers' exports that pool inside
+/// name the pooled one `sentence_embedding`, and optimum's put a `pooler_output` (not a
+/// sentence vector) beside `last_hidden_state`.
+const PREFERRED_OUTPUTS: [&str; 3] = [
+    "sentence_embedding",
+    "last_hidden_state",
+    "token_embeddings",
+];
+
 /// Checks that a ready-made graph takes what the encoder feeds (input_ids, attention_mask and
-/// optionally token_type_ids) and gives token vectors first; returns their width when the
-/// graph states it.
-fn check_graph(path: &Path, onnx: &[u8]) -> Result<Option<usize>> {
+/// optionally token_type_ids) and gives token vectors or pooled vectors; returns the output
+/// to read.
+fn check_graph(path: &Path, onnx: &[u8]) -> Result<VectorOutput> {
     let io = semantic_bert_export::read_graph_io(onnx)
         .with_context(|| format!("cannot read {}", path.display()))?;
     if io.external_data {
@@ -164,19 +184,75 @@ fn check_graph(path: &Path, onnx: &[u8]) -> Result<Option<usize>> {
             );
         }
     }
-    let first = io
+    let index = PREFERRED_OUTPUTS
+        .iter()
+        .find_map(|name| io.outputs.iter().position(|o| o.name == *name))
+        .unwrap_or(0);
+    let output = io
         .outputs
-        .first()
+        .get(index)
         .with_context(|| format!("{}: the graph has no output", path.display()))?;
-    if first.shape.len() != 3 {
-        bail!(
-            "{}: output {:?} has shape {:?}; the first output must be the token vectors [batch, sequence, hidden] (graphs that pool inside are not supported)",
+    let pooled = match output.shape.len() {
+        3 => false,
+        2 => true,
+        _ => bail!(
+            "{}: output {:?} has shape {:?}; the encoder reads token vectors [batch, sequence, hidden] or pooled vectors [batch, hidden]",
             path.display(),
-            first.name,
-            first.shape
-        );
+            output.name,
+            output.shape
+        ),
+    };
+    Ok(VectorOutput {
+        name: (index != 0).then(|| output.name.clone()),
+        pooled,
+        width: output.shape.last().copied().flatten().map(|d| d as usize),
+    })
+}
+
+/// The model's graph: the ready-made one, checked, or this project's export of the weights.
+fn load_graph(graph: Option<&Path>, source: &Source) -> Result<(Vec<u8>, VectorOutput)> {
+    match graph {
+        Some(path) => {
+            eprintln!("taking the ONNX graph {}", path.display());
+            let onnx =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let output = check_graph(path, &onnx)?;
+            Ok((onnx, output))
+        }
+        None => {
+            eprintln!("exporting {} to ONNX", source.transformer_dir.display());
+            let onnx = semantic_bert_export::export_onnx(&source.transformer_dir)?;
+            let output = VectorOutput {
+                name: None,
+                pooled: false,
+                width: None,
+            };
+            Ok((onnx, output))
+        }
     }
-    Ok(first.shape[2].map(|d| d as usize))
+}
+
+/// How the encoder pools the token vectors, as --pooling or the folder says; none when the
+/// graph pools inside.
+fn choose_pooling(
+    args: &ImportArgs,
+    source: &Source,
+    output: &VectorOutput,
+) -> Result<Option<Pooling>> {
+    if output.pooled {
+        if args.pooling.is_some() {
+            bail!(
+                "the graph pools inside (it gives [batch, hidden] vectors), so --pooling does not apply: leave it out"
+            );
+        }
+        return Ok(None);
+    }
+    source.pooling.map(Some).with_context(|| {
+        format!(
+            "{} has no modules.json (not a sentence-transformers folder) and its graph gives token vectors: give --pooling (mean, cls, max or mean_sqrt_len), and --normalize if the model's vectors are normalised",
+            args.source.display()
+        )
+    })
 }
 
 pub fn run(args: ImportArgs) -> Result<()> {
@@ -214,6 +290,28 @@ pub fn run(args: ImportArgs) -> Result<()> {
         bail!("config.json has no max_position_embeddings: give --max-seq-length");
     }
     let graph = ready_made_graph(&args, &source, &config.model_type)?;
+    let (onnx, output) = load_graph(graph.as_deref(), &source)?;
+    let pooling = choose_pooling(&args, &source, &output)?;
+    let graph_width = output
+        .width
+        .or(config.hidden_size)
+        .context("neither the graph nor config.json (hidden_size) says how wide the vectors are")?;
+    if let Some(first) = source.dense.first() {
+        if first.layer.in_features != graph_width {
+            bail!(
+                "the Dense module {} takes {} features, but the graph gives {graph_width}-wide vectors (a graph that applies the Dense layers itself cannot be combined with the folder's Dense modules)",
+                first.dir.display(),
+                first.layer.in_features
+            );
+        }
+    }
+    let tokenizer_src = source.transformer_dir.join(TOKENIZER_FILE);
+    if !tokenizer_src.exists() {
+        bail!(
+            "{} is missing (only fast tokenizers in tokenizer.json form are supported)",
+            tokenizer_src.display()
+        );
+    }
 
     // Build in a sibling folder and rename, so a running server never sees half a model.
     std::fs::create_dir_all(&args.model_dir)
@@ -226,38 +324,15 @@ pub fn run(args: ImportArgs) -> Result<()> {
     }
     std::fs::create_dir(&staging)?;
     let result = (|| -> Result<Manifest> {
-        let (onnx, graph_width) = match &graph {
-            Some(path) => {
-                eprintln!("taking the ONNX graph {}", path.display());
-                let onnx = std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let width = check_graph(path, &onnx)?;
-                (onnx, width)
-            }
-            None => {
-                eprintln!("exporting {} to ONNX", source.transformer_dir.display());
-                (
-                    semantic_bert_export::export_onnx(&source.transformer_dir)?,
-                    None,
-                )
-            }
-        };
         std::fs::write(staging.join(MODEL_FILE), onnx)?;
-        let tokenizer_src = source.transformer_dir.join(TOKENIZER_FILE);
-        if !tokenizer_src.exists() {
-            bail!(
-                "{} is missing (only fast tokenizers in tokenizer.json form are supported)",
-                tokenizer_src.display()
-            );
-        }
         write_tokenizer(
             &tokenizer_src,
             &staging.join(TOKENIZER_FILE),
             max_seq_length,
         )?;
-        let dimension = graph_width.or(config.hidden_size).context(
-            "neither the graph nor config.json (hidden_size) says how wide the vectors are",
-        )?;
+        if !source.dense.is_empty() {
+            write_dense_file(&source.dense, &staging)?;
+        }
         let mut manifest = Manifest {
             name: args.name.clone(),
             source: args
@@ -267,8 +342,13 @@ pub fn run(args: ImportArgs) -> Result<()> {
                 .display()
                 .to_string(),
             architecture: config.model_type.clone(),
-            dimension,
-            pooling: source.pooling,
+            dimension: source
+                .dense
+                .last()
+                .map_or(graph_width, |m| m.layer.out_features),
+            pooling,
+            output: output.name,
+            dense: source.dense.iter().map(|m| m.layer).collect(),
             normalize: source.normalize,
             max_seq_length,
             similarity,
@@ -291,11 +371,21 @@ pub fn run(args: ImportArgs) -> Result<()> {
         std::fs::remove_dir_all(&target)?;
     }
     std::fs::rename(&staging, &target)?;
+    let dense: String = manifest
+        .dense
+        .iter()
+        .map(|l| {
+            format!(
+                ", Dense {}->{} {:?}",
+                l.in_features, l.out_features, l.activation
+            )
+        })
+        .collect();
     eprintln!(
-        "installed {} ({}-d, {:?} pooling, max {} tokens, {:?}) in {}",
+        "installed {} ({}-d, {} pooling{dense}, max {} tokens, {:?}) in {}",
         manifest.name,
         manifest.dimension,
-        manifest.pooling,
+        manifest.pooling_name(),
         manifest.max_seq_length,
         manifest.similarity,
         target.display()
@@ -319,4 +409,416 @@ fn write_tokenizer(source: &Path, target: &Path, max_seq_length: usize) -> Resul
     tokenizer
         .save(target, false)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", target.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use prost::Message;
+    use safetensors::tensor::TensorView;
+    use semantic_bert_export::onnx_proto::*;
+    use semantic_encoder::{Activation, DenseLayer, Encoder, EncoderOptions, TextKind};
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: ImportArgs,
+    }
+
+    fn import(source: &Path, model_dir: &Path, name: &str, more: &[&str]) -> Result<Manifest> {
+        let argv = [
+            "import-model",
+            source.to_str().unwrap(),
+            "--name",
+            name,
+            "--model-dir",
+            model_dir.to_str().unwrap(),
+        ];
+        run(Command::try_parse_from(argv.iter().chain(more))?.args)?;
+        Ok(Manifest::load(&model_dir.join(name))?)
+    }
+
+    const VOCAB: [&str; 8] = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "red", "green", "blue", "sky",
+    ];
+    const HIDDEN: usize = 4;
+
+    /// The tiny model's token vectors: one fixed row per token id.
+    fn embedding(token: usize) -> Vec<f32> {
+        (0..HIDDEN)
+            .map(|h| ((token * 7 + h * 3) % 11) as f32 / 5.0 - 1.0)
+            .collect()
+    }
+
+    /// The tiny model's graph: each token's vector looked up, given as `last_hidden_state`;
+    /// with `pooled`, also their mean over the attention mask, given as a second output
+    /// `sentence_embedding` (as sentence-transformers' exports with pooling inside do).
+    fn graph(pooled: bool) -> Vec<u8> {
+        let value = |name: &str, elem_type: i32, dims: &[Option<i64>]| ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(elem_type),
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .enumerate()
+                            .map(|(i, d)| tensor_shape_proto::Dimension {
+                                value: Some(d.map_or_else(
+                                    || {
+                                        let symbol = ["batch", "sequence"][i];
+                                        tensor_shape_proto::dimension::Value::DimParam(
+                                            symbol.into(),
+                                        )
+                                    },
+                                    tensor_shape_proto::dimension::Value::DimValue,
+                                )),
+                                denotation: None,
+                            })
+                            .collect(),
+                    }),
+                })),
+                denotation: None,
+            }),
+            doc_string: None,
+        };
+        let node =
+            |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
+                input: inputs.iter().map(|i| i.to_string()).collect(),
+                output: vec![output.into()],
+                op_type: Some(op.into()),
+                attribute,
+                ..Default::default()
+            };
+        let int = |name: &str, value: i64| AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(attribute_type::INT),
+            i: Some(value),
+            ..Default::default()
+        };
+        let table: Vec<u8> = (0..VOCAB.len())
+            .flat_map(embedding)
+            .flat_map(f32::to_le_bytes)
+            .collect();
+        let tensor = |name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>| TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(data_type),
+            name: Some(name.into()),
+            raw_data: Some(raw),
+            ..Default::default()
+        };
+        let tokens = [None, None, Some(HIDDEN as i64)];
+        let mut graph = GraphProto {
+            input: vec![
+                value("input_ids", data_type::INT64, &[None, None]),
+                value("attention_mask", data_type::INT64, &[None, None]),
+            ],
+            output: vec![value("last_hidden_state", data_type::FLOAT, &tokens)],
+            initializer: vec![tensor(
+                "table",
+                &[VOCAB.len() as i64, HIDDEN as i64],
+                data_type::FLOAT,
+                table,
+            )],
+            node: vec![node(
+                "Gather",
+                &["table", "input_ids"],
+                "last_hidden_state",
+                vec![],
+            )],
+            ..Default::default()
+        };
+        if pooled {
+            let axis = |name: &str, axis: i64| {
+                tensor(name, &[1], data_type::INT64, axis.to_le_bytes().to_vec())
+            };
+            graph
+                .initializer
+                .extend([axis("last", -1), axis("tokens", 1)]);
+            graph.node.extend([
+                node(
+                    "Cast",
+                    &["attention_mask"],
+                    "mask",
+                    vec![int("to", data_type::FLOAT.into())],
+                ),
+                node("Unsqueeze", &["mask", "last"], "mask3", vec![]),
+                node("Mul", &["last_hidden_state", "mask3"], "masked", vec![]),
+                node(
+                    "ReduceSum",
+                    &["masked", "tokens"],
+                    "sum",
+                    vec![int("keepdims", 0)],
+                ),
+                node(
+                    "ReduceSum",
+                    &["mask3", "tokens"],
+                    "count",
+                    vec![int("keepdims", 0)],
+                ),
+                node("Div", &["sum", "count"], "sentence_embedding", vec![]),
+            ]);
+            graph.output.push(value(
+                "sentence_embedding",
+                data_type::FLOAT,
+                &[None, Some(HIDDEN as i64)],
+            ));
+        }
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// The Dense layers of the test folder: 4 -> 3 tanh with bias, then 3 -> 2 without.
+    fn dense_layers() -> [(DenseLayer, Vec<f32>, Vec<f32>); 2] {
+        [
+            (
+                DenseLayer {
+                    in_features: 4,
+                    out_features: 3,
+                    bias: true,
+                    activation: Activation::Tanh,
+                },
+                vec![
+                    0.5, -0.25, 1.0, 0.0, -1.0, 0.75, 0.5, 0.25, 0.1, 0.2, -0.3, 0.4,
+                ],
+                vec![0.1, -0.2, 0.3],
+            ),
+            (
+                DenseLayer {
+                    in_features: 3,
+                    out_features: 2,
+                    bias: false,
+                    activation: Activation::Identity,
+                },
+                vec![1.0, -0.5, 0.25, 0.5, 1.5, -1.0],
+                Vec::new(),
+            ),
+        ]
+    }
+
+    /// A sentence-transformers folder for the tiny model (mean pooling, the Dense layers,
+    /// Normalize), its graph in onnx/model.onnx.
+    fn st_folder(root: &Path, pooled: bool) -> PathBuf {
+        let dir = root.join(if pooled { "pooled-st" } else { "tokens-st" });
+        std::fs::create_dir_all(dir.join("onnx")).unwrap();
+        std::fs::write(dir.join("onnx/model.onnx"), graph(pooled)).unwrap();
+        let json = |path: &str, value: serde_json::Value| {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, value.to_string()).unwrap();
+        };
+        let vocab: serde_json::Map<String, serde_json::Value> = VOCAB
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.to_string(), id.into()))
+            .collect();
+        let special = |id: &str| serde_json::json!({"SpecialToken": {"id": id, "type_id": 0}});
+        let sequence = serde_json::json!({"Sequence": {"id": "A", "type_id": 0}});
+        json(
+            "tokenizer.json",
+            serde_json::json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "decoder": null,
+                "post_processor": {
+                    "type": "TemplateProcessing",
+                    "single": [special("[CLS]"), sequence, special("[SEP]")],
+                    "pair": [special("[CLS]"), sequence, special("[SEP]")],
+                    "special_tokens": {
+                        "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                        "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]},
+                    },
+                },
+                "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+            }),
+        );
+        json(
+            "config.json",
+            serde_json::json!({"model_type": "tiny", "hidden_size": HIDDEN, "max_position_embeddings": 16}),
+        );
+        json(
+            "sentence_bert_config.json",
+            serde_json::json!({"max_seq_length": 16}),
+        );
+        json(
+            "1_Pooling/config.json",
+            serde_json::json!({"word_embedding_dimension": HIDDEN, "pooling_mode_mean_tokens": true}),
+        );
+        let class = |name: &str| format!("sentence_transformers.models.{name}");
+        json(
+            "modules.json",
+            serde_json::json!([
+                {"idx": 0, "name": "0", "path": "", "type": class("Transformer")},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": class("Pooling")},
+                {"idx": 2, "name": "2", "path": "2_Dense", "type": class("Dense")},
+                {"idx": 3, "name": "3", "path": "3_Dense", "type": class("Dense")},
+                {"idx": 4, "name": "4", "path": "4_Normalize", "type": class("Normalize")},
+            ]),
+        );
+        for (i, (layer, weight, bias)) in dense_layers().into_iter().enumerate() {
+            let folder = format!("{}_Dense", i + 2);
+            let activation = match layer.activation {
+                Activation::Tanh => "torch.nn.modules.activation.Tanh",
+                _ => "torch.nn.modules.linear.Identity",
+            };
+            json(
+                &format!("{folder}/config.json"),
+                serde_json::json!({
+                    "in_features": layer.in_features, "out_features": layer.out_features,
+                    "bias": layer.bias, "activation_function": activation,
+                }),
+            );
+            let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+            let (weight, bias) = (bytes(&weight), bytes(&bias));
+            let mut tensors = vec![(
+                "linear.weight",
+                TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![layer.out_features, layer.in_features],
+                    &weight,
+                )
+                .unwrap(),
+            )];
+            if layer.bias {
+                tensors.push((
+                    "linear.bias",
+                    TensorView::new(safetensors::Dtype::F32, vec![layer.out_features], &bias)
+                        .unwrap(),
+                ));
+            }
+            safetensors::serialize_to_file(
+                tensors,
+                None,
+                &dir.join(folder).join("model.safetensors"),
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    /// What sentence-transformers computes for `tokens` (ids, special tokens included), in
+    /// float64: the mean of their vectors, the Dense layers, then normalisation.
+    fn expected(tokens: &[usize]) -> Vec<f64> {
+        let mut v = vec![0f64; HIDDEN];
+        for &t in tokens {
+            v.iter_mut()
+                .zip(embedding(t))
+                .for_each(|(s, x)| *s += f64::from(x) / tokens.len() as f64);
+        }
+        for (layer, weight, bias) in dense_layers() {
+            v = weight
+                .chunks_exact(layer.in_features)
+                .enumerate()
+                .map(|(o, row)| {
+                    let y = row
+                        .iter()
+                        .zip(&v)
+                        .map(|(w, x)| f64::from(*w) * x)
+                        .sum::<f64>()
+                        + bias.get(o).map_or(0.0, |b| f64::from(*b));
+                    if layer.activation == Activation::Tanh {
+                        y.tanh()
+                    } else {
+                        y
+                    }
+                })
+                .collect();
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter().map(|x| x / norm).collect()
+    }
+
+    #[test]
+    fn dense_layers_and_graphs_that_pool_inside_import() {
+        let work = tempfile::tempdir().unwrap();
+        let models = work.path().join("models");
+        let tokens = import(&st_folder(work.path(), false), &models, "tokens", &[]).unwrap();
+        let pooled = import(&st_folder(work.path(), true), &models, "pooled", &[]).unwrap();
+        let layers: Vec<DenseLayer> = dense_layers().iter().map(|(l, _, _)| *l).collect();
+        assert_eq!(
+            (
+                tokens.pooling,
+                &tokens.output,
+                &tokens.dense,
+                tokens.dimension
+            ),
+            (Some(Pooling::Mean), &None, &layers, 2)
+        );
+        assert_eq!(
+            (
+                pooled.pooling,
+                pooled.output.as_deref(),
+                &pooled.dense,
+                pooled.dimension
+            ),
+            (None, Some("sentence_embedding"), &layers, 2)
+        );
+        assert!(tokens.normalize && pooled.normalize);
+        assert!(models
+            .join("tokens")
+            .join(semantic_encoder::DENSE_FILE)
+            .is_file());
+
+        // A graph that pools inside takes no --pooling.
+        let error = import(
+            &st_folder(work.path(), true),
+            &models,
+            "again",
+            &["--pooling", "cls"],
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("--pooling does not apply"),
+            "{error}"
+        );
+        assert!(!models.join("again").exists());
+
+        // Without modules.json: a graph that pools inside needs no --pooling, token vectors do.
+        for pooled in [false, true] {
+            let folder = st_folder(work.path(), pooled);
+            std::fs::remove_file(folder.join("modules.json")).unwrap();
+            let name = format!("plain-{pooled}");
+            match import(&folder, &models, &name, &[]) {
+                Ok(manifest) => {
+                    assert!(pooled);
+                    assert_eq!((manifest.pooling, manifest.dimension), (None, HIDDEN));
+                }
+                Err(error) => {
+                    assert!(!pooled);
+                    assert!(error.to_string().contains("give --pooling"), "{error}");
+                }
+            }
+        }
+
+        let Some(library) = std::env::var_os("ORT_DYLIB_PATH") else {
+            eprintln!("skipped encoding: ORT_DYLIB_PATH is not set");
+            return;
+        };
+        semantic_encoder::init_runtime(Path::new(&library)).unwrap();
+        // Texts of unequal lengths, so that batches are padded.
+        let texts = ["red sky", "green blue blue sky", "sky"];
+        let token_ids: [&[usize]; 3] = [&[2, 4, 7, 3], &[2, 5, 6, 6, 7, 3], &[2, 7, 3]];
+        for name in ["tokens", "pooled"] {
+            let mut encoder =
+                Encoder::load(&models.join(name), &EncoderOptions::default()).unwrap();
+            let vectors = encoder.encode(&texts, TextKind::Passage).unwrap();
+            for (v, ids) in vectors.iter().zip(token_ids) {
+                let expected = expected(ids);
+                assert!(
+                    v.iter()
+                        .zip(&expected)
+                        .all(|(a, b)| (f64::from(*a) - b).abs() < 1e-5),
+                    "{name}: {v:?} against {expected:?}"
+                );
+            }
+        }
+    }
 }

@@ -27,7 +27,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per run
 enum Command {
     /// Import a sentence-transformers folder (model.safetensors + configs) as a model directory:
-    /// model.onnx exported by this project, tokenizer.json and manifest.json.
+    /// model.onnx exported by this project, tokenizer.json, manifest.json, and dense.safetensors
+    /// for Dense modules.
     ImportModel(import::ImportArgs),
     /// Embed texts with a model directory, outside the database (one JSON object per line out).
     Encode(encode::EncodeArgs),

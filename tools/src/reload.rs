@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 use postgres::{Client, NoTls};
-use semantic_encoder::{validate_model_name, Manifest, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE};
+use semantic_encoder::{validate_model_name, Manifest, MANIFEST_FILE};
 
 use crate::import;
 
@@ -146,7 +146,7 @@ fn copy_model_dir(source: &Path, model_dir: &Path, name: &str) -> Result<()> {
     std::fs::create_dir(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
     let result = (|| -> Result<()> {
-        for file in [MODEL_FILE, TOKENIZER_FILE] {
+        for file in manifest.model_files() {
             std::fs::copy(source.join(file), staging.join(file))
                 .with_context(|| format!("cannot copy {}", source.join(file).display()))?;
         }

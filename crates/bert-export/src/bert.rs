@@ -15,6 +15,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::family::{sinusoidal_positions, Arch, Positions, TokenTypes};
 use crate::graph::{attr_float, attr_int, attr_ints, Dim, GraphBuilder};
 use crate::onnx_proto::{data_type, ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use crate::{BertConfig, ExportError, IR_VERSION, OPSET_VERSION};
@@ -23,136 +24,9 @@ use crate::{BertConfig, ExportError, IR_VERSION, OPSET_VERSION};
 /// stay below protobuf's 2 GiB message limit.
 const MAX_INITIALIZER_BYTES: usize = (i32::MAX as usize) - (16 << 20);
 
-/// MPNet's hard-wired padding index (`MPNetEmbeddings.padding_idx`).
-const MPNET_PADDING_IDX: i64 = 1;
-/// RoBERTa's padding index when config.json does not give `pad_token_id`.
-const ROBERTA_DEFAULT_PADDING_IDX: i64 = 1;
 /// Buckets and distance of MPNet's `relative_position_bucket` (fixed in HF).
 const MPNET_NUM_BUCKETS: usize = 32;
 const MPNET_MAX_DISTANCE: usize = 128;
-
-/// The model families the exporter knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Arch {
-    Bert,
-    DistilBert,
-    /// RoBERTa, XLM-RoBERTa and CamemBERT: BERT's layers, RoBERTa's positions.
-    Roberta,
-    MPNet,
-}
-
-/// How position ids are numbered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Positions {
-    /// `0..sequence_length`.
-    FromZero,
-    /// `padding_idx + 1, padding_idx + 2, ...` over the non-padding tokens
-    /// (`create_position_ids_from_input_ids`).
-    AfterPadding(i64),
-}
-
-/// How token types enter the embeddings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TokenTypes {
-    /// A `token_type_ids` graph input (BERT).
-    Input,
-    /// Always type 0: the table's first row, no input (RoBERTa; optimum's
-    /// export has no such input either).
-    FirstRow,
-    /// No token type table at all.
-    Absent,
-}
-
-/// Weight names of one layer, relative to `{layers}.{i}.`.
-struct LayerNames {
-    layers: &'static str,
-    query: &'static str,
-    key: &'static str,
-    value: &'static str,
-    attention_output: &'static str,
-    attention_norm: &'static str,
-    ffn_in: &'static str,
-    ffn_out: &'static str,
-    output_norm: &'static str,
-}
-
-const BERT_LAYER: LayerNames = LayerNames {
-    layers: "encoder.layer",
-    query: "attention.self.query",
-    key: "attention.self.key",
-    value: "attention.self.value",
-    attention_output: "attention.output.dense",
-    attention_norm: "attention.output.LayerNorm",
-    ffn_in: "intermediate.dense",
-    ffn_out: "output.dense",
-    output_norm: "output.LayerNorm",
-};
-
-impl Arch {
-    pub(crate) fn from_model_type(model_type: &str) -> Option<Arch> {
-        match model_type {
-            "bert" => Some(Arch::Bert),
-            "distilbert" => Some(Arch::DistilBert),
-            "roberta" | "xlm-roberta" | "camembert" => Some(Arch::Roberta),
-            "mpnet" => Some(Arch::MPNet),
-            _ => None,
-        }
-    }
-
-    /// Prefixes accepted in front of the base-model weight names (a
-    /// `*ForMaskedLM` checkpoint keeps the encoder under its family's name).
-    fn prefixes(self) -> &'static [&'static str] {
-        match self {
-            Arch::Bert => &["", "bert."],
-            Arch::DistilBert => &["", "distilbert."],
-            Arch::Roberta => &["", "roberta."],
-            Arch::MPNet => &["", "mpnet."],
-        }
-    }
-
-    fn layer_names(self) -> LayerNames {
-        match self {
-            Arch::Bert | Arch::Roberta => BERT_LAYER,
-            Arch::MPNet => LayerNames {
-                query: "attention.attn.q",
-                key: "attention.attn.k",
-                value: "attention.attn.v",
-                attention_output: "attention.attn.o",
-                attention_norm: "attention.LayerNorm",
-                ..BERT_LAYER
-            },
-            Arch::DistilBert => LayerNames {
-                layers: "transformer.layer",
-                query: "attention.q_lin",
-                key: "attention.k_lin",
-                value: "attention.v_lin",
-                attention_output: "attention.out_lin",
-                attention_norm: "sa_layer_norm",
-                ffn_in: "ffn.lin1",
-                ffn_out: "ffn.lin2",
-                output_norm: "output_layer_norm",
-            },
-        }
-    }
-
-    fn positions(self, cfg: &BertConfig) -> Positions {
-        match self {
-            Arch::Bert | Arch::DistilBert => Positions::FromZero,
-            Arch::Roberta => {
-                Positions::AfterPadding(cfg.pad_token_id.unwrap_or(ROBERTA_DEFAULT_PADDING_IDX))
-            }
-            Arch::MPNet => Positions::AfterPadding(MPNET_PADDING_IDX),
-        }
-    }
-
-    fn token_types(self) -> TokenTypes {
-        match self {
-            Arch::Bert => TokenTypes::Input,
-            Arch::Roberta => TokenTypes::FirstRow,
-            Arch::DistilBert | Arch::MPNet => TokenTypes::Absent,
-        }
-    }
-}
 
 /// MPNet's `relative_position_bucket` for `n = query_pos - key_pos`, with
 /// the float32 arithmetic PyTorch uses.
@@ -260,20 +134,6 @@ fn f32_le_bytes<'a>(
             })
         }
     })
-}
-
-/// DistilBERT's fixed position table: for position `p` and column `j`,
-/// `p / 10000^(2 * (j / 2) / dim)`, sine in even columns and cosine in odd ones
-/// (computed in f64 and rounded, as transformers does with numpy).
-fn sinusoidal_positions(rows: usize, dim: usize) -> Vec<f32> {
-    let mut table = Vec::with_capacity(rows * dim);
-    for p in 0..rows {
-        for j in 0..dim {
-            let angle = p as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
-            table.push(if j % 2 == 0 { angle.sin() } else { angle.cos() } as f32);
-        }
-    }
-    table
 }
 
 /// Transposes a row-major `[rows, cols]` matrix of 4-byte elements.

@@ -9,6 +9,7 @@
 
 mod bert;
 mod config;
+mod family;
 mod graph;
 mod graph_io;
 pub mod onnx_proto;
@@ -16,6 +17,7 @@ pub mod onnx_proto;
 use std::path::{Path, PathBuf};
 
 pub use config::{BertConfig, SUPPORTED_ACTIVATIONS, SUPPORTED_MODEL_TYPES};
+pub use family::{sinusoidal_positions, Arch, LayerNames, Positions, TokenTypes};
 pub use graph_io::{read_graph_io, GraphIo, GraphOutput};
 
 /// ONNX IR version written into the model.
@@ -108,7 +110,7 @@ pub fn export_onnx(model_dir: &Path) -> Result<Vec<u8>, ExportError> {
     let config = BertConfig::from_file(&config_path)?;
     config.validate()?;
     let bytes = std::fs::read(&weights_path).map_err(|e| ExportError::io(&weights_path, e))?;
-    let arch = bert::Arch::from_model_type(&config.model_type)
+    let arch = Arch::from_model_type(&config.model_type)
         .expect("validate() accepts only supported model types");
     let model = bert::build_model(arch, &config, &bytes, &weights_path)?;
     drop(bytes);

@@ -9,12 +9,13 @@ use ort::value::Tensor;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::batching::plan_batches;
+use crate::dense::DenseLayers;
 use crate::error::EncoderError;
 use crate::manifest::{Manifest, MODEL_FILE, TOKENIZER_FILE};
 use crate::model_cache::{
     copy_settings, model_file_identities, ModelCache, COPY_GRAPH_FILE, COPY_WEIGHTS_FILE,
 };
-use crate::pooling::{l2_normalize, pool};
+use crate::pooling::pool;
 use crate::runtime::{environment, ExecutionProvider};
 
 /// How an [`Encoder`] runs.
@@ -98,12 +99,19 @@ pub struct Encoder {
     keep_arena: RunOptions,
     shrink_arena: RunOptions,
     takes_token_type_ids: bool,
+    /// The graph output holding the vectors (the manifest's `output`, else the first).
+    output_index: usize,
+    /// The id batches are padded with: the tokenizer's own (RoBERTa-style models derive
+    /// position ids from it).
+    pad_id: i64,
+    dense: DenseLayers,
     batch_size: usize,
     load_report: LoadReport,
 }
 
 impl Encoder {
-    /// Loads the model directory `dir` (manifest.json, tokenizer.json, model.onnx).
+    /// Loads the model directory `dir` (manifest.json, tokenizer.json, model.onnx, and
+    /// dense.safetensors when the manifest has Dense layers).
     /// [`crate::init_runtime`] must have succeeded first.
     ///
     /// With [`EncoderOptions::cache_dir`], the first load of a model version hashes its files
@@ -139,6 +147,7 @@ impl Encoder {
         let max_len = manifest.max_seq_length;
         let tokenizer = std::thread::spawn(move || load_tokenizer(&tokenizer_path, max_len));
 
+        let dense = DenseLayers::load(dir, &manifest.dense)?;
         let model_path = dir.join(MODEL_FILE);
         if !model_path.is_file() {
             return Err(EncoderError::MissingFile {
@@ -183,7 +192,19 @@ impl Encoder {
             }
         }
         let takes_token_type_ids = input_names.contains(&"token_type_ids");
-        let tokenizer = tokenizer
+        let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        let output_index = match &manifest.output {
+            Some(name) => output_names.iter().position(|o| o == name),
+            None => (!output_names.is_empty()).then_some(0),
+        }
+        .ok_or_else(|| EncoderError::InvalidModel {
+            path: model_path.clone(),
+            reason: format!(
+                "the graph has no output {} (outputs: {output_names:?})",
+                manifest.output.as_deref().unwrap_or("at all")
+            ),
+        })?;
+        let (tokenizer, pad_id) = tokenizer
             .join()
             .map_err(|_| EncoderError::Tokenizer("loading tokenizer.json panicked".into()))??;
         Ok(Encoder {
@@ -195,6 +216,9 @@ impl Encoder {
             keep_arena,
             shrink_arena,
             takes_token_type_ids,
+            output_index,
+            pad_id: i64::from(pad_id),
+            dense,
             batch_size: options.batch_size.max(1),
             load_report: LoadReport {
                 fingerprint,
@@ -316,8 +340,8 @@ impl Encoder {
     }
 
     /// Embeds `texts`, returning one vector per text in input order. Texts are tokenised, grouped
-    /// into length-sorted batches padded only to their own longest text, run, pooled and (if the
-    /// manifest says so) L2-normalised.
+    /// into length-sorted batches padded only to their own longest text, run, pooled, put
+    /// through the manifest's Dense layers and (if the manifest says so) L2-normalised.
     pub fn encode<S: AsRef<str>>(
         &mut self,
         texts: &[S],
@@ -360,7 +384,7 @@ impl Encoder {
     fn run_batch(&mut self, rows: &[&[u32]], last: bool) -> Result<Vec<Vec<f32>>, EncoderError> {
         let batch = rows.len();
         let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
-        let mut input_ids = vec![0i64; batch * seq];
+        let mut input_ids = vec![self.pad_id; batch * seq];
         let mut mask = vec![0i64; batch * seq];
         for (b, row) in rows.iter().enumerate() {
             for (t, &id) in row.iter().enumerate() {
@@ -388,27 +412,34 @@ impl Encoder {
             .session
             .run_with_options(inputs, run_options)
             .map_err(failed)?;
-        let (out_shape, hidden) = outputs[0].try_extract_tensor::<f32>().map_err(failed)?;
-        let dim = self.manifest.dimension;
-        if out_shape.len() != 3
-            || out_shape[0] as usize != batch
-            || out_shape[1] as usize != seq
-            || out_shape[2] as usize != dim
+        let (out_shape, vectors) = outputs[self.output_index]
+            .try_extract_tensor::<f32>()
+            .map_err(failed)?;
+        let pooling = self.manifest.pooling;
+        let width = self.manifest.graph_width();
+        // A graph that pools inside gives one vector per text, else one per token.
+        let (expected, rows_per_text, what) = match pooling {
+            Some(_) => (vec![batch, seq, width], seq, "token vectors"),
+            None => (vec![batch, width], 1, "pooled vectors"),
+        };
+        if !out_shape
+            .iter()
+            .map(|&d| d as usize)
+            .eq(expected.iter().copied())
         {
             return Err(EncoderError::Inference(format!(
-                "the model returned shape {out_shape:?}, expected [{batch}, {seq}, {dim}] (token vectors of the manifest's dimension)"
+                "the model returned shape {out_shape:?}, expected {expected:?} ({what} {width} wide, as the manifest says)"
             )));
         }
-        let pooling = self.manifest.pooling;
-        let normalize = self.manifest.normalize;
+        let text_len = rows_per_text * width;
         Ok((0..batch)
             .map(|b| {
-                let rows = &hidden[b * seq * dim..(b + 1) * seq * dim];
-                let mut v = pool(pooling, rows, &mask[b * seq..(b + 1) * seq], dim);
-                if normalize {
-                    l2_normalize(&mut v);
-                }
-                v
+                let rows = &vectors[b * text_len..(b + 1) * text_len];
+                let pooled = match pooling {
+                    Some(mode) => pool(mode, rows, &mask[b * seq..(b + 1) * seq], width),
+                    None => rows.to_vec(),
+                };
+                self.dense.sentence_vector(pooled, self.manifest.normalize)
             })
             .collect())
     }
@@ -609,12 +640,20 @@ fn chunk_overlap(max_len: usize) -> usize {
 
 /// Loads tokenizer.json with truncation at the model's own limit and no padding (batches are
 /// padded here, to their own longest text). Published tokenizer.json files often carry other
-/// settings (all-MiniLM-L6-v2's says 128 while the model is trained for 256).
-fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer, EncoderError> {
+/// settings (all-MiniLM-L6-v2's says 128 while the model is trained for 256). Returns the
+/// tokenizer and its pad id: the padding settings' if the file has some, else the id of
+/// `[PAD]` or `<pad>` (RoBERTa, XLM-R and MPNet have `<pad>` = 1), else 0.
+fn load_tokenizer(path: &Path, max_len: usize) -> Result<(Tokenizer, u32), EncoderError> {
     let mut tokenizer = Tokenizer::from_file(path).map_err(|e| EncoderError::MissingFile {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
+    let pad_id = tokenizer
+        .get_padding()
+        .map(|padding| padding.pad_id)
+        .or_else(|| tokenizer.token_to_id("[PAD]"))
+        .or_else(|| tokenizer.token_to_id("<pad>"))
+        .unwrap_or(0);
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams {
@@ -622,5 +661,53 @@ fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer, EncoderError
             ..Default::default()
         }))
         .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-    Ok(tokenizer)
+    Ok((tokenizer, pad_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer.json over `vocab` (ids in order), with `padding` as written.
+    fn tokenizer_file(dir: &Path, vocab: &[&str], padding: serde_json::Value) -> PathBuf {
+        let vocab: serde_json::Map<String, serde_json::Value> = vocab
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.to_string(), id.into()))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": padding,
+            "added_tokens": [],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": vocab.keys().next()},
+        });
+        let path = dir.join(TOKENIZER_FILE);
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn batches_are_padded_with_the_tokenizers_pad_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let pad_id = |vocab: &[&str], padding| {
+            let path = tokenizer_file(dir.path(), vocab, padding);
+            let (tokenizer, pad_id) = load_tokenizer(&path, 16).unwrap();
+            assert!(tokenizer.get_padding().is_none(), "batches pad themselves");
+            pad_id
+        };
+        let null = serde_json::Value::Null;
+        assert_eq!(pad_id(&["[PAD]", "[UNK]", "hello"], null.clone()), 0);
+        assert_eq!(pad_id(&["<s>", "<pad>", "</s>", "<unk>"], null.clone()), 1);
+        assert_eq!(pad_id(&["<unk>", "hello"], null), 0);
+        let padding = serde_json::json!({
+            "strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": null,
+            "pad_id": 3, "pad_type_id": 0, "pad_token": "<blank>",
+        });
+        assert_eq!(pad_id(&["<s>", "<pad>", "</s>", "<blank>"], padding), 3);
+    }
 }

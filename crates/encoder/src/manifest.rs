@@ -10,6 +10,8 @@ use crate::error::EncoderError;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MODEL_FILE: &str = "model.onnx";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The weights of the manifest's Dense layers, present only when it has some.
+pub const DENSE_FILE: &str = "dense.safetensors";
 
 /// How token vectors become one vector, as sentence-transformers' Pooling modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,57 @@ pub enum Pooling {
     Max,
     /// The tokens' sum over the square root of their count.
     MeanSqrtLen,
+}
+
+/// How manifest.json spells a graph that pools inside (no [`Pooling`] of the encoder's).
+const POOLED_IN_GRAPH: &str = "in_graph";
+
+/// The manifest's `pooling`: a [`Pooling`] mode, or [`POOLED_IN_GRAPH`] for none.
+mod pooling_field {
+    use serde::de::IntoDeserializer;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Pooling, POOLED_IN_GRAPH};
+
+    pub fn serialize<S: Serializer>(pooling: &Option<Pooling>, s: S) -> Result<S::Ok, S::Error> {
+        match pooling {
+            Some(mode) => mode.serialize(s),
+            None => s.serialize_str(POOLED_IN_GRAPH),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pooling>, D::Error> {
+        let name = String::deserialize(d)?;
+        if name == POOLED_IN_GRAPH {
+            return Ok(None);
+        }
+        Pooling::deserialize(name.into_deserializer()).map(Some)
+    }
+}
+
+/// The activation of a Dense layer, as sentence-transformers' Dense modules name a torch
+/// module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Identity,
+    Tanh,
+    Relu,
+    Sigmoid,
+    /// The exact GELU, `0.5 x (1 + erf(x / √2))` (torch's default).
+    Gelu,
+}
+
+/// One Dense layer after pooling: `activation(W x + b)`, with `W` (`[out_features,
+/// in_features]`) and `b` stored as `dense.{i}.weight` and `dense.{i}.bias` in
+/// [`DENSE_FILE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseLayer {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub activation: Activation,
 }
 
 /// How the model's vectors are meant to be compared.
@@ -44,7 +97,16 @@ pub struct Manifest {
     pub source: String,
     pub architecture: String,
     pub dimension: usize,
-    pub pooling: Pooling,
+    /// How the encoder pools the graph's token vectors; none when the graph pools inside and
+    /// gives one vector per text.
+    #[serde(with = "pooling_field")]
+    pub pooling: Option<Pooling>,
+    /// The graph output holding the vectors, when it is not the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Dense layers applied after pooling and before normalisation, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dense: Vec<DenseLayer>,
     pub normalize: bool,
     pub max_seq_length: usize,
     pub similarity: Similarity,
@@ -71,13 +133,54 @@ impl Manifest {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+        let invalid = |reason: &str| EncoderError::InvalidManifest {
+            path: path.clone(),
+            reason: reason.into(),
+        };
         if manifest.dimension == 0 || manifest.max_seq_length < 2 {
-            return Err(EncoderError::InvalidManifest {
-                path,
-                reason: "dimension must be positive and max_seq_length at least 2".into(),
-            });
+            return Err(invalid(
+                "dimension must be positive and max_seq_length at least 2",
+            ));
+        }
+        let chained = manifest
+            .dense
+            .windows(2)
+            .all(|pair| pair[0].out_features == pair[1].in_features);
+        if !chained
+            || manifest
+                .dense
+                .last()
+                .map(|l| l.out_features)
+                .is_some_and(|out| out != manifest.dimension)
+        {
+            return Err(invalid(
+                "each dense layer must take the width the one before gives, and the last give the dimension",
+            ));
         }
         Ok(manifest)
+    }
+
+    /// The pooling as manifest.json spells it (mean, cls, max, mean_sqrt_len, in_graph).
+    pub fn pooling_name(&self) -> String {
+        let name = pooling_field::serialize(&self.pooling, serde_json::value::Serializer)
+            .expect("a pooling always serialises");
+        name.as_str()
+            .expect("a pooling serialises as a string")
+            .to_string()
+    }
+
+    /// The width of the graph's vectors: the first Dense layer's input, else the dimension.
+    pub fn graph_width(&self) -> usize {
+        self.dense.first().map_or(self.dimension, |l| l.in_features)
+    }
+
+    /// The files of the model directory that the fingerprint covers.
+    pub fn model_files(&self) -> Vec<&'static str> {
+        let mut files = vec![MODEL_FILE, TOKENIZER_FILE];
+        if !self.dense.is_empty() {
+            files.push(DENSE_FILE);
+        }
+        files
     }
 
     pub fn save(&self, model_dir: &Path) -> std::io::Result<()> {
@@ -99,13 +202,13 @@ impl Manifest {
     }
 }
 
-/// A content fingerprint of a model version: SHA-256 over model.onnx, tokenizer.json and the
+/// A content fingerprint of a model version: SHA-256 over [`Manifest::model_files`] and the
 /// manifest fields that change the vectors (not the name, so a renamed copy keeps its identity).
 /// An index stores it, so that a model changed under an index is detected instead of silently
 /// mixing two vector spaces.
 pub fn compute_fingerprint(model_dir: &Path, manifest: &Manifest) -> Result<String, EncoderError> {
     let mut hasher = Sha256::new();
-    for file in [MODEL_FILE, TOKENIZER_FILE] {
+    for file in manifest.model_files() {
         let path = model_dir.join(file);
         let missing = |e: std::io::Error| EncoderError::MissingFile {
             path: path.clone(),
@@ -121,17 +224,32 @@ pub fn compute_fingerprint(model_dir: &Path, manifest: &Manifest) -> Result<Stri
             hasher.update(&buf[..n]);
         }
     }
-    let fields = format!(
-        "{}|{}|{:?}|{}|{}|{:?}|{}|{}",
+    // A pooling mode is spelled as it always was (its Debug form).
+    let pooling = manifest
+        .pooling
+        .map_or_else(|| "InGraph".to_string(), |mode| format!("{mode:?}"));
+    let mut fields = format!(
+        "{}|{}|{}|{}|{}|{:?}|{}|{}",
         manifest.architecture,
         manifest.dimension,
-        manifest.pooling,
+        pooling,
         manifest.normalize,
         manifest.max_seq_length,
         manifest.similarity,
         manifest.query_prefix,
         manifest.passage_prefix
     );
+    // Appended only when present, so that the models without them keep the fingerprints their
+    // indexes store.
+    if let Some(output) = &manifest.output {
+        fields.push_str(&format!("|output:{output}"));
+    }
+    for layer in &manifest.dense {
+        fields.push_str(&format!(
+            "|dense:{}x{}:{}:{:?}",
+            layer.in_features, layer.out_features, layer.bias, layer.activation
+        ));
+    }
     hasher.update(fields.as_bytes());
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
@@ -169,48 +287,131 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fingerprint_tracks_files_and_fields_but_not_name() {
-        let dir = std::env::temp_dir().join(format!("semantic-fp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(MODEL_FILE), b"onnx bytes").unwrap();
-        std::fs::write(dir.join(TOKENIZER_FILE), b"{}").unwrap();
-        let mut m = Manifest {
-            name: "a".into(),
+    fn manifest(name: &str) -> Manifest {
+        Manifest {
+            name: name.into(),
             source: String::new(),
             architecture: "bert".into(),
             dimension: 4,
-            pooling: Pooling::Mean,
+            pooling: Some(Pooling::Mean),
+            output: None,
+            dense: Vec::new(),
             normalize: true,
             max_seq_length: 16,
             similarity: Similarity::Cosine,
             query_prefix: String::new(),
             passage_prefix: String::new(),
             fingerprint: String::new(),
-        };
-        m.fingerprint = compute_fingerprint(&dir, &m).unwrap();
-        m.verify_files(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn fingerprint_tracks_files_and_fields_but_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        std::fs::write(dir.join(MODEL_FILE), b"onnx bytes").unwrap();
+        std::fs::write(dir.join(TOKENIZER_FILE), b"{}").unwrap();
+        let mut m = manifest("a");
+        m.fingerprint = compute_fingerprint(dir, &m).unwrap();
+        // Indexes store fingerprints: a model without Dense layers or a named output keeps the
+        // one it always had (SHA-256 of the two files and the fields, as first written).
+        assert_eq!(
+            m.fingerprint,
+            "sha256:6254d66d63989a3331122f488594696e47040f5b5470fe88e7278c68672d4cdd"
+        );
+        m.verify_files(dir).unwrap();
         m.name = "b".into();
-        m.verify_files(&dir).unwrap();
-        m.save(&dir).unwrap();
-        assert_eq!(Manifest::load(&dir).unwrap(), m);
+        m.verify_files(dir).unwrap();
+        m.save(dir).unwrap();
+        assert_eq!(Manifest::load(dir).unwrap(), m);
+        let saved = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        assert!(
+            !saved.contains("dense") && !saved.contains("output"),
+            "{saved}"
+        );
 
         m.max_seq_length = 8;
         assert!(matches!(
-            m.verify_files(&dir),
+            m.verify_files(dir),
             Err(EncoderError::FingerprintMismatch { .. })
         ));
         m.max_seq_length = 16;
         std::fs::write(dir.join(MODEL_FILE), b"other bytes").unwrap();
         assert!(matches!(
-            m.verify_files(&dir),
+            m.verify_files(dir),
             Err(EncoderError::FingerprintMismatch { .. })
         ));
         std::fs::remove_file(dir.join(MODEL_FILE)).unwrap();
         assert!(matches!(
-            m.verify_files(&dir),
+            m.verify_files(dir),
             Err(EncoderError::MissingFile { .. })
         ));
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fingerprint_covers_dense_layers_and_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        std::fs::write(dir.join(MODEL_FILE), b"onnx bytes").unwrap();
+        std::fs::write(dir.join(TOKENIZER_FILE), b"{}").unwrap();
+        let plain = compute_fingerprint(dir, &manifest("a")).unwrap();
+
+        let mut pooled = manifest("a");
+        pooled.pooling = None;
+        pooled.output = Some("sentence_embedding".into());
+        let named = compute_fingerprint(dir, &pooled).unwrap();
+        pooled.output = Some("other".into());
+        assert_ne!(compute_fingerprint(dir, &pooled).unwrap(), named);
+        assert_ne!(named, plain);
+        pooled.save(dir).unwrap();
+        let saved = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        assert!(saved.contains(r#""pooling": "in_graph""#), "{saved}");
+        assert_eq!(Manifest::load(dir).unwrap(), pooled);
+        assert_eq!(pooled.pooling_name(), "in_graph");
+        pooled.pooling = Some(Pooling::MeanSqrtLen);
+        assert_eq!(pooled.pooling_name(), "mean_sqrt_len");
+
+        let mut m = manifest("a");
+        m.dimension = 2;
+        m.dense = vec![DenseLayer {
+            in_features: 4,
+            out_features: 2,
+            bias: true,
+            activation: Activation::Tanh,
+        }];
+        assert!(
+            matches!(
+                compute_fingerprint(dir, &m),
+                Err(EncoderError::MissingFile { .. })
+            ),
+            "the weights are part of the model"
+        );
+        std::fs::write(dir.join(DENSE_FILE), b"weights").unwrap();
+        m.fingerprint = compute_fingerprint(dir, &m).unwrap();
+        m.save(dir).unwrap();
+        assert_eq!(Manifest::load(dir).unwrap(), m);
+        let saved = std::fs::read_to_string(dir.join(MANIFEST_FILE)).unwrap();
+        assert!(saved.contains(r#""activation": "tanh""#), "{saved}");
+
+        std::fs::write(dir.join(DENSE_FILE), b"other weights").unwrap();
+        assert!(matches!(
+            m.verify_files(dir),
+            Err(EncoderError::FingerprintMismatch { .. })
+        ));
+        std::fs::write(dir.join(DENSE_FILE), b"weights").unwrap();
+        m.verify_files(dir).unwrap();
+        m.dense[0].activation = Activation::Relu;
+        assert!(matches!(
+            m.verify_files(dir),
+            Err(EncoderError::FingerprintMismatch { .. })
+        ));
+
+        // The layers must chain up to the dimension.
+        m.dimension = 3;
+        m.save(dir).unwrap();
+        assert!(matches!(
+            Manifest::load(dir),
+            Err(EncoderError::InvalidManifest { .. })
+        ));
     }
 }

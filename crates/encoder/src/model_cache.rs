@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE};
+use crate::manifest::{DENSE_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE};
 
 /// The graph file of an optimised copy, and the file holding its weights.
 pub(crate) const COPY_GRAPH_FILE: &str = "model.onnx";
@@ -70,9 +70,13 @@ impl FileIdentity {
 /// covers too), keyed by file name.
 pub(crate) type ModelFiles = BTreeMap<String, FileIdentity>;
 
+/// The identities of a model directory's files, dense.safetensors among them where there is
+/// one (only models with Dense layers have it).
 pub(crate) fn model_file_identities(model_dir: &Path) -> std::io::Result<ModelFiles> {
+    let dense = Some(DENSE_FILE).filter(|file| model_dir.join(file).exists());
     [MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE]
         .into_iter()
+        .chain(dense)
         .map(|name| Ok((name.to_string(), FileIdentity::of(&model_dir.join(name))?)))
         .collect()
 }
@@ -383,6 +387,19 @@ mod tests {
             .filter(|n| is_temporary(n))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_stamp_covers_the_dense_layers_weights() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = model_dir(root.path());
+        let cache = ModelCache::open(&root.path().join("cache"), FINGERPRINT).unwrap();
+        std::fs::write(dir.join(DENSE_FILE), b"weights").unwrap();
+        let files = model_file_identities(&dir).unwrap();
+        assert!(files.contains_key(DENSE_FILE));
+        cache.record_verified(&files).unwrap();
+        std::fs::write(dir.join(DENSE_FILE), b"other weights").unwrap();
+        assert!(!cache.is_verified(&model_file_identities(&dir).unwrap()));
     }
 
     #[test]

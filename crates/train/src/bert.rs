@@ -1,5 +1,7 @@
-//! A trainable BERT encoder in candle. The weights are `Var`s loaded from a Hugging Face
-//! `model.safetensors` and written back under the same names.
+//! A trainable BERT-family encoder (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, CamemBERT) in
+//! candle. The weights are `Var`s loaded from a Hugging Face `model.safetensors` and written
+//! back under the same names; what differs between the families (weight names, positions,
+//! token types) comes from the exporter's `Arch`, so both read a family the same way.
 //!
 //! candle-transformers' `BertModel` is not used: its LayerNorm takes candle-nn's fused kernel,
 //! which has no backward pass, and its dropout is a no-op, while sentence-transformers trains
@@ -14,7 +16,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::{Dtype, SafeTensors};
-use semantic_bert_export::BertConfig;
+use semantic_bert_export::{sinusoidal_positions, Arch, BertConfig, TokenTypes};
+use semantic_encoder::Pooling;
 use serde::Deserialize;
 
 use crate::loss::normalize;
@@ -88,11 +91,12 @@ impl Dropout {
     }
 }
 
+/// DistilBERT names them `dropout` and `attention_dropout`.
 #[derive(Clone, Copy, Deserialize)]
 struct DropoutConfig {
-    #[serde(default = "default_dropout")]
+    #[serde(default = "default_dropout", alias = "dropout")]
     hidden_dropout_prob: f64,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "default_dropout", alias = "attention_dropout")]
     attention_probs_dropout_prob: f64,
 }
 
@@ -108,13 +112,16 @@ pub struct TokenBatch {
     positions: Tensor,
     /// Text i is rows `offsets[i]..offsets[i + 1]`.
     offsets: Arc<[usize]>,
-    /// `[texts, rows]` with 1 / length on each text's rows: mean pooling as a product.
-    mean_pooling: Tensor,
+    pooling: Pooling,
+    /// For the poolings that are weighted sums of the rows (mean, CLS, mean-sqrt-len):
+    /// `[texts, rows]` with each text's weights, so that pooling is one product.
+    pooling_weights: Option<Tensor>,
 }
 
 impl TokenBatch {
-    /// `rows` are token ids as the tokenizer gives them (special tokens included).
-    pub fn new(rows: &[Vec<u32>], dtype: DType) -> Result<Self> {
+    /// `rows` are token ids as the tokenizer gives them (special tokens included), pooled as
+    /// `pooling` says.
+    pub fn new(rows: &[Vec<u32>], pooling: Pooling, dtype: DType) -> Result<Self> {
         if rows.iter().any(Vec::is_empty) {
             bail!("a text has no tokens");
         }
@@ -126,18 +133,49 @@ impl TokenBatch {
             .collect();
         let total = offsets[rows.len()];
         let positions: Vec<u32> = rows.iter().flat_map(|row| 0..row.len() as u32).collect();
-        let mut mean_pooling = vec![0f32; rows.len() * total];
-        for (text, span) in offsets.windows(2).enumerate() {
-            mean_pooling[text * total + span[0]..text * total + span[1]]
-                .fill(1.0 / (span[1] - span[0]) as f32);
-        }
+        let weights = |span: &[usize]| -> Option<(usize, f32)> {
+            let length = (span[1] - span[0]) as f32;
+            match pooling {
+                Pooling::Mean => Some((span[1] - span[0], 1.0 / length)),
+                Pooling::MeanSqrtLen => Some((span[1] - span[0], 1.0 / length.sqrt())),
+                Pooling::Cls => Some((1, 1.0)),
+                Pooling::Max => None,
+            }
+        };
+        let pooling_weights = match pooling {
+            Pooling::Max => None,
+            _ => {
+                let mut matrix = vec![0f32; rows.len() * total];
+                for (text, span) in offsets.windows(2).enumerate() {
+                    let (count, weight) = weights(span).expect("a weighted pooling");
+                    let start = text * total + span[0];
+                    matrix[start..start + count].fill(weight);
+                }
+                Some(Tensor::from_vec(matrix, (rows.len(), total), &Device::Cpu)?.to_dtype(dtype)?)
+            }
+        };
         Ok(TokenBatch {
             ids: Tensor::from_vec(rows.concat(), total, &Device::Cpu)?,
             positions: Tensor::from_vec(positions, total, &Device::Cpu)?,
             offsets: offsets.into(),
-            mean_pooling: Tensor::from_vec(mean_pooling, (rows.len(), total), &Device::Cpu)?
-                .to_dtype(dtype)?,
+            pooling,
+            pooling_weights,
         })
+    }
+
+    /// One vector per text from the token states `[rows, hidden]`, as sentence-transformers'
+    /// Pooling module computes it.
+    fn pool(&self, states: &Tensor) -> Result<Tensor> {
+        if let Some(weights) = &self.pooling_weights {
+            return Ok(weights.matmul(states)?);
+        }
+        debug_assert_eq!(self.pooling, Pooling::Max);
+        let texts = self
+            .offsets
+            .windows(2)
+            .map(|span| states.narrow(0, span[0], span[1] - span[0])?.max_keepdim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&texts, 0)?)
     }
 }
 
@@ -218,11 +256,13 @@ impl Layer {
     }
 }
 
-/// A BERT encoder (`model_type` "bert") with trainable weights.
+/// A BERT-family encoder with trainable weights.
 pub struct Bert {
     word_embeddings: Tensor,
+    /// The rows from the family's first position on (RoBERTa's start after the padding id).
     position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
+    /// Type 0's row, for the families that have token types.
+    token_type_embeddings: Option<Tensor>,
     embedding_norm: LayerNorm,
     layers: Vec<Layer>,
     heads: usize,
@@ -238,10 +278,11 @@ impl Bert {
         let config_path = dir.join("config.json");
         let config = BertConfig::from_file(&config_path)?;
         config.validate()?;
-        if config.model_type != "bert" {
+        let family = Arch::from_model_type(&config.model_type)
+            .expect("validate() accepts only the exporter's model types");
+        if family == Arch::MPNet {
             bail!(
-                "fine-tuning supports BERT models only, not model_type {:?}",
-                config.model_type
+                "fine-tuning supports BERT, DistilBERT, RoBERTa, XLM-RoBERTa and CamemBERT models, not MPNet (its relative position bias is not in the training kernels)"
             );
         }
         let dropout: DropoutConfig = serde_json::from_str(&std::fs::read_to_string(&config_path)?)
@@ -249,8 +290,8 @@ impl Bert {
         let weights_path = dir.join("model.safetensors");
         let bytes = std::fs::read(&weights_path)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
-        let mut loader =
-            Loader::new(&bytes, dtype).with_context(|| format!("in {}", weights_path.display()))?;
+        let mut loader = Loader::new(&bytes, family.prefixes(), dtype)
+            .with_context(|| format!("in {}", weights_path.display()))?;
 
         let (hidden, inner, eps) = (
             config.hidden_size,
@@ -261,40 +302,58 @@ impl Bert {
             "embeddings.word_embeddings.weight",
             &[config.vocab_size, hidden],
         )?;
-        let position_embeddings = loader.take(
-            "embeddings.position_embeddings.weight",
-            &[config.max_position_embeddings, hidden],
-        )?;
-        let token_type_embeddings = loader.take(
-            "embeddings.token_type_embeddings.weight",
-            &[config.type_vocab_size, hidden],
-        )?;
+        let positions_shape = [config.max_position_embeddings, hidden];
+        let position_table = if config.sinusoidal_pos_embds {
+            // Fixed waves, not trained (transformers freezes them too).
+            let waves = sinusoidal_positions(positions_shape[0], hidden);
+            Tensor::from_vec(waves, &positions_shape, &Device::Cpu)?.to_dtype(dtype)?
+        } else {
+            loader.take("embeddings.position_embeddings.weight", &positions_shape)?
+        };
+        let first = family.positions(&config).first();
+        let position_embeddings =
+            position_table.narrow(0, first, positions_shape[0].saturating_sub(first))?;
+        let token_type_embeddings = match family.token_types() {
+            TokenTypes::Absent => None,
+            TokenTypes::Input | TokenTypes::FirstRow => Some(
+                loader
+                    .take(
+                        "embeddings.token_type_embeddings.weight",
+                        &[config.type_vocab_size, hidden],
+                    )?
+                    .narrow(0, 0, 1)?,
+            ),
+        };
         let embedding_norm = loader.layer_norm("embeddings.LayerNorm", hidden, eps)?;
+        let names = family.layer_names();
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let p = format!("encoder.layer.{i}");
+                let p = format!("{}.{i}", names.layers);
+                let mut linear = |name: &str, outputs, inputs| {
+                    loader.linear(&format!("{p}.{name}"), outputs, inputs)
+                };
+                let (query, key, value) = (
+                    linear(names.query, hidden, hidden)?,
+                    linear(names.key, hidden, hidden)?,
+                    linear(names.value, hidden, hidden)?,
+                );
+                let attention_output = linear(names.attention_output, hidden, hidden)?;
+                let intermediate = linear(names.ffn_in, inner, hidden)?;
+                let output = linear(names.ffn_out, hidden, inner)?;
                 Ok(Layer {
-                    query: loader.linear(&format!("{p}.attention.self.query"), hidden, hidden)?,
-                    key: loader.linear(&format!("{p}.attention.self.key"), hidden, hidden)?,
-                    value: loader.linear(&format!("{p}.attention.self.value"), hidden, hidden)?,
-                    attention_output: loader.linear(
-                        &format!("{p}.attention.output.dense"),
-                        hidden,
-                        hidden,
-                    )?,
+                    query,
+                    key,
+                    value,
+                    attention_output,
                     attention_norm: loader.layer_norm(
-                        &format!("{p}.attention.output.LayerNorm"),
+                        &format!("{p}.{}", names.attention_norm),
                         hidden,
                         eps,
                     )?,
-                    intermediate: loader.linear(
-                        &format!("{p}.intermediate.dense"),
-                        inner,
-                        hidden,
-                    )?,
-                    output: loader.linear(&format!("{p}.output.dense"), hidden, inner)?,
+                    intermediate,
+                    output,
                     output_norm: loader.layer_norm(
-                        &format!("{p}.output.LayerNorm"),
+                        &format!("{p}.{}", names.output_norm),
                         hidden,
                         eps,
                     )?,
@@ -326,10 +385,11 @@ impl Bert {
     }
 
     /// Sentence embeddings `[texts, hidden]` as sentence-transformers computes them for this
-    /// model: the last hidden states, mean-pooled over each text's tokens, L2-normalised.
+    /// model: the last hidden states, pooled as the batch says, L2-normalised (the loss
+    /// compares them by cosine, so a model without a Normalize module trains the same).
     pub fn embed(&self, batch: &TokenBatch, dropout: &mut Dropout) -> Result<Tensor> {
         let states = self.token_states(batch, dropout)?;
-        Ok(normalize(&batch.mean_pooling.matmul(&states)?)?)
+        Ok(normalize(&batch.pool(&states)?)?)
     }
 
     /// The last hidden states of the batch's tokens, `[rows, hidden]`, packed like the batch.
@@ -346,12 +406,14 @@ impl Bert {
                 self.max_positions()
             );
         }
-        // Single texts have token type 0 throughout.
-        let embeddings = self
+        let mut embeddings = self
             .word_embeddings
             .index_select(&batch.ids, 0)?
-            .add(&self.position_embeddings.index_select(&batch.positions, 0)?)?
-            .broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?;
+            .add(&self.position_embeddings.index_select(&batch.positions, 0)?)?;
+        // Single texts have token type 0 throughout.
+        if let Some(type_zero) = &self.token_type_embeddings {
+            embeddings = embeddings.broadcast_add(type_zero)?;
+        }
         let mut x = dropout.on_hidden(&self.embedding_norm.forward(&embeddings)?)?;
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &batch.offsets, dropout)?;
@@ -418,8 +480,9 @@ impl Bert {
     }
 }
 
-/// Takes tensors out of a model.safetensors by their base-model names, accepting the `bert.`
-/// prefix of checkpoints saved from task models and the old `gamma`/`beta` LayerNorm names.
+/// Takes tensors out of a model.safetensors by their base-model names, accepting the family's
+/// prefix of checkpoints saved from task models (`bert.`, `roberta.`...) and the old
+/// `gamma`/`beta` LayerNorm names.
 struct Loader<'a> {
     file: SafeTensors<'a>,
     prefix: &'static str,
@@ -428,13 +491,14 @@ struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    fn new(bytes: &'a [u8], dtype: DType) -> Result<Self> {
+    fn new(bytes: &'a [u8], prefixes: &'static [&'static str], dtype: DType) -> Result<Self> {
         let file = SafeTensors::deserialize(bytes)?;
         let probe = "embeddings.word_embeddings.weight";
-        let prefix = ["", "bert."]
-            .into_iter()
+        let prefix = prefixes
+            .iter()
+            .copied()
             .find(|p| file.tensor(&format!("{p}{probe}")).is_ok())
-            .with_context(|| format!("no tensor {probe} (nor bert.{probe})"))?;
+            .with_context(|| format!("no tensor {probe} (prefixes tried: {prefixes:?})"))?;
         Ok(Loader {
             file,
             prefix,

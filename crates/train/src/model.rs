@@ -2,23 +2,30 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use candle_core::{DType, Tensor};
+use semantic_encoder::Pooling;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{Bert, Dropout, TokenBatch};
 use crate::loss::mnrl_loss;
 use crate::pairs::Pair;
 
-/// A BERT with its tokenizer: texts in, sentence embeddings out.
+/// A BERT-family encoder with its tokenizer and pooling: texts in, sentence embeddings out.
 pub struct SentenceEncoder {
     bert: Bert,
     tokenizer: Tokenizer,
+    pooling: Pooling,
     dtype: DType,
 }
 
 impl SentenceEncoder {
     /// Loads the Transformer module in `transformer_dir` (config.json, model.safetensors,
-    /// tokenizer.json); texts are cut to `max_seq_length` tokens.
-    pub fn load(transformer_dir: &Path, max_seq_length: usize, dtype: DType) -> Result<Self> {
+    /// tokenizer.json); texts are cut to `max_seq_length` tokens and pooled as `pooling` says.
+    pub fn load(
+        transformer_dir: &Path,
+        max_seq_length: usize,
+        pooling: Pooling,
+        dtype: DType,
+    ) -> Result<Self> {
         let bert = Bert::load(transformer_dir, dtype)?;
         let path = transformer_dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| {
@@ -37,6 +44,7 @@ impl SentenceEncoder {
         Ok(SentenceEncoder {
             bert,
             tokenizer,
+            pooling,
             dtype,
         })
     }
@@ -59,7 +67,7 @@ impl SentenceEncoder {
     pub fn embed(&self, texts: &[&str], dropout: &mut Dropout) -> Result<Tensor> {
         let rows = self.tokenize(texts)?;
         self.bert
-            .embed(&TokenBatch::new(&rows, self.dtype)?, dropout)
+            .embed(&TokenBatch::new(&rows, self.pooling, self.dtype)?, dropout)
     }
 
     /// MultipleNegativesRankingLoss of a batch. Each column (queries, positives, negatives)

@@ -15,25 +15,37 @@ const WEIGHT_FILES: &[&str] = &[
 /// Folders of exported copies of the base weights (ONNX, OpenVINO), stale after training.
 const EXPORT_FOLDERS: &[&str] = &["onnx", "openvino"];
 
-/// A sentence-transformers model folder with a BERT Transformer module and mean pooling.
+/// A sentence-transformers model folder with a BERT-family Transformer module.
 pub struct SentenceTransformerFolder {
     root: PathBuf,
     transformer_dir: PathBuf,
+    pooling: Pooling,
 }
 
 impl SentenceTransformerFolder {
     /// Reads `root`'s modules.json and checks that training can reproduce the pipeline:
-    /// Transformer, mean Pooling, and optionally Normalize (which cosine similarity makes
-    /// irrelevant to the loss).
+    /// Transformer, Pooling (any mode the encoder has), and optionally Normalize (which
+    /// cosine similarity makes irrelevant to the loss). Dense modules are refused: training
+    /// would leave them out of the loss, so the saved model would not be the one trained.
     pub fn open(root: &Path) -> Result<Self> {
         let pipeline = SentenceTransformersPipeline::read(root)?;
-        if pipeline.pooling != Pooling::Mean {
-            bail!("fine-tuning supports mean pooling only");
+        if let Some(dense) = pipeline.dense.first() {
+            bail!(
+                "{} has Dense modules ({} first): fine-tuning does not support Dense heads yet; fine-tune a model without them",
+                root.display(),
+                dense.dir.display()
+            );
         }
         Ok(SentenceTransformerFolder {
             root: root.to_path_buf(),
             transformer_dir: pipeline.transformer_dir,
+            pooling: pipeline.pooling,
         })
+    }
+
+    /// How the folder pools token vectors.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
     }
 
     /// The folder holding config.json, model.safetensors and tokenizer.json.

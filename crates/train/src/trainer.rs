@@ -94,9 +94,13 @@ pub fn finetune(
         bail!("{} exists and is not empty", output.display());
     }
     let folder = SentenceTransformerFolder::open(base)?;
-    let encoder =
-        SentenceEncoder::load(folder.transformer_dir(), config.max_seq_length, DType::F32)
-            .with_context(|| format!("cannot load {}", folder.transformer_dir().display()))?;
+    let encoder = SentenceEncoder::load(
+        folder.transformer_dir(),
+        config.max_seq_length,
+        folder.pooling(),
+        DType::F32,
+    )
+    .with_context(|| format!("cannot load {}", folder.transformer_dir().display()))?;
 
     let epochs: Vec<Vec<Vec<usize>>> = (0..config.epochs)
         .map(|epoch| no_duplicate_batches(pairs, config.batch_size, config.seed + epoch as u64))

@@ -1,5 +1,6 @@
-//! Tests of the training forward and of a whole fine-tuning run on a tiny random BERT built
-//! here as a sentence-transformers folder. The ONNX comparison loads ONNX Runtime from
+//! Tests of the training forward and of a whole fine-tuning run on tiny random BERT,
+//! DistilBERT and RoBERTa models built here as sentence-transformers folders, with each
+//! pooling mode. The ONNX comparison loads ONNX Runtime from
 //! `ORT_DYLIB_PATH` and fails (does not skip) when it is unset; it also runs on the real model
 //! when `SEMANTIC_TEST_ST_MODEL` names a sentence-transformers folder (all-MiniLM-L6-v2).
 
@@ -15,7 +16,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use semantic_encoder::cosine_similarity as cosine;
+use semantic_bert_export::Arch;
+use semantic_encoder::{cosine_similarity as cosine, Pooling};
 use semantic_train::{
     finetune, mnrl_loss, Bert, Dropout, Pair, SentenceEncoder, SentenceTransformerFolder,
     TokenBatch, TrainConfig,
@@ -35,14 +37,24 @@ const HIDDEN: usize = 32;
 const LAYERS: usize = 2;
 const HEADS: usize = 4;
 const INTERMEDIATE: usize = 64;
+/// Positions usable by a text (RoBERTa's table has two more rows: it starts after the
+/// padding id).
 const MAX_POSITIONS: usize = 64;
 /// [PAD], [UNK], [CLS], [SEP], then the words w0..w95.
 const VOCAB: usize = 100;
 const WORDS: usize = VOCAB - 4;
 
-/// Random BERT weights by Hugging Face name, plus the pooler that sentence embeddings do not
-/// use (the saved file must keep it).
-fn random_weights(seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+/// Rows of the position table of `family`.
+fn position_rows(family: Arch) -> usize {
+    match family {
+        Arch::Roberta => MAX_POSITIONS + 2,
+        _ => MAX_POSITIONS,
+    }
+}
+
+/// Random weights of `family` by Hugging Face name, plus the pooler that sentence embeddings
+/// do not use (the saved file must keep it).
+fn random_weights(family: Arch, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tensors = BTreeMap::new();
     let mut add = |name: &str, shape: &[usize], center: f32, spread: f32| {
@@ -55,38 +67,34 @@ fn random_weights(seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     add("embeddings.word_embeddings.weight", &[VOCAB, h], 0.0, 1.0);
     add(
         "embeddings.position_embeddings.weight",
-        &[MAX_POSITIONS, h],
+        &[position_rows(family), h],
         0.0,
         0.5,
     );
-    add("embeddings.token_type_embeddings.weight", &[2, h], 0.0, 0.5);
+    match family {
+        Arch::Bert => add("embeddings.token_type_embeddings.weight", &[2, h], 0.0, 0.5),
+        Arch::Roberta => add("embeddings.token_type_embeddings.weight", &[1, h], 0.0, 0.5),
+        _ => {}
+    }
     add("embeddings.LayerNorm.weight", &[h], 1.0, 0.3);
     add("embeddings.LayerNorm.bias", &[h], 0.0, 0.2);
+    let names = family.layer_names();
     for l in 0..LAYERS {
+        let p = format!("{}.{l}", names.layers);
         for (name, outputs, inputs) in [
-            ("attention.self.query", h, h),
-            ("attention.self.key", h, h),
-            ("attention.self.value", h, h),
-            ("attention.output.dense", h, h),
-            ("intermediate.dense", i, h),
-            ("output.dense", h, i),
+            (names.query, h, h),
+            (names.key, h, h),
+            (names.value, h, h),
+            (names.attention_output, h, h),
+            (names.ffn_in, i, h),
+            (names.ffn_out, h, i),
         ] {
-            add(
-                &format!("encoder.layer.{l}.{name}.weight"),
-                &[outputs, inputs],
-                0.0,
-                0.3,
-            );
-            add(
-                &format!("encoder.layer.{l}.{name}.bias"),
-                &[outputs],
-                0.0,
-                0.2,
-            );
+            add(&format!("{p}.{name}.weight"), &[outputs, inputs], 0.0, 0.3);
+            add(&format!("{p}.{name}.bias"), &[outputs], 0.0, 0.2);
         }
-        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
-            add(&format!("encoder.layer.{l}.{norm}.weight"), &[h], 1.0, 0.3);
-            add(&format!("encoder.layer.{l}.{norm}.bias"), &[h], 0.0, 0.2);
+        for norm in [names.attention_norm, names.output_norm] {
+            add(&format!("{p}.{norm}.weight"), &[h], 1.0, 0.3);
+            add(&format!("{p}.{norm}.bias"), &[h], 0.0, 0.2);
         }
     }
     add("pooler.dense.weight", &[h, h], 0.0, 0.3);
@@ -94,28 +102,65 @@ fn random_weights(seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     tensors
 }
 
-/// Writes a tiny sentence-transformers folder (Transformer at the root, mean pooling,
-/// Normalize) with a word-level tokenizer over "w0".."w95".
+/// The tiny BERT and its pooling: the model most tests train.
 fn write_tiny_model(dir: &Path, seed: u64) {
-    let config = serde_json::json!({
-        "architectures": ["BertModel"],
-        "model_type": "bert",
-        "hidden_size": HIDDEN,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "intermediate_size": INTERMEDIATE,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": MAX_POSITIONS,
-        "type_vocab_size": 2,
-        "layer_norm_eps": 1e-12,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1,
-        "pad_token_id": 0,
-    });
+    write_tiny_family_model(dir, Arch::Bert, Pooling::Mean, seed);
+}
+
+/// Writes a tiny sentence-transformers folder of `family` (Transformer at the root,
+/// `pooling`, Normalize) with a word-level tokenizer over "w0".."w95".
+fn write_tiny_family_model(dir: &Path, family: Arch, pooling: Pooling, seed: u64) {
+    let config = match family {
+        Arch::DistilBert => serde_json::json!({
+            "architectures": ["DistilBertModel"],
+            "model_type": "distilbert",
+            "dim": HIDDEN,
+            "n_layers": LAYERS,
+            "n_heads": HEADS,
+            "hidden_dim": INTERMEDIATE,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": MAX_POSITIONS,
+            "activation": "gelu",
+            "dropout": 0.1,
+            "attention_dropout": 0.1,
+            "pad_token_id": 0,
+        }),
+        Arch::Roberta => serde_json::json!({
+            "architectures": ["XLMRobertaModel"],
+            "model_type": "xlm-roberta",
+            "hidden_size": HIDDEN,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "intermediate_size": INTERMEDIATE,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": MAX_POSITIONS + 2,
+            "type_vocab_size": 1,
+            "layer_norm_eps": 1e-5,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "pad_token_id": 1,
+        }),
+        _ => serde_json::json!({
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+            "hidden_size": HIDDEN,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "intermediate_size": INTERMEDIATE,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": MAX_POSITIONS,
+            "type_vocab_size": 2,
+            "layer_norm_eps": 1e-12,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "pad_token_id": 0,
+        }),
+    };
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 
-    let weights = random_weights(seed);
+    let weights = random_weights(family, seed);
     let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = weights
         .iter()
         .map(|(name, (shape, values))| {
@@ -124,13 +169,12 @@ fn write_tiny_model(dir: &Path, seed: u64) {
         })
         .collect();
     // A non-float buffer, as older checkpoints carry.
-    let position_ids: Vec<u8> = (0..MAX_POSITIONS as i64)
-        .flat_map(|p| p.to_le_bytes())
-        .collect();
+    let rows = position_rows(family);
+    let position_ids: Vec<u8> = (0..rows as i64).flat_map(|p| p.to_le_bytes()).collect();
     data.push((
         "embeddings.position_ids".into(),
         Dtype::I64,
-        vec![1, MAX_POSITIONS],
+        vec![1, rows],
         position_ids,
     ));
     let views = data.iter().map(|(name, dtype, shape, bytes)| {
@@ -179,10 +223,15 @@ fn write_tiny_model(dir: &Path, seed: u64) {
     ]);
     std::fs::write(dir.join("modules.json"), modules.to_string()).unwrap();
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    let mode = match pooling {
+        Pooling::Mean => "pooling_mode_mean_tokens",
+        Pooling::Cls => "pooling_mode_cls_token",
+        Pooling::Max => "pooling_mode_max_tokens",
+        Pooling::MeanSqrtLen => "pooling_mode_mean_sqrt_len_tokens",
+    };
     std::fs::write(
         dir.join("1_Pooling/config.json"),
-        serde_json::json!({"word_embedding_dimension": HIDDEN, "pooling_mode_mean_tokens": true})
-            .to_string(),
+        serde_json::json!({"word_embedding_dimension": HIDDEN, mode: true}).to_string(),
     )
     .unwrap();
     std::fs::write(
@@ -218,34 +267,53 @@ fn fixed_batch_loss(bert: &Bert, batches: &[TokenBatch; 3]) -> Tensor {
     mnrl_loss(&anchors, &candidates, 20.0).unwrap()
 }
 
+/// The families and poolings the gradient and ONNX checks cover: each family and each
+/// pooling mode at least once.
+const FAMILY_POOLINGS: [(Arch, Pooling); 4] = [
+    (Arch::Bert, Pooling::Mean),
+    (Arch::DistilBert, Pooling::Max),
+    (Arch::Roberta, Pooling::Cls),
+    (Arch::Roberta, Pooling::MeanSqrtLen),
+];
+
 #[test]
 fn gradients_match_central_differences() {
+    for (family, pooling) in FAMILY_POOLINGS {
+        check_gradients(family, pooling);
+    }
+}
+
+fn check_gradients(family: Arch, pooling: Pooling) {
     let dir = temp_dir("gradients");
-    write_tiny_model(dir.path(), 1);
+    write_tiny_family_model(dir.path(), family, pooling, 1);
     let bert = Bert::load(dir.path(), DType::F64).unwrap();
     let mut rng = StdRng::seed_from_u64(2);
     let batches =
-        [4, 4, 2].map(|n| TokenBatch::new(&random_rows(&mut rng, n), DType::F64).unwrap());
+        [4, 4, 2].map(|n| TokenBatch::new(&random_rows(&mut rng, n), pooling, DType::F64).unwrap());
 
     let loss = fixed_batch_loss(&bert, &batches);
     let grads = loss.backward().unwrap();
-    let checked = [
-        "embeddings.word_embeddings.weight",
-        "embeddings.position_embeddings.weight",
-        "embeddings.token_type_embeddings.weight",
-        "embeddings.LayerNorm.weight",
-        "encoder.layer.0.attention.self.query.weight",
-        "encoder.layer.0.attention.self.key.bias",
-        "encoder.layer.0.attention.self.value.weight",
-        "encoder.layer.0.attention.output.LayerNorm.bias",
-        "encoder.layer.1.intermediate.dense.weight",
-        "encoder.layer.1.output.dense.bias",
-        "encoder.layer.1.output.LayerNorm.weight",
+    let names = family.layer_names();
+    let layer = |i: usize, name: &str, part: &str| format!("{}.{i}.{name}.{part}", names.layers);
+    let mut checked = vec![
+        "embeddings.word_embeddings.weight".to_string(),
+        "embeddings.position_embeddings.weight".to_string(),
+        "embeddings.LayerNorm.weight".to_string(),
+        layer(0, names.query, "weight"),
+        layer(0, names.key, "bias"),
+        layer(0, names.value, "weight"),
+        layer(0, names.attention_norm, "bias"),
+        layer(1, names.ffn_in, "weight"),
+        layer(1, names.ffn_out, "bias"),
+        layer(1, names.output_norm, "weight"),
     ];
+    if family != Arch::DistilBert {
+        checked.push("embeddings.token_type_embeddings.weight".to_string());
+    }
     let step = 1e-5;
     let mut significant = 0;
-    for name in checked {
-        let parameter = bert.parameters().iter().find(|p| p.name == name).unwrap();
+    for name in &checked {
+        let parameter = bert.parameters().iter().find(|p| &p.name == name).unwrap();
         let shape = parameter.var.dims().to_vec();
         let original: Vec<f64> = parameter.var.flatten_all().unwrap().to_vec1().unwrap();
         let analytic: Vec<f64> = grads
@@ -255,9 +323,21 @@ fn gradients_match_central_differences() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        // Word rows that the batch uses (id 2 is [CLS]); elsewhere random elements.
+        // Word rows that the batch uses (id 2 is [CLS]), position rows that texts reach (the
+        // first of them for CLS pooling); elsewhere random elements.
+        let first = Arch::positions(
+            family,
+            &semantic_bert_export::BertConfig::from_file(&dir.path().join("config.json")).unwrap(),
+        )
+        .first();
         let elements: Vec<usize> = if name.contains("word_embeddings") {
             vec![2 * HIDDEN, 2 * HIDDEN + 7, 3 * HIDDEN + 1]
+        } else if name.contains("position_embeddings") {
+            vec![
+                first * HIDDEN + 3,
+                (first + 1) * HIDDEN + 5,
+                first * HIDDEN + 30,
+            ]
         } else {
             (0..3)
                 .map(|_| rng.random_range(0..original.len()))
@@ -294,7 +374,7 @@ fn gradients_match_central_differences() {
             let error = (analytic[element] - numeric).abs();
             assert!(
                 error <= 1e-8 + 1e-5 * numeric.abs(),
-                "{name}[{element}]: backward {} vs central difference {numeric}",
+                "{family:?} {pooling:?} {name}[{element}]: backward {} vs central difference {numeric}",
                 analytic[element]
             );
             if numeric.abs() > 1e-6 {
@@ -305,7 +385,7 @@ fn gradients_match_central_differences() {
     // The comparison means something only if most gradients are not ~0.
     assert!(
         significant >= 25,
-        "only {significant} gradients are significant"
+        "{family:?} {pooling:?}: only {significant} gradients are significant"
     );
 }
 
@@ -333,8 +413,8 @@ fn ort_session(model: &[u8]) -> Session {
         .expect("ONNX Runtime rejected the exported model")
 }
 
-/// Mean-pooled, normalised embeddings of `rows` from the exported ONNX graph.
-fn onnx_embeddings(transformer_dir: &Path, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
+/// Pooled, normalised embeddings of `rows` from the exported ONNX graph.
+fn onnx_embeddings(transformer_dir: &Path, rows: &[Vec<u32>], pooling: Pooling) -> Vec<Vec<f32>> {
     let mut session = ort_session(&semantic_bert_export::export_onnx(transformer_dir).unwrap());
     let width = rows.iter().map(Vec::len).max().unwrap();
     let (mut ids, mut mask) = (
@@ -348,13 +428,19 @@ fn onnx_embeddings(transformer_dir: &Path, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
         }
     }
     let shape = [rows.len() as i64, width as i64];
-    let outputs = session
-        .run(ort::inputs![
-            "input_ids" => OrtTensor::from_array((shape, ids)).unwrap(),
-            "attention_mask" => OrtTensor::from_array((shape, mask.clone())).unwrap(),
-            "token_type_ids" => OrtTensor::from_array((shape, vec![0i64; rows.len() * width])).unwrap(),
-        ])
-        .unwrap();
+    let takes_types = session
+        .inputs()
+        .iter()
+        .any(|i| i.name() == "token_type_ids");
+    let mut inputs = ort::inputs![
+        "input_ids" => OrtTensor::from_array((shape, ids)).unwrap(),
+        "attention_mask" => OrtTensor::from_array((shape, mask.clone())).unwrap(),
+    ];
+    if takes_types {
+        let types = OrtTensor::from_array((shape, vec![0i64; rows.len() * width])).unwrap();
+        inputs.push(("token_type_ids".into(), types.into()));
+    }
+    let outputs = session.run(inputs).unwrap();
     let (_, states) = outputs["last_hidden_state"]
         .try_extract_tensor::<f32>()
         .unwrap();
@@ -362,56 +448,63 @@ fn onnx_embeddings(transformer_dir: &Path, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
     (0..rows.len())
         .map(|r| {
             let row_states = &states[r * width * dim..(r + 1) * width * dim];
-            let mut v = semantic_encoder::pool(
-                semantic_encoder::Pooling::Mean,
-                row_states,
-                &mask[r * width..(r + 1) * width],
-                dim,
-            );
+            let mut v =
+                semantic_encoder::pool(pooling, row_states, &mask[r * width..(r + 1) * width], dim);
             semantic_encoder::l2_normalize(&mut v);
             v
         })
         .collect()
 }
 
-fn assert_agrees_with_onnx(transformer_dir: &Path, encoder: &SentenceEncoder, rows: &[Vec<u32>]) {
+fn assert_agrees_with_onnx(
+    transformer_dir: &Path,
+    encoder: &SentenceEncoder,
+    rows: &[Vec<u32>],
+    pooling: Pooling,
+) {
     let ours = encoder
         .bert()
         .embed(
-            &TokenBatch::new(rows, DType::F32).unwrap(),
+            &TokenBatch::new(rows, pooling, DType::F32).unwrap(),
             &mut Dropout::off(),
         )
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    let theirs = onnx_embeddings(transformer_dir, rows);
+    let theirs = onnx_embeddings(transformer_dir, rows, pooling);
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         let similarity = cosine(a, b);
-        assert!(similarity >= 0.9999, "text {i}: cosine {similarity}");
+        assert!(
+            similarity >= 0.9999,
+            "{pooling:?} text {i}: cosine {similarity}"
+        );
     }
 }
 
 #[test]
 fn training_forward_agrees_with_the_exported_onnx() {
-    let dir = temp_dir("onnx");
-    write_tiny_model(dir.path(), 3);
-    let encoder = SentenceEncoder::load(dir.path(), 64, DType::F32).unwrap();
-    let rows = random_rows(&mut StdRng::seed_from_u64(4), 6);
-    assert_agrees_with_onnx(dir.path(), &encoder, &rows);
+    for (family, pooling) in FAMILY_POOLINGS {
+        let dir = temp_dir("onnx");
+        write_tiny_family_model(dir.path(), family, pooling, 3);
+        let encoder = SentenceEncoder::load(dir.path(), 64, pooling, DType::F32).unwrap();
+        let rows = random_rows(&mut StdRng::seed_from_u64(4), 6);
+        assert_agrees_with_onnx(dir.path(), &encoder, &rows, pooling);
+    }
 
     let Some(real) = std::env::var_os("SEMANTIC_TEST_ST_MODEL") else {
         eprintln!("SEMANTIC_TEST_ST_MODEL is not set: the real model is not compared");
         return;
     };
     let folder = SentenceTransformerFolder::open(Path::new(&real)).unwrap();
-    let encoder = SentenceEncoder::load(folder.transformer_dir(), 128, DType::F32).unwrap();
+    let encoder =
+        SentenceEncoder::load(folder.transformer_dir(), 128, folder.pooling(), DType::F32).unwrap();
     let texts = [
         "A man is eating food.",
         "Microstructural development of human newborn cerebral white matter assessed in vivo by diffusion tensor magnetic resonance imaging.",
         "ok",
     ];
     let rows = encoder.tokenize(&texts).unwrap();
-    assert_agrees_with_onnx(folder.transformer_dir(), &encoder, &rows);
+    assert_agrees_with_onnx(folder.transformer_dir(), &encoder, &rows, folder.pooling());
 }
 
 // -------------------------------------------------------------- training --
@@ -434,7 +527,7 @@ fn toy_pairs() -> Vec<Pair> {
 }
 
 fn full_set_loss(transformer_dir: &Path, pairs: &[Pair]) -> f32 {
-    let encoder = SentenceEncoder::load(transformer_dir, 64, DType::F32).unwrap();
+    let encoder = SentenceEncoder::load(transformer_dir, 64, Pooling::Mean, DType::F32).unwrap();
     let batch: Vec<&Pair> = pairs.iter().collect();
     encoder
         .mnrl_loss(&batch, 20.0, &mut Dropout::off())
