@@ -966,8 +966,8 @@ fn import_model_installs_ready_made_onnx_graphs() {
             "attention_mask",
         ),
         (
-            signature_graph(&["input_ids", "attention_mask"], &[1, 384], false),
-            "pool inside",
+            signature_graph(&["input_ids", "attention_mask"], &[384], false),
+            "token vectors [batch, sequence, hidden] or pooled vectors [batch, hidden]",
         ),
         (
             signature_graph(&["input_ids", "attention_mask"], &[1, 8, 384], true),
@@ -1008,5 +1008,79 @@ fn import_model_installs_ready_made_onnx_graphs() {
     // ([CLS] [SEP] alone: 0.9963, as Python onnxruntime gives for the same graph).
     assert!(mean >= 0.999, "mean cosine {mean}: {cosines:?}");
     assert!(worst >= 0.996, "worst cosine {worst}: {cosines:?}");
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// Tiny random models of every family import-model takes (BERT, DistilBERT, RoBERTa,
+/// XLM-RoBERTa, MPNet), with each pooling mode, Dense heads and Normalize, saved by
+/// sentence-transformers itself (tests/python/st_tiny_models.py): imported and encoded here,
+/// they give sentence-transformers' own `encode` vectors. Runs where SEMANTIC_TEST_ST_PYTHON
+/// names a Python with sentence-transformers (an independent reference, not a dependency).
+#[test]
+fn tiny_sentence_transformers_models_of_every_family_import_and_match_encode() {
+    let Some(python) = std::env::var_os("SEMANTIC_TEST_ST_PYTHON") else {
+        eprintln!("skipped: set SEMANTIC_TEST_ST_PYTHON to a Python with sentence-transformers");
+        return;
+    };
+    let work = env()
+        .repo
+        .join("target/test-clusters")
+        .join(format!("st-tiny-{}", std::process::id()));
+    let saved = work.join("saved");
+    let status = Command::new(&python)
+        .arg(env().repo.join("tests/python/st_tiny_models.py"))
+        .arg(&saved)
+        .status()
+        .expect("cannot run the sentence-transformers script");
+    assert!(status.success(), "tests/python/st_tiny_models.py failed");
+    let models = work.join("models");
+    let mut names: Vec<String> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 7, "{names:?}");
+    for name in &names {
+        let folder = saved.join(name);
+        let out = tools(&[
+            "import-model",
+            folder.to_str().unwrap(),
+            "--name",
+            name,
+            "--model-dir",
+            models.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "import of {name} failed");
+        let reference: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(folder.join("reference.json")).unwrap()).unwrap();
+        let texts: Vec<&str> = reference["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let vectors = encode(&models.join(name), &texts);
+        for ((text, got), expected) in texts
+            .iter()
+            .zip(&vectors)
+            .zip(reference["embeddings"].as_array().unwrap())
+        {
+            let expected: Vec<f64> = expected
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.len(), expected.len(), "{name}: dimension");
+            let c = cosine(got, &expected);
+            assert!(c >= 0.9999, "{name}: cosine {c} for {text:?}");
+            // Same length too: a missing Normalize or Dense scale would show here.
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let got64: Vec<f64> = got.iter().map(|x| f64::from(*x)).collect();
+            let ratio = norm(&got64) / norm(&expected);
+            assert!((ratio - 1.0).abs() < 1e-3, "{name}: norm ratio {ratio}");
+        }
+        eprintln!("{name}: {} texts agree", texts.len());
+    }
     std::fs::remove_dir_all(&work).unwrap();
 }
