@@ -24,7 +24,7 @@ pub struct EncodeArgs {
     #[arg(long, default_value = "all-MiniLM-L6-v2")]
     model: String,
     /// The ONNX Runtime shared library (libonnxruntime.so).
-    #[arg(long, env = "ORT_DYLIB_PATH")]
+    #[arg(long, env = "ORT_DYLIB_PATH", value_parser = crate::absolute_path)]
     onnxruntime: PathBuf,
     #[arg(long, default_value_t = 1)]
     threads: usize,

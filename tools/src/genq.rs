@@ -114,7 +114,7 @@ pub struct GenqArgs {
     #[arg(long, env = "SEMANTIC_MODEL_DIR")]
     model_dir: Option<PathBuf>,
     /// The ONNX Runtime library the filter model runs on.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
+    #[arg(long, env = "ORT_DYLIB_PATH", value_parser = crate::absolute_path)]
     onnxruntime: Option<PathBuf>,
 }
 

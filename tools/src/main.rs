@@ -46,6 +46,12 @@ enum Command {
     Reload(reload::ReloadArgs),
 }
 
+/// A path argument made absolute against the working directory: libraries are loaded by
+/// absolute path only (a relative one would be searched for elsewhere).
+fn absolute_path(arg: &str) -> Result<std::path::PathBuf, String> {
+    std::path::absolute(arg).map_err(|e| format!("cannot resolve {arg}: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
