@@ -3,7 +3,10 @@ sentence-transformers saves them, with its own embeddings of a few texts as the 
 
 Usage: python st_tiny_models.py OUT_DIR
 Writes OUT_DIR/<name>/ (a sentence-transformers folder) and OUT_DIR/<name>/reference.json
-({"texts": [...], "embeddings": [[...], ...]}) for each model. Needs sentence-transformers
+({"texts": [...], "embeddings": [[...], ...]}) for each model.
+       python st_tiny_models.py --encode FOLDER
+Loads the sentence-transformers folder FOLDER (a fine-tuned copy, say) and writes
+FOLDER/reference.json the same way. Needs sentence-transformers
 (and so torch and transformers); the tests use it as an independent reference only.
 """
 
@@ -165,13 +168,20 @@ def build(out_dir, name, config_class, extra, make_tokenizer, pooling, dense, no
         model = SentenceTransformer(modules=modules, device="cpu")
         target = os.path.join(out_dir, name)
         model.save(target, safe_serialization=True)
+    write_reference(model, target)
+
+
+def write_reference(model, folder):
     embeddings = model.encode(TEXTS, batch_size=4, convert_to_numpy=True)
-    with open(os.path.join(target, "reference.json"), "w") as f:
+    with open(os.path.join(folder, "reference.json"), "w") as f:
         json.dump({"texts": TEXTS, "embeddings": embeddings.tolist()}, f)
-    print(f"{name}: {embeddings.shape[1]}-d", file=sys.stderr)
+    print(f"{folder}: {embeddings.shape[1]}-d", file=sys.stderr)
 
 
 def main():
+    if sys.argv[1] == "--encode":
+        write_reference(SentenceTransformer(sys.argv[2], device="cpu"), sys.argv[2])
+        return
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
     for spec in MODELS:

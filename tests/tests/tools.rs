@@ -1011,28 +1011,72 @@ fn import_model_installs_ready_made_onnx_graphs() {
     std::fs::remove_dir_all(&work).unwrap();
 }
 
+/// Checks that the installed model `model` gives the vectors of `folder/reference.json`
+/// (sentence-transformers' own `encode` of that folder): cosine >= 0.9999, same length.
+fn assert_matches_reference(model: &Path, folder: &Path) {
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("reference.json")).unwrap()).unwrap();
+    let texts: Vec<&str> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let vectors = encode(model, &texts);
+    for ((text, got), expected) in texts
+        .iter()
+        .zip(&vectors)
+        .zip(reference["embeddings"].as_array().unwrap())
+    {
+        let expected: Vec<f64> = expected
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), expected.len(), "{model:?}: dimension");
+        let c = cosine(got, &expected);
+        assert!(c >= 0.9999, "{model:?}: cosine {c} for {text:?}");
+        // Same length too: a missing Normalize or Dense scale would show here.
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let got64: Vec<f64> = got.iter().map(|x| f64::from(*x)).collect();
+        let ratio = norm(&got64) / norm(&expected);
+        assert!((ratio - 1.0).abs() < 1e-3, "{model:?}: norm ratio {ratio}");
+    }
+}
+
 /// Tiny random models of every family import-model takes (BERT, DistilBERT, RoBERTa,
 /// XLM-RoBERTa, MPNet), with each pooling mode, Dense heads and Normalize, saved by
 /// sentence-transformers itself (tests/python/st_tiny_models.py): imported and encoded here,
-/// they give sentence-transformers' own `encode` vectors. Runs where SEMANTIC_TEST_ST_PYTHON
-/// names a Python with sentence-transformers (an independent reference, not a dependency).
+/// they give sentence-transformers' own `encode` vectors. Each is then fine-tuned by
+/// `semantic-tools finetune` (all but MPNet, which it refuses by name): sentence-transformers
+/// loads the folder it writes and gives the vectors of the model directory it installs. Runs
+/// where SEMANTIC_TEST_ST_PYTHON names a Python with sentence-transformers (an independent
+/// reference, not a dependency).
 #[test]
 fn tiny_sentence_transformers_models_of_every_family_import_and_match_encode() {
     let Some(python) = std::env::var_os("SEMANTIC_TEST_ST_PYTHON") else {
         eprintln!("skipped: set SEMANTIC_TEST_ST_PYTHON to a Python with sentence-transformers");
         return;
     };
+    let script = env().repo.join("tests/python/st_tiny_models.py");
+    let python_run = |args: &[&Path]| {
+        let status = Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .status()
+            .expect("cannot run the sentence-transformers script");
+        assert!(
+            status.success(),
+            "tests/python/st_tiny_models.py {args:?} failed"
+        );
+    };
     let work = env()
         .repo
         .join("target/test-clusters")
         .join(format!("st-tiny-{}", std::process::id()));
     let saved = work.join("saved");
-    let status = Command::new(&python)
-        .arg(env().repo.join("tests/python/st_tiny_models.py"))
-        .arg(&saved)
-        .status()
-        .expect("cannot run the sentence-transformers script");
-    assert!(status.success(), "tests/python/st_tiny_models.py failed");
+    python_run(&[&saved]);
     let models = work.join("models");
     let mut names: Vec<String> = std::fs::read_dir(&saved)
         .unwrap()
@@ -1040,6 +1084,44 @@ fn tiny_sentence_transformers_models_of_every_family_import_and_match_encode() {
         .collect();
     names.sort();
     assert_eq!(names.len(), 7, "{names:?}");
+    // Pairs whose words the tiny vocabularies know.
+    let pairs = work.join("pairs.jsonl");
+    let pair_lines: Vec<String> = [
+        (
+            "a boat in a storm",
+            "a fishing boat is caught in a storm off the coast",
+        ),
+        (
+            "chefs in paris",
+            "two chefs open a small restaurant in paris",
+        ),
+        (
+            "stolen paintings",
+            "the detective follows a trail of stolen paintings",
+        ),
+        (
+            "a robot and love",
+            "a robot learns to love the family that built it",
+        ),
+        ("war romance", "romance and separation during the war"),
+        (
+            "stories of the sea",
+            "an old sailor tells stories about the sea to the children",
+        ),
+        (
+            "a new bridge",
+            "the city council argues about a new bridge over the river",
+        ),
+        (
+            "the coast",
+            "the old sailor and the fishing boat on the coast",
+        ),
+    ]
+    .iter()
+    .map(|(q, p)| serde_json::json!({"query": q, "positive": p}).to_string())
+    .collect();
+    std::fs::write(&pairs, pair_lines.join("\n") + "\n").unwrap();
+    let mut fine_tuned = 0;
     for name in &names {
         let folder = saved.join(name);
         let out = tools(&[
@@ -1051,36 +1133,47 @@ fn tiny_sentence_transformers_models_of_every_family_import_and_match_encode() {
             models.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "import of {name} failed");
-        let reference: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(folder.join("reference.json")).unwrap()).unwrap();
-        let texts: Vec<&str> = reference["texts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
-        let vectors = encode(&models.join(name), &texts);
-        for ((text, got), expected) in texts
-            .iter()
-            .zip(&vectors)
-            .zip(reference["embeddings"].as_array().unwrap())
-        {
-            let expected: Vec<f64> = expected
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            assert_eq!(got.len(), expected.len(), "{name}: dimension");
-            let c = cosine(got, &expected);
-            assert!(c >= 0.9999, "{name}: cosine {c} for {text:?}");
-            // Same length too: a missing Normalize or Dense scale would show here.
-            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let got64: Vec<f64> = got.iter().map(|x| f64::from(*x)).collect();
-            let ratio = norm(&got64) / norm(&expected);
-            assert!((ratio - 1.0).abs() < 1e-3, "{name}: norm ratio {ratio}");
+        assert_matches_reference(&models.join(name), &folder);
+
+        let tuned = work.join("tuned").join(name);
+        let tuned_name = format!("{name}-tuned");
+        let out = tools(&[
+            "finetune",
+            "--base",
+            folder.to_str().unwrap(),
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--output",
+            tuned.to_str().unwrap(),
+            "--name",
+            &tuned_name,
+            "--model-dir",
+            models.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--max-seq-length",
+            "48",
+        ]);
+        if name.starts_with("mpnet") {
+            assert!(!out.status.success());
+            assert!(String::from_utf8_lossy(&out.stderr).contains("not MPNet"));
+            continue;
         }
-        eprintln!("{name}: {} texts agree", texts.len());
+        assert!(out.status.success(), "finetune of {name} failed");
+        python_run(&[Path::new("--encode"), &tuned]);
+        assert_matches_reference(&models.join(&tuned_name), &tuned);
+        // Training moved the vectors: the base reference is no longer met.
+        let before: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(folder.join("reference.json")).unwrap()).unwrap();
+        let after: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tuned.join("reference.json")).unwrap()).unwrap();
+        assert_ne!(before["embeddings"], after["embeddings"], "{name}");
+        fine_tuned += 1;
     }
+    assert_eq!(fine_tuned, 6);
     std::fs::remove_dir_all(&work).unwrap();
 }

@@ -11,7 +11,8 @@ use crate::import;
 
 #[derive(Args)]
 pub struct FinetuneArgs {
-    /// The sentence-transformers folder to start from (BERT, mean pooling).
+    /// The sentence-transformers folder to start from (BERT, DistilBERT, RoBERTa, XLM-RoBERTa
+    /// or CamemBERT; any pooling mode; Dense modules are trained too).
     #[arg(long)]
     base: PathBuf,
     /// Training pairs, JSONL: "query", "positive" (or "passage"), optional hard "negative".

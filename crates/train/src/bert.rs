@@ -20,7 +20,6 @@ use semantic_bert_export::{sinusoidal_positions, Arch, BertConfig, TokenTypes};
 use semantic_encoder::Pooling;
 use serde::Deserialize;
 
-use crate::loss::normalize;
 use crate::ops;
 
 /// A trainable tensor and its name in model.safetensors.
@@ -179,15 +178,15 @@ impl TokenBatch {
     }
 }
 
-struct Linear {
+pub(crate) struct Linear {
     /// Hugging Face layout: `[out, in]`.
-    weight: Tensor,
-    bias: Tensor,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl Linear {
     /// `x` is `[rows, in]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(ops::linear(x, &self.weight, &self.bias)?)
     }
 }
@@ -290,7 +289,7 @@ impl Bert {
         let weights_path = dir.join("model.safetensors");
         let bytes = std::fs::read(&weights_path)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
-        let mut loader = Loader::new(&bytes, family.prefixes(), dtype)
+        let mut loader = Loader::probing(&bytes, family.prefixes(), dtype)
             .with_context(|| format!("in {}", weights_path.display()))?;
 
         let (hidden, inner, eps) = (
@@ -384,12 +383,11 @@ impl Bert {
         self.position_embeddings.dim(0).unwrap_or(0)
     }
 
-    /// Sentence embeddings `[texts, hidden]` as sentence-transformers computes them for this
-    /// model: the last hidden states, pooled as the batch says, L2-normalised (the loss
-    /// compares them by cosine, so a model without a Normalize module trains the same).
-    pub fn embed(&self, batch: &TokenBatch, dropout: &mut Dropout) -> Result<Tensor> {
+    /// One vector per text `[texts, hidden]`: the last hidden states, pooled as the batch
+    /// says.
+    pub fn pooled(&self, batch: &TokenBatch, dropout: &mut Dropout) -> Result<Tensor> {
         let states = self.token_states(batch, dropout)?;
-        Ok(normalize(&batch.pool(&states)?)?)
+        batch.pool(&states)
     }
 
     /// The last hidden states of the batch's tokens, `[rows, hidden]`, packed like the batch.
@@ -444,46 +442,52 @@ impl Bert {
     }
 
     /// Writes `target` as a copy of the safetensors file `source` (the one the model was
-    /// loaded from) in which every trained tensor holds its current value, as float32. Other
-    /// tensors (pooler, buffers) and the file's metadata are copied unchanged.
+    /// loaded from) in which every trained tensor holds its current value.
     pub fn save(&self, source: &Path, target: &Path) -> Result<()> {
-        let bytes =
-            std::fs::read(source).with_context(|| format!("cannot read {}", source.display()))?;
-        let file = SafeTensors::deserialize(&bytes)?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)?;
-        let mut trained: HashMap<&str, (Vec<usize>, Vec<u8>)> = HashMap::new();
-        for parameter in &self.parameters {
-            let values = parameter
-                .var
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?;
-            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            trained.insert(&parameter.name, (parameter.var.dims().to_vec(), data));
-        }
-        let mut views = Vec::new();
-        for (name, view) in file.iter() {
-            let view = match trained.get(name) {
-                Some((shape, data)) => {
-                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)?
-                }
-                None => view,
-            };
-            views.push((name.to_string(), view));
-        }
-        let metadata = header.metadata().clone().or_else(|| {
-            // Hugging Face transformers refuses safetensors files whose format is not stated.
-            Some(HashMap::from([("format".to_string(), "pt".to_string())]))
-        });
-        safetensors::serialize_to_file(views, metadata, target)
-            .with_context(|| format!("cannot write {}", target.display()))
+        write_trained(&self.parameters, source, target)
     }
+}
+
+/// Writes `target` as a copy of the safetensors file `source` in which each of `parameters`
+/// holds its current value, as float32. Other tensors (pooler, buffers) and the file's metadata
+/// are copied unchanged.
+pub(crate) fn write_trained(parameters: &[Parameter], source: &Path, target: &Path) -> Result<()> {
+    let bytes =
+        std::fs::read(source).with_context(|| format!("cannot read {}", source.display()))?;
+    let file = SafeTensors::deserialize(&bytes)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    let mut trained: HashMap<&str, (Vec<usize>, Vec<u8>)> = HashMap::new();
+    for parameter in parameters {
+        let values = parameter
+            .var
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        trained.insert(&parameter.name, (parameter.var.dims().to_vec(), data));
+    }
+    let mut views = Vec::new();
+    for (name, view) in file.iter() {
+        let view = match trained.get(name) {
+            Some((shape, data)) => {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)?
+            }
+            None => view,
+        };
+        views.push((name.to_string(), view));
+    }
+    let metadata = header.metadata().clone().or_else(|| {
+        // Hugging Face transformers refuses safetensors files whose format is not stated.
+        Some(HashMap::from([("format".to_string(), "pt".to_string())]))
+    });
+    safetensors::serialize_to_file(views, metadata, target)
+        .with_context(|| format!("cannot write {}", target.display()))
 }
 
 /// Takes tensors out of a model.safetensors by their base-model names, accepting the family's
 /// prefix of checkpoints saved from task models (`bert.`, `roberta.`...) and the old
 /// `gamma`/`beta` LayerNorm names.
-struct Loader<'a> {
+pub(crate) struct Loader<'a> {
     file: SafeTensors<'a>,
     prefix: &'static str,
     dtype: DType,
@@ -491,20 +495,31 @@ struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    fn new(bytes: &'a [u8], prefixes: &'static [&'static str], dtype: DType) -> Result<Self> {
-        let file = SafeTensors::deserialize(bytes)?;
-        let probe = "embeddings.word_embeddings.weight";
-        let prefix = prefixes
-            .iter()
-            .copied()
-            .find(|p| file.tensor(&format!("{p}{probe}")).is_ok())
-            .with_context(|| format!("no tensor {probe} (prefixes tried: {prefixes:?})"))?;
+    /// Names are taken as they are, after `prefix`.
+    pub(crate) fn new(bytes: &'a [u8], prefix: &'static str, dtype: DType) -> Result<Self> {
         Ok(Loader {
-            file,
+            file: SafeTensors::deserialize(bytes)?,
             prefix,
             dtype,
             parameters: Vec::new(),
         })
+    }
+
+    /// The first of `prefixes` under which the file has the word embeddings.
+    fn probing(bytes: &'a [u8], prefixes: &'static [&'static str], dtype: DType) -> Result<Self> {
+        let mut loader = Self::new(bytes, "", dtype)?;
+        let probe = "embeddings.word_embeddings.weight";
+        loader.prefix = prefixes
+            .iter()
+            .copied()
+            .find(|p| loader.file.tensor(&format!("{p}{probe}")).is_ok())
+            .with_context(|| format!("no tensor {probe} (prefixes tried: {prefixes:?})"))?;
+        Ok(loader)
+    }
+
+    /// The parameters taken so far.
+    pub(crate) fn into_parameters(self) -> Vec<Parameter> {
+        self.parameters
     }
 
     fn linear(&mut self, name: &str, outputs: usize, inputs: usize) -> Result<Linear> {
@@ -523,7 +538,7 @@ impl<'a> Loader<'a> {
     }
 
     /// The tensor `name` (checked to have `shape`) as a new trainable parameter.
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    pub(crate) fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let mut candidates = vec![format!("{}{name}", self.prefix)];
         if let Some(stem) = name.strip_suffix("LayerNorm.weight") {
             candidates.push(format!("{}{stem}LayerNorm.gamma", self.prefix));

@@ -1,13 +1,15 @@
-//! Fine-tuning of BERT sentence-transformers models with MultipleNegativesRankingLoss, on CPU
+//! Fine-tuning of BERT-family sentence-transformers models (BERT, DistilBERT, RoBERTa,
+//! XLM-RoBERTa, CamemBERT; any pooling mode; Dense heads) with MultipleNegativesRankingLoss, on CPU
 //! with candle, reproducing sentence-transformers' `fit`: no-duplicates batches, in-batch
 //! negatives plus optional hard negatives, AdamW with warm-up and linear decay, gradient
 //! clipping, dropout. The result is saved as a sentence-transformers folder.
 //!
-//! The model is a BERT written on candle, whose autograd runs over this crate's fused CPU
+//! The encoder is written on candle, whose autograd runs over this crate's fused CPU
 //! kernels (`ops`); texts are packed without padding.
 
 mod batching;
 mod bert;
+mod dense;
 mod loss;
 mod model;
 mod ops;
@@ -19,6 +21,7 @@ mod trainer;
 
 pub use batching::no_duplicate_batches;
 pub use bert::{Bert, Dropout, Parameter, TokenBatch};
+pub use dense::DenseHead;
 pub use loss::{mnrl_loss, MNRL_SCALE};
 pub use model::SentenceEncoder;
 pub use optimizer::Optimizer;

@@ -1,32 +1,37 @@
-use std::path::Path;
-
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Tensor};
 use semantic_encoder::Pooling;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::bert::{Bert, Dropout, TokenBatch};
-use crate::loss::mnrl_loss;
+use crate::bert::{Bert, Dropout, Parameter, TokenBatch};
+use crate::dense::DenseHead;
+use crate::loss::{mnrl_loss, normalize};
 use crate::pairs::Pair;
+use crate::st_folder::SentenceTransformerFolder;
 
-/// A BERT-family encoder with its tokenizer and pooling: texts in, sentence embeddings out.
+/// A sentence-transformers model as training runs it: the BERT-family encoder, its tokenizer,
+/// pooling and Dense modules. Texts in, sentence embeddings out.
 pub struct SentenceEncoder {
     bert: Bert,
+    head: DenseHead,
     tokenizer: Tokenizer,
     pooling: Pooling,
     dtype: DType,
 }
 
 impl SentenceEncoder {
-    /// Loads the Transformer module in `transformer_dir` (config.json, model.safetensors,
-    /// tokenizer.json); texts are cut to `max_seq_length` tokens and pooled as `pooling` says.
+    /// Loads the model of `folder` (the Transformer module's config.json, model.safetensors
+    /// and tokenizer.json, and the Dense modules' weights) with weights of `dtype`; texts are
+    /// cut to `max_seq_length` tokens.
     pub fn load(
-        transformer_dir: &Path,
+        folder: &SentenceTransformerFolder,
         max_seq_length: usize,
-        pooling: Pooling,
         dtype: DType,
     ) -> Result<Self> {
-        let bert = Bert::load(transformer_dir, dtype)?;
+        let transformer_dir = folder.transformer_dir();
+        let bert = Bert::load(transformer_dir, dtype)
+            .with_context(|| format!("cannot load {}", transformer_dir.display()))?;
+        let head = DenseHead::load(folder.dense(), dtype)?;
         let path = transformer_dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| {
             anyhow!(
@@ -43,14 +48,24 @@ impl SentenceEncoder {
             .map_err(|e| anyhow!("{e}"))?;
         Ok(SentenceEncoder {
             bert,
+            head,
             tokenizer,
-            pooling,
+            pooling: folder.pooling(),
             dtype,
         })
     }
 
     pub fn bert(&self) -> &Bert {
         &self.bert
+    }
+
+    pub fn head(&self) -> &DenseHead {
+        &self.head
+    }
+
+    /// Every trainable weight: the encoder's, then the Dense modules'.
+    pub fn parameters(&self) -> impl Iterator<Item = &Parameter> {
+        self.bert.parameters().iter().chain(self.head.parameters())
     }
 
     /// Token ids of each text, special tokens included.
@@ -62,12 +77,23 @@ impl SentenceEncoder {
         Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
-    /// Unit-length sentence embeddings `[texts, hidden]`, padded to the batch's longest text
-    /// as sentence-transformers does.
+    /// Already tokenised texts packed for this model's pooling.
+    pub fn batch(&self, rows: &[Vec<u32>]) -> Result<TokenBatch> {
+        TokenBatch::new(rows, self.pooling, self.dtype)
+    }
+
+    /// Unit-length sentence embeddings `[texts, width]` of a batch: pooled, through the Dense
+    /// modules, L2-normalised (the loss compares them by cosine, so a model without a
+    /// Normalize module trains the same).
+    pub fn embed_batch(&self, batch: &TokenBatch, dropout: &mut Dropout) -> Result<Tensor> {
+        let pooled = self.bert.pooled(batch, dropout)?;
+        Ok(normalize(&self.head.forward(&pooled)?)?)
+    }
+
+    /// [`SentenceEncoder::embed_batch`] of texts.
     pub fn embed(&self, texts: &[&str], dropout: &mut Dropout) -> Result<Tensor> {
         let rows = self.tokenize(texts)?;
-        self.bert
-            .embed(&TokenBatch::new(&rows, self.pooling, self.dtype)?, dropout)
+        self.embed_batch(&self.batch(&rows)?, dropout)
     }
 
     /// MultipleNegativesRankingLoss of a batch. Each column (queries, positives, negatives)

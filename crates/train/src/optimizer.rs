@@ -26,10 +26,14 @@ struct ParameterState {
 }
 
 impl Optimizer {
-    pub fn new(parameters: &[Parameter], weight_decay: f64, max_grad_norm: f64) -> Self {
+    pub fn new<'a>(
+        parameters: impl IntoIterator<Item = &'a Parameter>,
+        weight_decay: f64,
+        max_grad_norm: f64,
+    ) -> Self {
         Optimizer {
             parameters: parameters
-                .iter()
+                .into_iter()
                 .map(|p| ParameterState {
                     var: p.var.clone(),
                     weight_decay: if p.takes_weight_decay() {

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use semantic_encoder::{Pooling, SentenceTransformersPipeline};
+use anyhow::{Context, Result};
+use semantic_encoder::{DenseModule, Pooling, SentenceTransformersPipeline};
 
 /// Weight files of the base model: the fine-tuned model.safetensors replaces them, so copies
 /// would be stale (and loaders might prefer them).
@@ -20,27 +20,31 @@ pub struct SentenceTransformerFolder {
     root: PathBuf,
     transformer_dir: PathBuf,
     pooling: Pooling,
+    dense: Vec<DenseModule>,
 }
 
 impl SentenceTransformerFolder {
     /// Reads `root`'s modules.json and checks that training can reproduce the pipeline:
-    /// Transformer, Pooling (any mode the encoder has), and optionally Normalize (which
-    /// cosine similarity makes irrelevant to the loss). Dense modules are refused: training
-    /// would leave them out of the loss, so the saved model would not be the one trained.
+    /// Transformer, Pooling (any mode the encoder has), Dense modules, and optionally
+    /// Normalize (which cosine similarity makes irrelevant to the loss).
     pub fn open(root: &Path) -> Result<Self> {
         let pipeline = SentenceTransformersPipeline::read(root)?;
-        if let Some(dense) = pipeline.dense.first() {
-            bail!(
-                "{} has Dense modules ({} first): fine-tuning does not support Dense heads yet; fine-tune a model without them",
-                root.display(),
-                dense.dir.display()
-            );
-        }
         Ok(SentenceTransformerFolder {
             root: root.to_path_buf(),
             transformer_dir: pipeline.transformer_dir,
             pooling: pipeline.pooling,
+            dense: pipeline.dense,
         })
+    }
+
+    /// The folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The Dense modules after pooling, in order.
+    pub fn dense(&self) -> &[DenseModule] {
+        &self.dense
     }
 
     /// How the folder pools token vectors.

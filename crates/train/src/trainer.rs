@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::DType;
 
 use crate::batching::no_duplicate_batches;
@@ -94,13 +94,7 @@ pub fn finetune(
         bail!("{} exists and is not empty", output.display());
     }
     let folder = SentenceTransformerFolder::open(base)?;
-    let encoder = SentenceEncoder::load(
-        folder.transformer_dir(),
-        config.max_seq_length,
-        folder.pooling(),
-        DType::F32,
-    )
-    .with_context(|| format!("cannot load {}", folder.transformer_dir().display()))?;
+    let encoder = SentenceEncoder::load(&folder, config.max_seq_length, DType::F32)?;
 
     let epochs: Vec<Vec<Vec<usize>>> = (0..config.epochs)
         .map(|epoch| no_duplicate_batches(pairs, config.batch_size, config.seed + epoch as u64))
@@ -108,7 +102,7 @@ pub fn finetune(
     let total_steps = epochs.iter().map(Vec::len).sum();
     let schedule = WarmupLinear::new(config.learning_rate, config.warmup_ratio, total_steps);
     let mut optimizer = Optimizer::new(
-        encoder.bert().parameters(),
+        encoder.parameters(),
         config.weight_decay,
         config.max_grad_norm,
     );
@@ -144,6 +138,7 @@ pub fn finetune(
         &folder.transformer_dir().join("model.safetensors"),
         &transformer_dir.join("model.safetensors"),
     )?;
+    encoder.head().save(folder.root(), output)?;
     Ok(TrainSummary {
         steps: total_steps,
         pairs_trained: pairs.len() * config.epochs,

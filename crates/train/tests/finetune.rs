@@ -19,8 +19,8 @@ use safetensors::{Dtype, SafeTensors};
 use semantic_bert_export::Arch;
 use semantic_encoder::{cosine_similarity as cosine, Pooling};
 use semantic_train::{
-    finetune, mnrl_loss, Bert, Dropout, Pair, SentenceEncoder, SentenceTransformerFolder,
-    TokenBatch, TrainConfig,
+    finetune, mnrl_loss, Dropout, Pair, SentenceEncoder, SentenceTransformerFolder, TokenBatch,
+    TrainConfig,
 };
 
 // ---------------------------------------------------------------- helpers --
@@ -102,14 +102,19 @@ fn random_weights(family: Arch, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<
     tensors
 }
 
-/// The tiny BERT and its pooling: the model most tests train.
-fn write_tiny_model(dir: &Path, seed: u64) {
-    write_tiny_family_model(dir, Arch::Bert, Pooling::Mean, seed);
-}
+/// A Dense module after pooling: output width and torch activation class.
+type DenseSpec = Option<(usize, &'static str)>;
 
 /// Writes a tiny sentence-transformers folder of `family` (Transformer at the root,
-/// `pooling`, Normalize) with a word-level tokenizer over "w0".."w95".
-fn write_tiny_family_model(dir: &Path, family: Arch, pooling: Pooling, seed: u64) {
+/// `pooling`, the `dense` module if any, Normalize) with a word-level tokenizer over
+/// "w0".."w95".
+fn write_tiny_family_model(
+    dir: &Path,
+    family: Arch,
+    pooling: Pooling,
+    dense: DenseSpec,
+    seed: u64,
+) {
     let config = match family {
         Arch::DistilBert => serde_json::json!({
             "architectures": ["DistilBertModel"],
@@ -216,12 +221,21 @@ fn write_tiny_family_model(dir: &Path, family: Arch, pooling: Pooling, seed: u64
     });
     std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
 
-    let modules = serde_json::json!([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]);
-    std::fs::write(dir.join("modules.json"), modules.to_string()).unwrap();
+    let mut modules = vec![
+        serde_json::json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
+        serde_json::json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
+    ];
+    if let Some((width, activation)) = dense {
+        modules.push(serde_json::json!({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}));
+        write_dense_module(&dir.join("2_Dense"), width, activation, seed);
+    }
+    let n = modules.len();
+    modules.push(serde_json::json!({"idx": n, "name": n.to_string(), "path": format!("{n}_Normalize"), "type": "sentence_transformers.models.Normalize"}));
+    std::fs::write(
+        dir.join("modules.json"),
+        serde_json::Value::from(modules).to_string(),
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
     let mode = match pooling {
         Pooling::Mean => "pooling_mode_mean_tokens",
@@ -239,6 +253,32 @@ fn write_tiny_family_model(dir: &Path, family: Arch, pooling: Pooling, seed: u64
         r#"{"max_seq_length": 48, "do_lower_case": false}"#,
     )
     .unwrap();
+}
+
+/// A Dense module folder as sentence-transformers saves it: config.json and model.safetensors
+/// with `linear.weight` `[width, HIDDEN]` and `linear.bias`.
+fn write_dense_module(dir: &Path, width: usize, activation: &str, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "in_features": HIDDEN,
+        "out_features": width,
+        "bias": true,
+        "activation_function": format!("torch.nn.modules.activation.{activation}"),
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed + 100);
+    let mut values = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| rng.random_range(-0.4f32..0.4).to_le_bytes())
+            .collect()
+    };
+    let (weight, bias) = (values(width * HIDDEN), values(width));
+    let views = [
+        ("linear.weight", vec![width, HIDDEN], &weight),
+        ("linear.bias", vec![width], &bias),
+    ]
+    .map(|(name, shape, data)| (name, TensorView::new(Dtype::F32, shape, data).unwrap()));
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
 
 /// Token rows of unequal lengths, so that packing (and padding, on the ONNX side) is exercised.
@@ -259,39 +299,40 @@ fn random_rows(rng: &mut StdRng, count: usize) -> Vec<Vec<u32>> {
 /// The loss of a fixed batch (4 queries, 4 positives, 2 hard negatives), with training
 /// dropout: a fresh `Dropout` with the same seed draws the same masks, so the loss is a
 /// deterministic function of the weights and the dropout backward passes are checked too.
-fn fixed_batch_loss(bert: &Bert, batches: &[TokenBatch; 3]) -> Tensor {
-    let mut dropout = Dropout::training(bert, 11);
-    let mut embed = |batch| bert.embed(batch, &mut dropout).unwrap();
+fn fixed_batch_loss(encoder: &SentenceEncoder, batches: &[TokenBatch; 3]) -> Tensor {
+    let mut dropout = Dropout::training(encoder.bert(), 11);
+    let mut embed = |batch| encoder.embed_batch(batch, &mut dropout).unwrap();
     let anchors = embed(&batches[0]);
     let candidates = Tensor::cat(&[embed(&batches[1]), embed(&batches[2])], 0).unwrap();
     mnrl_loss(&anchors, &candidates, 20.0).unwrap()
 }
 
-/// The families and poolings the gradient and ONNX checks cover: each family and each
-/// pooling mode at least once.
-const FAMILY_POOLINGS: [(Arch, Pooling); 4] = [
-    (Arch::Bert, Pooling::Mean),
-    (Arch::DistilBert, Pooling::Max),
-    (Arch::Roberta, Pooling::Cls),
-    (Arch::Roberta, Pooling::MeanSqrtLen),
+/// The families, poolings and Dense heads the gradient checks cover: each family, each
+/// pooling mode and a Dense head with two activations at least once. (The ONNX check takes
+/// the same models without their Dense head.)
+const CASES: [(Arch, Pooling, DenseSpec); 4] = [
+    (Arch::Bert, Pooling::Mean, None),
+    (Arch::DistilBert, Pooling::Max, Some((24, "Tanh"))),
+    (Arch::Roberta, Pooling::Cls, None),
+    (Arch::Roberta, Pooling::MeanSqrtLen, Some((16, "GELU"))),
 ];
 
 #[test]
 fn gradients_match_central_differences() {
-    for (family, pooling) in FAMILY_POOLINGS {
-        check_gradients(family, pooling);
+    for (family, pooling, dense) in CASES {
+        check_gradients(family, pooling, dense);
     }
 }
 
-fn check_gradients(family: Arch, pooling: Pooling) {
+fn check_gradients(family: Arch, pooling: Pooling, dense: DenseSpec) {
     let dir = temp_dir("gradients");
-    write_tiny_family_model(dir.path(), family, pooling, 1);
-    let bert = Bert::load(dir.path(), DType::F64).unwrap();
+    write_tiny_family_model(dir.path(), family, pooling, dense, 1);
+    let folder = SentenceTransformerFolder::open(dir.path()).unwrap();
+    let encoder = SentenceEncoder::load(&folder, MAX_POSITIONS, DType::F64).unwrap();
     let mut rng = StdRng::seed_from_u64(2);
-    let batches =
-        [4, 4, 2].map(|n| TokenBatch::new(&random_rows(&mut rng, n), pooling, DType::F64).unwrap());
+    let batches = [4, 4, 2].map(|n| encoder.batch(&random_rows(&mut rng, n)).unwrap());
 
-    let loss = fixed_batch_loss(&bert, &batches);
+    let loss = fixed_batch_loss(&encoder, &batches);
     let grads = loss.backward().unwrap();
     let names = family.layer_names();
     let layer = |i: usize, name: &str, part: &str| format!("{}.{i}.{name}.{part}", names.layers);
@@ -310,10 +351,13 @@ fn check_gradients(family: Arch, pooling: Pooling) {
     if family != Arch::DistilBert {
         checked.push("embeddings.token_type_embeddings.weight".to_string());
     }
+    if dense.is_some() {
+        checked.extend(["linear.weight".to_string(), "linear.bias".to_string()]);
+    }
     let step = 1e-5;
     let mut significant = 0;
     for name in &checked {
-        let parameter = bert.parameters().iter().find(|p| &p.name == name).unwrap();
+        let parameter = encoder.parameters().find(|p| &p.name == name).unwrap();
         let shape = parameter.var.dims().to_vec();
         let original: Vec<f64> = parameter.var.flatten_all().unwrap().to_vec1().unwrap();
         let analytic: Vec<f64> = grads
@@ -354,7 +398,7 @@ fn check_gradients(family: Arch, pooling: Pooling) {
                             .unwrap(),
                     )
                     .unwrap();
-                let loss = fixed_batch_loss(&bert, &batches)
+                let loss = fixed_batch_loss(&encoder, &batches)
                     .to_scalar::<f64>()
                     .unwrap();
                 parameter
@@ -374,7 +418,7 @@ fn check_gradients(family: Arch, pooling: Pooling) {
             let error = (analytic[element] - numeric).abs();
             assert!(
                 error <= 1e-8 + 1e-5 * numeric.abs(),
-                "{family:?} {pooling:?} {name}[{element}]: backward {} vs central difference {numeric}",
+                "{family:?} {pooling:?} {dense:?} {name}[{element}]: backward {} vs central difference {numeric}",
                 analytic[element]
             );
             if numeric.abs() > 1e-6 {
@@ -385,7 +429,7 @@ fn check_gradients(family: Arch, pooling: Pooling) {
     // The comparison means something only if most gradients are not ~0.
     assert!(
         significant >= 25,
-        "{family:?} {pooling:?}: only {significant} gradients are significant"
+        "{family:?} {pooling:?} {dense:?}: only {significant} gradients are significant"
     );
 }
 
@@ -463,11 +507,7 @@ fn assert_agrees_with_onnx(
     pooling: Pooling,
 ) {
     let ours = encoder
-        .bert()
-        .embed(
-            &TokenBatch::new(rows, pooling, DType::F32).unwrap(),
-            &mut Dropout::off(),
-        )
+        .embed_batch(&encoder.batch(rows).unwrap(), &mut Dropout::off())
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
@@ -483,10 +523,11 @@ fn assert_agrees_with_onnx(
 
 #[test]
 fn training_forward_agrees_with_the_exported_onnx() {
-    for (family, pooling) in FAMILY_POOLINGS {
+    for (family, pooling, _) in CASES {
         let dir = temp_dir("onnx");
-        write_tiny_family_model(dir.path(), family, pooling, 3);
-        let encoder = SentenceEncoder::load(dir.path(), 64, pooling, DType::F32).unwrap();
+        write_tiny_family_model(dir.path(), family, pooling, None, 3);
+        let folder = SentenceTransformerFolder::open(dir.path()).unwrap();
+        let encoder = SentenceEncoder::load(&folder, 64, DType::F32).unwrap();
         let rows = random_rows(&mut StdRng::seed_from_u64(4), 6);
         assert_agrees_with_onnx(dir.path(), &encoder, &rows, pooling);
     }
@@ -496,8 +537,7 @@ fn training_forward_agrees_with_the_exported_onnx() {
         return;
     };
     let folder = SentenceTransformerFolder::open(Path::new(&real)).unwrap();
-    let encoder =
-        SentenceEncoder::load(folder.transformer_dir(), 128, folder.pooling(), DType::F32).unwrap();
+    let encoder = SentenceEncoder::load(&folder, 128, DType::F32).unwrap();
     let texts = [
         "A man is eating food.",
         "Microstructural development of human newborn cerebral white matter assessed in vivo by diffusion tensor magnetic resonance imaging.",
@@ -526,8 +566,9 @@ fn toy_pairs() -> Vec<Pair> {
         .collect()
 }
 
-fn full_set_loss(transformer_dir: &Path, pairs: &[Pair]) -> f32 {
-    let encoder = SentenceEncoder::load(transformer_dir, 64, Pooling::Mean, DType::F32).unwrap();
+fn full_set_loss(root: &Path, pairs: &[Pair]) -> f32 {
+    let folder = SentenceTransformerFolder::open(root).unwrap();
+    let encoder = SentenceEncoder::load(&folder, 64, DType::F32).unwrap();
     let batch: Vec<&Pair> = pairs.iter().collect();
     encoder
         .mnrl_loss(&batch, 20.0, &mut Dropout::off())
@@ -539,26 +580,32 @@ fn full_set_loss(transformer_dir: &Path, pairs: &[Pair]) -> f32 {
 #[test]
 fn finetuning_lowers_the_loss_and_saves_a_sentence_transformers_folder() {
     let base = temp_dir("base");
-    write_tiny_model(base.path(), 6);
+    write_tiny_family_model(
+        base.path(),
+        Arch::Bert,
+        Pooling::Mean,
+        Some((24, "Tanh")),
+        6,
+    );
     std::fs::create_dir(base.path().join("onnx")).unwrap();
     std::fs::write(base.path().join("onnx/model.onnx"), b"stale").unwrap();
     let output = temp_dir("output");
     let pairs = toy_pairs();
     let config = TrainConfig {
-        epochs: 6,
+        epochs: 8,
         batch_size: 8,
         learning_rate: 5e-3,
         ..TrainConfig::default()
     };
     let mut losses = Vec::new();
     let summary = finetune(base.path(), &pairs, output.path(), &config, |report| {
-        assert_eq!(report.total_steps, 30);
+        assert_eq!(report.total_steps, 40);
         losses.push(report.loss);
     })
     .unwrap();
-    assert_eq!(summary.steps, 30);
-    assert_eq!(summary.pairs_trained, 240);
-    assert_eq!(losses.len(), 30);
+    assert_eq!(summary.steps, 40);
+    assert_eq!(summary.pairs_trained, 320);
+    assert_eq!(losses.len(), 40);
 
     let before = full_set_loss(base.path(), &pairs);
     let after = full_set_loss(output.path(), &pairs);
@@ -571,6 +618,7 @@ fn finetuning_lowers_the_loss_and_saves_a_sentence_transformers_folder() {
         "modules.json",
         "sentence_bert_config.json",
         "1_Pooling/config.json",
+        "2_Dense/config.json",
     ] {
         assert_eq!(
             std::fs::read(base.path().join(file)).unwrap(),
@@ -601,4 +649,20 @@ fn finetuning_lowers_the_loss_and_saves_a_sentence_transformers_folder() {
     }
     let (_, metadata) = SafeTensors::read_metadata(&output_bytes).unwrap();
     assert_eq!(metadata.metadata().as_ref().unwrap()["format"], "pt");
+
+    // The Dense head is trained and saved in its own folder, under its own names.
+    let dense = |root: &Path| std::fs::read(root.join("2_Dense/model.safetensors")).unwrap();
+    let (base_dense, output_dense) = (dense(base.path()), dense(output.path()));
+    let (base_dense, output_dense) = (
+        SafeTensors::deserialize(&base_dense).unwrap(),
+        SafeTensors::deserialize(&output_dense).unwrap(),
+    );
+    for name in ["linear.weight", "linear.bias"] {
+        let (a, b) = (
+            base_dense.tensor(name).unwrap(),
+            output_dense.tensor(name).unwrap(),
+        );
+        assert_eq!(a.shape(), b.shape(), "{name}");
+        assert_ne!(a.data(), b.data(), "{name} was not trained");
+    }
 }
