@@ -11,8 +11,8 @@ use crate::import;
 
 #[derive(Args)]
 pub struct FinetuneArgs {
-    /// The sentence-transformers folder to start from (BERT, DistilBERT, RoBERTa, XLM-RoBERTa
-    /// or CamemBERT; any pooling mode; Dense modules are trained too).
+    /// The sentence-transformers folder to start from (BERT, DistilBERT, RoBERTa, XLM-RoBERTa,
+    /// CamemBERT or MPNet; any pooling mode; Dense modules are trained too).
     #[arg(long)]
     base: PathBuf,
     /// Training pairs, JSONL: "query", "positive" (or "passage"), optional hard "negative".

@@ -155,3 +155,59 @@ pub fn sinusoidal_positions(rows: usize, dim: usize) -> Vec<f32> {
     }
     table
 }
+
+/// Buckets and distance of MPNet's `relative_position_bucket` (fixed in HF).
+pub const MPNET_NUM_BUCKETS: usize = 32;
+const MPNET_MAX_DISTANCE: usize = 128;
+
+/// MPNet's `relative_position_bucket` for `n = query_pos - key_pos`, with
+/// the float32 arithmetic PyTorch uses.
+pub fn mpnet_bucket(n: i64) -> i64 {
+    let half = (MPNET_NUM_BUCKETS / 2) as i64;
+    let mut ret = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let max_exact = half / 2;
+    ret += if n < max_exact {
+        n
+    } else {
+        let log_ratio = (n as f32 / max_exact as f32).ln();
+        let denom = (MPNET_MAX_DISTANCE as f64 / max_exact as f64).ln() as f32;
+        let large = max_exact + (log_ratio / denom * (half - max_exact) as f32) as i64;
+        large.min(half - 1)
+    };
+    ret
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mpnet_bucket;
+
+    #[test]
+    fn mpnet_buckets_match_transformers() {
+        // n = query_pos - key_pos; values worked out from
+        // transformers' MPNetEncoder.relative_position_bucket.
+        let expected = [
+            (0, 0),
+            (1, 1),
+            (7, 7),
+            (8, 8),
+            (9, 8),
+            (12, 9),
+            (16, 10),
+            (20, 10),
+            (32, 12),
+            (64, 14),
+            (100, 15),
+            (128, 15),
+            (1000, 15),
+            (-1, 17),
+            (-8, 24),
+            (-16, 26),
+            (-64, 30),
+            (-200, 31),
+        ];
+        for (n, b) in expected {
+            assert_eq!(mpnet_bucket(n), b, "n = {n}");
+        }
+    }
+}

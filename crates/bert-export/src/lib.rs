@@ -17,7 +17,9 @@ pub mod onnx_proto;
 use std::path::{Path, PathBuf};
 
 pub use config::{BertConfig, SUPPORTED_ACTIVATIONS, SUPPORTED_MODEL_TYPES};
-pub use family::{sinusoidal_positions, Arch, LayerNames, Positions, TokenTypes};
+pub use family::{
+    mpnet_bucket, sinusoidal_positions, Arch, LayerNames, Positions, TokenTypes, MPNET_NUM_BUCKETS,
+};
 pub use graph_io::{read_graph_io, GraphIo, GraphOutput};
 
 /// ONNX IR version written into the model.

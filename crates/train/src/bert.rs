@@ -1,7 +1,8 @@
-//! A trainable BERT-family encoder (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, CamemBERT) in
-//! candle. The weights are `Var`s loaded from a Hugging Face `model.safetensors` and written
+//! A trainable BERT-family encoder (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, CamemBERT, MPNet)
+//! in candle. The weights are `Var`s loaded from a Hugging Face `model.safetensors` and written
 //! back under the same names; what differs between the families (weight names, positions,
-//! token types) comes from the exporter's `Arch`, so both read a family the same way.
+//! token types, MPNet's relative position bias) comes from the exporter's `Arch`, so both read
+//! a family the same way.
 //!
 //! candle-transformers' `BertModel` is not used: its LayerNorm takes candle-nn's fused kernel,
 //! which has no backward pass, and its dropout is a no-op, while sentence-transformers trains
@@ -262,6 +263,8 @@ pub struct Bert {
     position_embeddings: Tensor,
     /// Type 0's row, for the families that have token types.
     token_type_embeddings: Option<Tensor>,
+    /// MPNet's relative position bias, `[buckets, heads]`, shared by every layer.
+    position_bias: Option<Tensor>,
     embedding_norm: LayerNorm,
     layers: Vec<Layer>,
     heads: usize,
@@ -279,11 +282,6 @@ impl Bert {
         config.validate()?;
         let family = Arch::from_model_type(&config.model_type)
             .expect("validate() accepts only the exporter's model types");
-        if family == Arch::MPNet {
-            bail!(
-                "fine-tuning supports BERT, DistilBERT, RoBERTa, XLM-RoBERTa and CamemBERT models, not MPNet (its relative position bias is not in the training kernels)"
-            );
-        }
         let dropout: DropoutConfig = serde_json::from_str(&std::fs::read_to_string(&config_path)?)
             .with_context(|| format!("{} is not valid", config_path.display()))?;
         let weights_path = dir.join("model.safetensors");
@@ -324,6 +322,16 @@ impl Bert {
             ),
         };
         let embedding_norm = loader.layer_norm("embeddings.LayerNorm", hidden, eps)?;
+        let position_bias = match family {
+            Arch::MPNet => Some(loader.take(
+                "encoder.relative_attention_bias.weight",
+                &[
+                    config.relative_attention_num_buckets,
+                    config.num_attention_heads,
+                ],
+            )?),
+            _ => None,
+        };
         let names = family.layer_names();
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -363,6 +371,7 @@ impl Bert {
             word_embeddings,
             position_embeddings,
             token_type_embeddings,
+            position_bias,
             embedding_norm,
             layers,
             heads: config.num_attention_heads,
@@ -430,7 +439,14 @@ impl Bert {
     ) -> Result<Tensor> {
         let (rate, seed) = dropout.on_attention();
         let qkv = layer.query_key_value(x)?;
-        let context = ops::attention(&qkv, offsets, self.heads, rate, seed)?;
+        let context = ops::attention(
+            &qkv,
+            offsets,
+            self.heads,
+            rate,
+            seed,
+            self.position_bias.as_ref(),
+        )?;
         let attended = dropout.add_residual(&layer.attention_output.forward(&context)?, x)?;
         let attended = layer.attention_norm.forward(&attended)?;
 

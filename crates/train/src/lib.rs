@@ -1,5 +1,5 @@
 //! Fine-tuning of BERT-family sentence-transformers models (BERT, DistilBERT, RoBERTa,
-//! XLM-RoBERTa, CamemBERT; any pooling mode; Dense heads) with MultipleNegativesRankingLoss, on CPU
+//! XLM-RoBERTa, CamemBERT, MPNet; any pooling mode; Dense heads) with MultipleNegativesRankingLoss, on CPU
 //! with candle, reproducing sentence-transformers' `fit`: no-duplicates batches, in-batch
 //! negatives plus optional hard negatives, AdamW with warm-up and linear decay, gradient
 //! clipping, dropout. The result is saved as a sentence-transformers folder.

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use semantic_bert_export::Arch;
+use semantic_bert_export::{Arch, TokenTypes};
 use semantic_encoder::{cosine_similarity as cosine, Pooling};
 use semantic_train::{
     finetune, mnrl_loss, Dropout, Pair, SentenceEncoder, SentenceTransformerFolder, TokenBatch,
@@ -47,7 +47,7 @@ const WORDS: usize = VOCAB - 4;
 /// Rows of the position table of `family`.
 fn position_rows(family: Arch) -> usize {
     match family {
-        Arch::Roberta => MAX_POSITIONS + 2,
+        Arch::Roberta | Arch::MPNet => MAX_POSITIONS + 2,
         _ => MAX_POSITIONS,
     }
 }
@@ -74,7 +74,13 @@ fn random_weights(family: Arch, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<
     match family {
         Arch::Bert => add("embeddings.token_type_embeddings.weight", &[2, h], 0.0, 0.5),
         Arch::Roberta => add("embeddings.token_type_embeddings.weight", &[1, h], 0.0, 0.5),
-        _ => {}
+        Arch::MPNet => add(
+            "encoder.relative_attention_bias.weight",
+            &[32, HEADS],
+            0.0,
+            1.0,
+        ),
+        Arch::DistilBert => {}
     }
     add("embeddings.LayerNorm.weight", &[h], 1.0, 0.3);
     add("embeddings.LayerNorm.bias", &[h], 0.0, 0.2);
@@ -129,6 +135,22 @@ fn write_tiny_family_model(
             "dropout": 0.1,
             "attention_dropout": 0.1,
             "pad_token_id": 0,
+        }),
+        Arch::MPNet => serde_json::json!({
+            "architectures": ["MPNetModel"],
+            "model_type": "mpnet",
+            "hidden_size": HIDDEN,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "intermediate_size": INTERMEDIATE,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": MAX_POSITIONS + 2,
+            "relative_attention_num_buckets": 32,
+            "layer_norm_eps": 1e-5,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+            "pad_token_id": 1,
         }),
         Arch::Roberta => serde_json::json!({
             "architectures": ["XLMRobertaModel"],
@@ -310,11 +332,12 @@ fn fixed_batch_loss(encoder: &SentenceEncoder, batches: &[TokenBatch; 3]) -> Ten
 /// The families, poolings and Dense heads the gradient checks cover: each family, each
 /// pooling mode and a Dense head with two activations at least once. (The ONNX check takes
 /// the same models without their Dense head.)
-const CASES: [(Arch, Pooling, DenseSpec); 4] = [
+const CASES: [(Arch, Pooling, DenseSpec); 5] = [
     (Arch::Bert, Pooling::Mean, None),
     (Arch::DistilBert, Pooling::Max, Some((24, "Tanh"))),
     (Arch::Roberta, Pooling::Cls, None),
     (Arch::Roberta, Pooling::MeanSqrtLen, Some((16, "GELU"))),
+    (Arch::MPNet, Pooling::Mean, None),
 ];
 
 #[test]
@@ -348,11 +371,14 @@ fn check_gradients(family: Arch, pooling: Pooling, dense: DenseSpec) {
         layer(1, names.ffn_out, "bias"),
         layer(1, names.output_norm, "weight"),
     ];
-    if family != Arch::DistilBert {
+    if family.token_types() != TokenTypes::Absent {
         checked.push("embeddings.token_type_embeddings.weight".to_string());
     }
     if dense.is_some() {
         checked.extend(["linear.weight".to_string(), "linear.bias".to_string()]);
+    }
+    if family == Arch::MPNet {
+        checked.push("encoder.relative_attention_bias.weight".to_string());
     }
     let step = 1e-5;
     let mut significant = 0;
@@ -376,6 +402,9 @@ fn check_gradients(family: Arch, pooling: Pooling, dense: DenseSpec) {
         .first();
         let elements: Vec<usize> = if name.contains("word_embeddings") {
             vec![2 * HIDDEN, 2 * HIDDEN + 7, 3 * HIDDEN + 1]
+        } else if name.contains("relative_attention_bias") {
+            // Buckets short texts reach (distances 0, +1, -1), in several heads.
+            vec![3, 4 + 1, 17 * HEADS + 2]
         } else if name.contains("position_embeddings") {
             vec![
                 first * HIDDEN + 3,

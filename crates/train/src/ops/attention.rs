@@ -1,7 +1,9 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use super::dropout::DropoutMask;
@@ -13,14 +15,18 @@ use super::{by_float_type, contiguous, Real};
 /// key and value projections side by side) with the rows of each text in turn, text i
 /// spanning rows `offsets[i]..offsets[i + 1]`. Nothing is padded, so no mask is needed. The
 /// result is `[rows, hidden]`, heads merged. Dropout (rate `dropout`, masks seeded by `seed`)
-/// applies to the probabilities.
+/// applies to the probabilities. With `position_bias`, MPNet's `[buckets, heads]` table, each
+/// score of query i and key j gets the table's entry for the bucket of `i - j`
+/// ([`semantic_bert_export::mpnet_bucket`]) and its head, and the table is trained too.
 pub fn attention(
     qkv: &Tensor,
     offsets: &Arc<[usize]>,
     heads: usize,
     dropout: f64,
     seed: u64,
+    position_bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let longest = offsets.windows(2).map(|t| t[1] - t[0]).max().unwrap_or(0);
     let attention = Attention {
         offsets: offsets.clone(),
         heads,
@@ -28,8 +34,35 @@ pub fn attention(
             probability: dropout,
             seed,
         },
+        buckets: position_bias.map(|_| RelativeBuckets::new(longest)),
     };
-    qkv.contiguous()?.apply_op1(attention)
+    let qkv = qkv.contiguous()?;
+    match position_bias {
+        None => qkv.apply_op1(attention),
+        Some(table) => qkv.apply_op2(&table.contiguous()?, attention),
+    }
+}
+
+/// The bucket of every distance `i - j` between two tokens of a text of at most `longest`.
+#[derive(Clone)]
+struct RelativeBuckets {
+    longest: usize,
+    /// Indexed by `i - j + longest - 1`.
+    buckets: Arc<[usize]>,
+}
+
+impl RelativeBuckets {
+    fn new(longest: usize) -> Self {
+        let reach = longest as i64 - 1;
+        let buckets = (-reach..=reach)
+            .map(|n| semantic_bert_export::mpnet_bucket(n) as usize)
+            .collect();
+        RelativeBuckets { longest, buckets }
+    }
+
+    fn of(&self, query: usize, key: usize) -> usize {
+        self.buckets[query + self.longest - 1 - key]
+    }
 }
 
 #[derive(Clone)]
@@ -37,6 +70,15 @@ struct Attention {
     offsets: Arc<[usize]>,
     heads: usize,
     dropout: DropoutMask,
+    /// Set when a position bias table is given.
+    buckets: Option<RelativeBuckets>,
+}
+
+/// A position bias table's values, `[buckets, heads]` row-major, and its bucket numbering.
+#[derive(Clone, Copy)]
+struct PositionBias<'a, T> {
+    table: &'a [T],
+    buckets: &'a RelativeBuckets,
 }
 
 /// One head of one text: the unit of parallel work.
@@ -99,21 +141,40 @@ impl Attention {
     }
 
     /// The head's attention probabilities before dropout (`tokens × tokens`, row-major).
-    fn probabilities<T: Real>(&self, head: Head, qkv: &[T]) -> Vec<T> {
+    fn probabilities<T: Real>(
+        &self,
+        head: Head,
+        qkv: &[T],
+        bias: Option<PositionBias<'_, T>>,
+    ) -> Vec<T> {
         let mut scores = matmul(head.projection(qkv, 0), head.projection(qkv, 1).t());
         let scale = T::from(1.0 / (head.size as f64).sqrt()).unwrap();
-        for row in scores.chunks_mut(head.tokens) {
+        for (query, row) in scores.chunks_mut(head.tokens).enumerate() {
+            for (key, s) in row.iter_mut().enumerate() {
+                *s *= scale;
+                if let Some(bias) = bias {
+                    *s += bias.table[bias.buckets.of(query, key) * self.heads + head.index];
+                }
+            }
             let max = row
                 .iter()
                 .fold(T::neg_infinity(), |m, &s| num_traits::Float::max(m, s));
             let mut sum = T::zero();
             for s in row.iter_mut() {
-                *s = ((*s - max) * scale).exp();
+                *s = (*s - max).exp();
                 sum += *s;
             }
             row.iter_mut().for_each(|s| *s /= sum);
         }
         scores
+    }
+
+    /// The table's values, when the op has one.
+    fn bias<'a, T>(&'a self, table: Option<&'a [T]>) -> Option<PositionBias<'a, T>> {
+        Some(PositionBias {
+            table: table?,
+            buckets: self.buckets.as_ref()?,
+        })
     }
 
     /// Applies the dropout mask of `head` of text `text` to a `tokens × tokens` matrix. Masks
@@ -148,13 +209,19 @@ impl Attention {
     }
 }
 
-fn attention_forward<T: Real>(attention: &Attention, qkv: &[T], width: usize) -> Result<Vec<T>> {
+fn attention_forward<T: Real>(
+    attention: &Attention,
+    qkv: &[T],
+    table: Option<&[T]>,
+    width: usize,
+) -> Result<Vec<T>> {
     let heads = attention.heads(width)?;
     let hidden = width / 3;
+    let bias = attention.bias(table);
     let mut out = vec![T::zero(); qkv.len() / 3];
     attention.for_each_text(&heads, &mut out, hidden, |text, heads, rows| {
         for &head in heads {
-            let mut probabilities = attention.probabilities(head, qkv);
+            let mut probabilities = attention.probabilities(head, qkv, bias);
             attention.drop_out(text, head, &mut probabilities);
             let tokens = head.tokens;
             let probabilities = MatRef::new(&probabilities, 0, tokens, tokens, tokens);
@@ -165,21 +232,27 @@ fn attention_forward<T: Real>(attention: &Attention, qkv: &[T], width: usize) ->
     Ok(out)
 }
 
-/// The gradient with respect to `qkv`, given the gradient of the output.
+/// The gradients with respect to `qkv` and to the position bias table (empty without one),
+/// given the gradient of the output.
 fn attention_backward<T: Real>(
     attention: &Attention,
     qkv: &[T],
+    table: Option<&[T]>,
     grad: &[T],
     width: usize,
-) -> Result<Vec<T>> {
+) -> Result<(Vec<T>, Vec<T>)> {
     let heads = attention.heads(width)?;
     let hidden = width / 3;
+    let bias = attention.bias(table);
     let mut out = vec![T::zero(); qkv.len()];
+    let grad_table = Mutex::new(vec![T::zero(); table.map_or(0, <[T]>::len)]);
     attention.for_each_text(&heads, &mut out, width, |text, heads, rows| {
+        // This text's share of the table's gradient, added to the total once.
+        let mut text_grad_table = vec![T::zero(); table.map_or(0, <[T]>::len)];
         for &head in heads {
             let tokens = head.tokens;
             let scale = T::from(1.0 / (head.size as f64).sqrt()).unwrap();
-            let probabilities = attention.probabilities(head, qkv);
+            let probabilities = attention.probabilities(head, qkv, bias);
             let mut dropped = probabilities.clone();
             attention.drop_out(text, head, &mut dropped);
             let grad_context = head.block(grad);
@@ -189,17 +262,24 @@ fn attention_backward<T: Real>(
             let grad_value = matmul(dropped.t(), grad_context);
             let mut grad_scores = matmul(grad_context, value.t());
             attention.drop_out(text, head, &mut grad_scores);
-            // Softmax backward, then the 1/√d scale of the scores.
-            for (grad_row, row) in grad_scores
+            // Softmax backward (the bias receives it as it is), then the 1/√d scale of the
+            // scores.
+            for (query, (grad_row, row)) in grad_scores
                 .chunks_mut(tokens)
                 .zip(probabilities.chunks(tokens))
+                .enumerate()
             {
                 let dot = grad_row
                     .iter()
                     .zip(row)
                     .fold(T::zero(), |s, (&g, &p)| s + g * p);
-                for (g, &p) in grad_row.iter_mut().zip(row) {
-                    *g = p * (*g - dot) * scale;
+                for (key, (g, &p)) in grad_row.iter_mut().zip(row).enumerate() {
+                    let grad_logit = p * (*g - dot);
+                    if let Some(bias) = bias {
+                        let at = bias.buckets.of(query, key) * attention.heads + head.index;
+                        text_grad_table[at] += grad_logit;
+                    }
+                    *g = grad_logit * scale;
                 }
             }
             let grad_scores = MatRef::new(&grad_scores, 0, tokens, tokens, tokens);
@@ -209,8 +289,28 @@ fn attention_backward<T: Real>(
                 head.scatter(values, rows, width, which * hidden);
             }
         }
+        if bias.is_some() {
+            let mut total = grad_table.lock().expect("no task panics while holding it");
+            total
+                .iter_mut()
+                .zip(&text_grad_table)
+                .for_each(|(t, g)| *t += *g);
+        }
     });
-    Ok(out)
+    let grad_table = grad_table.into_inner().expect("no task panicked");
+    Ok((out, grad_table))
+}
+
+impl Attention {
+    fn check_rows(&self, rows: usize) -> Result<()> {
+        if self.offsets.last() != Some(&rows) {
+            bail!(
+                "attention: {rows} rows, but the texts span {:?}",
+                self.offsets.last()
+            );
+        }
+        Ok(())
+    }
 }
 
 impl CustomOp1 for Attention {
@@ -220,15 +320,10 @@ impl CustomOp1 for Attention {
 
     fn cpu_fwd(&self, qkv: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, width) = layout.shape().dims2()?;
-        if self.offsets.last() != Some(&rows) {
-            bail!(
-                "attention: {rows} rows, but the texts span {:?}",
-                self.offsets.last()
-            );
-        }
+        self.check_rows(rows)?;
         let out = by_float_type!(
             qkv.dtype(),
-            attention_forward(self, contiguous(qkv, layout)?, width)?
+            attention_forward(self, contiguous(qkv, layout)?, None, width)?
         );
         Ok((out, Shape::from((rows, width / 3))))
     }
@@ -236,6 +331,59 @@ impl CustomOp1 for Attention {
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let backward = AttentionBackward(self.clone());
         Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &backward)?))
+    }
+}
+
+/// With a position bias table as the second operand.
+impl CustomOp2 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention-position-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qkv: &CpuStorage,
+        qkv_layout: &Layout,
+        table: &CpuStorage,
+        table_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, width) = qkv_layout.shape().dims2()?;
+        self.check_rows(rows)?;
+        let (buckets, heads) = table_layout.shape().dims2()?;
+        if heads != self.heads || buckets < semantic_bert_export::MPNET_NUM_BUCKETS {
+            bail!(
+                "attention: a position bias table of {buckets} x {heads} for {} heads",
+                self.heads
+            );
+        }
+        let out = by_float_type!(
+            qkv.dtype(),
+            attention_forward(
+                self,
+                contiguous(qkv, qkv_layout)?,
+                Some(contiguous(table, table_layout)?),
+                width
+            )?
+        );
+        Ok((out, Shape::from((rows, width / 3))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        table: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // One pass gives both gradients, side by side in one flat tensor.
+        let backward = AttentionBackward(self.clone());
+        let both = qkv.apply_op3_no_bwd(table, &grad.contiguous()?, &backward)?;
+        let split = qkv.elem_count();
+        let grad_qkv = both.narrow(0, 0, split)?.reshape(qkv.shape())?;
+        let grad_table = both
+            .narrow(0, split, table.elem_count())?
+            .reshape(table.shape())?;
+        Ok((Some(grad_qkv), Some(grad_table)))
     }
 }
 
@@ -256,7 +404,7 @@ impl CustomOp2 for AttentionBackward {
         let (_, width) = qkv_layout.shape().dims2()?;
         let out = by_float_type!(
             qkv.dtype(),
-            attention_backward(
+            qkv_gradient(
                 &self.0,
                 contiguous(qkv, qkv_layout)?,
                 contiguous(grad, grad_layout)?,
@@ -265,4 +413,51 @@ impl CustomOp2 for AttentionBackward {
         );
         Ok((out, qkv_layout.shape().clone()))
     }
+}
+
+/// The backward pass with a position bias table: the gradients of `qkv` and of the table,
+/// flattened one after the other.
+impl CustomOp3 for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "fused-attention-position-bias-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qkv: &CpuStorage,
+        qkv_layout: &Layout,
+        table: &CpuStorage,
+        table_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, width) = qkv_layout.shape().dims2()?;
+        let out = by_float_type!(
+            qkv.dtype(),
+            concatenated(attention_backward(
+                &self.0,
+                contiguous(qkv, qkv_layout)?,
+                Some(contiguous(table, table_layout)?),
+                contiguous(grad, grad_layout)?,
+                width,
+            )?)
+        );
+        let length = qkv_layout.shape().elem_count() + table_layout.shape().elem_count();
+        Ok((out, Shape::from(length)))
+    }
+}
+
+/// The gradient of `qkv` alone, without a position bias table.
+fn qkv_gradient<T: Real>(
+    attention: &Attention,
+    qkv: &[T],
+    grad: &[T],
+    width: usize,
+) -> Result<Vec<T>> {
+    Ok(attention_backward(attention, qkv, None, grad, width)?.0)
+}
+
+fn concatenated<T>((mut first, second): (Vec<T>, Vec<T>)) -> Vec<T> {
+    first.extend(second);
+    first
 }
