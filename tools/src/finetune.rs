@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use semantic_encoder::validate_model_name;
-use semantic_train::{finetune, read_pairs, TrainConfig};
+use semantic_train::{finetune, read_pairs, Loss, TrainConfig};
 
 use crate::import;
 
@@ -15,7 +15,8 @@ pub struct FinetuneArgs {
     /// CamemBERT or MPNet; any pooling mode; Dense modules are trained too).
     #[arg(long)]
     base: PathBuf,
-    /// Training pairs, JSONL: "query", "positive" (or "passage"), optional hard "negative".
+    /// Training pairs, JSONL: "query", "positive" (or "passage"), optional hard "negative" and
+    /// a teacher's "margin" (as genq --teacher writes them).
     #[arg(long)]
     pairs: PathBuf,
     /// Where to write the fine-tuned sentence-transformers folder (must not exist or be empty).
@@ -30,6 +31,11 @@ pub struct FinetuneArgs {
     /// Replace an installed model of the same name.
     #[arg(long)]
     force: bool,
+    /// mnrl: MultipleNegativesRankingLoss (in-batch and hard negatives); margin-mse: learn the
+    /// teacher's margin between each pair's positive and negative (GPL), which needs both in
+    /// every pair.
+    #[arg(long, value_enum, default_value_t = LossArg::Mnrl)]
+    loss: LossArg,
     #[arg(long, default_value_t = 1)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
@@ -47,6 +53,12 @@ pub struct FinetuneArgs {
     /// Compute threads (default: one per physical core).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LossArg {
+    Mnrl,
+    MarginMse,
 }
 
 /// Parses import-model's arguments, so that installing goes through exactly its code.
@@ -91,6 +103,10 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         warmup_ratio: args.warmup,
         max_seq_length: args.max_seq_length,
         seed: args.seed,
+        loss: match args.loss {
+            LossArg::Mnrl => Loss::MultipleNegativesRanking,
+            LossArg::MarginMse => Loss::MarginMse,
+        },
         ..TrainConfig::default()
     };
     eprintln!(
@@ -118,6 +134,9 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let summary = summary?;
+    if let Some(scale) = summary.margin_scale {
+        eprintln!("the teacher's margins were multiplied by {scale:.4} (the model's scale)");
+    }
     eprintln!(
         "saved {} ({} steps, mean loss of the last epoch {:.4})",
         args.output.display(),

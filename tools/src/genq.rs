@@ -97,10 +97,17 @@ pub struct GenqArgs {
     #[arg(long, default_value_t = 1)]
     filter_top: usize,
     /// A faiss index whose hybrid search (with a bm25 index on the same column) is the
-    /// teacher; its table is --table or another one with the passages' ids in --id-column: a pair is kept only if the teacher ranks its passage among the
-    /// top --teacher-top, and gets a hard negative drawn from the teacher's --negative-ranks.
+    /// teacher; its table is --table or another one with the passages' ids in --id-column: a
+    /// pair is kept only if the teacher ranks its passage among the top --teacher-top, and gets
+    /// a hard negative drawn from the teacher's --negative-ranks with the teacher's margin
+    /// (positive's score minus negative's) for `finetune --loss margin-mse`.
     #[arg(long, requires = "db")]
     teacher: Option<String>,
+    /// How the teacher fuses its two sides (semantic_search's `fusion`): convex scores (the
+    /// weighted sum of min-max normalised scores, between 0 and 2) make margins that say how
+    /// much better the positive is; rrf margins are small rank differences.
+    #[arg(long, default_value = "rrf", value_parser = ["rrf", "convex"])]
+    teacher_fusion: String,
     #[arg(long, default_value_t = 1)]
     teacher_top: usize,
     /// 0-based ranks of the teacher's list that hard negatives come from, as START..END. The
@@ -294,7 +301,8 @@ fn filter_with_teacher(
         .expect("clap requires --db with --teacher");
     let mut client = connect(db)?;
     let search = client.prepare(
-        "SELECT \"row\"->>$4 FROM semantic_search($1, $2, $3::text, mode => 'hybrid') ORDER BY rank",
+        "SELECT \"row\"->>$4, score FROM semantic_search($1, $2, $3::text, mode => 'hybrid', \
+         fusion => $5) ORDER BY rank",
     )?;
     let index = quote_ident(index);
     let settings = TeacherSettings {
@@ -314,17 +322,29 @@ fn filter_with_teacher(
         &settings,
         |query, depth| {
             let rows = client
-                .query(&search, &[&query, &(depth as i32), &index, &args.id_column])
+                .query(
+                    &search,
+                    &[
+                        &query,
+                        &(depth as i32),
+                        &index,
+                        &args.id_column,
+                        &args.teacher_fusion,
+                    ],
+                )
                 .with_context(|| format!("teacher search failed for query {query:?}"))?;
-            let ids: Vec<String> = rows.iter().filter_map(|row| row.get(0)).collect();
-            if ids.len() < rows.len() {
+            let ranking: Vec<(String, f64)> = rows
+                .iter()
+                .filter_map(|row| Some((row.get::<_, Option<String>>(0)?, row.get::<_, f64>(1))))
+                .collect();
+            if ranking.len() < rows.len() {
                 bail!(
                     "the teacher's rows have no {:?} column: its table must hold the passage ids \
                      in --id-column",
                     args.id_column
                 );
             }
-            Ok(ids)
+            Ok(ranking)
         },
         || bar.inc(1),
     )?;

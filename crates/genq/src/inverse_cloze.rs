@@ -50,6 +50,7 @@ pub fn inverse_cloze_pairs(
                 passage_id: passage.id.clone(),
                 positive: join_title(&passage.title, &rest.join(" ")),
                 negative: None,
+                margin: None,
             });
         }
     }

@@ -271,6 +271,7 @@ pub fn keyword_pairs(passages: &[Passage], queries_per_passage: usize, seed: u64
                 passage_id: passage.id.clone(),
                 positive: text.clone(),
                 negative: None,
+                margin: None,
             });
         }
     }

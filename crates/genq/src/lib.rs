@@ -50,6 +50,9 @@ pub struct Pair {
     /// A hard negative: a passage that should rank below the positive (see [`teacher`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub negative: Option<String>,
+    /// The teacher's score of the positive minus its score of the negative (see [`teacher`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f32>,
 }
 
 /// The passage's own title as its query and the text without it as the positive: in many
@@ -64,6 +67,7 @@ pub fn title_pairs(passages: &[Passage]) -> Vec<Pair> {
             passage_id: p.id.clone(),
             positive: p.text.clone(),
             negative: None,
+            margin: None,
         })
         .collect()
 }
@@ -115,6 +119,7 @@ mod tests {
             passage_id: id.into(),
             positive: format!("passage {id}"),
             negative: None,
+            margin: None,
         }
     }
 
@@ -137,6 +142,7 @@ mod tests {
                 passage_id: "a".into(),
                 positive: "We show that p53 ...".into(),
                 negative: None,
+                margin: None,
             }]
         );
     }

@@ -171,6 +171,7 @@ impl T5QueryGenerator {
                         passage_id: passage.id.clone(),
                         positive: passage.full_text(),
                         negative: None,
+                        margin: None,
                     })
             })
             .collect())

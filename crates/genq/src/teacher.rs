@@ -7,7 +7,9 @@
 //! - hard negatives: each kept pair gets one passage the teacher ranks high but not at the very
 //!   top for that query. It shares the query's topic and words, so the model must learn what
 //!   tells it apart; the top ranks are skipped because a passage there may answer the query as
-//!   well as its own (a false negative).
+//!   well as its own (a false negative);
+//! - margins: the teacher's score of the positive minus that of the negative, for MarginMSE
+//!   (GPL's pseudo-labels, with the hybrid search where GPL has a cross-encoder).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -41,15 +43,16 @@ pub struct TeacherReport {
     pub surplus: usize,
 }
 
-/// Filters `pairs` and gives each kept one a hard negative. `rank(query, depth)` is the
-/// teacher: the ids of its first `depth` passages for the query, best first. Negatives are the
-/// passages' full text (title and text), as the retriever indexes them; a pair whose teacher
-/// list has no candidate in the negative ranks keeps no negative.
+/// Filters `pairs` and gives each kept one a hard negative and the teacher's margin.
+/// `rank(query, depth)` is the teacher: the ids and scores of its first `depth` passages for
+/// the query, best first. Negatives are the passages' full text (title and text), as the
+/// retriever indexes them; a pair whose teacher list has no candidate in the negative ranks
+/// keeps neither negative nor margin.
 pub fn teach(
     pairs: Vec<Pair>,
     passages: &[Passage],
     settings: &TeacherSettings,
-    mut rank: impl FnMut(&str, usize) -> Result<Vec<String>>,
+    mut rank: impl FnMut(&str, usize) -> Result<Vec<(String, f64)>>,
     mut on_pair: impl FnMut(),
 ) -> Result<(Vec<Pair>, TeacherReport)> {
     let by_id: HashMap<&str, &Passage> = passages
@@ -70,21 +73,24 @@ pub fn teach(
         }
         report.searched += 1;
         let ranking = rank(&pair.query, depth)?;
-        let own = ranking.iter().position(|id| *id == pair.passage_id);
-        if own.is_none_or(|r| r >= settings.keep_top) {
+        let own = ranking.iter().position(|(id, _)| *id == pair.passage_id);
+        let Some(own) = own.filter(|&r| r < settings.keep_top) else {
             report.rejected += 1;
             continue;
-        }
-        let candidates: Vec<&Passage> = ranking
+        };
+        let candidates: Vec<(&Passage, f64)> = ranking
             .get(settings.negative_ranks.start.min(ranking.len())..)
             .unwrap_or_default()
             .iter()
             .take(settings.negative_ranks.len())
-            .filter(|id| **id != pair.passage_id)
-            .filter_map(|id| by_id.get(id.as_str()).copied())
+            .filter(|(id, _)| *id != pair.passage_id)
+            .filter_map(|(id, score)| Some((*by_id.get(id.as_str())?, *score)))
             .collect();
         let mut rng = passage_rng(settings.seed, &pair.passage_id, 1 + *count as u64);
-        pair.negative = candidates.choose(&mut rng).map(|p| p.full_text());
+        if let Some((negative, score)) = candidates.choose(&mut rng) {
+            pair.negative = Some(negative.full_text());
+            pair.margin = Some((ranking[own].1 - score) as f32);
+        }
         *count += 1;
         kept.push(pair);
     }
@@ -109,12 +115,19 @@ mod tests {
             passage_id: id.into(),
             positive: format!("positive {id}"),
             negative: None,
+            margin: None,
         }
     }
 
-    /// A teacher that ranks the passages in the order the query names them.
-    fn teacher(query: &str, depth: usize) -> Result<Vec<String>> {
-        Ok(query.split(' ').take(depth).map(String::from).collect())
+    /// A teacher that ranks the passages in the order the query names them, scoring rank r
+    /// 1 / (r + 1).
+    fn teacher(query: &str, depth: usize) -> Result<Vec<(String, f64)>> {
+        Ok(query
+            .split(' ')
+            .take(depth)
+            .enumerate()
+            .map(|(r, id)| (id.to_string(), 1.0 / (r + 1) as f64))
+            .collect())
     }
 
     #[test]
@@ -144,15 +157,32 @@ mod tests {
                 surplus: 1
             }
         );
-        let summary: Vec<(&str, Option<&str>)> = kept
+        let summary: Vec<(&str, Option<&str>, Option<f32>)> = kept
             .iter()
-            .map(|p| (p.query.as_str(), p.negative.as_deref()))
+            .map(|p| (p.query.as_str(), p.negative.as_deref(), p.margin))
             .collect();
-        assert!(matches!(
-            summary[0],
-            ("b a c d e", Some("Tc text c" | "Td text d"))
-        ));
-        assert_eq!(summary[1..], [("c d", None), ("e x a", Some("Ta text a"))]);
+        // Own passage at rank 1 (score 1/2); c at rank 2 (1/3) or d at rank 3 (1/4).
+        assert!(
+            matches!(
+                summary[0],
+                ("b a c d e", Some("Tc text c"), Some(m)) if (m - (1.0 / 2.0 - 1.0 / 3.0)).abs() < 1e-6
+            ) || matches!(
+                summary[0],
+                ("b a c d e", Some("Td text d"), Some(m)) if (m - (1.0 / 2.0 - 1.0 / 4.0)).abs() < 1e-6
+            ),
+            "{:?}",
+            summary[0]
+        );
+        assert_eq!(summary[1], ("c d", None, None));
+        // Own passage at rank 0 (1), a at rank 2 (1/3).
+        assert!(
+            matches!(
+                summary[2],
+                ("e x a", Some("Ta text a"), Some(m)) if (m - 2.0 / 3.0).abs() < 1e-6
+            ),
+            "{:?}",
+            summary[2]
+        );
     }
 
     #[test]

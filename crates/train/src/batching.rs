@@ -51,6 +51,7 @@ mod tests {
             query: query.into(),
             positive: positive.into(),
             negative: negative.map(Into::into),
+            margin: None,
         }
     }
 
@@ -81,6 +82,7 @@ mod tests {
                 query: text(rng),
                 positive: text(rng),
                 negative: rng.random_bool(0.3).then(|| text(rng)),
+                margin: None,
             })
             .collect()
     }

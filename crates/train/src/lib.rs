@@ -1,5 +1,6 @@
 //! Fine-tuning of BERT-family sentence-transformers models (BERT, DistilBERT, RoBERTa,
-//! XLM-RoBERTa, CamemBERT, MPNet; any pooling mode; Dense heads) with MultipleNegativesRankingLoss, on CPU
+//! XLM-RoBERTa, CamemBERT, MPNet; any pooling mode; Dense heads) with MultipleNegativesRankingLoss
+//! or a teacher's margins (MarginMSE), on CPU
 //! with candle, reproducing sentence-transformers' `fit`: no-duplicates batches, in-batch
 //! negatives plus optional hard negatives, AdamW with warm-up and linear decay, gradient
 //! clipping, dropout. The result is saved as a sentence-transformers folder.
@@ -22,10 +23,10 @@ mod trainer;
 pub use batching::no_duplicate_batches;
 pub use bert::{Bert, Dropout, Parameter, TokenBatch};
 pub use dense::DenseHead;
-pub use loss::{mnrl_loss, MNRL_SCALE};
+pub use loss::{margin_mse_loss, mnrl_loss, MNRL_SCALE};
 pub use model::SentenceEncoder;
 pub use optimizer::Optimizer;
 pub use pairs::{read_pairs, Pair};
 pub use schedule::WarmupLinear;
 pub use st_folder::SentenceTransformerFolder;
-pub use trainer::{finetune, StepReport, TrainConfig, TrainSummary};
+pub use trainer::{finetune, Loss, StepReport, TrainConfig, TrainSummary};

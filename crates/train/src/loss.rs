@@ -15,6 +15,23 @@ pub fn mnrl_loss(anchors: &Tensor, candidates: &Tensor, scale: f64) -> Result<Te
     candle_nn::loss::cross_entropy(&scores, &labels)
 }
 
+/// MarginMSE (Hofstätter et al. 2020; GPL's loss): the student's margin, the cosine of each
+/// query with its positive minus that with its negative, is pulled towards the teacher's
+/// margin for the same pair by mean squared error. Unlike the ranking loss it learns how much
+/// better the positive is, so a negative the teacher finds nearly as good is not pushed away.
+/// `queries`, `positives` and `negatives` are `[n, dim]`, `margins` is `[n]`.
+pub fn margin_mse_loss(
+    queries: &Tensor,
+    positives: &Tensor,
+    negatives: &Tensor,
+    margins: &Tensor,
+) -> Result<Tensor> {
+    let queries = normalize(queries)?;
+    let cosines = |candidates: &Tensor| (&queries * normalize(candidates)?)?.sum(D::Minus1);
+    let student = (cosines(positives)? - cosines(negatives)?)?;
+    (student - margins)?.sqr()?.mean_all()
+}
+
 /// Rows scaled to unit length, like `torch.nn.functional.normalize` (norm clamped at 1e-12).
 pub fn normalize(rows: &Tensor) -> Result<Tensor> {
     let norms = rows.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
@@ -58,5 +75,21 @@ mod tests {
         let expected = ((20f64.exp() + s.exp()).ln() - 20.0 + (1.0 + s.exp()).ln() - s) / 2.0;
         let actual = loss.to_scalar::<f32>().unwrap() as f64;
         assert!((actual - expected).abs() < 1e-5, "{actual} vs {expected}");
+    }
+
+    #[test]
+    fn margin_mse_matches_a_hand_computed_value() {
+        // q0 = (1, 0) with p0 = (2, 0), n0 = (1, 1): student margin 1 - 1/√2, teacher 0.5.
+        // q1 = (0, 3) with p1 = (1, 1), n1 = (1, 0): student margin 1/√2 - 0, teacher -0.25.
+        let device = Device::Cpu;
+        let queries = Tensor::new(&[[1.0f64, 0.0], [0.0, 3.0]], &device).unwrap();
+        let positives = Tensor::new(&[[2.0f64, 0.0], [1.0, 1.0]], &device).unwrap();
+        let negatives = Tensor::new(&[[1.0f64, 1.0], [1.0, 0.0]], &device).unwrap();
+        let margins = Tensor::new(&[0.5f64, -0.25], &device).unwrap();
+        let loss = margin_mse_loss(&queries, &positives, &negatives, &margins).unwrap();
+        let r = 1.0 / 2f64.sqrt();
+        let expected = ((1.0 - r - 0.5).powi(2) + (r + 0.25).powi(2)) / 2.0;
+        let actual = loss.to_scalar::<f64>().unwrap();
+        assert!((actual - expected).abs() < 1e-12, "{actual} vs {expected}");
     }
 }

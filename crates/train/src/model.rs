@@ -1,11 +1,11 @@
-use anyhow::{anyhow, Context, Result};
-use candle_core::{DType, Tensor};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
 use semantic_encoder::Pooling;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{Bert, Dropout, Parameter, TokenBatch};
 use crate::dense::DenseHead;
-use crate::loss::{mnrl_loss, normalize};
+use crate::loss::{margin_mse_loss, mnrl_loss, normalize};
 use crate::pairs::Pair;
 use crate::st_folder::SentenceTransformerFolder;
 
@@ -109,5 +109,76 @@ impl SentenceEncoder {
             candidates = Tensor::cat(&[candidates, self.embed(&negatives, dropout)?], 0)?;
         }
         Ok(mnrl_loss(&anchors, &candidates, scale)?)
+    }
+
+    /// MarginMSE of a batch whose pairs all have a negative and a teacher's margin; the
+    /// margins are multiplied by `margin_scale` (see [`SentenceEncoder::margin_scale`]).
+    pub fn margin_mse_loss(
+        &self,
+        batch: &[&Pair],
+        margin_scale: f64,
+        dropout: &mut Dropout,
+    ) -> Result<Tensor> {
+        let (queries, positives, negatives) = self.embed_triplets(batch, dropout)?;
+        let margins: Vec<f32> = batch
+            .iter()
+            .map(|p| p.margin.map(|m| (m as f64 * margin_scale) as f32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow!("MarginMSE needs a margin in every pair"))?;
+        let margins = Tensor::new(margins, &Device::Cpu)?.to_dtype(self.dtype)?;
+        Ok(margin_mse_loss(&queries, &positives, &negatives, &margins)?)
+    }
+
+    /// The factor that puts a teacher's margins on this model's cosine scale: the model's
+    /// mean margin (cosine with the positive minus cosine with the negative, no dropout) over
+    /// `sample` divided by the teacher's. A fused score's units are arbitrary (min-max
+    /// normalised scores give margins near 2), and pulling cosine margins towards them would
+    /// tear the embedding space apart; matching the means keeps the teacher's judgement of
+    /// which pairs are clear and which are close.
+    pub fn margin_scale(&self, sample: &[&Pair]) -> Result<f64> {
+        let (mut student, mut teacher) = (0.0, 0.0);
+        for chunk in sample.chunks(32) {
+            let (queries, positives, negatives) =
+                self.embed_triplets(chunk, &mut Dropout::off())?;
+            let cosines = |candidates: &Tensor| (&queries * candidates)?.sum(1);
+            let margins = (cosines(&positives)? - cosines(&negatives)?)?;
+            student += margins
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            teacher += chunk
+                .iter()
+                .filter_map(|p| p.margin)
+                .map(f64::from)
+                .sum::<f64>();
+        }
+        if student <= 0.0 || teacher <= 0.0 {
+            bail!(
+                "cannot put the teacher's margins on the model's scale: mean margins {:.4} \
+                 (model) and {:.4} (teacher) must both be positive",
+                student / sample.len() as f64,
+                teacher / sample.len() as f64
+            );
+        }
+        Ok(student / teacher)
+    }
+
+    /// Unit-length embeddings of the batch's queries, positives and negatives.
+    fn embed_triplets(
+        &self,
+        batch: &[&Pair],
+        dropout: &mut Dropout,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let mut columns: [Vec<&str>; 3] = Default::default();
+        for pair in batch {
+            let Some(negative) = &pair.negative else {
+                bail!("MarginMSE needs a negative in every pair");
+            };
+            columns[0].push(&pair.query);
+            columns[1].push(&pair.positive);
+            columns[2].push(negative);
+        }
+        let [queries, positives, negatives] = columns.map(|texts| self.embed(&texts, dropout));
+        Ok((queries?, positives?, negatives?))
     }
 }

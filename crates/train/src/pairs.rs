@@ -5,8 +5,8 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 /// One training example: a query, the text it should retrieve, and optionally a hard negative
-/// (a text it should rank below the positive).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// (a text it should rank below the positive) with a teacher's margin between the two.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Pair {
     pub query: String,
     /// `passage` is accepted as well, for files that name the retrieved side that way.
@@ -14,6 +14,9 @@ pub struct Pair {
     pub positive: String,
     #[serde(default)]
     pub negative: Option<String>,
+    /// A teacher's score of the positive minus its score of the negative, for MarginMSE.
+    #[serde(default)]
+    pub margin: Option<f32>,
 }
 
 impl Pair {
@@ -30,7 +33,7 @@ impl Pair {
 }
 
 /// Reads pairs from a JSONL file (one object per line with `query`, `positive` or `passage`,
-/// and optional `negative`; other fields are ignored; blank lines are skipped).
+/// and optional `negative` and `margin`; other fields are ignored; blank lines are skipped).
 pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -63,7 +66,7 @@ mod tests {
             concat!(
                 r#"{"query": "q1", "positive": "p1", "doc_id": 7}"#,
                 "\n\n",
-                r#"{"query": "q2", "passage": "p2", "negative": "n2"}"#,
+                r#"{"query": "q2", "passage": "p2", "negative": "n2", "margin": 0.25}"#,
                 "\n"
             ),
         )
@@ -72,6 +75,7 @@ mod tests {
         assert_eq!(pairs.len(), 2);
         assert_eq!(pairs[0].texts().collect::<Vec<_>>(), ["q1", "p1"]);
         assert_eq!(pairs[1].texts().collect::<Vec<_>>(), ["q2", "p2", "n2"]);
+        assert_eq!((pairs[0].margin, pairs[1].margin), (None, Some(0.25)));
 
         std::fs::write(&path, "{\"query\": \"q\"}\n").unwrap();
         let error = format!("{:#}", read_pairs(&path).unwrap_err());

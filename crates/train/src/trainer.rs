@@ -13,6 +13,17 @@ use crate::pairs::Pair;
 use crate::schedule::WarmupLinear;
 use crate::st_folder::SentenceTransformerFolder;
 
+/// What the model is trained to do with a pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Loss {
+    /// MultipleNegativesRankingLoss: rank the positive first among the batch's positives and
+    /// negatives.
+    #[default]
+    MultipleNegativesRanking,
+    /// MarginMSE: reproduce a teacher's margin between the positive and the negative.
+    MarginMse,
+}
+
 /// Training settings; the defaults are sentence-transformers' `fit` defaults, except the
 /// 10% warm-up and the 128-token limit usual for MultipleNegativesRankingLoss fine-tuning.
 #[derive(Clone, Debug)]
@@ -28,7 +39,8 @@ pub struct TrainConfig {
     pub seed: u64,
     pub weight_decay: f64,
     pub max_grad_norm: f64,
-    /// The loss's inverse temperature on cosine similarities.
+    pub loss: Loss,
+    /// MultipleNegativesRankingLoss's inverse temperature on cosine similarities.
     pub scale: f64,
 }
 
@@ -43,10 +55,14 @@ impl Default for TrainConfig {
             seed: 42,
             weight_decay: 0.01,
             max_grad_norm: 1.0,
+            loss: Loss::default(),
             scale: MNRL_SCALE,
         }
     }
 }
+
+/// Pairs whose margins set the teacher-to-model scale of MarginMSE.
+const MARGIN_SCALE_SAMPLE: usize = 256;
 
 /// Reported after every optimiser step.
 #[derive(Clone, Debug)]
@@ -66,6 +82,8 @@ pub struct TrainSummary {
     pub pairs_trained: usize,
     /// Time spent in the training loop (not loading or saving).
     pub training_time: Duration,
+    /// What the teacher's margins were multiplied by (MarginMSE only).
+    pub margin_scale: Option<f64>,
     /// Mean loss over the last epoch's steps.
     pub last_epoch_loss: f32,
 }
@@ -90,6 +108,18 @@ pub fn finetune(
     if pairs.is_empty() {
         bail!("no training pairs");
     }
+    if config.loss == Loss::MarginMse {
+        if let Some(line) = pairs
+            .iter()
+            .position(|p| p.negative.is_none() || p.margin.is_none())
+        {
+            bail!(
+                "MarginMSE needs a \"negative\" and a \"margin\" in every pair; pair {} has not \
+                 both (genq --teacher writes them)",
+                line + 1
+            );
+        }
+    }
     if output.exists() && output.read_dir()?.next().is_some() {
         bail!("{} exists and is not empty", output.display());
     }
@@ -108,6 +138,20 @@ pub fn finetune(
     );
     let mut dropout = Dropout::training(encoder.bert(), config.seed);
 
+    // Measured before training, on the first pairs of the first epoch's order.
+    let margin_scale = match config.loss {
+        Loss::MarginMse => {
+            let sample: Vec<&Pair> = epochs[0]
+                .iter()
+                .flatten()
+                .take(MARGIN_SCALE_SAMPLE)
+                .map(|&i| &pairs[i])
+                .collect();
+            Some(encoder.margin_scale(&sample)?)
+        }
+        Loss::MultipleNegativesRanking => None,
+    };
+
     let started = Instant::now();
     let mut step = 0;
     let mut last_epoch_loss = 0.0;
@@ -115,7 +159,15 @@ pub fn finetune(
         let mut loss_sum = 0.0;
         for batch in batches {
             let batch: Vec<&Pair> = batch.iter().map(|&i| &pairs[i]).collect();
-            let loss = encoder.mnrl_loss(&batch, config.scale, &mut dropout)?;
+            let loss = match config.loss {
+                Loss::MultipleNegativesRanking => {
+                    encoder.mnrl_loss(&batch, config.scale, &mut dropout)?
+                }
+                Loss::MarginMse => {
+                    let scale = margin_scale.expect("measured for MarginMSE");
+                    encoder.margin_mse_loss(&batch, scale, &mut dropout)?
+                }
+            };
             let grads = loss.backward()?;
             let learning_rate = schedule.lr_at(step);
             optimizer.step(&grads, learning_rate)?;
@@ -143,6 +195,7 @@ pub fn finetune(
         steps: total_steps,
         pairs_trained: pairs.len() * config.epochs,
         training_time,
+        margin_scale,
         last_epoch_loss,
     })
 }

@@ -19,8 +19,8 @@ use safetensors::{Dtype, SafeTensors};
 use semantic_bert_export::{Arch, TokenTypes};
 use semantic_encoder::{cosine_similarity as cosine, Pooling};
 use semantic_train::{
-    finetune, mnrl_loss, Dropout, Pair, SentenceEncoder, SentenceTransformerFolder, TokenBatch,
-    TrainConfig,
+    finetune, mnrl_loss, Dropout, Loss, Pair, SentenceEncoder, SentenceTransformerFolder,
+    TokenBatch, TrainConfig,
 };
 
 // ---------------------------------------------------------------- helpers --
@@ -591,6 +591,7 @@ fn toy_pairs() -> Vec<Pair> {
             query: format!("w{i}{}", words(2)),
             positive: format!("w{i}{}", words(6)),
             negative: None,
+            margin: None,
         })
         .collect()
 }
@@ -694,4 +695,92 @@ fn finetuning_lowers_the_loss_and_saves_a_sentence_transformers_folder() {
         assert_eq!(a.shape(), b.shape(), "{name}");
         assert_ne!(a.data(), b.data(), "{name} was not trained");
     }
+}
+
+/// The toy pairs with pair i + 1's positive as negative and a teacher's margin in the
+/// teacher's own units: large for even pairs, about as large and negative for odd ones (the
+/// teacher prefers the negative), so that the targets are far from the model's margins.
+fn toy_triplets() -> Vec<Pair> {
+    let pairs = toy_pairs();
+    (0..pairs.len())
+        .map(|i| Pair {
+            negative: Some(pairs[(i + 1) % pairs.len()].positive.clone()),
+            margin: Some(if i % 2 == 0 { 8.0 } else { -7.0 }),
+            ..pairs[i].clone()
+        })
+        .collect()
+}
+
+/// Each pair's cosine with its positive minus that with its negative, computed apart from the
+/// loss code.
+fn model_margins(root: &Path, pairs: &[Pair]) -> Vec<f32> {
+    let folder = SentenceTransformerFolder::open(root).unwrap();
+    let encoder = SentenceEncoder::load(&folder, 64, DType::F32).unwrap();
+    let embed = |texts: Vec<&str>| -> Vec<Vec<f32>> {
+        let rows = encoder.embed(&texts, &mut Dropout::off()).unwrap();
+        rows.to_vec2().unwrap()
+    };
+    let queries = embed(pairs.iter().map(|p| p.query.as_str()).collect());
+    let positives = embed(pairs.iter().map(|p| p.positive.as_str()).collect());
+    let negatives = embed(
+        pairs
+            .iter()
+            .map(|p| p.negative.as_deref().unwrap())
+            .collect(),
+    );
+    (0..pairs.len())
+        .map(|i| (cosine(&queries[i], &positives[i]) - cosine(&queries[i], &negatives[i])) as f32)
+        .collect()
+}
+
+#[test]
+fn margin_mse_training_learns_the_teachers_margins_on_the_models_scale() {
+    let base = temp_dir("margin-base");
+    write_tiny_family_model(base.path(), Arch::Bert, Pooling::Mean, None, 6);
+    // Without dropout: a random model's margins are a few hundredths, far below the noise
+    // dropout adds to them, and the loss would be spent on that noise.
+    let config_path = base.path().join("config.json");
+    let mut bert_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    bert_config["hidden_dropout_prob"] = 0.0.into();
+    bert_config["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(&config_path, bert_config.to_string()).unwrap();
+    let pairs = toy_triplets();
+    let config = TrainConfig {
+        epochs: 8,
+        batch_size: 8,
+        learning_rate: 1e-3,
+        loss: Loss::MarginMse,
+        ..TrainConfig::default()
+    };
+    let output = temp_dir("margin-output");
+    let summary = finetune(base.path(), &pairs, output.path(), &config, |_| {}).unwrap();
+    // The scale is the base model's mean margin over the first 256 pairs of the first epoch
+    // (all 40 here) divided by the teacher's (0.5).
+    let before = model_margins(base.path(), &pairs);
+    let expected_scale = before.iter().sum::<f32>() as f64 / pairs.len() as f64 / 0.5;
+    let scale = summary.margin_scale.unwrap();
+    assert!(
+        (scale - expected_scale).abs() < 1e-4,
+        "{scale} vs {expected_scale}"
+    );
+    // The squared distance of the model's margins to the scaled teacher's, computed apart
+    // from the loss code, halves.
+    let distance = |margins: &[f32]| -> f64 {
+        let squares = margins
+            .iter()
+            .zip(&pairs)
+            .map(|(&margin, pair)| (margin as f64 - pair.margin.unwrap() as f64 * scale).powi(2));
+        squares.sum::<f64>() / pairs.len() as f64
+    };
+    let after = model_margins(output.path(), &pairs);
+    let (before, after) = (distance(&before), distance(&after));
+    assert!(after < 0.5 * before, "{before} -> {after}");
+
+    // MarginMSE refuses pairs without a teacher's margin, naming the pair, before training.
+    let mut unlabeled = pairs.clone();
+    unlabeled[3].margin = None;
+    let output = temp_dir("margin-unlabeled");
+    let error = finetune(base.path(), &unlabeled, output.path(), &config, |_| {}).unwrap_err();
+    assert!(format!("{error:#}").contains("pair 4"), "{error:#}");
 }
