@@ -692,7 +692,7 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
         ];
         if teacher {
             args.extend(["--teacher", "docs_body", "--pairs-per-passage", "2"]);
-            args.extend(["--negative-ranks", "1..4"]);
+            args.extend(["--negative-ranks", "1..4", "--teacher-fusion", "convex"]);
         }
         let output = tools(&args);
         assert!(output.status.success(), "genq failed: {output:?}");
@@ -714,8 +714,9 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
     );
 
     // The same decisions, taken here from the hybrid search itself: a pair is kept when its
-    // row comes first, at most two per passage in generation order, and its negative is the
-    // text of a row at ranks 1..4 other than its own.
+    // row comes first, at most two per passage in generation order, its negative is the text
+    // of a row at ranks 1..4 other than its own, and its margin is the difference of the two
+    // rows' fused scores.
     let mut per_passage: BTreeMap<String, usize> = BTreeMap::new();
     let mut expected = Vec::new();
     for pair in &all {
@@ -727,20 +728,24 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
         if *count == 2 {
             continue;
         }
-        let ranking: Vec<String> = client
+        let ranking: Vec<(String, f64)> = client
             .query(
-                "SELECT \"row\"->>'id' FROM semantic_search($1, 4, 'docs_body', mode => 'hybrid') ORDER BY rank",
+                "SELECT \"row\"->>'id', score FROM semantic_search($1, 4, 'docs_body', \
+                 mode => 'hybrid', fusion => 'convex') ORDER BY rank",
                 &[&query],
             )
             .unwrap()
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
-        if ranking.first().map(String::as_str) == Some(id) {
+        if ranking.first().map(|(first, _)| first.as_str()) == Some(id) {
             *count += 1;
-            let negatives: Vec<String> = ranking[1..]
+            let negatives: Vec<(String, f64)> = ranking[1..]
                 .iter()
-                .map(|r| bodies[r.parse::<usize>().unwrap() - 1].clone())
+                .map(|(r, score)| {
+                    let body = bodies[r.parse::<usize>().unwrap() - 1].clone();
+                    (body, ranking[0].1 - score)
+                })
                 .collect();
             expected.push((query.to_string(), id.to_string(), negatives));
         }
@@ -756,9 +761,12 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
         assert_eq!(pair["query"].as_str().unwrap(), query);
         assert_eq!(pair["passage_id"].as_str().unwrap(), id);
         let negative = pair["negative"].as_str().unwrap();
+        let margin = pair["margin"].as_f64().unwrap();
         assert!(
-            negatives.iter().any(|n| n == negative),
-            "{negative} for {query}"
+            negatives
+                .iter()
+                .any(|(n, m)| n == negative && (m - margin).abs() < 1e-5),
+            "{negative} with margin {margin} for {query}: {negatives:?}"
         );
     }
 
