@@ -26,10 +26,15 @@ pub fn margin_mse_loss(
     negatives: &Tensor,
     margins: &Tensor,
 ) -> Result<Tensor> {
+    let student = cosine_margins(queries, positives, negatives)?;
+    (student - margins)?.sqr()?.mean_all()
+}
+
+/// Each query's cosine with its positive minus its cosine with its negative, `[n]`.
+pub fn cosine_margins(queries: &Tensor, positives: &Tensor, negatives: &Tensor) -> Result<Tensor> {
     let queries = normalize(queries)?;
     let cosines = |candidates: &Tensor| (&queries * normalize(candidates)?)?.sum(D::Minus1);
-    let student = (cosines(positives)? - cosines(negatives)?)?;
-    (student - margins)?.sqr()?.mean_all()
+    cosines(positives)? - cosines(negatives)?
 }
 
 /// Rows scaled to unit length, like `torch.nn.functional.normalize` (norm clamped at 1e-12).

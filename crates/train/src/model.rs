@@ -5,7 +5,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{Bert, Dropout, Parameter, TokenBatch};
 use crate::dense::DenseHead;
-use crate::loss::{margin_mse_loss, mnrl_loss, normalize};
+use crate::loss::{cosine_margins, margin_mse_loss, mnrl_loss, normalize};
 use crate::pairs::Pair;
 use crate::st_folder::SentenceTransformerFolder;
 
@@ -140,9 +140,7 @@ impl SentenceEncoder {
         for chunk in sample.chunks(32) {
             let (queries, positives, negatives) =
                 self.embed_triplets(chunk, &mut Dropout::off())?;
-            let cosines = |candidates: &Tensor| (&queries * candidates)?.sum(1);
-            let margins = (cosines(&positives)? - cosines(&negatives)?)?;
-            student += margins
+            student += cosine_margins(&queries, &positives, &negatives)?
                 .to_dtype(DType::F64)?
                 .sum_all()?
                 .to_scalar::<f64>()?;
