@@ -345,6 +345,79 @@ fn eval_prints_the_trec_metrics_of_the_sql_rankings() {
     std::fs::remove_dir_all(&model_dir).unwrap();
 }
 
+#[test]
+fn eval_passes_its_fusion_options_to_the_hybrid_search() {
+    let (cluster, model_dir, mut client) = cluster_with_private_models("tools_eval_fusion");
+    let beir = cluster.data.join("toy-beir");
+    write_toy_beir(&beir);
+    let results = cluster.data.join("eval-results");
+    let eval = |extra: &[&str]| {
+        let db = connection_string(&cluster);
+        let mut args = vec!["eval", "--beir", beir.to_str().unwrap(), "--db", &db];
+        args.extend(["--results", results.to_str().unwrap()]);
+        args.extend(extra);
+        tools(&args)
+    };
+
+    // Refused before anything is loaded.
+    let refused = eval(&["--lexical-weight", "-1"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("must be non-negative"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'beir_toy_beir'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0);
+
+    let output = eval(&[
+        "--fusion",
+        "convex",
+        "--semantic-weight",
+        "0.3",
+        "--lexical-weight",
+        "0.7",
+    ]);
+    assert!(output.status.success(), "eval failed");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("+bm25: convex fusion of min-max normalised scores, semantic weight 0.3, lexical weight 0.7"),
+        "{stdout}"
+    );
+    // The hybrid run holds, query by query, the rows and scores of the convex search.
+    let run = std::fs::read_to_string(results.join("all_minilm_l6_v2_bm25.run")).unwrap();
+    for (query, text) in &QUERIES[..4] {
+        let expected: Vec<String> = client
+            .query(
+                "SELECT \"row\"->>'doc_id', score FROM semantic_search($1, 100,
+                     'beir_toy_beir_all_minilm_l6_v2', mode => 'hybrid', fusion => 'convex',
+                     semantic_weight => 0.3, lexical_weight => 0.7) ORDER BY rank",
+                &[text],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {:.6}", r.get::<_, String>(0), r.get::<_, f64>(1)))
+            .collect();
+        let written: Vec<String> = run
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f[0] == *query)
+            .map(|f| format!("{} {:.6}", f[2], f[4].parse::<f64>().unwrap()))
+            .collect();
+        assert_eq!(written, expected, "{query}");
+        // Convex scores of the best row lie in [0.3, 1]; a reciprocal-rank score is below 0.04.
+        let best: f64 = expected[0].split(' ').nth(1).unwrap().parse().unwrap();
+        assert!((0.3..=1.0).contains(&best), "{query}: {best}");
+    }
+    std::fs::remove_dir_all(&model_dir).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // reload
 

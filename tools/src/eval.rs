@@ -56,6 +56,44 @@ pub struct EvalArgs {
     /// rank score system) and its per-query figures (<system>.tsv).
     #[arg(long)]
     results: Option<PathBuf>,
+    #[command(flatten)]
+    fusion: Fusion,
+}
+
+/// How the hybrid rows fuse their two sides: semantic_search's own arguments, passed through.
+#[derive(Args)]
+struct Fusion {
+    /// rrf: weight / (rrf_k + rank) per side; convex: the weighted sum of each side's scores,
+    /// min-max normalised over its list.
+    #[arg(long, default_value = "rrf", value_parser = ["rrf", "convex"])]
+    fusion: String,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    semantic_weight: f64,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    lexical_weight: f64,
+    #[arg(long, default_value_t = 60, allow_negative_numbers = true)]
+    rrf_k: i32,
+}
+
+impl Fusion {
+    /// Checked before any index is built, so a typo costs no build.
+    fn validate(&self) -> Result<()> {
+        if !(self.semantic_weight >= 0.0 && self.lexical_weight >= 0.0) || self.rrf_k < 0 {
+            bail!("--semantic-weight, --lexical-weight and --rrf-k must be non-negative");
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let weights = format!(
+            "semantic weight {}, lexical weight {}",
+            self.semantic_weight, self.lexical_weight
+        );
+        match self.fusion.as_str() {
+            "rrf" => format!("reciprocal rank fusion (rrf_k {}), {weights}", self.rrf_k),
+            _ => format!("convex fusion of min-max normalised scores, {weights}"),
+        }
+    }
 }
 
 /// Lower-case letters, digits and '_' only, so generated names need no thought.
@@ -108,15 +146,18 @@ fn build(client: &mut Client, db: &str, statement: &str) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Runs every judged query through `semantic_search(q, DEPTH, index, mode)`.
+/// Runs every judged query through `semantic_search(q, DEPTH, index, mode)` (with `fusion`'s
+/// arguments, which only the hybrid mode reads).
 fn search_all(
     client: &mut Client,
     data: &BeirDataset,
     index: &str,
     mode: &str,
+    fusion: &Fusion,
 ) -> Result<(Run, f64)> {
     let search = client.prepare(
-        "SELECT \"row\"->>'doc_id', score FROM semantic_search($1, $2, $3::text, mode => $4) ORDER BY rank",
+        "SELECT \"row\"->>'doc_id', score FROM semantic_search($1, $2, $3::text, mode => $4, \
+         fusion => $5, semantic_weight => $6, lexical_weight => $7, rrf_k => $8) ORDER BY rank",
     )?;
     let bar = ProgressBar::new(data.queries.len() as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} queries, {msg}")?
@@ -128,7 +169,19 @@ fn search_all(
     let mut run = BTreeMap::new();
     for (id, text) in &data.queries {
         let ranking: Vec<(String, f64)> = client
-            .query(&search, &[text, &DEPTH, &index, &mode])
+            .query(
+                &search,
+                &[
+                    text,
+                    &DEPTH,
+                    &index,
+                    &mode,
+                    &fusion.fusion,
+                    &fusion.semantic_weight,
+                    &fusion.lexical_weight,
+                    &fusion.rrf_k,
+                ],
+            )
             .with_context(|| format!("query {id} failed ({mode})"))?
             .iter()
             .map(|row| (row.get(0), row.get(1)))
@@ -166,19 +219,18 @@ fn scored(
 /// semantic and hybrid modes (and the lexical one when `lexical`).
 fn evaluate_model(
     client: &mut Client,
-    db: &str,
+    args: &EvalArgs,
     table: &str,
     model: &str,
     data: &BeirDataset,
     lexical: bool,
-    index_options: Option<&str>,
 ) -> Result<Vec<SystemResult>> {
     eprintln!("loading {} documents into {table}", data.corpus.len());
     load_corpus(client, table, data)?;
     let bm25 = index_name(table, "bm25");
     let lexical_build = build(
         client,
-        db,
+        &args.db,
         &format!(
             "CREATE INDEX {} ON {} USING bm25 (body)",
             quote_ident(&bm25),
@@ -192,23 +244,25 @@ fn evaluate_model(
     );
     let semantic_build = build(
         client,
-        db,
+        &args.db,
         &format!(
             "CREATE INDEX {} ON {} USING faiss (body) WITH (model = {}{})",
             quote_ident(&index),
             quote_ident(table),
             quote_literal(model),
-            index_options.map_or(String::new(), |o| format!(", {o}"))
+            args.index_options
+                .as_deref()
+                .map_or(String::new(), |o| format!(", {o}"))
         ),
     )?;
     let mut results = Vec::new();
     if lexical {
-        let run = search_all(client, data, &bm25, "lexical")?;
+        let run = search_all(client, data, &bm25, "lexical", &args.fusion)?;
         results.push(scored("bm25".into(), data, lexical_build, run));
     }
-    let run = search_all(client, data, &index, "semantic")?;
+    let run = search_all(client, data, &index, "semantic", &args.fusion)?;
     results.push(scored(model.to_string(), data, semantic_build, run));
-    let run = search_all(client, data, &index, "hybrid")?;
+    let run = search_all(client, data, &index, "hybrid", &args.fusion)?;
     results.push(scored(
         format!("{model}+bm25"),
         data,
@@ -265,7 +319,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let mut client = connect(&args.db)?;
     client.batch_execute("CREATE EXTENSION IF NOT EXISTS semantic")?;
-    let model = match args.model {
+    let model = match args.model.clone() {
         Some(model) => model,
         None => {
             // The extension's settings exist once its library is loaded, which calling one of
@@ -277,13 +331,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     };
     let mut models = vec![model];
-    models.extend(args.model_b);
+    models.extend(args.model_b.clone());
     for model in &models {
         validate_model_name(model)?;
     }
     if models.len() == 2 && models[0] == models[1] {
         bail!("--model and --model-b are the same model");
     }
+    args.fusion.validate()?;
 
     eprintln!(
         "{} documents, {} judged queries ({} split)",
@@ -300,12 +355,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         };
         results.extend(evaluate_model(
             &mut client,
-            &args.db,
+            &args,
             &table,
             model,
             &data,
             i == 0,
-            args.index_options.as_deref(),
         )?);
     }
     if let Some(dir) = &args.results {
@@ -321,6 +375,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .max()
         .unwrap_or(0)
         .max(5);
+    println!("+bm25: {}", args.fusion.describe());
     println!(
         "{:<width$}  {:>8}  {:>10}  {:>8}  {:>8}  {:>9}",
         "system", "nDCG@10", "Recall@100", "MRR@10", "build_s", "queries/s"
