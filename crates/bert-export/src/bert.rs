@@ -87,33 +87,22 @@ impl<'a> Weights<'a> {
     }
 }
 
-/// Converts tensor data to little-endian float32 bytes.
+/// Converts tensor data to little-endian float32 bytes (float32 data is passed through).
 fn f32_le_bytes<'a>(
     name: &str,
     dtype: Dtype,
     data: &'a [u8],
 ) -> Result<Cow<'a, [u8]>, ExportError> {
-    let convert = |width: usize, f: fn(&[u8]) -> f32| -> Cow<'a, [u8]> {
-        let mut out = Vec::with_capacity(data.len() / width * 4);
-        for c in data.chunks_exact(width) {
-            out.extend_from_slice(&f(c).to_le_bytes());
-        }
-        Cow::Owned(out)
-    };
-    Ok(match dtype {
-        Dtype::F32 => Cow::Borrowed(data),
-        Dtype::F16 => convert(2, |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        Dtype::BF16 => convert(2, |c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        Dtype::F64 => convert(8, |c| {
-            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-        }),
-        other => {
-            return Err(ExportError::UnsupportedDtype {
-                name: name.to_string(),
-                dtype: format!("{other:?}"),
-            })
-        }
-    })
+    if dtype == Dtype::F32 {
+        return Ok(Cow::Borrowed(data));
+    }
+    let values = crate::decode_f32(dtype, data).ok_or_else(|| ExportError::UnsupportedDtype {
+        name: name.to_string(),
+        dtype: format!("{dtype:?}"),
+    })?;
+    Ok(Cow::Owned(
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    ))
 }
 
 /// Transposes a row-major `[rows, cols]` matrix of 4-byte elements.

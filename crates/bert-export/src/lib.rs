@@ -22,6 +22,24 @@ pub use family::{
 };
 pub use graph_io::{read_graph_io, GraphIo, GraphOutput};
 
+/// The little-endian elements of a safetensors tensor as float32, for the float types
+/// checkpoints are published in (F32, F16, BF16, F64); `None` for any other type.
+pub fn decode_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    use safetensors::Dtype;
+    fn each<const N: usize>(data: &[u8], f: fn([u8; N]) -> f32) -> Vec<f32> {
+        data.chunks_exact(N)
+            .map(|c| f(c.try_into().expect("chunks of N bytes")))
+            .collect()
+    }
+    Some(match dtype {
+        Dtype::F32 => each(data, f32::from_le_bytes),
+        Dtype::F16 => each(data, |b| half::f16::from_le_bytes(b).to_f32()),
+        Dtype::BF16 => each(data, |b| half::bf16::from_le_bytes(b).to_f32()),
+        Dtype::F64 => each(data, |b| f64::from_le_bytes(b) as f32),
+        _ => return None,
+    })
+}
+
 /// ONNX IR version written into the model.
 pub const IR_VERSION: i64 = 8;
 /// Default-domain opset the graph uses.
@@ -121,4 +139,34 @@ pub fn export_onnx(model_dir: &Path) -> Result<Vec<u8>, ExportError> {
         return Err(ExportError::TooLarge { bytes: len });
     }
     Ok(prost::Message::encode_to_vec(&model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::Dtype;
+
+    #[test]
+    fn decode_f32_reads_each_float_type_and_refuses_the_others() {
+        let values = [1.5f32, -0.25, 3.0];
+        let bytes = |each: &dyn Fn(f32) -> Vec<u8>| -> Vec<u8> {
+            values.iter().flat_map(|&v| each(v)).collect()
+        };
+        let cases: [(Dtype, Vec<u8>); 4] = [
+            (Dtype::F32, bytes(&|v| v.to_le_bytes().to_vec())),
+            (
+                Dtype::F16,
+                bytes(&|v| half::f16::from_f32(v).to_le_bytes().to_vec()),
+            ),
+            (
+                Dtype::BF16,
+                bytes(&|v| half::bf16::from_f32(v).to_le_bytes().to_vec()),
+            ),
+            (Dtype::F64, bytes(&|v| f64::from(v).to_le_bytes().to_vec())),
+        ];
+        for (dtype, data) in cases {
+            assert_eq!(decode_f32(dtype, &data).unwrap(), values, "{dtype:?}");
+        }
+        assert_eq!(decode_f32(Dtype::I64, &[0; 8]), None);
+    }
 }

@@ -78,25 +78,11 @@ fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>,
             view.shape()
         ));
     }
-    let data = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(format!(
-                "tensor {name} is {other:?}; supported: F32, F16, BF16"
-            ))
-        }
+    semantic_bert_export::decode_f32(view.dtype(), view.data()).ok_or_else(|| {
+        format!(
+            "tensor {name} is {:?}; supported: F32, F16, BF16, F64",
+            view.dtype()
+        )
     })
 }
 
