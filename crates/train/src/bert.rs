@@ -118,6 +118,17 @@ pub struct TokenBatch {
     pooling_weights: Option<Tensor>,
 }
 
+/// How many of a text's `length` tokens a weighted-sum pooling takes (from the first) and
+/// the weight of each; `None` for max pooling, which is no weighted sum.
+fn weighted_tokens(pooling: Pooling, length: usize) -> Option<(usize, f32)> {
+    match pooling {
+        Pooling::Mean => Some((length, 1.0 / length as f32)),
+        Pooling::MeanSqrtLen => Some((length, 1.0 / (length as f32).sqrt())),
+        Pooling::Cls => Some((1, 1.0)),
+        Pooling::Max => None,
+    }
+}
+
 impl TokenBatch {
     /// `rows` are token ids as the tokenizer gives them (special tokens included), pooled as
     /// `pooling` says.
@@ -133,27 +144,21 @@ impl TokenBatch {
             .collect();
         let total = offsets[rows.len()];
         let positions: Vec<u32> = rows.iter().flat_map(|row| 0..row.len() as u32).collect();
-        let weights = |span: &[usize]| -> Option<(usize, f32)> {
-            let length = (span[1] - span[0]) as f32;
-            match pooling {
-                Pooling::Mean => Some((span[1] - span[0], 1.0 / length)),
-                Pooling::MeanSqrtLen => Some((span[1] - span[0], 1.0 / length.sqrt())),
-                Pooling::Cls => Some((1, 1.0)),
-                Pooling::Max => None,
-            }
-        };
-        let pooling_weights = match pooling {
-            Pooling::Max => None,
-            _ => {
+        // Each text's (tokens weighed, weight), for the poolings that are weighted sums.
+        let spans: Option<Vec<(usize, f32)>> = offsets
+            .windows(2)
+            .map(|span| weighted_tokens(pooling, span[1] - span[0]))
+            .collect();
+        let pooling_weights = spans
+            .map(|spans| -> Result<Tensor> {
                 let mut matrix = vec![0f32; rows.len() * total];
-                for (text, span) in offsets.windows(2).enumerate() {
-                    let (count, weight) = weights(span).expect("a weighted pooling");
-                    let start = text * total + span[0];
-                    matrix[start..start + count].fill(weight);
+                for (text, (&start, (count, weight))) in offsets.iter().zip(spans).enumerate() {
+                    let at = text * total + start;
+                    matrix[at..at + count].fill(weight);
                 }
-                Some(Tensor::from_vec(matrix, (rows.len(), total), &Device::Cpu)?.to_dtype(dtype)?)
-            }
-        };
+                Ok(Tensor::from_vec(matrix, (rows.len(), total), &Device::Cpu)?.to_dtype(dtype)?)
+            })
+            .transpose()?;
         Ok(TokenBatch {
             ids: Tensor::from_vec(rows.concat(), total, &Device::Cpu)?,
             positions: Tensor::from_vec(positions, total, &Device::Cpu)?,
