@@ -20,7 +20,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::{EncoderError, TextKind};
-use semantic_model_server::{ErrorReply, Mailbox, Poll, Reply, Request, SubmitError};
+use semantic_model_server::{Client, ErrorReply, Mailbox, Poll, Reply, Request, SubmitError};
 
 use crate::errors::{classify, raise};
 use crate::gucs;
@@ -38,6 +38,8 @@ const BUSY_WAIT: Duration = Duration::from_millis(500);
 static MAILBOX: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 
 thread_local! {
+    /// This backend as a client of the mailbox, registered on its first request.
+    static CLIENT: std::cell::Cell<Option<Client>> = const { std::cell::Cell::new(None) };
     /// The model folders the server has embedded with for this backend (for
     /// semantic_models().loaded).
     static SERVED: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
@@ -135,6 +137,35 @@ fn my_latch() -> usize {
     unsafe { pg_sys::MyLatch as usize }
 }
 
+/// Whether `pid` is a live process of this server (a backend or a background worker).
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: BackendPidGetProc takes ProcArrayLock itself and only reads the proc array.
+    !unsafe { pg_sys::BackendPidGetProc(pid as i32) }.is_null()
+}
+
+/// This backend's client identity, registering it (and its exit callback) on first use.
+fn this_client(mailbox: &Mailbox) -> Client {
+    CLIENT.with(|cell| {
+        cell.get().unwrap_or_else(|| {
+            // SAFETY: our own pid and latch.
+            let client = mailbox.client(unsafe { pg_sys::MyProcPid } as u32, my_latch());
+            // SAFETY: registered once per backend; the callback only touches the mailbox.
+            unsafe { pg_sys::before_shmem_exit(Some(release_slots), pg_sys::Datum::from(0)) };
+            cell.set(Some(client));
+            client
+        })
+    })
+}
+
+/// Gives up this backend's slots on any exit, FATAL ones included (a terminated or
+/// disconnected client never unwinds to drop its ticket).
+#[pg_guard]
+unsafe extern "C-unwind" fn release_slots(_code: i32, _arg: pg_sys::Datum) {
+    if let (Some(mailbox), Some(client)) = (mailbox(), CLIENT.with(|c| c.get())) {
+        mailbox.client_exited(&client);
+    }
+}
+
 fn wait_on_latch(timeout: Duration) {
     // SAFETY: this backend's own latch; interrupts are checked right after.
     unsafe {
@@ -162,10 +193,17 @@ pub fn embed(model_dir: &Path, text: &str, kind: TextKind) -> Option<Embedding> 
         kind,
         text: text.to_string(),
     };
+    let client = this_client(&mailbox);
     let busy_since = Instant::now();
+    let mut reclaimed = false;
     let mut ticket = loop {
-        match mailbox.submit(&request, my_latch()) {
+        match mailbox.submit(&request, &client) {
             Ok(ticket) => break ticket,
+            // A full mailbox may be full of slots whose owners died: take those back once.
+            Err(SubmitError::Busy) if !reclaimed => {
+                reclaimed = true;
+                mailbox.reclaim_orphans(process_alive);
+            }
             Err(SubmitError::Busy) if busy_since.elapsed() < BUSY_WAIT => {
                 wait_on_latch(Duration::from_millis(1))
             }
@@ -275,7 +313,7 @@ fn serve(mailbox: &Mailbox, taken: Vec<(usize, Option<Request>)>) {
     for (slot, reply) in replies {
         if let Some(owner) = mailbox.complete(slot, &reply) {
             // SAFETY: the owner's latch is its PGPROC's, in shared memory; a backend that
-            // exited meanwhile left the slot ABANDONED and is not woken.
+            // exited meanwhile left the slot ABANDONED (or FREE) and is not woken.
             unsafe { pg_sys::SetLatch(owner as *mut pg_sys::Latch) };
         }
     }
@@ -322,6 +360,8 @@ pub extern "C-unwind" fn semantic_model_server_main(_arg: pg_sys::Datum) {
             settings_hash(),
         )
     };
+    // What clients of the last server left when they died is taken back before anything.
+    mailbox.reclaim_orphans(process_alive);
     // Requests that come meanwhile wait for this load, which they would need anyway.
     preload_default_model();
     pgrx::log!("semantic model server started");
@@ -331,6 +371,8 @@ pub extern "C-unwind" fn semantic_model_server_main(_arg: pg_sys::Datum) {
             serve(&mailbox, taken);
             continue;
         }
+        // Idle: reclaim the slots of clients that died (a replied slot nobody will read).
+        mailbox.reclaim_orphans(process_alive);
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(10))) {
             break;
         }

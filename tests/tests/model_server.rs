@@ -248,6 +248,90 @@ fn a_stopped_terminated_or_killed_server_never_hangs_a_backend() {
     assert_eq!(embed(&mut after, "romance and separation"), reference);
 }
 
+/// Clients that die while they wait (terminated, as a lost connection or an idle timeout
+/// would end them) give their slots back: a stopped server that resumes after 100 of them were
+/// terminated still answers a new session itself, at once and without a model in the backend.
+#[test]
+fn clients_terminated_while_they_wait_leave_no_slot_behind() {
+    let cluster = Cluster::start("model_server_dying_clients", &["max_connections = 130"]);
+    let mut admin = cluster.connect();
+    admin.batch_execute("CREATE EXTENSION semantic").unwrap();
+    let pid = server_pid(&mut admin);
+    let reference = embed(&mut admin, "romance and separation");
+
+    signal(pid, "-STOP");
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let mut c = cluster.connect();
+            std::thread::spawn(move || {
+                // Ends with an error once terminated (or, for those that found every slot
+                // taken, with the vector they embedded themselves).
+                let _ = c.query_one("SELECT embed($1)", &[&format!("client {i}")]);
+            })
+        })
+        .collect();
+    // Every slot is taken by a client waiting for the stopped server.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT embed($1)' \
+                 AND state = 'active' AND wait_event_type = 'Extension'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting >= 64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {waiting} clients wait");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE 'SELECT embed($1)' AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    for c in clients {
+        c.join().unwrap();
+    }
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT embed($1)'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} terminated clients remain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(pid, "-CONT");
+
+    // A new session is answered by the server: no model of its own, no wait for a slot.
+    let mut fresh = cluster.connect();
+    let before = backend_anonymous_kib(&mut fresh);
+    let started = Instant::now();
+    assert_eq!(embed(&mut fresh, "romance and separation"), reference);
+    let took = started.elapsed();
+    let added_mib = (backend_anonymous_kib(&mut fresh) as f64 - before as f64) / 1024.0;
+    eprintln!("after 100 terminated clients: embed() took {took:?}, backend +{added_mib:.1} MiB");
+    assert!(
+        added_mib < 8.0,
+        "the backend loaded a model ({added_mib:.1} MiB)"
+    );
+    // A backend that found no slot would have waited 500 ms before embedding itself.
+    assert!(took < Duration::from_millis(500), "embed() took {took:?}");
+    assert_eq!(server_pid(&mut admin), pid, "the same server answered");
+}
+
 #[test]
 fn without_preloading_each_backend_embeds_itself() {
     let cluster = Cluster::start("model_server_absent", &["shared_preload_libraries = ''"]);

@@ -9,5 +9,5 @@
 mod mailbox;
 mod message;
 
-pub use mailbox::{Mailbox, Poll, ServerInfo, SubmitError, Ticket, Waker};
+pub use mailbox::{Client, Mailbox, Poll, ServerInfo, SubmitError, Ticket, Waker};
 pub use message::{ErrorReply, Reply, Request};
