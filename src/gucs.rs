@@ -20,6 +20,7 @@ pub static HNSW_EF_SEARCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static IVF_NPROBE: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_CACHED_MODELS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static MAX_CACHED_INDEXES: GucSetting<i32> = GucSetting::<i32>::new(4);
+pub static COMPACT_THRESHOLD: GucSetting<f64> = GucSetting::<f64>::new(0.2);
 pub static EXECUTION_PROVIDER: GucSetting<ProviderSetting> =
     GucSetting::<ProviderSetting>::new(ProviderSetting::Cpu);
 
@@ -72,6 +73,16 @@ pub fn register() {
         &THREADS,
         1,
         64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"semantic.compact_threshold",
+        c"Share of an index's vectors that belong to dead rows past which VACUUM compacts it (writes it again without them).",
+        c"Below it, VACUUM only marks dead rows, which searches skip.",
+        &COMPACT_THRESHOLD,
+        0.0,
+        1.0,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -197,6 +208,10 @@ pub fn execution_provider() -> ExecutionProvider {
 
 pub fn max_cached_models() -> usize {
     MAX_CACHED_MODELS.get().max(1) as usize
+}
+
+pub fn compact_threshold() -> f64 {
+    COMPACT_THRESHOLD.get()
 }
 
 pub fn max_cached_indexes() -> usize {

@@ -9,6 +9,7 @@ fn main() {
         .std("c++17")
         .include(format!("{root}/include"))
         .file("cpp/interrupt.cpp")
+        .file("cpp/search.cpp")
         .file("cpp/storage.cpp")
         .file("cpp/threads.cpp")
         .flag("-fopenmp")

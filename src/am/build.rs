@@ -4,6 +4,7 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ColumnKind, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
@@ -13,7 +14,7 @@ use semantic_index::{tid_to_id, CacheKey, VectorIndex};
 
 use super::operators::vector_metric;
 use super::options::IndexOptions;
-use super::storage::{check_dimension, create_meta, rewrite, Generation};
+use super::storage::{check_dimension, create_meta, cut, rewrite, Cut, Generation};
 use super::vectors::{datum_text, embed_passages, prepare, VectorType};
 use crate::errors::raise;
 use crate::models::with_encoder;
@@ -94,48 +95,108 @@ impl BuildState {
     }
 }
 
+impl BuildState {
+    /// One row of the build scan: a text to embed (in chunks) or a vector.
+    fn row(&mut self, (block, offset): (u32, u16), value: pg_sys::Datum) {
+        self.rows += 1;
+        match self.meta.kind {
+            ColumnKind::Text => {
+                // SAFETY: a non-null value of the index's text column.
+                let text = unsafe { datum_text(value) };
+                self.pending_keys.push(RecordKey {
+                    block,
+                    offset,
+                    text_hash: text_hash(&text),
+                });
+                self.pending_texts.push(text);
+                if self.pending_texts.len() >= EMBED_CHUNK {
+                    self.flush_texts();
+                }
+            }
+            ColumnKind::Vector => {
+                // SAFETY: a non-null value of the index's vector column.
+                let vector = unsafe { self.vector_type.expect("a vector column").floats(value) };
+                let key = RecordKey {
+                    block,
+                    offset,
+                    text_hash: 0,
+                };
+                self.push(&key, vector)
+            }
+        }
+    }
+}
+
+/// A memory context reset after every row a build scan hands over, as pgvector's build does:
+/// detoasted values and analysed texts are freed row by row, so CREATE INDEX holds no more
+/// than the index itself needs, whatever the table's size.
+struct RowContext(PgMemoryContexts);
+
+impl RowContext {
+    /// Runs `f` with the row context current, then frees what it allocated there.
+    fn run<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        // SAFETY: the context is ours and lives as long as self; the previous one is current
+        // again when `f` returns (an error aborts the transaction, which resets it), and
+        // nothing allocated in it outlives the row.
+        unsafe {
+            let result = self.0.switch_to(|_| f());
+            self.0.reset();
+            result
+        }
+    }
+}
+
+struct RowScan<'a> {
+    context: RowContext,
+    row: &'a mut dyn FnMut((u32, u16), pg_sys::Datum),
+}
+
+/// The build scan of faiss and bm25 indexes alike: `row` gets the TID and value of every row
+/// whose (one) indexed column is not NULL, in a memory context reset after each row. Returns
+/// the heap tuples scanned.
+pub unsafe fn scan_rows(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
+    mut row: impl FnMut((u32, u16), pg_sys::Datum),
+) -> f64 {
+    let mut scan = RowScan {
+        context: RowContext(PgMemoryContexts::new("semantic build row")),
+        row: &mut row,
+    };
+    // SAFETY: the relations and index info of the caller's ambuild; the callback gets `scan`.
+    unsafe {
+        pg_sys::table_index_build_scan(
+            heap,
+            index,
+            index_info,
+            true,
+            true,
+            Some(row_callback),
+            &mut scan as *mut RowScan as *mut std::ffi::c_void,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
 #[pg_guard]
-unsafe extern "C-unwind" fn build_callback(
+unsafe extern "C-unwind" fn row_callback(
     _index: pg_sys::Relation,
     tid: pg_sys::ItemPointer,
     values: *mut pg_sys::Datum,
     isnull: *mut bool,
     _alive: bool,
-    state: *mut std::ffi::c_void,
+    scan: *mut std::ffi::c_void,
 ) {
-    // SAFETY: table_index_build_scan calls this with a valid TID, values and isnull of the index's one column, and the BuildState it was given.
+    // SAFETY: table_index_build_scan calls this with a valid TID, values and isnull of the
+    // index's one column, and the RowScan scan_rows gave it.
     unsafe {
         if *isnull {
             return;
         }
-        let state = &mut *(state as *mut BuildState);
-        let (block, offset) = tid_parts(tid);
-        state.rows += 1;
-        match state.meta.kind {
-            ColumnKind::Text => {
-                let text = datum_text(*values);
-                state.pending_keys.push(RecordKey {
-                    block,
-                    offset,
-                    text_hash: text_hash(&text),
-                });
-                state.pending_texts.push(text);
-                if state.pending_texts.len() >= EMBED_CHUNK {
-                    state.flush_texts();
-                }
-            }
-            ColumnKind::Vector => {
-                let vector = state.vector_type.expect("a vector column").floats(*values);
-                state.push(
-                    &RecordKey {
-                        block,
-                        offset,
-                        text_hash: 0,
-                    },
-                    vector,
-                )
-            }
-        }
+        let scan = &mut *(scan as *mut RowScan);
+        let (tid, value) = (tid_parts(tid), *values);
+        scan.context.run(|| (scan.row)(tid, value));
     }
 }
 
@@ -232,6 +293,8 @@ pub struct NewSnapshot {
     pub vectors: u64,
     /// Whether its FAISS index keeps the vectors exactly (the records chain then needs none).
     pub has_vectors: bool,
+    /// Its positions that stay marked dead (a fold's, carried from the snapshot it extends).
+    pub marks: Vec<u32>,
 }
 
 /// The snapshot of a FAISS index over `ids`/`vectors` with the rows' text hashes: a new index
@@ -244,7 +307,7 @@ pub fn snapshot(
     hashes: &[u64],
     vectors: &[f32],
 ) -> NewSnapshot {
-    let key = super::cache::new_cache_key();
+    let key = super::cache::new_cache_key(meta);
     let dim = meta.dim as usize;
     if dim == 0 {
         // A real[] index that has seen no vector: nothing to snapshot.
@@ -253,6 +316,7 @@ pub fn snapshot(
             key,
             vectors: 0,
             has_vectors: false,
+            marks: Vec::new(),
         };
     }
     semantic_index::set_interrupt_check(cancel_or_terminate_pending);
@@ -306,6 +370,7 @@ pub fn snapshot(
         key,
         vectors: index.len() as u64,
         has_vectors: index.stores_exact_vectors(),
+        marks: Vec::new(),
     }
 }
 
@@ -324,12 +389,12 @@ pub fn encode_records(ids: &[i64], hashes: &[u64], vectors: &[f32], dim: usize) 
     records
 }
 
-/// Writes a new generation: its snapshot file first (so searches find it ready), then the
-/// pages. `records` gives every row's records, asked for only when the snapshot does not keep
-/// the vectors itself.
+/// Writes a new generation from `cut`: its snapshot file first (so searches find it ready),
+/// then the pages. `records` gives every row's records, asked for only when the snapshot does
+/// not keep the vectors itself.
 pub unsafe fn write_generation(
     index: pg_sys::Relation,
-    meta: &mut Meta,
+    cut: Cut,
     records: impl FnOnce() -> Vec<u8>,
     rows: u64,
     new: &NewSnapshot,
@@ -339,7 +404,7 @@ pub unsafe fn write_generation(
         if !new.bytes.is_empty() {
             super::cache::publish(index, &new.key, &new.bytes);
         }
-        let dim = meta.dim as usize;
+        let dim = cut.meta.dim as usize;
         let records = if new.has_vectors {
             Vec::new()
         } else {
@@ -347,7 +412,7 @@ pub unsafe fn write_generation(
         };
         rewrite(
             index,
-            meta,
+            cut,
             dim,
             &Generation {
                 records: &records,
@@ -356,6 +421,7 @@ pub unsafe fn write_generation(
                 cache_key: new.key,
                 snapshot_vectors: new.vectors,
                 snapshot_has_vectors: new.has_vectors,
+                marks: &new.marks,
             },
         );
         super::cache::forget((*index).rd_id);
@@ -390,16 +456,7 @@ pub unsafe extern "C-unwind" fn ambuild(
             pg_sys::PROGRESS_CREATEIDX_TUPLES_TOTAL,
             (*(*heap).rd_rel).reltuples.max(0.0) as i64,
         );
-        let heap_tuples = pg_sys::table_index_build_scan(
-            heap,
-            index,
-            index_info,
-            true,
-            true,
-            Some(build_callback),
-            &mut state as *mut BuildState as *mut std::ffi::c_void,
-            std::ptr::null_mut(),
-        );
+        let heap_tuples = scan_rows(heap, index, index_info, |tid, value| state.row(tid, value));
         state.flush_texts();
 
         let new = snapshot(&state.meta, None, &state.ids, &state.hashes, &state.vectors);
@@ -408,7 +465,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         let dim = state.meta.dim as usize;
         write_generation(
             index,
-            &mut state.meta,
+            cut(index),
             || encode_records(&state.ids, &state.hashes, &state.vectors, dim),
             state.rows,
             &new,

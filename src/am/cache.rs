@@ -17,7 +17,7 @@ use pgrx::PgSqlErrorCode;
 use semantic_encoder::Lru;
 use semantic_index::cache_file::{CacheDir, CacheLock, Opened, SnapshotFile};
 use semantic_index::layout::Meta;
-use semantic_index::{CacheKey, IndexError, Snapshot};
+use semantic_index::{CacheKey, DeadPositions, IndexError, Snapshot};
 
 use super::storage::read_snapshot_with;
 use crate::errors::raise;
@@ -28,8 +28,64 @@ struct OpenSnapshot {
     snapshot: Rc<Snapshot>,
 }
 
+/// The dead positions of one generation as far as its marks chain went (`marked` entries).
+struct ReadMarks {
+    relfilenode: u32,
+    generation: u64,
+    marked: u64,
+    dead: Rc<DeadPositions>,
+}
+
 thread_local! {
     static OPEN: RefCell<Lru<pg_sys::Oid, OpenSnapshot>> = RefCell::new(Lru::default());
+    static MARKS: RefCell<Lru<pg_sys::Oid, ReadMarks>> = RefCell::new(Lru::default());
+}
+
+/// The snapshot positions `meta`'s generation has marked dead, among `len`: read from the
+/// marks chain once per VACUUM that marked some, then kept by this backend. Some(None) when
+/// there are none; None if the index was rewritten while they were read. (faiss and bm25.)
+pub unsafe fn dead_positions(
+    rel: pg_sys::Relation,
+    meta: &Meta,
+    len: usize,
+) -> Option<Option<Rc<DeadPositions>>> {
+    if meta.marked == 0 {
+        return Some(None);
+    }
+    // SAFETY: `rel` is an open index relation (the caller's contract).
+    unsafe {
+        let oid = (*rel).rd_id;
+        let relfilenode = crate::compat::relation_file(rel).number;
+        let cached = MARKS.with(|marks| {
+            marks
+                .borrow_mut()
+                .get(&oid)
+                .filter(|m| {
+                    m.relfilenode == relfilenode
+                        && m.generation == meta.generation
+                        && m.marked == meta.marked
+                })
+                .map(|m| m.dead.clone())
+        });
+        if cached.is_some() {
+            return Some(cached);
+        }
+        let positions = super::storage::read_marks(rel, meta)?;
+        let dead = Rc::new(DeadPositions::new(len, positions));
+        MARKS.with(|marks| {
+            marks.borrow_mut().insert(
+                oid,
+                ReadMarks {
+                    relfilenode,
+                    generation: meta.generation,
+                    marked: meta.marked,
+                    dead: dead.clone(),
+                },
+                crate::gucs::max_cached_indexes(),
+            )
+        });
+        Some(Some(dead))
+    }
 }
 
 fn index_error(kind: &str, e: impl std::fmt::Display) -> ! {
@@ -79,18 +135,19 @@ unsafe fn owner_exists(owner: &str) -> bool {
     }
 }
 
-/// A fresh random cache key for a new generation.
-pub fn new_cache_key() -> CacheKey {
-    let mut key = [0u8; 16];
+/// The cache key of the generation an index with metapage `meta` writes next: its number and
+/// random bytes (semantic_index::generation_key).
+pub fn new_cache_key(meta: &Meta) -> CacheKey {
+    let mut random = [0u8; 8];
     // SAFETY: fills the buffer it is given.
-    if !unsafe { pg_sys::pg_strong_random(key.as_mut_ptr().cast(), key.len()) } {
+    if !unsafe { pg_sys::pg_strong_random(random.as_mut_ptr().cast(), random.len()) } {
         raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             "could not generate random bytes",
             None,
         );
     }
-    key
+    semantic_index::generation_key(meta.generation + 1, random)
 }
 
 /// The build lock of `key`'s file; a query cancel ends the wait.
@@ -111,9 +168,12 @@ pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
         let published = lock(&dir, &owner, key)
             .and_then(|_lock| dir.publish(&owner, key, |w| w.write_all(snapshot)));
         if let Err(e) = published {
-            pgrx::debug1!(
-                "index \"{}\": could not write its snapshot file: {e}",
-                super::build::relation_name(rel)
+            // Once per index and generation: this runs once for each new generation.
+            pgrx::warning!(
+                "index \"{}\": could not write its snapshot file in \"{}\": {e}; every \
+                 session will search a private copy of it until the file can be written",
+                super::build::relation_name(rel),
+                dir.dir().display()
             );
         }
         // Files of this database's dropped or rebuilt indexes go; an hour's grace covers

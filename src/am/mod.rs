@@ -15,7 +15,7 @@ pub(crate) mod storage;
 pub(crate) mod vacuum;
 pub(crate) mod vectors;
 
-pub use cache::{cache_root, new_cache_key, open_or_build, publish};
+pub use cache::{cache_root, dead_positions, new_cache_key, open_or_build, publish};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

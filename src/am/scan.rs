@@ -135,7 +135,15 @@ unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
             let meta = read_meta(index);
             let mut ids: Vec<i64> = Vec::new();
             if meta.cache_key().is_some() {
-                ids.extend(super::cache::snapshot(index, &meta)?.ids());
+                let snapshot = super::cache::snapshot(index, &meta)?;
+                let dead = super::cache::dead_positions(index, &meta, snapshot.len())?;
+                ids.extend(
+                    snapshot
+                        .ids()
+                        .enumerate()
+                        .filter(|(pos, _)| dead.as_ref().is_none_or(|d| !d.contains(*pos)))
+                        .map(|(_, id)| id),
+                );
             }
             let from = appended_from(&meta);
             if from.block != NO_BLOCK && meta.dim != 0 {
@@ -231,16 +239,22 @@ unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
                 },
                 None => None,
             };
+            let dead = match &snapshot {
+                Some(snapshot) => super::cache::dead_positions(index, &meta, snapshot.len())?,
+                None => None,
+            };
             let appended = score_appended(index, &meta, query)?;
             let metric = meta.metric.faiss_metric();
             let hits = match &snapshot {
-                Some(snapshot) => snapshot.search(query, k, &params).unwrap_or_else(|e| {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                        format!("faiss search failed: {e}"),
-                        None,
-                    )
-                }),
+                Some(snapshot) => snapshot
+                    .search(query, k, &params, dead.as_deref())
+                    .unwrap_or_else(|e| {
+                        raise(
+                            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                            format!("faiss search failed: {e}"),
+                            None,
+                        )
+                    }),
                 None => Vec::new(),
             };
             let snapshot_len = snapshot.as_ref().map_or(0, |s| s.len());

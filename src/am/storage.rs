@@ -7,7 +7,7 @@
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_index::chain::{self, MetaLock};
-pub use semantic_index::chain::{ChainRead, Generation};
+pub use semantic_index::chain::{ChainRead, Cut, Generation};
 use semantic_index::layout::{ChainPos, LayoutError, Meta};
 use semantic_index::records::RecordKey;
 use semantic_index::relation::{Image, Lock, Relation, BLOCK_SIZE};
@@ -64,10 +64,22 @@ impl Relation for Index {
     }
 
     fn log(&self, pages: &[(pg_sys::Buffer, Image)], change: &mut dyn FnMut(&mut [&mut [u8]])) {
+        /// A GenericXLog record being built: aborted (the pages left as they were) if dropped
+        /// unfinished, when `change` unwinds.
+        struct Record(*mut pg_sys::GenericXLogState);
+        impl Drop for Record {
+            fn drop(&mut self) {
+                if !self.0.is_null() {
+                    // SAFETY: a state GenericXLogStart returned, neither finished nor aborted.
+                    unsafe { pg_sys::GenericXLogAbort(self.0) };
+                }
+            }
+        }
         // SAFETY: exclusively locked buffers; GenericXLog hands out working copies of their
         // pages and applies them at Finish, as one WAL record.
         unsafe {
-            let state = pg_sys::GenericXLogStart(self.0);
+            let mut record = Record(pg_sys::GenericXLogStart(self.0));
+            let state = record.0;
             let mut copies: Vec<&mut [u8]> = pages
                 .iter()
                 .map(|&(buffer, image)| {
@@ -80,6 +92,7 @@ impl Relation for Index {
                 })
                 .collect();
             change(&mut copies);
+            record.0 = std::ptr::null_mut();
             pg_sys::GenericXLogFinish(state);
         }
     }
@@ -131,6 +144,31 @@ pub fn append_record(
     chain::append_record(index, lock, key, vector).unwrap_or_else(|e| corrupted(e))
 }
 
+/// Marks snapshot positions dead (VACUUM), under the metapage lock.
+pub fn append_marks(index: &Index, lock: &mut MetaLock<'_, Index>, positions: &[u32]) {
+    chain::append_marks(index, lock, positions).unwrap_or_else(|e| corrupted(e))
+}
+
+/// Writes the metapage as `lock` holds it.
+pub fn write_meta(index: &Index, lock: &MetaLock<'_, Index>) {
+    lock.write(index).unwrap_or_else(|e| corrupted(e))
+}
+
+/// See [`chain::read_marks`].
+pub unsafe fn read_marks(rel: pg_sys::Relation, meta: &Meta) -> Option<Vec<u32>> {
+    chain::read_marks(&Index(rel), meta)
+}
+
+/// See [`chain::flag_dead_records`].
+pub unsafe fn flag_dead_records(
+    rel: pg_sys::Relation,
+    meta: &Meta,
+    dim: usize,
+    dead: impl FnMut(&RecordKey) -> bool,
+) -> (u64, u64) {
+    chain::flag_dead_records(&Index(rel), meta, dim, dead).unwrap_or_else(|e| corrupted(e))
+}
+
 /// See [`chain::read_records`].
 pub unsafe fn read_records(
     rel: pg_sys::Relation,
@@ -140,6 +178,18 @@ pub unsafe fn read_records(
     visit: impl FnMut(&[u8]),
 ) -> ChainRead {
     chain::read_records(&Index(rel), from, generation, dim, visit)
+}
+
+/// See [`chain::read_records_to`].
+pub unsafe fn read_records_to(
+    rel: pg_sys::Relation,
+    from: ChainPos,
+    end: ChainPos,
+    generation: u64,
+    dim: usize,
+    visit: impl FnMut(&[u8]),
+) -> ChainRead {
+    chain::read_records_to(&Index(rel), from, end, generation, dim, visit)
 }
 
 /// See [`chain::read_snapshot_with`].
@@ -156,7 +206,13 @@ pub unsafe fn read_snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Vec<u8
     chain::read_snapshot(&Index(rel), meta)
 }
 
-/// Replaces the index's contents by a new generation (see [`chain::rewrite`]).
-pub unsafe fn rewrite(rel: pg_sys::Relation, meta: &mut Meta, dim: usize, new: &Generation) {
-    chain::rewrite(&Index(rel), meta, dim, new).unwrap_or_else(|e| corrupted(e))
+/// Where a rewrite starts (see [`chain::cut`]): the caller keeps other rewrites out.
+pub unsafe fn cut(rel: pg_sys::Relation) -> Cut {
+    chain::cut(&Index(rel)).unwrap_or_else(|e| corrupted(e))
+}
+
+/// Replaces the index's contents by a new generation built from `cut` (see
+/// [`chain::rewrite`]); returns the new metapage.
+pub unsafe fn rewrite(rel: pg_sys::Relation, cut: Cut, dim: usize, new: &Generation) -> Meta {
+    chain::rewrite(&Index(rel), cut, dim, new).unwrap_or_else(|e| corrupted(e))
 }

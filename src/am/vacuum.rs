@@ -1,29 +1,38 @@
-//! VACUUM and folding. Both write a new generation from the index's live rows: the rows of the
-//! snapshot (read back from it when it keeps vectors, else from the records chain) and the
-//! records appended since.
-//! - VACUUM (`ambulkdelete`) drops the rows the bulk-delete callback reports dead and rebuilds
-//!   the FAISS index from the rest (FAISS cannot remove ids from an HNSW graph).
+//! VACUUM, folding and compaction.
+//! - VACUUM (`ambulkdelete`) rewrites nothing: it marks the snapshot positions of dead rows in
+//!   the marks chain and flags dead records in place (both WAL-logged), and searches skip
+//!   them. It takes a lock that only other VACUUMs, folds and compactions of the index wait
+//!   for: inserts and searches go on.
+//! - Compaction writes a new generation without the dead rows once they pass
+//!   `semantic.compact_threshold` of the index's vectors (in `amvacuumcleanup`).
 //! - Folding adds the appended records to a copy of the snapshot (no rebuild when the snapshot
-//!   keeps its vectors), so that searches do not scan a long appended part. It runs in
-//!   `amvacuumcleanup` once more than [`fold_threshold`] records are appended, and on demand
-//!   through `semantic_index_fold(index)`.
+//!   keeps its vectors; marks carry over, positions unchanged), so that searches do not scan a
+//!   long appended part. It runs in `amvacuumcleanup` once more than [`fold_threshold`]
+//!   records are appended, and on demand through `semantic_index_fold(index)`.
 //!
-//! Inserts wait while a new generation is written; scans go on with the old one meanwhile.
+//! Folds and compactions build the new generation from a cut while inserts go on; inserts wait
+//! only while the records appended since the cut are copied over and the metapage switches.
+//! Scans go on with the old generation meanwhile.
+
+use std::collections::HashSet;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, ColumnKind, Meta};
 use semantic_index::records::{decode_records_into, RecordKey};
-use semantic_index::{id_to_tid, tid_to_id, VectorIndex};
+use semantic_index::{id_to_tid, tid_to_id, DeadPositions, VectorIndex};
 
 use super::build::{encode_records, snapshot, write_generation};
-use super::storage::{read_meta, read_records, read_snapshot, ChainRead};
+use super::storage::{
+    append_marks, cut, flag_dead_records, lock_meta, read_marks, read_meta, read_records_to,
+    read_snapshot, write_meta, ChainRead, Cut, Index,
+};
 use crate::errors::raise;
 
-/// Appended records beyond which VACUUM folds them into a new snapshot: 1,000, or a tenth of
-/// the snapshot's vectors when that is more (a search scans appended records exactly, so their
-/// share of its time stays bounded, while big indexes are not rewritten for a few rows).
+/// Appended records beyond which VACUUM folds them: 1,000, or a tenth of the snapshot's
+/// vectors when that is more (a search scans appended records exactly, so their share of its
+/// time stays bounded, while big indexes are not rewritten for a few rows).
 pub fn fold_threshold(meta: &Meta) -> u64 {
     (meta.snapshot_records / 10).max(1000)
 }
@@ -38,9 +47,12 @@ struct Rows {
     appended_vectors: Vec<f32>,
 }
 
-unsafe fn read_rows(index: pg_sys::Relation, meta: &Meta) -> Rows {
+/// Every vector of the index at `cut`: the records appended after it are the rewrite's to
+/// carry over.
+unsafe fn read_rows(index: pg_sys::Relation, cut: &Cut) -> Rows {
     // SAFETY: `index` is an open faiss index that the caller holds locked against rewrites.
     unsafe {
+        let meta = &cut.meta;
         let dim = meta.dim as usize;
         let corrupt = |what: &str| -> ! {
             raise(
@@ -70,12 +82,13 @@ unsafe fn read_rows(index: pg_sys::Relation, meta: &Meta) -> Rows {
             });
             rows.base = Some(base);
         }
-        let read = read_records(
+        let read = read_records_to(
             index,
             ChainPos {
                 block: meta.records_head,
                 slot: 0,
             },
+            cut.end,
             meta.generation,
             dim,
             |bytes| {
@@ -89,93 +102,153 @@ unsafe fn read_rows(index: pg_sys::Relation, meta: &Meta) -> Rows {
     }
 }
 
-/// Writes a new generation of `index` without the vectors whose row `dead` reports. Returns
-/// (vectors removed, distinct rows kept).
-unsafe fn regenerate(
-    index: pg_sys::Relation,
-    meta: &mut Meta,
-    mut dead: impl FnMut(u32, u16) -> bool,
-) -> (u64, u64) {
-    // SAFETY: `index` is an open faiss index that the caller holds exclusively locked.
+/// Writes a new generation of `index` from its live vectors: the snapshot's unmarked ones and
+/// the appended records not flagged dead. With `compact`, marked vectors are dropped (the
+/// snapshot is rebuilt when any is marked); without, a snapshot that keeps its vectors is
+/// extended with the appended ones and its marks carry over. Inserts go on meanwhile: the new
+/// generation is built from a cut, and what was appended after it is carried over.
+unsafe fn regenerate(index: pg_sys::Relation, compact: bool) {
+    // SAFETY: `index` is an open faiss index whose other rewrites and VACUUMs the caller keeps
+    // out.
     unsafe {
+        let cut = cut(index);
+        let meta = &cut.meta;
         let dim = meta.dim as usize;
-        let rows = read_rows(index, meta);
+        let rows = read_rows(index, &cut);
         let text = meta.kind == ColumnKind::Text;
-        let mut removed = 0u64;
-        let mut live_rows = std::collections::HashSet::new();
-        let mut keep = |id: i64, i: usize| {
-            let (block, offset) = id_to_tid(id);
-            if i.is_multiple_of(1024) {
-                // Honours vacuum_cost_delay (and checks for interrupts).
-                crate::compat::vacuum_delay_point();
+        let marks = match &rows.base {
+            Some((base, _)) => {
+                let positions = read_marks(index, meta).unwrap_or_else(|| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+                        "faiss index marks changed while it was rewritten",
+                        None,
+                    )
+                });
+                DeadPositions::new(base.len(), positions)
             }
-            if dead(block, offset) {
-                removed += 1;
-                false
-            } else {
-                live_rows.insert(id);
-                true
-            }
+            None => DeadPositions::default(),
         };
-        // The snapshot's part: kept as a base to add to when none of its rows is dead.
-        let (base_ids, base_hashes) = match &rows.base {
-            Some((base, hashes)) => (base.ids().to_vec(), hashes.clone()),
-            None => (Vec::new(), Vec::new()),
-        };
-        let base_keep: Vec<bool> = base_ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| keep(id, i))
-            .collect();
-        let appended_ids: Vec<i64> = rows
-            .appended
-            .iter()
-            .map(|k| tid_to_id(k.block, k.offset))
-            .collect();
-        let appended_keep: Vec<bool> = appended_ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| keep(id, i))
-            .collect();
         let mut ids = Vec::new();
         let mut hashes = Vec::new();
         let mut vectors = Vec::new();
+        let mut live_rows = HashSet::new();
         let mut take = |id: i64, hash: u64, vector: &[f32]| {
+            live_rows.insert(id);
             ids.push(id);
             hashes.push(hash);
             vectors.extend_from_slice(vector);
         };
-        let base = if base_keep.iter().all(|&k| k) {
-            rows.base
-        } else {
-            for (i, &id) in base_ids.iter().enumerate().filter(|&(i, _)| base_keep[i]) {
-                let hash = if text { base_hashes[i] } else { 0 };
-                take(id, hash, &rows.snapshot_vectors[i * dim..(i + 1) * dim]);
+        let keep_base = !compact || marks.is_empty();
+        let mut base_rows = HashSet::new();
+        let (base, carried) = match rows.base {
+            Some((base, base_hashes)) if !keep_base => {
+                for (i, &id) in base.ids().iter().enumerate() {
+                    if !marks.contains(i) {
+                        let hash = if text { base_hashes[i] } else { 0 };
+                        take(id, hash, &rows.snapshot_vectors[i * dim..(i + 1) * dim]);
+                    }
+                }
+                (None, Vec::new())
             }
-            None
+            Some((base, base_hashes)) => {
+                let carried: Vec<u32> = (0..base.len())
+                    .filter(|&i| marks.contains(i))
+                    .map(|i| i as u32)
+                    .collect();
+                // Counted for `rows`; the vectors stay in the base.
+                for (i, &id) in base.ids().iter().enumerate() {
+                    if !marks.contains(i) {
+                        base_rows.insert(id);
+                    }
+                }
+                (Some((base, base_hashes)), carried)
+            }
+            None => (None, Vec::new()),
         };
-        for (i, key) in rows
-            .appended
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| appended_keep[i])
-        {
+        for (i, key) in rows.appended.iter().enumerate() {
+            if i.is_multiple_of(1024) {
+                // Honours vacuum_cost_delay (and checks for interrupts).
+                crate::compat::vacuum_delay_point();
+            }
             take(
-                appended_ids[i],
+                tid_to_id(key.block, key.offset),
                 key.text_hash,
                 &rows.appended_vectors[i * dim..(i + 1) * dim],
             );
         }
+        live_rows.extend(base_rows);
         let live = live_rows.len() as u64;
-        let new = snapshot(meta, base, &ids, &hashes, &vectors);
+        let mut new = snapshot(meta, base, &ids, &hashes, &vectors);
+        new.marks = carried;
         write_generation(
             index,
-            meta,
+            cut,
             || encode_records(&ids, &hashes, &vectors, dim),
             live,
             &new,
         );
-        (removed, live)
+    }
+}
+
+/// VACUUM's work on a faiss or bm25 index: marks the snapshot positions (`snapshot_ids`, in
+/// position order) and flags the records (of `dim` floats) whose rows `dead` reports, without
+/// rewriting anything; returns how many vectors it found dead. The caller holds the lock that
+/// keeps rewrites out; inserts go on.
+pub(crate) unsafe fn mark_dead_rows(
+    index: pg_sys::Relation,
+    meta: &Meta,
+    snapshot_ids: impl ExactSizeIterator<Item = i64>,
+    dim: usize,
+    mut dead: impl FnMut(u32, u16) -> bool,
+) -> u64 {
+    // SAFETY: `index` is an open index whose rewrites the caller keeps out.
+    unsafe {
+        let changed = || -> ! {
+            raise(
+                PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+                "index changed under VACUUM",
+                None,
+            )
+        };
+        let len = snapshot_ids.len();
+        let already = DeadPositions::new(len, read_marks(index, meta).unwrap_or_else(|| changed()));
+        let mut dead_rows = HashSet::new();
+        let mut positions = Vec::new();
+        for (pos, id) in snapshot_ids.enumerate() {
+            if pos.is_multiple_of(1024) {
+                // Honours vacuum_cost_delay (and checks for interrupts).
+                crate::compat::vacuum_delay_point();
+            }
+            let (block, offset) = id_to_tid(id);
+            if !already.contains(pos) && dead(block, offset) {
+                positions.push(pos as u32);
+                dead_rows.insert(id);
+            }
+        }
+        let (_, appended) = flag_dead_records(index, meta, dim, |key| {
+            let gone = dead(key.block, key.offset);
+            if gone {
+                dead_rows.insert(tid_to_id(key.block, key.offset));
+            }
+            gone
+        });
+        if positions.is_empty() && appended == 0 && dead_rows.is_empty() {
+            return 0;
+        }
+        let rel = Index(index);
+        let mut lock = lock_meta(&rel);
+        if lock.meta.generation != meta.generation {
+            changed();
+        }
+        lock.meta.dead_appended += appended;
+        lock.meta.rows = lock.meta.rows.saturating_sub(dead_rows.len() as u64);
+        if positions.is_empty() {
+            write_meta(&rel, &lock);
+        } else {
+            append_marks(&rel, &mut lock, &positions);
+        }
+        positions.len() as u64 + appended
     }
 }
 
@@ -222,67 +295,97 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     unsafe {
         let stats = stats_or_new(stats);
         let index = (*info).index;
-        pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
-        let mut meta = read_meta(index);
-        // A first pass only asks the callback: most VACUUMs find nothing dead in the index and
-        // then need not rewrite it.
-        let mut any_dead = false;
+        // Keeps folds, compactions and other VACUUMs out, not inserts or scans.
+        pg_sys::LockRelation(index, pg_sys::ShareUpdateExclusiveLock as _);
+        let meta = read_meta(index);
         if meta.dim != 0 {
-            if meta.snapshot_has_vectors {
-                if let Some(snapshot) = super::cache::snapshot(index, &meta) {
-                    any_dead = snapshot.ids().enumerate().any(|(i, id)| {
-                        if i.is_multiple_of(1024) {
-                            crate::compat::vacuum_delay_point();
-                        }
-                        let (block, offset) = id_to_tid(id);
-                        is_dead(callback, callback_state, block, offset)
-                    });
-                }
-            }
-            let dim = meta.dim as usize;
-            let from = ChainPos {
-                block: meta.records_head,
-                slot: 0,
+            // Every kind's snapshot positions are marked (IVF and PQ ones too: their records,
+            // flagged below, only serve rewrites).
+            let snapshot = match meta.cache_key() {
+                Some(_) => super::cache::snapshot(index, &meta),
+                None => None,
             };
-            let (mut keys, mut vectors) = (Vec::new(), Vec::new());
-            read_records(index, from, meta.generation, dim, |bytes| {
-                decode_records_into(bytes, dim, &mut keys, &mut vectors);
-                vectors.clear();
-            });
-            any_dead = any_dead
-                || keys
-                    .iter()
-                    .any(|k| is_dead(callback, callback_state, k.block, k.offset));
+            let ids: Vec<i64> = snapshot.map(|s| s.ids().collect()).unwrap_or_default();
+            let marked = mark_dead_rows(
+                index,
+                &meta,
+                ids.into_iter(),
+                meta.dim as usize,
+                |block, offset| is_dead(callback, callback_state, block, offset),
+            );
+            (*stats).tuples_removed += marked as f64;
         }
-        let (removed, rows) = if any_dead {
-            regenerate(index, &mut meta, |block, offset| {
-                is_dead(callback, callback_state, block, offset)
-            })
-        } else {
-            (0, meta.rows)
-        };
-        pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
-        (*stats).tuples_removed += removed as f64;
-        (*stats).num_index_tuples = rows as f64;
+        pg_sys::UnlockRelation(index, pg_sys::ShareUpdateExclusiveLock as _);
+        let meta = read_meta(index);
+        (*stats).num_index_tuples = meta.rows as f64;
         (*stats).num_pages =
             pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
         stats
     }
 }
 
-/// Folds the appended records into a new snapshot; returns how many were folded.
-pub unsafe fn fold(index: pg_sys::Relation) -> u64 {
-    // SAFETY: `index` is an open faiss index relation (the caller's contract).
+/// How an index kind writes a new generation from its live rows; `compact` drops the marked
+/// ones (else a fold may keep them marked in an extended snapshot).
+pub(crate) type Regenerate = unsafe fn(pg_sys::Relation, bool);
+
+/// Writes a new generation if `due` says so of the metapage, checked again under
+/// ShareUpdateExclusiveLock: other rewrites and VACUUMs of the index wait for it, inserts and
+/// searches go on (inserts wait only for the switch, see `chain::rewrite`). Returns whether it
+/// did.
+unsafe fn regenerate_if(
+    index: pg_sys::Relation,
+    regenerate: Regenerate,
+    compact: bool,
+    due: impl Fn(&Meta) -> bool,
+) -> bool {
+    // SAFETY: `index` is an open faiss or bm25 index (the caller's contract).
     unsafe {
-        pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
-        let mut meta = read_meta(index);
-        let appended = meta.appended();
-        if appended > 0 {
-            regenerate(index, &mut meta, |_, _| false);
+        if !due(&read_meta(index)) {
+            return false;
         }
-        pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
+        pg_sys::LockRelation(index, pg_sys::ShareUpdateExclusiveLock as _);
+        let due = due(&read_meta(index));
+        if due {
+            regenerate(index, compact);
+        }
+        pg_sys::UnlockRelation(index, pg_sys::ShareUpdateExclusiveLock as _);
+        due
+    }
+}
+
+/// VACUUM's cleanup of a faiss or bm25 index: compaction once dead rows pass
+/// `semantic.compact_threshold` of its vectors, else a fold past `fold_threshold` appended
+/// records.
+pub(crate) unsafe fn compact_or_fold(
+    index: pg_sys::Relation,
+    regenerate: Regenerate,
+    fold_threshold: fn(&Meta) -> u64,
+) {
+    // SAFETY: as regenerate_if.
+    unsafe {
+        let _ = regenerate_if(index, regenerate, true, |meta| {
+            meta.dead_share() > crate::gucs::compact_threshold()
+        }) || regenerate_if(index, regenerate, false, |meta| {
+            meta.appended() > fold_threshold(meta)
+        });
+    }
+}
+
+/// Folds the appended records of a faiss or bm25 index into a new snapshot; returns how many
+/// there were.
+pub(crate) unsafe fn fold_with(index: pg_sys::Relation, regenerate: Regenerate) -> u64 {
+    // SAFETY: as regenerate_if.
+    unsafe {
+        let appended = read_meta(index).appended();
+        regenerate_if(index, regenerate, false, |meta| meta.appended() > 0);
         appended
     }
+}
+
+/// Folds the appended records into a new snapshot; returns how many were folded.
+pub unsafe fn fold(index: pg_sys::Relation) -> u64 {
+    // SAFETY: an open faiss index.
+    unsafe { fold_with(index, regenerate) }
 }
 
 #[pg_guard]
@@ -297,10 +400,7 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         }
         let stats = stats_or_new(stats);
         let index = (*info).index;
-        let before = read_meta(index);
-        if before.appended() > fold_threshold(&before) {
-            fold(index);
-        }
+        compact_or_fold(index, regenerate, fold_threshold);
         let meta = read_meta(index);
         (*stats).num_index_tuples = meta.rows as f64;
         (*stats).num_pages =
@@ -312,7 +412,8 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
 
 /// Folds the records appended to a faiss or bm25 index since its snapshot into a new
 /// snapshot, as VACUUM does past its threshold; returns how many records were folded. Searches
-/// go on meanwhile; inserts into the index wait. Like VACUUM, it takes the table's owner.
+/// and inserts go on meanwhile (inserts wait only for the switch to the new generation). Like
+/// VACUUM, it takes the table's owner.
 #[pg_extern(volatile, strict)]
 fn semantic_index_fold(index: pgrx::PgRelation) -> i64 {
     unsafe {

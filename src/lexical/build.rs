@@ -13,8 +13,8 @@ use semantic_lexical::SnapshotBuilder;
 
 use super::analyze::{lexemes, resolve_config};
 use super::options::LexicalOptions;
-use super::storage::{create_meta, rewrite, Generation};
-use crate::am::build::tid_parts;
+use super::storage::{create_meta, cut, rewrite, Cut, Generation};
+use crate::am::build::scan_rows;
 use crate::am::vectors::datum_text;
 use crate::errors::raise;
 
@@ -104,60 +104,48 @@ struct BuildState {
     rows: u64,
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn build_callback(
-    _index: pg_sys::Relation,
-    tid: pg_sys::ItemPointer,
-    values: *mut pg_sys::Datum,
-    isnull: *mut bool,
-    _alive: bool,
-    state: *mut std::ffi::c_void,
-) {
-    // SAFETY: PostgreSQL passes one value of the one column, and our state.
-    unsafe {
-        if *isnull {
-            return;
-        }
-        let state = &mut *(state as *mut BuildState);
-        let (block, offset) = tid_parts(tid);
-        let text = datum_text(*values);
-        let lexemes = lexemes(state.config, &text);
+impl BuildState {
+    /// One row of the build scan: its lexemes go to the snapshot, its key to the records.
+    fn row(&mut self, (block, offset): (u32, u16), value: pg_sys::Datum) {
+        // SAFETY: a non-null value of the index's text column.
+        let text = unsafe { datum_text(value) };
+        let lexemes = lexemes(self.config, &text);
         let key = RecordKey {
             block,
             offset,
             text_hash: text_hash(&text),
         };
-        state.builder.add(
+        self.builder.add(
             tid_to_id(block, offset) as u64,
             key.text_hash,
             lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)),
         );
-        encode_record(&key, &[], &mut state.records);
-        state.rows += 1;
-        if state.rows.is_multiple_of(1000) {
-            progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.rows as i64);
+        encode_record(&key, &[], &mut self.records);
+        self.rows += 1;
+        if self.rows.is_multiple_of(1000) {
+            progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, self.rows as i64);
         }
     }
 }
 
-/// Writes a new generation: `records` (every row's key) and the snapshot of `builder`, sealed
+/// Writes a new generation from `cut`: `records` (every row's key) and the snapshot of `builder`, sealed
 /// with the generation's key; its file first, so that searches find it ready.
 pub unsafe fn write_generation(
     index: pg_sys::Relation,
-    meta: &mut Meta,
+    cut: Cut,
     records: &[u8],
     rows: u64,
     builder: SnapshotBuilder,
 ) {
     let documents = builder.documents() as u64;
-    let key = crate::am::new_cache_key();
+    let key = crate::am::new_cache_key(&cut.meta);
     let snapshot = semantic_index::seal(&builder.finish(), &key);
     // SAFETY: the caller holds the index as a rewrite needs it.
     unsafe {
         crate::am::publish(index, &key, &snapshot);
         rewrite(
             index,
-            meta,
+            cut,
             0,
             &Generation {
                 records,
@@ -166,6 +154,7 @@ pub unsafe fn write_generation(
                 cache_key: key,
                 snapshot_vectors: documents,
                 snapshot_has_vectors: false,
+                marks: &[],
             },
         );
     }
@@ -180,7 +169,7 @@ pub unsafe extern "C-unwind" fn ambuild(
 ) -> *mut pg_sys::IndexBuildResult {
     // SAFETY: the relations and index info PostgreSQL builds with.
     unsafe {
-        let mut meta = initial_meta(index);
+        let meta = initial_meta(index);
         let settings = meta.lexical.clone().expect("set by initial_meta");
         let mut state = BuildState {
             config: pg_sys::Oid::from(settings.config_oid),
@@ -193,21 +182,12 @@ pub unsafe extern "C-unwind" fn ambuild(
             pg_sys::PROGRESS_CREATEIDX_TUPLES_TOTAL,
             (*(*heap).rd_rel).reltuples.max(0.0) as i64,
         );
-        let heap_tuples = pg_sys::table_index_build_scan(
-            heap,
-            index,
-            index_info,
-            true,
-            true,
-            Some(build_callback),
-            &mut state as *mut BuildState as *mut std::ffi::c_void,
-            std::ptr::null_mut(),
-        );
+        let heap_tuples = scan_rows(heap, index, index_info, |tid, value| state.row(tid, value));
         progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, state.rows as i64);
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
         create_meta(index, &meta);
         let rows = state.rows;
-        write_generation(index, &mut meta, &state.records, rows, state.builder);
+        write_generation(index, cut(index), &state.records, rows, state.builder);
         let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
         result.heap_tuples = heap_tuples;
         result.index_tuples = rows as f64;

@@ -196,6 +196,8 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         let snapshot = Snapshot::parse(bytes.payload()).unwrap_or_else(|e| {
             raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
         });
+        // SAFETY: as above.
+        let dead = unsafe { crate::am::dead_positions(index, &meta, snapshot.documents()) }?;
         if appended_state
             .as_ref()
             .is_none_or(|(g, _)| *g != meta.generation)
@@ -242,7 +244,10 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
                 }
             })
             .collect();
-        let top = snapshot.search(&weights, k, &bm25, |id| !queue.was_returned(id as i64));
+        let top = snapshot.search(&weights, k, &bm25, |hit| {
+            dead.as_ref().is_none_or(|d| !d.contains(hit.doc as usize))
+                && !queue.was_returned(hit.id as i64)
+        });
         let snapshot_done = top.hits.len() < k;
         let cutoff = (!snapshot_done && !last)
             .then(|| top.hits.last().map(|h| h.score))

@@ -1,22 +1,25 @@
-//! VACUUM and folding of bm25 indexes, as for faiss indexes (see src/am/vacuum.rs): a new
-//! generation from the live rows, the snapshot's documents carried over without reading the
-//! table again, the appended rows read back from it and analysed. VACUUM rewrites when rows
-//! died; `amvacuumcleanup` folds past [`fold_threshold`] appended rows, which every search
-//! reads from the table and analyses.
+//! VACUUM, folding and compaction of bm25 indexes, as for faiss indexes (see
+//! src/am/vacuum.rs): VACUUM marks the dead documents of the snapshot and flags dead records,
+//! rewriting nothing; a new generation (the snapshot's live documents carried over without
+//! reading the table again, the appended rows read back from it and analysed) is written once
+//! dead rows pass `semantic.compact_threshold`, or past [`fold_threshold`] appended rows, which
+//! every search reads from the table and analyses. Until then BM25's statistics (documents,
+//! lengths, document frequencies) still count the marked documents, as Lucene's do until a
+//! merge.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ChainPos, Meta};
+use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
 use semantic_index::records::{decode_records_into, encode_record, RecordKey};
-use semantic_index::tid_to_id;
+use semantic_index::{id_to_tid, tid_to_id, DeadPositions};
 use semantic_lexical::Snapshot;
 
 use super::analyze::lexemes;
 use super::build::{indexed_column, write_generation};
 use super::heap::row_text;
-use super::storage::{read_meta, read_records, read_snapshot, ChainRead};
-use crate::am::vacuum::stats_or_new;
+use super::storage::{cut, read_marks, read_meta, read_records_to, read_snapshot, ChainRead, Cut};
+use crate::am::vacuum::{compact_or_fold, is_dead, mark_dead_rows, stats_or_new};
 use crate::errors::raise;
 
 /// Appended rows beyond which VACUUM folds them: 200, or 2% of the snapshot's documents when
@@ -33,16 +36,21 @@ fn changed() -> ! {
     )
 }
 
-/// Every row's key, in chain order.
-unsafe fn all_keys(index: pg_sys::Relation, meta: &Meta) -> Vec<RecordKey> {
+/// The keys of the live rows appended between the snapshot and `cut`.
+unsafe fn appended_keys(index: pg_sys::Relation, cut: &Cut) -> Vec<RecordKey> {
+    let meta = &cut.meta;
     let (mut keys, mut unused) = (Vec::new(), Vec::new());
-    let from = ChainPos {
-        block: meta.records_head,
-        slot: 0,
+    let from = if meta.snapshot_end.block == NO_BLOCK {
+        ChainPos {
+            block: meta.records_head,
+            slot: 0,
+        }
+    } else {
+        meta.snapshot_end
     };
     // SAFETY: an open index, locked against rewrites by the caller.
     let read = unsafe {
-        read_records(index, from, meta.generation, 0, |bytes| {
+        read_records_to(index, from, cut.end, meta.generation, 0, |bytes| {
             decode_records_into(bytes, 0, &mut keys, &mut unused);
         })
     };
@@ -52,60 +60,65 @@ unsafe fn all_keys(index: pg_sys::Relation, meta: &Meta) -> Vec<RecordKey> {
     keys
 }
 
-/// Writes a new generation without the rows `dead` reports; returns (removed, kept).
-unsafe fn regenerate(
-    index: pg_sys::Relation,
-    meta: &mut Meta,
-    mut dead: impl FnMut(&RecordKey) -> bool,
-) -> (u64, u64) {
-    // SAFETY: the caller holds the index exclusively; the heap is opened and closed here.
+fn corrupted(e: impl std::fmt::Display) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+        format!("bm25 index: {e}"),
+        Some("REINDEX the index."),
+    )
+}
+
+/// The snapshot of `meta`'s generation, read from the pages.
+unsafe fn sealed_snapshot(index: pg_sys::Relation, meta: &Meta) -> semantic_index::Sealed {
+    // SAFETY: an open index, locked against rewrites by the caller.
+    unsafe { read_snapshot(index, meta) }
+        .map(semantic_index::Sealed::from_bytes)
+        .unwrap_or_else(|| changed())
+        .unwrap_or_else(|e| corrupted(e))
+}
+
+/// Writes a new generation from the live rows: the snapshot's unmarked documents and the
+/// appended rows not flagged dead (read from the table and analysed). A bm25 snapshot is always
+/// written anew, so folding and compaction (`_compact`) are the same here. Inserts go on
+/// meanwhile (see src/am/vacuum.rs).
+unsafe fn regenerate(index: pg_sys::Relation, _compact: bool) {
+    // SAFETY: the caller keeps other rewrites out; the heap is opened and closed here.
     unsafe {
+        let cut = cut(index);
+        let meta = &cut.meta;
         let settings = meta.lexical.clone().unwrap_or_else(|| changed());
-        let keys = all_keys(index, meta);
-        let sealed = read_snapshot(index, meta)
-            .map(semantic_index::Sealed::from_bytes)
-            .unwrap_or_else(|| changed())
-            .unwrap_or_else(|e| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-                    format!("bm25 index: {e}"),
-                    Some("REINDEX the index."),
-                )
-            });
+        let sealed = sealed_snapshot(index, meta);
         let snapshot = Snapshot::parse(sealed.payload())
             .and_then(|s| s.verify().map(|_| s))
-            .unwrap_or_else(|e| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-                    format!("bm25 index: {e}"),
-                    Some("REINDEX the index."),
-                )
-            });
+            .unwrap_or_else(|e| corrupted(e));
+        let marks = DeadPositions::new(
+            snapshot.documents(),
+            read_marks(index, meta).unwrap_or_else(|| changed()),
+        );
         let mut live = std::collections::HashSet::new();
         let mut records = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            if i.is_multiple_of(1024) {
-                crate::compat::vacuum_delay_point();
-            }
-            if !dead(key) {
-                live.insert(tid_to_id(key.block, key.offset) as u64);
-                encode_record(key, &[], &mut records);
+        for doc in 0..snapshot.documents() as u32 {
+            if !marks.contains(doc as usize) {
+                let id = snapshot.id(doc);
+                let (block, offset) = id_to_tid(id as i64);
+                let key = RecordKey {
+                    block,
+                    offset,
+                    text_hash: snapshot.text_hash(doc),
+                };
+                encode_record(&key, &[], &mut records);
+                live.insert(id);
             }
         }
-        let removed = keys.len() as u64 - live.len() as u64;
-        let mut builder = snapshot.rebuild(|id| live.contains(&id));
-        let in_snapshot = snapshot.documents();
+        let mut builder = snapshot.rebuild(|doc| !marks.contains(doc as usize));
         let heap = pg_sys::table_open((*(*index).rd_index).indrelid, pg_sys::AccessShareLock as _);
         let attnum = indexed_column(index);
         let config = pg_sys::Oid::from(settings.config_oid);
-        for (i, key) in keys.iter().enumerate().skip(in_snapshot) {
+        for (i, key) in appended_keys(index, &cut).iter().enumerate() {
             if i.is_multiple_of(256) {
                 crate::compat::vacuum_delay_point();
             }
             let id = tid_to_id(key.block, key.offset) as u64;
-            if !live.contains(&id) {
-                continue;
-            }
             let text = row_text(heap, attnum, key).unwrap_or_default();
             let lexemes = lexemes(config, &text);
             builder.add(
@@ -113,11 +126,12 @@ unsafe fn regenerate(
                 key.text_hash,
                 lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)),
             );
+            encode_record(key, &[], &mut records);
+            live.insert(id);
         }
         pg_sys::table_close(heap, pg_sys::AccessShareLock as _);
-        let kept = live.len() as u64;
-        write_generation(index, meta, &records, kept, builder);
-        (removed, kept)
+        let rows = live.len() as u64;
+        write_generation(index, cut, &records, rows, builder);
     }
 }
 
@@ -132,20 +146,25 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
     unsafe {
         let stats = stats_or_new(stats);
         let index = (*info).index;
-        pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
-        let mut meta = read_meta(index);
-        let mut is_dead = |key: &RecordKey| {
-            crate::am::vacuum::is_dead(callback, callback_state, key.block, key.offset)
+        // Keeps folds, compactions and other VACUUMs out, not inserts or scans.
+        pg_sys::LockRelation(index, pg_sys::ShareUpdateExclusiveLock as _);
+        let meta = read_meta(index);
+        let ids: Vec<i64> = match meta.cache_key() {
+            Some(_) => {
+                let sealed = sealed_snapshot(index, &meta);
+                let snapshot = Snapshot::parse(sealed.payload()).unwrap_or_else(|e| corrupted(e));
+                (0..snapshot.documents() as u32)
+                    .map(|doc| snapshot.id(doc) as i64)
+                    .collect()
+            }
+            None => Vec::new(),
         };
-        let any_dead = all_keys(index, &meta).iter().any(&mut is_dead);
-        let (removed, rows) = if any_dead {
-            regenerate(index, &mut meta, is_dead)
-        } else {
-            (0, meta.rows)
-        };
-        pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
-        (*stats).tuples_removed += removed as f64;
-        (*stats).num_index_tuples = rows as f64;
+        let marked = mark_dead_rows(index, &meta, ids.into_iter(), 0, |block, offset| {
+            is_dead(callback, callback_state, block, offset)
+        });
+        pg_sys::UnlockRelation(index, pg_sys::ShareUpdateExclusiveLock as _);
+        (*stats).tuples_removed += marked as f64;
+        (*stats).num_index_tuples = read_meta(index).rows as f64;
         (*stats).num_pages =
             pg_sys::RelationGetNumberOfBlocksInFork(index, pg_sys::ForkNumber::MAIN_FORKNUM);
         stats
@@ -154,17 +173,8 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
 
 /// Folds the appended rows into a new snapshot; returns how many were folded.
 pub unsafe fn fold(index: pg_sys::Relation) -> u64 {
-    // SAFETY: an open index, locked here against inserts and other rewrites.
-    unsafe {
-        pg_sys::LockRelation(index, pg_sys::ExclusiveLock as _);
-        let mut meta = read_meta(index);
-        let appended = meta.appended();
-        if appended > 0 {
-            regenerate(index, &mut meta, |_| false);
-        }
-        pg_sys::UnlockRelation(index, pg_sys::ExclusiveLock as _);
-        appended
-    }
+    // SAFETY: an open bm25 index.
+    unsafe { crate::am::vacuum::fold_with(index, regenerate) }
 }
 
 #[pg_guard]
@@ -179,10 +189,7 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
         }
         let stats = stats_or_new(stats);
         let index = (*info).index;
-        let before = read_meta(index);
-        if before.appended() > fold_threshold(&before) {
-            fold(index);
-        }
+        compact_or_fold(index, regenerate, fold_threshold);
         let meta = read_meta(index);
         (*stats).num_index_tuples = meta.rows as f64;
         (*stats).num_pages =

@@ -333,7 +333,8 @@ fn rows_follow_the_table() {
     drop(replica);
     drop(standby);
 
-    // SIGKILL with appended rows and a fresh VACUUM in the WAL, then recovery: exact.
+    // SIGKILL with appended rows and a fresh VACUUM in the WAL (it marks the 6% deleted), then
+    // recovery: the marks hold, and a compaction makes the scores exact again.
     client
         .batch_execute(
             "INSERT INTO docs SELECT g, 'river soldier ' || g FROM generate_series(3000, 3040) g;
@@ -348,7 +349,94 @@ fn rows_follow_the_table() {
     cluster.kill9();
     cluster.pg_ctl(&["start", "-w", "-t", "60"]).unwrap();
     let mut client = cluster.connect();
-    check_all(&mut client, "after crash recovery");
+    for q in QUERIES {
+        let ids: Vec<i32> = via_index(&mut client, q, 5000)
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert!(
+            ids.iter().all(|id| id % 17 != 4),
+            "{q:?}: a deleted row came back after crash recovery"
+        );
+    }
+    client
+        .batch_execute("SET semantic.compact_threshold = 0")
+        .unwrap();
+    client.batch_execute("VACUUM docs").unwrap();
+    check_all(&mut client, "compacted after crash recovery");
+}
+
+/// VACUUM marks dead documents instead of rewriting the index: the generation stays, deleted
+/// rows never come back (also once new rows hold their TIDs), and past
+/// semantic.compact_threshold VACUUM writes a generation without them, exact again.
+#[test]
+fn vacuum_marks_dead_documents_and_compacts_past_the_threshold() {
+    let (_cluster, mut client) = setup("lexical_marks");
+    client
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text) WITH (autovacuum_enabled = off)",
+        )
+        .unwrap();
+    let insert = |client: &mut Client, ids: std::ops::Range<i32>| {
+        for i in ids {
+            client
+                .execute(
+                    "INSERT INTO docs VALUES ($1, $2)",
+                    &[&i, &text(i as u64, 5 + (i as usize % 40))],
+                )
+                .unwrap();
+        }
+    };
+    insert(&mut client, 0..1000);
+    client
+        .batch_execute("CREATE INDEX docs_bm25 ON docs USING bm25 (body)")
+        .unwrap();
+    insert(&mut client, 1000..1100);
+    let info = "SELECT generation, rows, appended FROM semantic_lexical_info('docs_bm25')";
+    let generation: i64 = client.query_one(info, &[]).unwrap().get(0);
+
+    client
+        .batch_execute("DELETE FROM docs WHERE id % 20 = 3")
+        .unwrap();
+    client.batch_execute("VACUUM docs").unwrap();
+    let row = client.query_one(info, &[]).unwrap();
+    assert_eq!(row.get::<_, i64>(0), generation, "VACUUM rewrote the index");
+    assert_eq!(row.get::<_, i64>(1), 1045, "rows");
+    assert_eq!(row.get::<_, i64>(2), 100, "appended rows stay until a fold");
+    // New rows, without any query word, take the freed TIDs: they rank last (distance 0).
+    client
+        .batch_execute(
+            "INSERT INTO docs SELECT 5000 + i, 'zebra quartz' FROM generate_series(1, 300) i",
+        )
+        .unwrap();
+    for q in QUERIES {
+        let rows = via_index(&mut client, q, 2000);
+        assert_eq!(rows.len(), 1345, "{q:?}: every live row once");
+        assert!(
+            rows.iter().all(|&(id, _)| id % 20 != 3 || id >= 5000),
+            "{q:?}: a deleted row came back"
+        );
+        assert!(
+            rows.iter().all(|&(id, d)| id < 5000 || d == 0.0),
+            "{q:?}: a new row scored with a dead row's terms"
+        );
+    }
+    // Past the threshold (here: any dead row), VACUUM compacts: exact scores again.
+    client
+        .batch_execute("DELETE FROM docs WHERE id % 20 = 4")
+        .unwrap();
+    client
+        .batch_execute("SET semantic.compact_threshold = 0")
+        .unwrap();
+    client.batch_execute("VACUUM docs").unwrap();
+    let row = client.query_one(info, &[]).unwrap();
+    assert!(row.get::<_, i64>(0) > generation, "not compacted");
+    assert_eq!(
+        row.get::<_, i64>(2),
+        0,
+        "compaction folds the appended rows"
+    );
+    check_all(&mut client, "compacted");
 }
 
 #[test]

@@ -55,6 +55,11 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
          DELETE FROM docs WHERE id % 4 = 0;",
     )
     .unwrap();
+    // A third of the rows: VACUUM compacts. Then a few more: VACUUM only marks them.
+    p.batch_execute("VACUUM v").unwrap();
+    p.batch_execute("VACUUM docs").unwrap();
+    p.batch_execute("DELETE FROM v WHERE id % 50 = 1; DELETE FROM docs WHERE id % 50 = 1")
+        .unwrap();
     p.batch_execute("VACUUM v").unwrap();
     p.batch_execute("VACUUM docs").unwrap();
     copy_vectors(&mut p, "v", 9001, &clustered(100, 3));
@@ -595,4 +600,231 @@ fn caches_are_bounded_and_stay_correct() {
         }
     }
     let _ = env();
+}
+
+/// VACUUM marks dead rows instead of rewriting the index: the generation stays, searches skip
+/// the dead rows (snapshot positions and appended records alike) and still return k rows, also
+/// once the table has given their TIDs to new rows; past semantic.compact_threshold VACUUM
+/// writes a generation without them.
+#[test]
+fn vacuum_marks_dead_rows_and_compacts_past_the_threshold() {
+    let cluster = Cluster::start("vacuum_marks", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute("CREATE EXTENSION semantic; SET semantic.hnsw_ef_search = 200")
+        .unwrap();
+    let n = 3000;
+    let queries = clustered(20, 32);
+    for (table, factory, min_recall) in [("mflat", "Flat", 1.0), ("mhnsw", "HNSW16", 0.9)] {
+        c.batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, vec real[]) WITH (autovacuum_enabled = off)"
+        ))
+        .unwrap();
+        copy_vectors(&mut c, table, 1, &clustered(n, 31));
+        c.batch_execute(&format!(
+            "CREATE INDEX {table}_vec ON {table} USING faiss (vec) WITH (factory = '{factory}')"
+        ))
+        .unwrap();
+        // Appended after the build: searched exactly until a fold.
+        copy_vectors(&mut c, table, 50_001, &clustered(300, 33));
+        let info =
+            format!("SELECT generation, rows, appended FROM semantic_index_info('{table}_vec')");
+        let generation: i64 = c.query_one(&info, &[]).unwrap().get(0);
+
+        // 5% of the rows, the appended ones among them, and each query's three nearest.
+        c.batch_execute(&format!("DELETE FROM {table} WHERE id % 20 = 0"))
+            .unwrap();
+        for q in &queries {
+            let nearest = exact(&mut c, table, q, 3);
+            c.execute(
+                &format!("DELETE FROM {table} WHERE id = ANY($1)"),
+                &[&nearest],
+            )
+            .unwrap();
+        }
+        c.batch_execute(&format!("VACUUM {table}")).unwrap();
+        let row = c.query_one(&info, &[]).unwrap();
+        let live: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            row.get::<_, i64>(0),
+            generation,
+            "{factory}: VACUUM rewrote the index"
+        );
+        assert_eq!(row.get::<_, i64>(1), live, "{factory}: rows");
+        assert_eq!(
+            row.get::<_, i64>(2),
+            300,
+            "{factory}: appended records stay until a fold"
+        );
+        // New rows take the TIDs VACUUM freed; far from every query, a stale vector of a dead
+        // row must not bring them back.
+        c.batch_execute(&format!(
+            "INSERT INTO {table} SELECT 100000 + i, array_fill(1000::real, ARRAY[16])
+             FROM generate_series(1, 400) i"
+        ))
+        .unwrap();
+        let reused: i64 = c
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE id > 100000 AND (ctid::text::point)[0] < 20"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            reused > 0,
+            "{factory}: no freed TID was reused, the check would be vacuous"
+        );
+        let check = |c: &mut Client, what: &str| {
+            let mut total = 0.0;
+            for q in &queries {
+                let found = via_index(c, table, q, 10);
+                assert_eq!(found.len(), 10, "{factory} {what}: fewer than k rows");
+                assert!(
+                    found.iter().all(|&id| id < 100_000),
+                    "{factory} {what}: a dead row's stale vector returned {found:?}"
+                );
+                total += recall(&found, &exact(c, table, q, 10));
+            }
+            let r = total / queries.len() as f64;
+            assert!(r >= min_recall, "{factory} {what}: recall@10 {r}");
+        };
+        check(&mut c, "marked");
+
+        // A quarter more: past the threshold, VACUUM compacts.
+        c.batch_execute(&format!("DELETE FROM {table} WHERE id % 4 = 1"))
+            .unwrap();
+        c.batch_execute(&format!("VACUUM {table}")).unwrap();
+        let row = c.query_one(&info, &[]).unwrap();
+        assert!(
+            row.get::<_, i64>(0) > generation,
+            "{factory}: not compacted"
+        );
+        assert_eq!(
+            row.get::<_, i64>(2),
+            0,
+            "{factory}: compaction folds the appended rows"
+        );
+        check(&mut c, "compacted");
+    }
+}
+
+/// Folds and compactions never hold inserts for their build: inserts commit while the new
+/// generation is built (they wait only for the switch), searches answer throughout, and
+/// afterwards the index holds exactly the committed rows.
+#[test]
+fn inserts_and_searches_go_on_through_folds_and_compactions() {
+    let cluster = Cluster::start("rewrite_concurrency", &[]);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION semantic;
+         CREATE TABLE v (id int PRIMARY KEY, vec real[]) WITH (autovacuum_enabled = off)",
+    )
+    .unwrap();
+    let n = if full_tests() { 100_000 } else { 20_000 };
+    copy_vectors(&mut c, "v", 1, &clustered(n, 41));
+    c.batch_execute("CREATE INDEX v_vec ON v USING faiss (vec) WITH (factory = 'HNSW16')")
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::default();
+    let writer = {
+        let (stop, committed) = (stop.clone(), committed.clone());
+        let mut w = cluster.connect();
+        let extra = clustered(200_000, 42);
+        std::thread::spawn(move || {
+            let mut id = 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                w.execute(
+                    "INSERT INTO v VALUES ($1, $2)",
+                    &[&id, &extra[(id - 1_000_000) as usize % extra.len()]],
+                )
+                .unwrap();
+                committed.lock().unwrap().push((id, Instant::now()));
+                id += 1;
+            }
+        })
+    };
+    let searcher = {
+        let stop = stop.clone();
+        let mut s = cluster.connect();
+        let queries = clustered(20, 43);
+        std::thread::spawn(move || {
+            let mut searches = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let q = &queries[searches % queries.len()];
+                assert_eq!(via_index(&mut s, "v", q, 10).len(), 10);
+                searches += 1;
+            }
+            searches
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // A fold (the appended rows into the graph), then a compaction (the graph rebuilt).
+    let mut during = Vec::new();
+    for sql in [
+        "SELECT semantic_index_fold('v_vec')",
+        "DELETE FROM v WHERE id % 10 = 0 AND id < 1000000",
+        "SET semantic.compact_threshold = 0",
+        "VACUUM v",
+    ] {
+        let started = Instant::now();
+        c.batch_execute(sql).unwrap();
+        let ended = Instant::now();
+        if sql.starts_with("SELECT") || sql.starts_with("VACUUM") {
+            let inside = committed
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, at)| *at > started && *at < ended)
+                .count();
+            during.push((sql, ended - started, inside));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let searches = searcher.join().unwrap();
+    eprintln!("{during:?}; {searches} searches");
+    for (sql, took, inside) in &during {
+        assert!(
+            *inside > 0,
+            "no insert committed during {sql} ({took:?}): inserts waited for the rewrite"
+        );
+    }
+    let generation: i64 = c
+        .query_one("SELECT generation FROM semantic_index_info('v_vec')", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        generation >= 3,
+        "build, fold and compaction: generation {generation}"
+    );
+
+    // Every committed row is in the index, once: an exhaustive search returns the table.
+    c.batch_execute(
+        "SET semantic.hnsw_ef_search = 100000; SET semantic.scan_candidates = 100000;
+         SET semantic.max_scan_tuples = 1000000; SET enable_seqscan = off",
+    )
+    .unwrap();
+    let q = &clustered(1, 44)[0];
+    let via: HashSet<i32> = ids(
+        &mut c,
+        "SELECT id FROM v ORDER BY vec <-> $1 LIMIT 1000000",
+        &[q],
+    )
+    .into_iter()
+    .collect();
+    let table: HashSet<i32> = ids(&mut c, "SELECT id FROM v", &[]).into_iter().collect();
+    assert_eq!(
+        via.len(),
+        table.len(),
+        "rows through the index vs the table"
+    );
+    assert_eq!(via, table);
+    let rows: i64 = c
+        .query_one("SELECT rows FROM semantic_index_info('v_vec')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows as usize, table.len());
 }

@@ -268,8 +268,17 @@ fn appended_rows_are_searched_where_they_lie_and_folded() {
     c.batch_execute("VACUUM v").unwrap();
     assert_eq!(
         info(&mut c, "v_flat").1,
+        100,
+        "a seventh dead, below semantic.compact_threshold: marked, not rewritten"
+    );
+    assert_exact(&cluster, "v", &queries);
+    c.batch_execute("SET semantic.compact_threshold = 0.1")
+        .unwrap();
+    c.batch_execute("VACUUM v").unwrap();
+    assert_eq!(
+        info(&mut c, "v_flat").1,
         0,
-        "rewritten without the dead rows"
+        "compacted without the dead rows"
     );
     assert_exact(&cluster, "v", &queries);
     // Vectors are stored once: the index is about its vectors' bytes, not twice that.

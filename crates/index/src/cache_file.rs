@@ -81,6 +81,11 @@ impl CacheDir {
         self
     }
 
+    /// The directory the files live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The file of generation `key` of the index `owner` (a name unique to the index within
     /// the server, such as database and relfilenode: it lets older generations' files be
     /// found and removed).
@@ -161,7 +166,8 @@ impl CacheDir {
     }
 
     /// Publishes `key`'s file with the bytes `write` produces (the caller holds the lock),
-    /// replacing a damaged one, then removes the files of `owner`'s other generations.
+    /// replacing a damaged one, then removes the files of `owner`'s older generations (see
+    /// [`CacheDir::remove_older`]).
     /// Processes that still map an older file keep searching it until they see the new
     /// generation (an unlinked file lives on while it is mapped).
     pub fn publish(
@@ -174,13 +180,15 @@ impl CacheDir {
         let path = self.path(owner, key);
         let _ = std::fs::remove_file(Self::sibling(&path, ".verified"));
         write_durably(&path, self.fsync, write)?;
-        self.remove_others(owner, key);
+        self.remove_older(owner, key);
         Ok(path)
     }
 
-    /// Removes the files of `owner` (snapshots, stamps, locks and the temporary files of
-    /// writers that died) but those of generation `keep`.
-    pub fn remove_others(&self, owner: &str, keep: &CacheKey) {
+    /// Removes the files of `owner`'s generations older than `keep` (snapshots, stamps, locks
+    /// and the temporary files of writers that died; keys order as generations do, see
+    /// [`crate::snapshot::generation_key`]). A newer generation's files stay: a backend that
+    /// publishes an old generation late must not remove what a rewrite has just published.
+    pub fn remove_older(&self, owner: &str, keep: &CacheKey) {
         self.remove_files(owner, Some(keep));
     }
 
@@ -212,22 +220,51 @@ impl CacheDir {
         }
     }
 
+    /// Removes the files of `owner`'s generations older than `keep` (all of them with None).
+    /// A generation whose build lock someone holds keeps its files: it is being written. Its
+    /// lock is taken while its files go, so nobody starts writing it meanwhile.
     fn remove_files(&self, owner: &str, keep: Option<&CacheKey>) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         let prefix = format!("{owner}-");
-        let kept = keep.map(|key| format!("{owner}-{}.snap", hex(key)));
-        let is_kept = |name: &str| {
-            kept.as_ref().is_some_and(|kept| {
-                name == kept || name == format!("{kept}.verified") || name == format!("{kept}.lock")
-            })
-        };
+        let keep = keep.map(hex);
+        let mut generations: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(&prefix) && !is_kept(&name) {
-                let _ = std::fs::remove_file(entry.path());
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            // `<key in hex>.snap`, then a suffix for the stamp, lock or temporary file.
+            let Some((key, suffix)) = rest.split_once('.') else {
+                continue;
+            };
+            let older = keep
+                .as_ref()
+                .is_none_or(|keep| key.len() == keep.len() && key.as_bytes() < keep.as_bytes());
+            if older && suffix.starts_with("snap") {
+                generations
+                    .entry(key.to_string())
+                    .or_default()
+                    .push(entry.path());
+            }
+        }
+        for (key, files) in generations {
+            let lock_path = self.dir.join(format!("{owner}-{key}.snap.lock"));
+            let lock = match OpenOptions::new().write(true).open(&lock_path) {
+                Ok(file) => match file.try_lock() {
+                    Ok(()) => Some(file),
+                    Err(_) => continue,
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(_) => continue,
+            };
+            for file in files.iter().filter(|f| **f != lock_path) {
+                let _ = std::fs::remove_file(file);
+            }
+            if lock.is_some() {
+                let _ = std::fs::remove_file(&lock_path);
             }
         }
     }

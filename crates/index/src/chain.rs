@@ -94,6 +94,15 @@ impl<'r, R: Relation> MetaLock<'r, R> {
         let meta = decode_meta(buffer.page())?;
         Ok(MetaLock { buffer, meta })
     }
+
+    /// Writes `self.meta` to the metapage (one WAL record).
+    pub fn write(&self, rel: &R) -> Result<(), LayoutError> {
+        let mut result = Ok(());
+        rel.log(&[(self.buffer.buffer, Image::Delta)], &mut |pages| {
+            result = write_meta_page(pages[0], &self.meta);
+        });
+        result
+    }
 }
 
 /// Creates the metapage of a new, empty index relation (block 0).
@@ -117,86 +126,146 @@ fn allocate<'r, R: Relation>(rel: &'r R, meta: &mut Meta) -> Locked<'r, R> {
     }
 }
 
-/// Appends one record to the records chain (an insert). The metapage is rewritten in the same
-/// WAL record as the page that takes the record.
+/// The chains that grow by appends between rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Appended {
+    /// Inserted rows' records.
+    Records,
+    /// Snapshot positions of dead rows, four bytes each.
+    Marks,
+}
+
+impl Appended {
+    fn kind(self) -> PageKind {
+        match self {
+            Appended::Records => PageKind::Records,
+            Appended::Marks => PageKind::Marks,
+        }
+    }
+
+    /// The metapage's head, tail and entry count of the chain.
+    fn ends(self, meta: &mut Meta) -> (&mut u32, &mut u32, &mut u64) {
+        match self {
+            Appended::Records => (
+                &mut meta.records_head,
+                &mut meta.records_tail,
+                &mut meta.record_count,
+            ),
+            Appended::Marks => (&mut meta.marks_head, &mut meta.marks_tail, &mut meta.marked),
+        }
+    }
+}
+
+/// Appends `entries` (whole entries of `size` bytes) to `chain`: as many as fit on its tail
+/// page, then new pages. Each page changed is logged in one WAL record with the metapage.
+fn append_entries<R: Relation>(
+    rel: &R,
+    meta_lock: &mut MetaLock<'_, R>,
+    chain: Appended,
+    entries: &[u8],
+    size: usize,
+) -> Result<(), LayoutError> {
+    let per_page = PAGE_CAPACITY / size;
+    let damaged = || LayoutError::Corrupt(format!("the {:?} chain is damaged", chain.kind()));
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let meta = &mut meta_lock.meta;
+        let generation = meta.generation;
+        let tail_block = *chain.ends(meta).1;
+        let tail = (tail_block != NO_BLOCK).then(|| Locked::new(rel, tail_block, Lock::Exclusive));
+        let tail_chain = match &tail {
+            Some(t) => Some(special(t.page()).ok_or_else(damaged)?),
+            None => None,
+        };
+        let mut result = Ok(());
+        match (&tail, tail_chain) {
+            (Some(tail), Some(page)) if (page.used as usize) < per_page => {
+                let n = (per_page - page.used as usize).min(rest.len() / size);
+                let (now, later) = rest.split_at(n * size);
+                let at = PAGE_HEADER + page.used as usize * size;
+                *chain.ends(meta).2 += n as u64;
+                let meta = &*meta;
+                rel.log(
+                    &[
+                        (tail.buffer, Image::Delta),
+                        (meta_lock.buffer.buffer, Image::Delta),
+                    ],
+                    &mut |pages| {
+                        pages[0][at..at + now.len()].copy_from_slice(now);
+                        set_lower(pages[0], at + now.len());
+                        set_special(
+                            pages[0],
+                            &ChainPage {
+                                used: page.used + n as u16,
+                                ..page
+                            },
+                        );
+                        result = write_meta_page(pages[1], meta);
+                    },
+                );
+                rest = later;
+            }
+            _ => {
+                let n = per_page.min(rest.len() / size);
+                let (now, later) = rest.split_at(n * size);
+                let new = allocate(rel, meta);
+                let block = new.block();
+                let (head, tail_of_meta, count) = chain.ends(meta);
+                if tail.is_none() {
+                    *head = block;
+                }
+                *tail_of_meta = block;
+                *count += n as u64;
+                let meta = &*meta;
+                let mut buffers = vec![
+                    (new.buffer, Image::Full),
+                    (meta_lock.buffer.buffer, Image::Delta),
+                ];
+                if let Some(tail) = &tail {
+                    buffers.push((tail.buffer, Image::Delta));
+                }
+                let kind = chain.kind();
+                rel.log(&buffers, &mut |pages| {
+                    init_chain_page(pages[0], kind, generation, now, n as u16);
+                    result = write_meta_page(pages[1], meta);
+                    if let Some(page) = tail_chain {
+                        set_special(
+                            pages[2],
+                            &ChainPage {
+                                next: block,
+                                ..page
+                            },
+                        );
+                    }
+                });
+                rest = later;
+            }
+        }
+        result?;
+    }
+    Ok(())
+}
+
+/// Appends one record to the records chain (an insert).
 pub fn append_record<R: Relation>(
     rel: &R,
     meta_lock: &mut MetaLock<'_, R>,
     key: &RecordKey,
     vector: &[f32],
 ) -> Result<(), LayoutError> {
-    let meta = &mut meta_lock.meta;
     let mut record = Vec::with_capacity(record_size(vector.len()));
     encode_record(key, vector, &mut record);
-    let per_page = records_per_page(vector.len());
-    let damaged = || LayoutError::Corrupt("the records chain is damaged".into());
+    append_entries(rel, meta_lock, Appended::Records, &record, record.len())
+}
 
-    let tail = (meta.records_tail != NO_BLOCK)
-        .then(|| Locked::new(rel, meta.records_tail, Lock::Exclusive));
-    let tail_chain = match &tail {
-        Some(t) => Some(special(t.page()).ok_or_else(damaged)?),
-        None => None,
-    };
-    match (&tail, tail_chain) {
-        (Some(tail), Some(chain)) if (chain.used as usize) < per_page => {
-            let at = PAGE_HEADER + chain.used as usize * record.len();
-            meta.record_count += 1;
-            let mut result = Ok(());
-            let meta = &*meta;
-            rel.log(
-                &[
-                    (tail.buffer, Image::Delta),
-                    (meta_lock.buffer.buffer, Image::Delta),
-                ],
-                &mut |pages| {
-                    pages[0][at..at + record.len()].copy_from_slice(&record);
-                    set_lower(pages[0], at + record.len());
-                    set_special(
-                        pages[0],
-                        &ChainPage {
-                            used: chain.used + 1,
-                            ..chain
-                        },
-                    );
-                    result = write_meta_page(pages[1], meta);
-                },
-            );
-            result
-        }
-        _ => {
-            let new = allocate(rel, meta);
-            let block = new.block();
-            let generation = meta.generation;
-            if tail.is_none() {
-                meta.records_head = block;
-            }
-            meta.records_tail = block;
-            meta.record_count += 1;
-            let meta = &*meta;
-            let mut buffers = vec![
-                (new.buffer, Image::Full),
-                (meta_lock.buffer.buffer, Image::Delta),
-            ];
-            if let Some(tail) = &tail {
-                buffers.push((tail.buffer, Image::Delta));
-            }
-            let mut result = Ok(());
-            rel.log(&buffers, &mut |pages| {
-                init_chain_page(pages[0], PageKind::Records, generation, &record, 1);
-                result = write_meta_page(pages[1], meta);
-                if let Some(chain) = tail_chain {
-                    set_special(
-                        pages[2],
-                        &ChainPage {
-                            next: block,
-                            ..chain
-                        },
-                    );
-                }
-            });
-            result
-        }
-    }
+/// Marks snapshot positions dead (VACUUM): searches skip them until the next rewrite.
+pub fn append_marks<R: Relation>(
+    rel: &R,
+    meta_lock: &mut MetaLock<'_, R>,
+    positions: &[u32],
+) -> Result<(), LayoutError> {
+    let bytes: Vec<u8> = positions.iter().flat_map(|p| p.to_le_bytes()).collect();
+    append_entries(rel, meta_lock, Appended::Marks, &bytes, 4)
 }
 
 /// The outcome of reading a chain: it ended, or it was rewritten under the reader.
@@ -206,31 +275,35 @@ pub enum ChainRead {
     Rewritten,
 }
 
-/// Visits the records from `from` to the end of the chain, page by page, calling `visit` with
-/// each page's records (raw bytes) while the page is share-locked: `visit` must be quick and
-/// must not raise.
-pub fn read_records<R: Relation>(
+/// Visits the entries (of `size` bytes) of a `kind` chain from `from` to its end (or to `end`,
+/// exclusive), page by page, calling `visit` with each page's entries while the page is share-locked: `visit` must
+/// be quick and must not raise.
+fn read_entries<R: Relation>(
     rel: &R,
+    kind: PageKind,
     from: ChainPos,
+    end: Option<ChainPos>,
     generation: u64,
-    dim: usize,
+    size: usize,
     mut visit: impl FnMut(&[u8]),
 ) -> ChainRead {
-    let size = record_size(dim);
     let mut pos = from;
     while pos.block != NO_BLOCK {
         let buffer = Locked::new(rel, pos.block, Lock::Share);
         let page = buffer.page();
-        let Some(chain) =
-            special(page).filter(|c| c.kind == PageKind::Records && c.generation == generation)
+        let Some(chain) = special(page).filter(|c| c.kind == kind && c.generation == generation)
         else {
             return ChainRead::Rewritten;
         };
         // A damaged count cannot make the read leave the page.
-        let used = (chain.used as usize).min(PAGE_CAPACITY / size);
+        let mut used = (chain.used as usize).min(PAGE_CAPACITY / size);
+        let at_end = end.is_some_and(|end| end.block == pos.block);
+        if let Some(end) = end.filter(|_| at_end) {
+            used = used.min(end.slot as usize);
+        }
         let first = (pos.slot as usize).min(used);
         visit(&contents(page)[first * size..used * size]);
-        if chain.next == NO_BLOCK {
+        if chain.next == NO_BLOCK || at_end {
             return ChainRead::Done;
         }
         pos = ChainPos {
@@ -239,6 +312,124 @@ pub fn read_records<R: Relation>(
         };
     }
     ChainRead::Done
+}
+
+/// Visits the records from `from` to the end of the chain, page by page, calling `visit` with
+/// each page's records (raw bytes, dead ones included: the decoders skip them) while the page
+/// is share-locked: `visit` must be quick and must not raise.
+pub fn read_records<R: Relation>(
+    rel: &R,
+    from: ChainPos,
+    generation: u64,
+    dim: usize,
+    visit: impl FnMut(&[u8]),
+) -> ChainRead {
+    read_entries(
+        rel,
+        PageKind::Records,
+        from,
+        None,
+        generation,
+        record_size(dim),
+        visit,
+    )
+}
+
+/// Like [`read_records`], stopping at `end` (exclusive): the records of a [`Cut`].
+pub fn read_records_to<R: Relation>(
+    rel: &R,
+    from: ChainPos,
+    end: ChainPos,
+    generation: u64,
+    dim: usize,
+    visit: impl FnMut(&[u8]),
+) -> ChainRead {
+    if end.block == NO_BLOCK {
+        return ChainRead::Done; // the chain was empty at the cut
+    }
+    let size = record_size(dim);
+    read_entries(
+        rel,
+        PageKind::Records,
+        from,
+        Some(end),
+        generation,
+        size,
+        visit,
+    )
+}
+
+/// The snapshot positions `meta`'s generation has marked dead, or None if the chain was
+/// rewritten under the reader.
+pub fn read_marks<R: Relation>(rel: &R, meta: &Meta) -> Option<Vec<u32>> {
+    let mut positions = Vec::with_capacity(meta.marked as usize);
+    let from = ChainPos {
+        block: meta.marks_head,
+        slot: 0,
+    };
+    let read = read_entries(
+        rel,
+        PageKind::Marks,
+        from,
+        None,
+        meta.generation,
+        4,
+        |bytes| {
+            positions.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            )
+        },
+    );
+    (read == ChainRead::Done).then_some(positions)
+}
+
+/// Flags dead, in place, the live records of `meta`'s records chain whose key `dead` says is
+/// dead (VACUUM), one page at a time, each page's flags in one WAL record. Returns (records
+/// flagged, of which appended since the snapshot, i.e. at or after `meta.snapshot_end`).
+pub fn flag_dead_records<R: Relation>(
+    rel: &R,
+    meta: &Meta,
+    dim: usize,
+    mut dead: impl FnMut(&RecordKey) -> bool,
+) -> Result<(u64, u64), LayoutError> {
+    let size = record_size(dim);
+    let (mut flagged, mut appended) = (0u64, 0u64);
+    // Records before the snapshot's end are in the snapshot too (when it keeps no vectors).
+    let mut in_snapshot = meta.snapshot_end.block != NO_BLOCK;
+    let mut block = meta.records_head;
+    while block != NO_BLOCK {
+        let buffer = Locked::new(rel, block, Lock::Exclusive);
+        let page = special(buffer.page())
+            .filter(|c| c.kind == PageKind::Records && c.generation == meta.generation)
+            .ok_or_else(|| LayoutError::Corrupt("the records chain changed under VACUUM".into()))?;
+        let used = (page.used as usize).min(PAGE_CAPACITY / size);
+        let records = &contents(buffer.page())[..used * size];
+        let slots = crate::records::live_slots_where(records, dim, &mut dead);
+        let tail_from = match (in_snapshot, block == meta.snapshot_end.block) {
+            (false, _) => 0,
+            (true, true) => {
+                in_snapshot = false;
+                meta.snapshot_end.slot as usize
+            }
+            (true, false) => usize::MAX,
+        };
+        if !slots.is_empty() {
+            flagged += slots.len() as u64;
+            appended += slots.iter().filter(|&&s| s >= tail_from).count() as u64;
+            rel.log(&[(buffer.buffer, Image::Delta)], &mut |pages| {
+                let records = &mut pages[0][PAGE_HEADER..PAGE_HEADER + used * size];
+                for &slot in &slots {
+                    crate::records::flag_dead(records, dim, slot);
+                }
+            });
+        }
+        block = page.next;
+        drop(buffer);
+        rel.check_interrupts();
+    }
+    Ok((flagged, appended))
 }
 
 /// Passes the snapshot's bytes to `visit`, page by page (each copied out of its buffer first,
@@ -299,6 +490,19 @@ fn chain_blocks<R: Relation>(rel: &R, head: u32, generation: u64) -> Vec<u32> {
     blocks
 }
 
+/// The pages a rewrite writes its chains to: the free list as it was at the cut, then new
+/// pages at the end of the relation.
+struct Pool(Vec<u32>);
+
+impl Pool {
+    fn take<'r, R: Relation>(&mut self, rel: &'r R) -> Locked<'r, R> {
+        match self.0.pop() {
+            Some(block) => Locked::new(rel, block, Lock::Exclusive),
+            None => Locked::extend(rel),
+        }
+    }
+}
+
 /// Writes a new chain of pages, one payload per page, each in its own WAL record (full image,
 /// linked from the previous page in the same record).
 struct ChainWriter<'r, R: Relation> {
@@ -320,8 +524,27 @@ impl<'r, R: Relation> ChainWriter<'r, R> {
         }
     }
 
-    fn push(&mut self, meta: &mut Meta, payload: &[u8], used: u16) -> u32 {
-        let page = allocate(self.rel, meta);
+    /// Goes on with the chain `head`..`tail` that an earlier writer finished.
+    fn resume(
+        rel: &'r R,
+        kind: PageKind,
+        generation: u64,
+        head: u32,
+        tail: u32,
+    ) -> Result<Self, LayoutError> {
+        let mut writer = ChainWriter::new(rel, kind, generation);
+        writer.head = head;
+        if tail != NO_BLOCK {
+            let page = Locked::new(rel, tail, Lock::Exclusive);
+            let chain = special(page.page())
+                .ok_or_else(|| LayoutError::Corrupt("a new chain page is damaged".into()))?;
+            writer.prev = Some((page, chain));
+        }
+        Ok(writer)
+    }
+
+    fn push(&mut self, pool: &mut Pool, payload: &[u8], used: u16) -> u32 {
+        let page = pool.take(self.rel);
         let block = page.block();
         let mut buffers = vec![(page.buffer, Image::Full)];
         if let Some((prev, _)) = &self.prev {
@@ -362,6 +585,60 @@ impl<'r, R: Relation> ChainWriter<'r, R> {
     }
 }
 
+/// Where a rewrite starts, taken under one short metapage lock: the metapage, the end of the
+/// records chain (the new generation is built from the records before it; those appended
+/// after are carried over at the switch) and the free pages, which the rewrite takes for its
+/// new chains (recorded in [`Meta::reserved`], so that a rewrite that never switches gives
+/// them back at the next cut).
+pub struct Cut {
+    pub meta: Meta,
+    pub end: ChainPos,
+    pool: Vec<u32>,
+}
+
+/// Takes a [`Cut`]. The caller keeps other rewrites and VACUUM out (one rewrite at a time);
+/// inserts go on.
+pub fn cut<R: Relation>(rel: &R) -> Result<Cut, LayoutError> {
+    let mut lock = MetaLock::lock(rel)?;
+    let stale: Vec<u32> = std::mem::take(&mut lock.meta.reserved)
+        .into_iter()
+        .flat_map(|(first, count)| first..first + count)
+        .collect();
+    let changed = !stale.is_empty() || !lock.meta.free.is_empty();
+    lock.meta.release(stale);
+    let mut pool: Vec<u32> = lock
+        .meta
+        .free
+        .iter()
+        .flat_map(|&(first, count)| first..first + count)
+        .collect();
+    pool.reverse(); // taken from the end: lowest blocks first
+    lock.meta.reserved = std::mem::take(&mut lock.meta.free);
+    let end = if lock.meta.records_tail == NO_BLOCK {
+        ChainPos {
+            block: NO_BLOCK,
+            slot: 0,
+        }
+    } else {
+        // Appends hold the metapage lock we hold: the tail page cannot change meanwhile.
+        let tail = Locked::new(rel, lock.meta.records_tail, Lock::Share);
+        let chain = special(tail.page())
+            .ok_or_else(|| LayoutError::Corrupt("the records chain is damaged".into()))?;
+        ChainPos {
+            block: lock.meta.records_tail,
+            slot: chain.used as u32,
+        }
+    };
+    if changed {
+        lock.write(rel)?;
+    }
+    Ok(Cut {
+        meta: lock.meta.clone(),
+        end,
+        pool,
+    })
+}
+
 /// A new generation's contents, as build, vacuum and fold write them.
 pub struct Generation<'a> {
     /// Raw record bytes, in order: every row's when the snapshot does not keep vectors, else
@@ -374,45 +651,111 @@ pub struct Generation<'a> {
     pub cache_key: CacheKey,
     pub snapshot_vectors: u64,
     pub snapshot_has_vectors: bool,
+    /// Snapshot positions that stay marked dead: a fold that adds to the old snapshot keeps
+    /// its positions, and with them its marks.
+    pub marks: &'a [u32],
 }
 
-/// Replaces the index's contents by a new generation: new chains are written first, then the
-/// metapage switches to them in one WAL record, then the old chains' pages become free for the
-/// next rewrite. The caller keeps inserts out; `meta` is its copy, updated.
+/// Replaces the index's contents by a new generation built from `cut`: new chains are written
+/// first while inserts go on, then, under the metapage lock (inserts wait for it: a few pages'
+/// worth of work), the records appended since the cut are copied into the new records chain,
+/// the metapage switches to the new chains in one WAL record, and the old chains' pages become
+/// free for the next rewrite. Returns the new metapage.
 pub fn rewrite<R: Relation>(
     rel: &R,
-    meta: &mut Meta,
+    cut: Cut,
     dim: usize,
     new: &Generation,
-) -> Result<(), LayoutError> {
-    let generation = meta.generation + 1;
-    let size = record_size(dim);
-    let per_page = records_per_page(dim).max(1);
-    let old_records = chain_blocks(rel, meta.records_head, meta.generation);
-    let old_snapshot = chain_blocks(rel, meta.snapshot_head, meta.generation);
+) -> Result<Meta, LayoutError> {
+    let Cut {
+        meta: at_cut,
+        end: cut_end,
+        pool,
+    } = cut;
+    let mut pool = Pool(pool);
+    let generation = at_cut.generation + 1;
 
-    let mut writer = ChainWriter::new(rel, PageKind::Records, generation);
-    let mut end = ChainPos {
-        block: NO_BLOCK,
-        slot: 0,
-    };
-    for page in new.records.chunks(per_page * size) {
-        let block = writer.push(meta, page, (page.len() / size) as u16);
-        end = ChainPos {
-            block,
-            slot: (page.len() / size) as u32,
+    let mut lock_dim = dim;
+    let records_chain = |rel: &R, pool: &mut Pool, records: &[u8], dim: usize| {
+        let size = record_size(dim);
+        let per_page = records_per_page(dim).max(1);
+        let mut writer = ChainWriter::new(rel, PageKind::Records, generation);
+        let mut end = ChainPos {
+            block: NO_BLOCK,
+            slot: 0,
         };
-    }
-    let (records_head, records_tail) = writer.finish();
+        for page in records.chunks(per_page * size) {
+            let block = writer.push(pool, page, (page.len() / size) as u16);
+            end = ChainPos {
+                block,
+                slot: (page.len() / size) as u32,
+            };
+        }
+        let (head, tail) = writer.finish();
+        (head, tail, end)
+    };
+    let (records_head, records_tail, end) = records_chain(rel, &mut pool, new.records, dim);
 
     let mut writer = ChainWriter::new(rel, PageKind::Snapshot, generation);
     for page in new.snapshot.chunks(PAGE_CAPACITY) {
-        writer.push(meta, page, page.len() as u16);
+        writer.push(&mut pool, page, page.len() as u16);
     }
     let (snapshot_head, _) = writer.finish();
 
+    let mut writer = ChainWriter::new(rel, PageKind::Marks, generation);
+    let marks: Vec<u8> = new.marks.iter().flat_map(|p| p.to_le_bytes()).collect();
+    for page in marks.chunks(PAGE_CAPACITY / 4 * 4) {
+        writer.push(&mut pool, page, (page.len() / 4) as u16);
+    }
+    let (marks_head, marks_tail) = writer.finish();
+
     let mut lock = MetaLock::lock(rel)?;
-    // Inserts are locked out by the caller, so only the free list can differ: keep ours.
+    let now = lock.meta.clone();
+    if now.generation != at_cut.generation {
+        return Err(LayoutError::Corrupt(
+            "the index was rewritten by another process during a rewrite".into(),
+        ));
+    }
+    // A real[] index built empty takes its dimension from its first insert, maybe since the cut.
+    if lock_dim == 0 {
+        lock_dim = now.dim as usize;
+    }
+    // The records appended since the cut go on after the new generation's records.
+    let from = if cut_end.block == NO_BLOCK {
+        ChainPos {
+            block: now.records_head,
+            slot: 0,
+        }
+    } else {
+        cut_end
+    };
+    let mut carried = Vec::new();
+    if from.block != NO_BLOCK
+        && read_records(rel, from, now.generation, lock_dim, |bytes| {
+            carried.extend_from_slice(bytes)
+        }) != ChainRead::Done
+    {
+        return Err(LayoutError::Corrupt(
+            "the records chain changed during a rewrite".into(),
+        ));
+    }
+    let size = record_size(lock_dim);
+    let per_page = records_per_page(lock_dim).max(1);
+    let mut writer = ChainWriter::resume(
+        rel,
+        PageKind::Records,
+        generation,
+        records_head,
+        records_tail,
+    )?;
+    for page in carried.chunks(per_page * size) {
+        writer.push(&mut pool, page, (page.len() / size) as u16);
+    }
+    let (records_head, records_tail) = writer.finish();
+
+    let old_records = chain_blocks(rel, now.records_head, now.generation);
+    let old_snapshot = chain_blocks(rel, now.snapshot_head, now.generation);
+    let old_marks = chain_blocks(rel, now.marks_head, now.generation);
     lock.meta = Meta {
         generation,
         cache_key: if new.snapshot.is_empty() {
@@ -423,22 +766,28 @@ pub fn rewrite<R: Relation>(
         snapshot_has_vectors: new.snapshot_has_vectors,
         records_head,
         records_tail,
-        record_count: new.snapshot_vectors,
+        record_count: new.snapshot_vectors + (carried.len() / size) as u64,
         snapshot_head,
         snapshot_bytes: new.snapshot.len() as u64,
         snapshot_end: end,
         snapshot_records: new.snapshot_vectors,
-        rows: new.rows,
-        dim: dim as u32,
-        ..meta.clone()
+        // Rows inserted since the cut are carried with their records.
+        rows: new.rows + now.rows.saturating_sub(at_cut.rows),
+        dim: lock_dim as u32,
+        marks_head,
+        marks_tail,
+        marked: new.marks.len() as u64,
+        dead_appended: 0,
+        reserved: Vec::new(),
+        ..now
     };
-    lock.meta
-        .release(old_records.into_iter().chain(old_snapshot));
-    let mut result = Ok(());
-    let new_meta = lock.meta.clone();
-    rel.log(&[(lock.buffer.buffer, Image::Delta)], &mut |pages| {
-        result = write_meta_page(pages[0], &new_meta);
-    });
-    *meta = new_meta;
-    result
+    lock.meta.release(
+        old_records
+            .into_iter()
+            .chain(old_snapshot)
+            .chain(old_marks)
+            .chain(pool.0),
+    );
+    lock.write(rel)?;
+    Ok(lock.meta.clone())
 }

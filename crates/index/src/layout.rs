@@ -8,6 +8,9 @@
 //!   every backend searches it through the server's snapshot file of its [`Meta::cache_key`];
 //! - when the snapshot keeps vectors exactly (Flat, HNSW), the records chain holds only the
 //!   records appended since the snapshot: every vector is stored once;
+//! - the marks chain: the snapshot positions (u32 each) whose rows VACUUM found dead, which
+//!   searches skip until the next rewrite drops them (records of dead rows are flagged in place
+//!   instead, see [`crate::records`]);
 //! - free pages, listed as block ranges in the metapage, reused by the next rewrite.
 //!
 //! Every chain page carries the generation it was written in: a reader that finds a page of
@@ -26,6 +29,10 @@ pub const DEFAULT_EF_CONSTRUCTION: u32 = 64;
 
 fn default_ef_construction() -> u32 {
     DEFAULT_EF_CONSTRUCTION
+}
+
+fn no_block() -> u32 {
+    NO_BLOCK
 }
 /// Block numbers use PostgreSQL's InvalidBlockNumber for "none".
 pub const NO_BLOCK: u32 = u32::MAX;
@@ -124,6 +131,21 @@ pub struct Meta {
     pub rows: u64,
     /// Reusable blocks, as (first, count) ranges.
     pub free: Vec<(u32, u32)>,
+    /// The marks chain of this generation: snapshot positions of dead rows.
+    #[serde(default = "no_block")]
+    pub marks_head: u32,
+    #[serde(default = "no_block")]
+    pub marks_tail: u32,
+    /// Positions in the marks chain.
+    #[serde(default)]
+    pub marked: u64,
+    /// Records appended since the snapshot that VACUUM flagged dead.
+    #[serde(default)]
+    pub dead_appended: u64,
+    /// Free blocks a rewrite under way took for its new chains (see `chain::cut`): given back
+    /// by the next cut if that rewrite never switched (an error or a crash).
+    #[serde(default)]
+    pub reserved: Vec<(u32, u32)>,
     /// Set for lexical (bm25) indexes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lexical: Option<LexicalSettings>,
@@ -183,6 +205,11 @@ impl Meta {
             snapshot_records: 0,
             rows: 0,
             free: Vec::new(),
+            marks_head: NO_BLOCK,
+            marks_tail: NO_BLOCK,
+            marked: 0,
+            dead_appended: 0,
+            reserved: Vec::new(),
             lexical: None,
         }
     }
@@ -274,6 +301,16 @@ impl Meta {
         self.record_count.saturating_sub(self.snapshot_records)
     }
 
+    /// The share of the index's vectors that belong to dead rows (marked in the snapshot or
+    /// flagged among the appended records): past a setting, VACUUM compacts the index.
+    pub fn dead_share(&self) -> f64 {
+        let total = self.snapshot_records + self.appended();
+        if total == 0 {
+            return 0.0;
+        }
+        (self.marked + self.dead_appended) as f64 / total as f64
+    }
+
     pub fn free_blocks(&self) -> u64 {
         self.free.iter().map(|&(_, c)| u64::from(c)).sum()
     }
@@ -285,6 +322,7 @@ impl Meta {
 pub enum PageKind {
     Records = 1,
     Snapshot = 2,
+    Marks = 3,
 }
 
 /// The special area at the end of every chain page (16 bytes).
@@ -293,7 +331,7 @@ pub struct ChainPage {
     pub kind: PageKind,
     pub generation: u64,
     pub next: u32,
-    /// Records pages: records on the page; snapshot pages: bytes on the page.
+    /// Records and marks pages: entries on the page; snapshot pages: bytes on the page.
     pub used: u16,
 }
 
@@ -314,6 +352,7 @@ impl ChainPage {
         let kind = match b[14] {
             1 => PageKind::Records,
             2 => PageKind::Snapshot,
+            3 => PageKind::Marks,
             _ => return None,
         };
         Some(ChainPage {

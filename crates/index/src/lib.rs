@@ -30,6 +30,7 @@
 
 pub mod cache_file;
 pub mod chain;
+mod dead;
 mod error;
 mod index;
 mod interrupt;
@@ -41,12 +42,13 @@ pub mod relation;
 pub mod snapshot;
 mod threads;
 
+pub use dead::DeadPositions;
 pub use error::IndexError;
 pub use index::{VectorIndex, DEFAULT_EF_SEARCH};
 pub use interrupt::set_interrupt_check;
 pub use metric::{IndexMetric, Metric};
 pub use records::{decode_records, encode_record, record_size};
-pub use snapshot::{seal, CacheKey, Sealed, Snapshot, SnapshotHit};
+pub use snapshot::{generation_key, key_generation, seal, CacheKey, Sealed, Snapshot, SnapshotHit};
 pub use threads::set_threads;
 
 use std::collections::HashMap;

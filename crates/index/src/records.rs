@@ -5,7 +5,7 @@
 //! offset  size     field
 //!      0  4        block number (u32 LE)
 //!      4  2        line pointer offset (u16 LE)
-//!      6  2        flags (u16 LE), reserved: written as 0, ignored on read
+//!      6  2        flags (u16 LE): DEAD (1) once VACUUM found the row dead; other bits 0
 //!      8  8        text hash (u64 LE): xxh3 of the row's indexed text, 0 for real[] rows
 //!     16  4 * dim  vector, f32 LE
 //! ```
@@ -13,6 +13,10 @@
 //! The text hash lets a scan recognise the row it just returned when the `<=>` operator is
 //! evaluated on it (PostgreSQL computes ORDER BY expressions for every returned row), so the
 //! operator answers with the index's distance instead of embedding the row again.
+//!
+//! A dead record stays where it is until the next rewrite of the chain: VACUUM sets its flag in
+//! place (one small WAL record per page), and every decoder here skips it, so that a scan never
+//! returns a TID that the table may already have given to a new row.
 //!
 //! Records have no alignment requirement: vectors are decoded with `f32::from_le_bytes`, never
 //! by casting the page bytes.
@@ -26,6 +30,39 @@ pub struct RecordKey {
 }
 
 const HEADER: usize = 16;
+/// Where the flags are, and the flag of a dead record.
+const FLAGS_AT: usize = 6;
+const DEAD: u16 = 1;
+
+fn is_dead(record: &[u8]) -> bool {
+    u16::from_le_bytes([record[FLAGS_AT], record[FLAGS_AT + 1]]) & DEAD != 0
+}
+
+/// Live records of `bytes` (whole records of `dim` floats; a trailing partial one is ignored).
+fn live(bytes: &[u8], dim: usize) -> impl Iterator<Item = &[u8]> + '_ {
+    bytes.chunks_exact(record_size(dim)).filter(|r| !is_dead(r))
+}
+
+/// The slots of the live records of `bytes` whose key `dead` says is dead.
+pub fn live_slots_where(
+    bytes: &[u8],
+    dim: usize,
+    mut dead: impl FnMut(&RecordKey) -> bool,
+) -> Vec<usize> {
+    bytes
+        .chunks_exact(record_size(dim))
+        .enumerate()
+        .filter(|(_, r)| !is_dead(r) && dead(&decode_key(r)))
+        .map(|(slot, _)| slot)
+        .collect()
+}
+
+/// Flags the record in `slot` of `bytes` dead.
+pub fn flag_dead(bytes: &mut [u8], dim: usize, slot: usize) {
+    let at = slot * record_size(dim) + FLAGS_AT;
+    let flags = u16::from_le_bytes([bytes[at], bytes[at + 1]]) | DEAD;
+    bytes[at..at + 2].copy_from_slice(&flags.to_le_bytes());
+}
 
 /// Size in bytes of one record for vectors of `dim` floats.
 pub const fn record_size(dim: usize) -> usize {
@@ -57,13 +94,13 @@ fn decode_key(r: &[u8]) -> RecordKey {
     }
 }
 
-/// Decodes consecutive records of vectors of `dim` floats. `bytes` should hold whole records;
-/// a trailing partial record is ignored.
+/// Decodes the live records of consecutive records of vectors of `dim` floats. `bytes` should
+/// hold whole records; a trailing partial record is ignored.
 pub fn decode_records(
     bytes: &[u8],
     dim: usize,
 ) -> impl Iterator<Item = (RecordKey, Vec<f32>)> + '_ {
-    bytes.chunks_exact(record_size(dim)).map(|r| {
+    live(bytes, dim).map(|r| {
         let vector = r[HEADER..]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -74,7 +111,7 @@ pub fn decode_records(
 
 /// Like [`decode_records`] without an allocation per record: keys are pushed to `keys` and the
 /// floats to `vectors` (row-major, ready for [`crate::VectorIndex::add`]). Returns the number
-/// of records decoded.
+/// of (live) records decoded.
 pub fn decode_records_into(
     bytes: &[u8],
     dim: usize,
@@ -82,7 +119,7 @@ pub fn decode_records_into(
     vectors: &mut Vec<f32>,
 ) -> usize {
     let mut n = 0;
-    for r in bytes.chunks_exact(record_size(dim)) {
+    for r in live(bytes, dim) {
         keys.push(decode_key(r));
         vectors.extend(
             r[HEADER..]
@@ -94,7 +131,7 @@ pub fn decode_records_into(
     n
 }
 
-/// Scores every record in `bytes` (whole records of `dim` floats) against `query`, as FAISS
+/// Scores every live record in `bytes` (whole records of `dim` floats) against `query`, as FAISS
 /// would under `metric` (inner product, or squared L2 distance): the exact search over the
 /// records appended since the snapshot, read where they lie.
 pub fn score_records<'a>(
@@ -103,7 +140,7 @@ pub fn score_records<'a>(
     query: &'a [f32],
     metric: crate::Metric,
 ) -> impl Iterator<Item = (RecordKey, f32)> + 'a {
-    bytes.chunks_exact(record_size(dim)).map(move |r| {
+    live(bytes, dim).map(move |r| {
         let values = r[HEADER..]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));

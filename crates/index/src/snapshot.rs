@@ -34,6 +34,21 @@ use crate::{IndexError, Metric, SearchParams, VectorIndex};
 /// different snapshots share a name.
 pub type CacheKey = [u8; 16];
 
+/// The cache key of an index generation: the generation number first (big-endian, so that
+/// keys and their file names order as generations do), then random bytes, which tell apart two
+/// writes of the same generation number (one of them rolled back or lost in a crash).
+pub fn generation_key(generation: u64, random: [u8; 8]) -> CacheKey {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&generation.to_be_bytes());
+    key[8..].copy_from_slice(&random);
+    key
+}
+
+/// The generation a [`generation_key`] was made for.
+pub fn key_generation(key: &CacheKey) -> u64 {
+    u64::from_be_bytes(key[..8].try_into().expect("16-byte key"))
+}
+
 /// A key in hexadecimal, as the metapage and file names hold it.
 pub fn key_hex(key: &CacheKey) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
@@ -420,17 +435,19 @@ impl Snapshot {
         words(self.table(self.layout.ids_at(), self.layout.hashes_at())).map(i64::from_le_bytes)
     }
 
-    /// The `k` nearest vectors to `query`, best first (see [`VectorIndex::search`]).
+    /// The `k` nearest vectors to `query` whose positions are not `dead`, best first (see
+    /// [`VectorIndex::search`]).
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         params: &SearchParams,
+        dead: Option<&crate::DeadPositions>,
     ) -> Result<Vec<SnapshotHit>, IndexError> {
         let has_hashes = self.layout.hashes != 0;
         Ok(self
             .faiss
-            .search(query, k, params)?
+            .search(query, k, params, dead)?
             .into_iter()
             .map(|(pos, score)| SnapshotHit {
                 id: i64::from_le_bytes(self.word(self.layout.ids_at(), pos)),

@@ -5,8 +5,8 @@
 use std::cell::{Cell, RefCell};
 
 use semantic_index::chain::{
-    self, append_record, create_meta, read_meta, read_records, read_snapshot, rewrite, ChainRead,
-    Generation, MetaLock, PAGE_CAPACITY,
+    self, append_marks, append_record, create_meta, flag_dead_records, read_marks, read_meta,
+    read_records, read_snapshot, rewrite, ChainRead, Generation, MetaLock, PAGE_CAPACITY,
 };
 use semantic_index::layout::{ChainPos, ColumnKind, LongText, Meta, NO_BLOCK};
 use semantic_index::records::{decode_records, record_size, RecordKey};
@@ -107,9 +107,22 @@ fn key(i: usize) -> RecordKey {
     }
 }
 
+/// An insert, as aminsert does it: a row more, written with its record.
 fn append(rel: &MemoryRelation, i: usize) {
     let mut lock = MetaLock::lock(rel).unwrap();
+    lock.meta.rows += 1;
     append_record(rel, &mut lock, &key(i), &vector(i)).unwrap();
+}
+
+/// A rewrite from a cut taken at once (nothing appended in between).
+fn rewrite_now(
+    rel: &MemoryRelation,
+    meta: &mut Meta,
+    dim: usize,
+    new: &Generation,
+) -> Result<(), semantic_index::layout::LayoutError> {
+    *meta = rewrite(rel, chain::cut(rel)?, dim, new)?;
+    Ok(())
 }
 
 fn all_records(rel: &MemoryRelation, meta: &Meta) -> (ChainRead, Vec<(RecordKey, Vec<f32>)>) {
@@ -187,7 +200,7 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
             })
             .collect();
         let key = [round as u8; 16];
-        rewrite(
+        rewrite_now(
             &rel,
             &mut meta,
             DIM,
@@ -198,6 +211,7 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
                 cache_key: key,
                 snapshot_vectors: 500,
                 snapshot_has_vectors: false,
+                marks: &[],
             },
         )
         .unwrap();
@@ -236,7 +250,7 @@ fn a_rewrite_without_records_starts_an_empty_chain() {
         append(&rel, i);
     }
     let mut meta = read_meta(&rel).unwrap();
-    rewrite(
+    rewrite_now(
         &rel,
         &mut meta,
         DIM,
@@ -247,6 +261,7 @@ fn a_rewrite_without_records_starts_an_empty_chain() {
             cache_key: [9; 16],
             snapshot_vectors: 50,
             snapshot_has_vectors: true,
+            marks: &[],
         },
     )
     .unwrap();
@@ -283,4 +298,170 @@ fn damaged_pages_are_errors_not_wild_reads() {
     assert!(read_meta(&rel).is_err());
     assert!(MetaLock::lock(&rel).is_err());
     assert_eq!(rel.pinned.get(), 0, "buffers released on errors too");
+}
+
+/// VACUUM's marks: snapshot positions appended to the marks chain (many per WAL record, over
+/// several pages), dead records flagged in place and skipped by every reader, the appended ones
+/// counted apart; a rewrite carries the marks it is given and frees the old chain's pages.
+#[test]
+fn marks_and_dead_flags_survive_until_a_rewrite_carries_or_drops_them() {
+    let rel = MemoryRelation::default();
+    new_index(&rel);
+    for i in 0..300 {
+        append(&rel, i);
+    }
+    // A snapshot of the first 300 rows that keeps no vectors: its rows stay in the chain.
+    let mut meta = read_meta(&rel).unwrap();
+    let records: Vec<u8> = all_records(&rel, &meta)
+        .1
+        .iter()
+        .flat_map(|(k, v)| {
+            let mut out = Vec::new();
+            semantic_index::records::encode_record(k, v, &mut out);
+            out
+        })
+        .collect();
+    rewrite_now(
+        &rel,
+        &mut meta,
+        DIM,
+        &Generation {
+            records: &records,
+            rows: 300,
+            snapshot: b"snapshot",
+            cache_key: [1; 16],
+            snapshot_vectors: 300,
+            snapshot_has_vectors: false,
+            marks: &[],
+        },
+    )
+    .unwrap();
+    for i in 300..340 {
+        append(&rel, i);
+    }
+    let meta = read_meta(&rel).unwrap();
+
+    // Rows 0..10 (in the snapshot) and 330..335 (appended) die.
+    let dead = |k: &RecordKey| (0..10).chain(330..335).any(|i| key(i) == *k);
+    let wal_before = rel.wal_records.get();
+    let (flagged, appended) = flag_dead_records(&rel, &meta, DIM, dead).unwrap();
+    assert_eq!((flagged, appended), (15, 5));
+    assert!(
+        rel.wal_records.get() - wal_before <= 2,
+        "one record per page changed"
+    );
+    // Flagging again finds nothing new.
+    assert_eq!(flag_dead_records(&rel, &meta, DIM, dead).unwrap(), (0, 0));
+    let (_, live) = all_records(&rel, &meta);
+    assert_eq!(live.len(), 340 - 15);
+    assert!(live.iter().all(|(k, _)| !dead(k)));
+
+    // Marks: 5,000 positions, more than a page holds.
+    let positions: Vec<u32> = (0..5_000).map(|p| p * 3).collect();
+    let mut lock = MetaLock::lock(&rel).unwrap();
+    let wal_before = rel.wal_records.get();
+    append_marks(&rel, &mut lock, &positions[..10]).unwrap();
+    append_marks(&rel, &mut lock, &positions[10..]).unwrap();
+    assert!(rel.wal_records.get() - wal_before <= 4);
+    drop(lock);
+    let mut meta = read_meta(&rel).unwrap();
+    assert_eq!(meta.marked, 5_000);
+    assert_eq!(read_marks(&rel, &meta).unwrap(), positions);
+    assert!(meta.dead_share() > 0.0);
+
+    // A rewrite that carries some marks; the old marks chain's pages are free again.
+    let old = meta.clone();
+    let free_before = meta.free_blocks();
+    rewrite_now(
+        &rel,
+        &mut meta,
+        DIM,
+        &Generation {
+            records: &[],
+            rows: 325,
+            snapshot: b"snapshot 2",
+            cache_key: [2; 16],
+            snapshot_vectors: 325,
+            snapshot_has_vectors: true,
+            marks: &[4, 8],
+        },
+    )
+    .unwrap();
+    assert_eq!(read_marks(&rel, &meta).unwrap(), vec![4, 8]);
+    assert_eq!((meta.marked, meta.dead_appended), (2, 0));
+    assert!(meta.free_blocks() > free_before);
+    let old_marks_pages = meta
+        .free
+        .iter()
+        .any(|&(first, count)| (first..first + count).contains(&old.marks_head));
+    assert!(old_marks_pages, "the old marks chain's pages are free");
+    assert_eq!(rel.pinned.get(), 0);
+}
+
+/// A rewrite from a cut while inserts go on: the records appended after the cut are carried
+/// into the new generation, after its own; a rewrite that never switches gives its free pages
+/// back at the next cut.
+#[test]
+fn records_appended_during_a_rewrite_are_carried_over() {
+    let rel = MemoryRelation::default();
+    new_index(&rel);
+    for i in 0..250 {
+        append(&rel, i);
+    }
+    // Built from the cut: the 250 rows then (a snapshot keeping its vectors, no records).
+    let cut = chain::cut(&rel).unwrap();
+    assert_eq!(cut.meta.record_count, 250);
+    for i in 250..400 {
+        append(&rel, i); // after the cut
+    }
+    let meta = rewrite(
+        &rel,
+        cut,
+        DIM,
+        &Generation {
+            records: &[],
+            rows: 250,
+            snapshot: b"snapshot of 250",
+            cache_key: [3; 16],
+            snapshot_vectors: 250,
+            snapshot_has_vectors: true,
+            marks: &[],
+        },
+    )
+    .unwrap();
+    assert_eq!(meta, read_meta(&rel).unwrap());
+    assert_eq!((meta.appended(), meta.rows), (150, 400));
+    let (read, carried) = all_records(&rel, &meta);
+    assert_eq!(read, ChainRead::Done);
+    assert_eq!(
+        carried.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        (250..400).map(key).collect::<Vec<_>>()
+    );
+    append(&rel, 400);
+    assert_eq!(all_records(&rel, &read_meta(&rel).unwrap()).1.len(), 151);
+
+    // A records chain read up to the cut's end stops there.
+    let cut = chain::cut(&rel).unwrap();
+    append(&rel, 401);
+    let mut upto = Vec::new();
+    let from = ChainPos {
+        block: cut.meta.records_head,
+        slot: 0,
+    };
+    chain::read_records_to(&rel, from, cut.end, cut.meta.generation, DIM, |b| {
+        upto.extend(decode_records(b, DIM))
+    });
+    assert_eq!(upto.len(), 151);
+
+    // That rewrite never happens (an error, a crash): the next cut takes its pages back.
+    let reserved = read_meta(&rel).unwrap().reserved;
+    drop(cut);
+    let again = chain::cut(&rel).unwrap();
+    let pool: u64 = again.meta.reserved.iter().map(|&(_, c)| u64::from(c)).sum();
+    let before: u64 = reserved.iter().map(|&(_, c)| u64::from(c)).sum();
+    assert_eq!(
+        pool, before,
+        "the abandoned rewrite's free pages are free again"
+    );
+    assert_eq!(rel.pinned.get(), 0);
 }

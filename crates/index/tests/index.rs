@@ -6,8 +6,8 @@ use rand::{Rng, SeedableRng};
 use semantic_index::cache_file::{CacheDir, Opened};
 use semantic_index::snapshot::encode_snapshot;
 use semantic_index::{
-    best_per_id, id_to_tid, seal, tid_to_id, CacheKey, IndexError, IndexMetric, Metric, Sealed,
-    SearchParams, Snapshot, VectorIndex,
+    best_per_id, generation_key, id_to_tid, key_generation, seal, tid_to_id, CacheKey,
+    DeadPositions, IndexError, IndexMetric, Metric, Sealed, SearchParams, Snapshot, VectorIndex,
 };
 
 const KEY: CacheKey = [7; 16];
@@ -450,6 +450,77 @@ fn exact_vectors_are_read_back() {
     }
 }
 
+/// Searches that skip dead positions return k live vectors: the exact ones for Flat, FAISS's
+/// selector inside HNSW and IVF searches, and the wider search for kinds that take no selector
+/// (PQ); a dead position is never returned, also when the dead ones are the query's nearest.
+#[test]
+fn searches_skip_dead_positions_and_still_return_k() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let n = 3000;
+    let data = clustered_vectors(&mut rng, n, 20, 0.3);
+    let ids = ids_for(n);
+    let queries = clustered_vectors(&mut rng, 20, 20, 0.3);
+    let params = SearchParams {
+        ef_search: 160,
+        nprobe: 32,
+    };
+    for (factory, metric, min_recall) in [
+        ("Flat", Metric::InnerProduct, 1.0),
+        ("HNSW16", Metric::L2, 0.9),
+        ("IVF32,Flat", Metric::InnerProduct, 1.0),
+        ("PCA16,IVF8,Flat", Metric::L2, 0.0),
+        ("PQ8", Metric::L2, 0.0),
+    ] {
+        let index = build(factory, metric, &ids, &data);
+        let snapshot = Snapshot::from_bytes(&encode_snapshot(&index, &[], &KEY).unwrap()).unwrap();
+        let (mut found, mut wanted) = (0, 0);
+        for (qi, q) in queries.chunks_exact(DIM).enumerate() {
+            // A fifth of the positions (the compaction threshold's share), and the query's ten
+            // nearest.
+            let nearest: Vec<usize> = brute_force(metric, &ids, &data, DIM, q, 10)
+                .iter()
+                .map(|(id, _)| ids.iter().position(|x| x == id).unwrap())
+                .collect();
+            let dead = DeadPositions::new(
+                n,
+                (0..n as u32)
+                    .filter(|p| p % 5 == qi as u32 % 5)
+                    .chain(nearest.iter().map(|&p| p as u32)),
+            );
+            let hits = snapshot.search(q, 10, &params, Some(&dead)).unwrap();
+            assert_eq!(hits.len(), 10, "{factory}: query {qi}");
+            let live_ids: Vec<i64> = (0..n)
+                .filter(|&p| !dead.contains(p))
+                .map(|p| ids[p])
+                .collect();
+            let live_data: Vec<f32> = (0..n)
+                .filter(|&p| !dead.contains(p))
+                .flat_map(|p| data[p * DIM..(p + 1) * DIM].to_vec())
+                .collect();
+            let truth: Vec<i64> = brute_force(metric, &live_ids, &live_data, DIM, q, 10)
+                .iter()
+                .map(|h| h.0)
+                .collect();
+            for hit in &hits {
+                let pos = ids.iter().position(|&id| id == hit.id).unwrap();
+                assert!(
+                    !dead.contains(pos),
+                    "{factory}: dead position {pos} returned"
+                );
+            }
+            found += hits.iter().filter(|h| truth.contains(&h.id)).count();
+            wanted += truth.len();
+        }
+        let recall = found as f64 / wanted as f64;
+        // Against the same index searched without dead positions at the same settings.
+        let unfiltered = self::recall(&index, &ids, &data, &queries, 10, &params);
+        assert!(
+            recall >= unfiltered.min(min_recall) - 0.05,
+            "{factory}: recall {recall} among live vectors, {unfiltered} without dead ones"
+        );
+    }
+}
+
 /// The same snapshot searched as a private copy and mapped from a file gives the same results,
 /// ids and text hashes, for every kind of index.
 #[test]
@@ -481,8 +552,8 @@ fn mapped_and_private_snapshots_agree() {
         assert_eq!(mapped.key(), &KEY);
         assert_eq!(mapped.ids().collect::<Vec<_>>(), ids);
         for q in queries.chunks_exact(DIM) {
-            let a = private.search(q, 10, &params).unwrap();
-            let b = mapped.search(q, 10, &params).unwrap();
+            let a = private.search(q, 10, &params, None).unwrap();
+            let b = mapped.search(q, 10, &params, None).unwrap();
             assert_eq!(a, b, "{factory}");
             assert_eq!(a.len(), 10);
             let expected: Vec<(i64, f32)> = index.search(q, 10, &params).unwrap();
@@ -581,7 +652,7 @@ fn cache_files_are_published_checked_and_replaced() {
     let q = &data[..DIM];
     let expected = index.search(q, 5, &SearchParams::default()).unwrap();
     let got: Vec<(i64, f32)> = snapshot
-        .search(q, 5, &SearchParams::default())
+        .search(q, 5, &SearchParams::default(), None)
         .unwrap()
         .iter()
         .map(|h| (h.id, h.score))
@@ -604,7 +675,7 @@ fn cache_files_are_published_checked_and_replaced() {
     ));
     assert_eq!(
         snapshot
-            .search(q, 5, &SearchParams::default())
+            .search(q, 5, &SearchParams::default(), None)
             .unwrap()
             .len(),
         5
@@ -695,6 +766,47 @@ fn cache_files_are_published_checked_and_replaced() {
         cache.open::<Snapshot>("1.2.3", &key_b, started),
         Opened::Missing
     ));
+}
+
+/// Publishing removes only older generations' files, and never those of a generation whose
+/// build lock someone holds: a backend that publishes an old generation late, or a rewrite
+/// that publishes its file before the metapage points to it, keeps what others rely on.
+#[test]
+fn publishing_keeps_newer_generations_and_held_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheDir::new(dir.path().join("semantic"));
+    let key = |generation| generation_key(generation, [9; 8]);
+    let (old, current, newer) = (key(3), key(4), key(5));
+    assert_eq!(key_generation(&newer), 5);
+    let publish = |key: &CacheKey| {
+        let _lock = cache.lock("4.5.6", key, || {}).unwrap();
+        cache
+            .publish("4.5.6", key, |w| w.write_all(&seal(b"payload", key)))
+            .unwrap()
+    };
+    let old_path = publish(&old);
+    // Generation 3's lock is held by a backend still building from it.
+    let held = cache.lock("4.5.6", &old, || {}).unwrap();
+    let newer_path = publish(&newer);
+    // Generation 4, published late, removes neither 5 nor the held generation 3.
+    let current_path = publish(&current);
+    assert!(newer_path.exists(), "a newer generation's file was removed");
+    assert!(current_path.exists());
+    assert!(old_path.exists(), "a generation being built lost its files");
+    let lock_of = |path: &std::path::Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        std::path::PathBuf::from(name)
+    };
+    assert!(lock_of(&old_path).exists());
+    // Once released, the next publish removes generations 3 and 4 with their locks.
+    drop(held);
+    let newest_path = publish(&key(6));
+    for gone in [&old_path, &current_path, &newer_path] {
+        assert!(!gone.exists(), "{} stayed", gone.display());
+        assert!(!lock_of(gone).exists(), "{}.lock stayed", gone.display());
+    }
+    assert!(newest_path.exists() && lock_of(&newest_path).exists());
 }
 
 #[test]

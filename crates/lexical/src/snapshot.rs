@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use crate::bm25::{Bm25, CorpusStats};
 use crate::postings::{self, Cursor};
-use crate::topk::{self, QueryTerm, TopK};
+use crate::topk::{self, Hit, QueryTerm, TopK};
 
 const MAGIC: &[u8; 8] = b"SEMLEX01";
 const HEADER: usize = 56;
@@ -348,15 +348,15 @@ impl<'a> Snapshot<'a> {
         u32_at(self.bytes, self.lengths_at + doc as usize * 4)
     }
 
-    /// A builder holding the documents of this snapshot whose row id `keep` accepts, in their
-    /// order and with the snapshot's k1 and b, to add more documents to and finish: how VACUUM
-    /// and folding write a new generation without reading the table again.
-    pub fn rebuild(&self, mut keep: impl FnMut(u64) -> bool) -> SnapshotBuilder {
+    /// A builder holding the documents of this snapshot that `keep` accepts (by position), in
+    /// their order and with the snapshot's k1 and b, to add more documents to and finish: how
+    /// compaction and folding write a new generation without reading the table again.
+    pub fn rebuild(&self, mut keep: impl FnMut(u32) -> bool) -> SnapshotBuilder {
         let mut builder = SnapshotBuilder::new(self.k1, self.b);
         let mut renumbered = vec![u32::MAX; self.documents];
         for doc in 0..self.documents as u32 {
             let id = self.id(doc);
-            if keep(id) {
+            if keep(doc) {
                 renumbered[doc as usize] = builder.ids.len() as u32;
                 builder.ids.push(id);
                 builder.hashes.push(self.text_hash(doc));
@@ -384,13 +384,14 @@ impl<'a> Snapshot<'a> {
     }
 
     /// The `k` best documents for `query` (each term with its weight: idf x query frequency);
-    /// `accept` may refuse row ids (deleted rows), which then do not count towards k.
+    /// `accept` may refuse hits (rows already returned, dead documents), which then do not
+    /// count towards k.
     pub fn search(
         &self,
         query: &[QueryTerm],
         k: usize,
         bm25: &Bm25,
-        accept: impl FnMut(u64) -> bool,
+        accept: impl FnMut(&Hit) -> bool,
     ) -> TopK {
         topk::max_score(self, query, k, bm25, accept)
     }

@@ -104,7 +104,7 @@ pub(crate) fn max_score(
     query: &[QueryTerm],
     k: usize,
     bm25: &Bm25,
-    mut accept: impl FnMut(u64) -> bool,
+    mut accept: impl FnMut(&Hit) -> bool,
 ) -> TopK {
     let mut scored = 0;
     if k == 0 {
@@ -214,7 +214,7 @@ pub(crate) fn max_score(
                 score,
             };
             let better = heap.len() < k || Worst(hit) < *heap.peek().expect("k hits");
-            if better && accept(hit.id) {
+            if better && accept(&hit) {
                 heap.push(Worst(hit));
                 if heap.len() > k {
                     heap.pop();

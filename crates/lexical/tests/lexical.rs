@@ -226,7 +226,7 @@ fn max_score_top_k_equals_exhaustive_scoring() {
         // Refused rows (say, deleted) do not count towards k.
         let accept = |id: u64| id.is_multiple_of(2);
         let got: Vec<(u32, f32)> = s
-            .search(&q, 10, &bm, accept)
+            .search(&q, 10, &bm, |hit| accept(hit.id))
             .hits
             .iter()
             .map(|h| (h.doc, h.score))
@@ -322,7 +322,7 @@ fn rebuild_equals_a_fresh_build() {
     let old = Snapshot::parse(&bytes).unwrap();
     // Drop every third row, then add the rest of the corpus.
     let keep = |id: u64| !id.is_multiple_of(3);
-    let mut rebuilt = old.rebuild(keep);
+    let mut rebuilt = old.rebuild(|doc| keep(old.id(doc)));
     let mut fresh = SnapshotBuilder::new(1.5, 0.6);
     for d in (0..2_000).filter(|&d| keep(d as u64)) {
         add(&mut fresh, d);
