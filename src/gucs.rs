@@ -21,6 +21,7 @@ pub static IVF_NPROBE: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_CACHED_MODELS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static MAX_CACHED_INDEXES: GucSetting<i32> = GucSetting::<i32>::new(4);
 pub static COMPACT_THRESHOLD: GucSetting<f64> = GucSetting::<f64>::new(0.2);
+pub static MAX_APPENDED: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static EXECUTION_PROVIDER: GucSetting<ProviderSetting> =
     GucSetting::<ProviderSetting>::new(ProviderSetting::Cpu);
 
@@ -73,6 +74,16 @@ pub fn register() {
         &THREADS,
         1,
         64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"semantic.max_appended",
+        c"Records appended to a faiss index (Flat, HNSW) since its snapshot past which they are folded into it, by a background worker the inserting backend starts.",
+        c"Searches scan the appended records exactly; other factories fold past a tenth of the snapshot when that is more.",
+        &MAX_APPENDED,
+        1,
+        10_000_000,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -208,6 +219,10 @@ pub fn execution_provider() -> ExecutionProvider {
 
 pub fn max_cached_models() -> usize {
     MAX_CACHED_MODELS.get().max(1) as usize
+}
+
+pub fn max_appended() -> u64 {
+    MAX_APPENDED.get().max(1) as u64
 }
 
 pub fn compact_threshold() -> f64 {

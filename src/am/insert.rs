@@ -71,7 +71,12 @@ pub unsafe extern "C-unwind" fn aminsert(
         for v in &vectors {
             append_record(&rel, &mut guard, &key, v);
         }
+        let due = guard.meta.appended() > super::vacuum::fold_threshold(&guard.meta);
+        let generation = guard.meta.generation;
         drop(guard);
+        if due {
+            super::fold_worker::request(index, generation);
+        }
         false
     }
 }

@@ -6,6 +6,7 @@
 pub(crate) mod build;
 mod cache;
 pub(crate) mod cost;
+pub(crate) mod fold_worker;
 mod insert;
 pub(crate) mod operators;
 pub mod options;

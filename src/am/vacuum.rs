@@ -30,11 +30,17 @@ use super::storage::{
 };
 use crate::errors::raise;
 
-/// Appended records beyond which VACUUM folds them: 1,000, or a tenth of the snapshot's
-/// vectors when that is more (a search scans appended records exactly, so their share of its
-/// time stays bounded, while big indexes are not rewritten for a few rows).
+/// Appended records beyond which they are folded (by a worker the inserting backend starts,
+/// or by VACUUM): `semantic.max_appended` when the snapshot keeps its vectors (a fold extends
+/// it: a search's exact scan stays bounded whatever the table's size), else a tenth of the
+/// snapshot's vectors when that is more (a fold rebuilds the FAISS index, trained again).
 pub fn fold_threshold(meta: &Meta) -> u64 {
-    (meta.snapshot_records / 10).max(1000)
+    let bound = crate::gucs::max_appended();
+    if meta.snapshot_has_vectors {
+        bound
+    } else {
+        (meta.snapshot_records / 10).max(bound)
+    }
 }
 
 /// Every vector of the index now: ids, text hashes and vectors of the snapshot part (when the

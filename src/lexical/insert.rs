@@ -36,6 +36,12 @@ pub unsafe extern "C-unwind" fn aminsert(
         let mut guard = lock_meta(&rel);
         guard.meta.rows += 1; // written with the record
         append_record(&rel, &mut guard, &key, &[]);
+        let due = guard.meta.appended() > super::vacuum::fold_threshold(&guard.meta);
+        let generation = guard.meta.generation;
+        drop(guard);
+        if due {
+            crate::am::fold_worker::request(index, generation);
+        }
     }
     false
 }

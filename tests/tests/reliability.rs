@@ -828,3 +828,46 @@ fn inserts_and_searches_go_on_through_folds_and_compactions() {
         .get(0);
     assert_eq!(rows as usize, table.len());
 }
+
+/// Past semantic.max_appended, the inserting backend starts a worker that folds the index: the
+/// part searches scan exactly stays bounded without any VACUUM, and searches stay exact.
+#[test]
+fn appended_records_are_folded_without_vacuum() {
+    let cluster = Cluster::start("auto_fold", &["semantic.max_appended = 300"]);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION semantic;
+         CREATE TABLE v (id int PRIMARY KEY, vec real[]) WITH (autovacuum_enabled = off)",
+    )
+    .unwrap();
+    copy_vectors(&mut c, "v", 1, &clustered(2000, 51));
+    c.batch_execute("CREATE INDEX v_flat ON v USING faiss (vec)")
+        .unwrap();
+    let info = "SELECT generation, appended FROM semantic_index_info('v_flat')";
+    let built: i64 = c.query_one(info, &[]).unwrap().get(0);
+    for batch in 0..5 {
+        copy_vectors(
+            &mut c,
+            "v",
+            10_000 + batch * 200,
+            &clustered(200, 52 + batch as u64),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = c.query_one(info, &[]).unwrap();
+        let (generation, appended): (i64, i64) = (row.get(0), row.get(1));
+        if generation > built && appended <= 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not folded: generation {generation}, {appended} appended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for q in &clustered(20, 59) {
+        assert_eq!(via_index(&mut c, "v", q, 10), exact(&mut c, "v", q, 10));
+    }
+    assert!(!cluster.log().contains("ERROR"), "{}", cluster.log());
+}
