@@ -165,8 +165,11 @@ pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
     unsafe {
         let dir = cache_dir();
         let owner = owner(rel);
-        let published = lock(&dir, &owner, key)
-            .and_then(|_lock| dir.publish(&owner, key, |w| w.write_all(snapshot)));
+        let published = lock(&dir, &owner, key).and_then(|_lock| {
+            dir.publish(&owner, key, |w| w.write_all(snapshot))?;
+            dir.mark_verified(&owner, key, pg_sys::PgStartTime);
+            Ok(())
+        });
         if let Err(e) = published {
             // Once per index and generation: this runs once for each new generation.
             pgrx::warning!(

@@ -48,7 +48,6 @@ pub fn fold_threshold(meta: &Meta) -> u64 {
 struct Rows {
     /// The snapshot as a mutable private copy, when it keeps its vectors.
     base: Option<(VectorIndex, Vec<u64>)>,
-    snapshot_vectors: Vec<f32>,
     appended: Vec<RecordKey>,
     appended_vectors: Vec<f32>,
 }
@@ -69,7 +68,6 @@ unsafe fn read_rows(index: pg_sys::Relation, cut: &Cut) -> Rows {
         };
         let mut rows = Rows {
             base: None,
-            snapshot_vectors: Vec::new(),
             appended: Vec::new(),
             appended_vectors: Vec::new(),
         };
@@ -83,9 +81,6 @@ unsafe fn read_rows(index: pg_sys::Relation, cut: &Cut) -> Rows {
                 )
             });
             drop(bytes);
-            rows.snapshot_vectors = base.0.vectors().unwrap_or_else(|e| {
-                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
-            });
             rows.base = Some(base);
         }
         let read = read_records_to(
@@ -149,10 +144,14 @@ unsafe fn regenerate(index: pg_sys::Relation, compact: bool) {
         let mut base_rows = HashSet::new();
         let (base, carried) = match rows.base {
             Some((base, base_hashes)) if !keep_base => {
+                // Only a compaction reads the snapshot's vectors back (a fold extends it).
+                let base_vectors = base.vectors().unwrap_or_else(|e| {
+                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
+                });
                 for (i, &id) in base.ids().iter().enumerate() {
                     if !marks.contains(i) {
                         let hash = if text { base_hashes[i] } else { 0 };
-                        take(id, hash, &rows.snapshot_vectors[i * dim..(i + 1) * dim]);
+                        take(id, hash, &base_vectors[i * dim..(i + 1) * dim]);
                     }
                 }
                 (None, Vec::new())

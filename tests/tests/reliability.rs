@@ -147,7 +147,10 @@ fn sigkill_during_inserts_loses_no_committed_row_and_shows_no_uncommitted_one() 
         !table.iter().any(|&id| id > 900_000),
         "uncommitted rows in the table"
     );
-    c.batch_execute("SET enable_seqscan = off").unwrap();
+    // Every row through the index: past semantic.max_scan_tuples a scan stops, and the
+    // appended rows may have been folded into the snapshot meanwhile.
+    c.batch_execute("SET enable_seqscan = off; SET semantic.max_scan_tuples = 1000000")
+        .unwrap();
     let all: HashSet<i32> = ids(
         &mut c,
         "SELECT id FROM v ORDER BY vec <-> $1 LIMIT 100000",

@@ -108,14 +108,8 @@ impl CacheDir {
         server_start: i64,
     ) -> Opened<S> {
         let path = self.path(owner, key);
-        let identity = match std::fs::metadata(&path) {
-            Ok(m) => format!(
-                "{server_start} {} {} {} {}",
-                m.dev(),
-                m.ino(),
-                m.len(),
-                m.mtime_nsec() + m.mtime() * 1_000_000_000
-            ),
+        let identity = match identity(&path, server_start) {
+            Ok(identity) => identity,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Opened::Missing,
             Err(e) => {
                 return Opened::Damaged(IndexError::Corrupt(format!("{}: {e}", path.display())))
@@ -136,6 +130,17 @@ impl CacheDir {
                 Opened::Ready(snapshot)
             }
             Err(e) => Opened::Damaged(e),
+        }
+    }
+
+    /// Records that `key`'s file, just published by this process from bytes it computed, needs
+    /// no checksum pass in this server start (`server_start` as for [`CacheDir::open`]): the
+    /// first search after a rewrite then maps it without reading it all. Best effort.
+    pub fn mark_verified(&self, owner: &str, key: &CacheKey, server_start: i64) {
+        let path = self.path(owner, key);
+        if let Ok(identity) = identity(&path, server_start) {
+            let stamp = Self::sibling(&path, ".verified");
+            let _ = write_durably(&stamp, self.fsync, |w| w.write_all(identity.as_bytes()));
         }
     }
 
@@ -268,6 +273,19 @@ impl CacheDir {
             }
         }
     }
+}
+
+/// What identifies a file's contents in one server start: the start, the file's device, inode,
+/// size and modification time (rewriting or replacing the file changes it).
+fn identity(path: &Path, server_start: i64) -> io::Result<String> {
+    let m = std::fs::metadata(path)?;
+    Ok(format!(
+        "{server_start} {} {} {} {}",
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000
+    ))
 }
 
 /// Writes `path` as a whole or not at all: a temporary file in the same directory, fsynced,

@@ -709,6 +709,22 @@ pub fn rewrite<R: Relation>(
     }
     let (marks_head, marks_tail) = writer.finish();
 
+    // The old generation's pages, listed before the metapage lock (inserts would wait for the
+    // walk): its snapshot and marks do not change during a rewrite, nor its records chain up to
+    // the cut; the pages inserts added since are listed under the lock.
+    let old_snapshot = chain_blocks(rel, at_cut.snapshot_head, at_cut.generation);
+    let old_marks = chain_blocks(rel, at_cut.marks_head, at_cut.generation);
+    let mut old_records = Vec::new();
+    if cut_end.block != NO_BLOCK {
+        let mut block = at_cut.records_head;
+        while block != NO_BLOCK && block != cut_end.block {
+            old_records.push(block);
+            block = special(Locked::new(rel, block, Lock::Share).page())
+                .filter(|c| c.generation == at_cut.generation)
+                .map_or(NO_BLOCK, |c| c.next);
+        }
+    }
+
     let mut lock = MetaLock::lock(rel)?;
     let now = lock.meta.clone();
     if now.generation != at_cut.generation {
@@ -753,9 +769,14 @@ pub fn rewrite<R: Relation>(
     }
     let (records_head, records_tail) = writer.finish();
 
-    let old_records = chain_blocks(rel, now.records_head, now.generation);
-    let old_snapshot = chain_blocks(rel, now.snapshot_head, now.generation);
-    let old_marks = chain_blocks(rel, now.marks_head, now.generation);
+    // The rest of the old records chain: from the cut's page (or the whole chain when it was
+    // empty at the cut) to its end.
+    let rest_from = if cut_end.block == NO_BLOCK {
+        now.records_head
+    } else {
+        cut_end.block
+    };
+    old_records.extend(chain_blocks(rel, rest_from, now.generation));
     lock.meta = Meta {
         generation,
         cache_key: if new.snapshot.is_empty() {
