@@ -383,9 +383,12 @@ fn repeated_delete_insert_vacuum_keeps_recall_and_size() {
             let info = format!("SELECT pages FROM semantic_index_info('{table}_vec')");
             pages.push(c.query_one(&info, &[]).unwrap().get::<_, i64>(0));
         }
-        let bound = pages[2] * 3 / 2;
+        // A rewrite writes the new generation beside the old one, whose pages the next reuses:
+        // at most two generations' worth (reached when a fold the inserts set off comes
+        // between two compactions), however many cycles.
+        let bound = pages[0] * 2 + 32;
         assert!(
-            pages.iter().skip(3).all(|&p| p <= bound),
+            pages.iter().all(|&p| p <= bound),
             "{factory}: index pages keep growing: {pages:?}"
         );
     }
@@ -718,7 +721,8 @@ fn vacuum_marks_dead_rows_and_compacts_past_the_threshold() {
 /// afterwards the index holds exactly the committed rows.
 #[test]
 fn inserts_and_searches_go_on_through_folds_and_compactions() {
-    let cluster = Cluster::start("rewrite_concurrency", &[]);
+    // Folds only when asked here: the first one has 10,000 appended rows to add to the graph.
+    let cluster = Cluster::start("rewrite_concurrency", &["semantic.max_appended = 10000000"]);
     let mut c = cluster.connect();
     c.batch_execute(
         "CREATE EXTENSION semantic;
@@ -729,6 +733,7 @@ fn inserts_and_searches_go_on_through_folds_and_compactions() {
     copy_vectors(&mut c, "v", 1, &clustered(n, 41));
     c.batch_execute("CREATE INDEX v_vec ON v USING faiss (vec) WITH (factory = 'HNSW16')")
         .unwrap();
+    copy_vectors(&mut c, "v", 500_001, &clustered(10_000, 45));
 
     let stop = Arc::new(AtomicBool::new(false));
     let committed: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::default();
