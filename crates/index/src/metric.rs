@@ -19,14 +19,31 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// The score FAISS gives vector `v` against query `q`: their inner product,
-    /// or their squared Euclidean distance.
-    pub fn score(self, v: impl IntoIterator<Item = f32>, q: &[f32]) -> f32 {
-        let pairs = v.into_iter().zip(q);
-        match self {
-            Metric::InnerProduct => pairs.map(|(v, q)| v * q).sum(),
-            Metric::L2 => pairs.map(|(v, q)| (v - q) * (v - q)).sum(),
+    /// The score FAISS gives vector `v` (little-endian f32 bytes, as index pages hold them)
+    /// against query `q`: their inner product, or their squared Euclidean distance. Summed in
+    /// eight lanes, which the compiler turns into SIMD (a single running sum cannot be
+    /// reordered): the exact scan of appended records runs at FAISS's speed.
+    pub fn score_le(self, v: &[u8], q: &[f32]) -> f32 {
+        const LANES: usize = 8;
+        let term = |v: f32, q: f32| match self {
+            Metric::InnerProduct => v * q,
+            Metric::L2 => (v - q) * (v - q),
+        };
+        let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let mut lanes = [0f32; LANES];
+        let (vs, qs) = (v.chunks_exact(4 * LANES), q.chunks_exact(LANES));
+        let (v_rest, q_rest) = (vs.remainder(), qs.remainder());
+        for (vc, qc) in vs.zip(qs) {
+            for i in 0..LANES {
+                lanes[i] += term(value(&vc[4 * i..4 * i + 4]), qc[i]);
+            }
         }
+        let rest: f32 = v_rest
+            .chunks_exact(4)
+            .zip(q_rest)
+            .map(|(b, &q)| term(value(b), q))
+            .sum();
+        lanes.iter().sum::<f32>() + rest
     }
 
     /// Whether score `a` ranks strictly better than score `b` under this metric.
@@ -195,6 +212,14 @@ mod tests {
         assert_eq!(IndexMetric::Dot.score_of_distance(-11.0), 11.0);
         // FAISS's L2 score is squared; tiny negative residues give distance 0.
         assert_eq!(IndexMetric::L2.distance(-1e-7), 0.0);
-        assert_eq!(Metric::L2.score([1.0f32, 1.0], &[0.0, 3.0]), 5.0);
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        assert_eq!(Metric::L2.score_le(&bytes(&[1.0, 1.0]), &[0.0, 3.0]), 5.0);
+        // Lanes and remainder: 19 values, against a plain sum.
+        let v: Vec<f32> = (0..19).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let q: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let dot: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+        let l2: f32 = v.iter().zip(&q).map(|(a, b)| (a - b) * (a - b)).sum();
+        assert!((Metric::InnerProduct.score_le(&bytes(&v), &q) - dot).abs() < 1e-4);
+        assert!((Metric::L2.score_le(&bytes(&v), &q) - l2).abs() < 1e-4);
     }
 }

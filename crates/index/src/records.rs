@@ -140,10 +140,5 @@ pub fn score_records<'a>(
     query: &'a [f32],
     metric: crate::Metric,
 ) -> impl Iterator<Item = (RecordKey, f32)> + 'a {
-    live(bytes, dim).map(move |r| {
-        let values = r[HEADER..]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-        (decode_key(r), metric.score(values, query))
-    })
+    live(bytes, dim).map(move |r| (decode_key(r), metric.score_le(&r[HEADER..], query)))
 }
