@@ -1,13 +1,16 @@
 //! Ordered scans: `ORDER BY col <@> 'query' LIMIT k`, best BM25 score first. Each search asks
 //! the snapshot for its top candidates (MaxScore over its posting lists) and scores the rows
-//! appended since the snapshot exactly, reading their text back from the table; corpus
+//! appended since the snapshot exactly, reading their text back from the table the first time
+//! this backend meets them (analysed rows are kept per backend until the next fold); corpus
 //! statistics and document frequencies cover both. When the executor keeps asking (filters,
 //! dead rows) the search is repeated deeper, skipping rows already returned, up to
 //! `semantic.max_scan_tuples` candidates. Once every row that holds a query term has come
 //! out, the other rows follow at distance 0 (an ORDER BY returns every row), unless the
 //! search stopped at `semantic.max_scan_tuples`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -144,39 +147,95 @@ unsafe fn appended_keys(index: pg_sys::Relation, meta: &Meta) -> Option<Vec<Reco
     matches!(read, ChainRead::Done).then_some(keys)
 }
 
-/// Reads and analyses the appended rows for `terms`.
+/// An appended row as its text was analysed: its length and its lexemes' frequencies, sorted.
+struct AnalysedRow {
+    length: u32,
+    lexemes: Vec<(Box<str>, u32)>,
+}
+
+/// The appended rows one generation of an index had when this backend last searched it.
+struct AnalysedTail {
+    relfilenode: u32,
+    generation: u64,
+    /// By row id and text hash (a TID given to another text is another row); None where the
+    /// text could not be read back (the row is gone).
+    rows: HashMap<(i64, u64), Option<Rc<AnalysedRow>>>,
+}
+
+thread_local! {
+    /// Appended rows this backend has read back and analysed, per index: a search analyses only
+    /// the rows appended since its last one. Dropped at each new generation (a fold), so it
+    /// holds at most the fold threshold's rows.
+    static ANALYSED: RefCell<HashMap<pg_sys::Oid, AnalysedTail>> = RefCell::default();
+}
+
+/// The appended rows of `keys`, analysed for `terms`: from this backend's cache of analysed
+/// rows, reading back and analysing only those it has not seen.
 unsafe fn analyse_appended(
+    index: pg_sys::Relation,
     heap: pg_sys::Relation,
-    attnum: i16,
-    config: pg_sys::Oid,
+    meta: &Meta,
     keys: &[RecordKey],
     terms: &[(String, u32)],
 ) -> Vec<AppendedRow> {
-    let position: HashMap<&str, usize> = terms
-        .iter()
-        .enumerate()
-        .map(|(i, (t, _))| (t.as_str(), i))
-        .collect();
-    keys.iter()
-        .filter_map(|key| {
-            // SAFETY: the scan's heap relation.
-            let text = unsafe { row_text(heap, attnum, key) }?;
-            let mut tfs = vec![0u32; terms.len()];
-            let mut length = 0;
-            for (lexeme, tf) in lexemes(config, &text) {
-                length += tf;
-                if let Some(&i) = position.get(lexeme.as_str()) {
-                    tfs[i] = tf;
-                }
-            }
-            Some(AppendedRow {
-                id: tid_to_id(key.block, key.offset),
-                text_hash: key.text_hash,
-                length,
-                tfs,
+    // SAFETY: the scan's open index.
+    let (oid, relfilenode, attnum) = unsafe {
+        (
+            (*index).rd_id,
+            crate::compat::relation_file(index).number,
+            super::build::indexed_column(index),
+        )
+    };
+    let config = pg_sys::Oid::from(settings(meta).config_oid);
+    ANALYSED.with(|analysed| {
+        let mut analysed = analysed.borrow_mut();
+        let tail = analysed.entry(oid).or_insert_with(|| AnalysedTail {
+            relfilenode,
+            generation: meta.generation,
+            rows: HashMap::new(),
+        });
+        if tail.relfilenode != relfilenode || tail.generation != meta.generation {
+            *tail = AnalysedTail {
+                relfilenode,
+                generation: meta.generation,
+                rows: HashMap::new(),
+            };
+        }
+        keys.iter()
+            .filter_map(|key| {
+                let id = tid_to_id(key.block, key.offset);
+                let row = tail
+                    .rows
+                    .entry((id, key.text_hash))
+                    .or_insert_with(|| {
+                        // SAFETY: the scan's heap relation.
+                        let text = unsafe { row_text(heap, attnum, key) }?;
+                        let mut lexemes: Vec<(Box<str>, u32)> = lexemes(config, &text)
+                            .into_iter()
+                            .map(|(l, tf)| (l.into_boxed_str(), tf))
+                            .collect();
+                        lexemes.sort_unstable();
+                        let length = lexemes.iter().map(|(_, tf)| tf).sum();
+                        Some(Rc::new(AnalysedRow { length, lexemes }))
+                    })
+                    .clone()?;
+                let tfs = terms
+                    .iter()
+                    .map(|(term, _)| {
+                        row.lexemes
+                            .binary_search_by(|(l, _)| l.as_ref().cmp(term.as_str()))
+                            .map_or(0, |i| row.lexemes[i].1)
+                    })
+                    .collect();
+                Some(AppendedRow {
+                    id,
+                    text_hash: key.text_hash,
+                    length: row.length,
+                    tfs,
+                })
             })
-        })
-        .collect()
+            .collect()
+    })
 }
 
 unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
@@ -205,16 +264,7 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
             // SAFETY: as above.
             let keys = unsafe { appended_keys(index, &meta) }?;
             // SAFETY: the scan's index and heap.
-            let rows = unsafe {
-                let attnum = super::build::indexed_column(index);
-                analyse_appended(
-                    heap,
-                    attnum,
-                    pg_sys::Oid::from(settings.config_oid),
-                    &keys,
-                    terms,
-                )
-            };
+            let rows = unsafe { analyse_appended(index, heap, &meta, &keys, terms) };
             *appended_state = Some((meta.generation, rows));
         }
         let appended = &appended_state.as_ref().expect("set above").1;
