@@ -1,0 +1,92 @@
+"""Driver of benchmarks/build_memory.sh (run it through that script).
+
+  bench_build_memory.py PORT N1 N2
+
+For each size N: tables of N rows (clustered.py's 384-d vectors as real[] and as vector(384);
+synthetic documents of 10-90 words from a 200,000-word Zipf vocabulary), then each CREATE
+INDEX in a fresh connection (semantic.threads 1, pgvector without parallel workers,
+maintenance_work_mem 1GB): the backend's VmHWM (peak resident memory, shared buffers it touched
+included) and VmRSS from /proc before and after, and the index's size.
+"""
+import sys
+
+import numpy as np
+import psycopg
+
+from clustered import Clustered, copy_real_arrays
+
+port, sizes = sys.argv[1], [int(x) for x in sys.argv[2:]]
+DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+
+
+def status(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon"):
+                fields[key] = int(value.split()[0]) // 1024
+    return fields
+
+
+def build(sql, index):
+    with psycopg.connect(DSN, autocommit=True) as c:
+        c.execute("SET maintenance_work_mem = '1GB'")
+        c.execute("SET semantic.threads = 1")
+        c.execute("SELECT 1 FROM pg_class LIMIT 1")
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        before = status(pid)
+        c.execute(sql)
+        after = status(pid)
+        size = c.execute(f"SELECT pg_relation_size('{index}') / 1048576").fetchone()[0]
+        c.execute(f"DROP INDEX {index}")
+    return before, after, size
+
+
+VOCAB = 200_000
+letters = np.array(list("bcdfghjklmnpqrstvwxz"))
+
+
+def word(i):
+    out = []
+    i += 1
+    while i:
+        out.append(letters[i % 20])
+        i //= 20
+    return "q" + "".join(out) + "a"
+
+
+words = [word(i) for i in range(VOCAB)]
+weights = 1.0 / np.arange(1, VOCAB + 1) ** 1.1
+weights /= weights.sum()
+
+with psycopg.connect(DSN, autocommit=True) as c:
+    c.execute("CREATE EXTENSION IF NOT EXISTS semantic")
+    c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+for n in sizes:
+    rng = np.random.default_rng(n)
+    base = Clustered(n).draw(n)
+    lengths = rng.integers(10, 91, size=n)
+    draws = rng.choice(VOCAB, size=int(lengths.sum()), p=weights)
+    with psycopg.connect(DSN, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS vr, vv, docs")
+        c.execute("CREATE TABLE vr (id int, vec real[])")
+        copy_real_arrays(c, "vr", base)
+        c.execute("CREATE TABLE vv AS SELECT id, vec::vector(384) AS v FROM vr")
+        c.execute("CREATE TABLE docs (id int, doc text)")
+        at = 0
+        with c.cursor().copy("COPY docs (id, doc) FROM STDIN") as cp:
+            for i, length in enumerate(lengths):
+                cp.write_row((i + 1, " ".join(words[w] for w in draws[at:at + length])))
+                at += length
+        c.execute("VACUUM ANALYZE vr, vv, docs")
+        sizes_mb = c.execute("SELECT pg_relation_size('vr') / 1048576, pg_total_relation_size('docs') / 1048576").fetchone()
+    print(f"N = {n}: real[] table {sizes_mb[0]} MB, docs table {sizes_mb[1]} MB")
+    for name, sql, index in [
+        ("faiss HNSW16 (real[])", "CREATE INDEX vr_idx ON vr USING faiss (vec) WITH (factory = 'HNSW16')", "vr_idx"),
+        ("bm25", "CREATE INDEX docs_idx ON docs USING bm25 (doc)", "docs_idx"),
+        ("pgvector HNSW", "CREATE INDEX vv_idx ON vv USING hnsw (v vector_l2_ops) WITH (m = 16, ef_construction = 64)", "vv_idx"),
+    ]:
+        before, after, size = build(sql, index)
+        print(f"  {name}: VmHWM {before['VmHWM']} -> {after['VmHWM']} MB, RssAnon {before['RssAnon']} -> "
+              f"{after['RssAnon']} MB; index {size} MB")
