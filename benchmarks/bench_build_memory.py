@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import psycopg
 
+import zipf
 from clustered import Clustered, copy_real_arrays
 
 port, sizes = sys.argv[1], [int(x) for x in sys.argv[2:]]
@@ -43,42 +44,22 @@ def build(sql, index):
     return before, after, size
 
 
-VOCAB = 200_000
-letters = np.array(list("bcdfghjklmnpqrstvwxz"))
-
-
-def word(i):
-    out = []
-    i += 1
-    while i:
-        out.append(letters[i % 20])
-        i //= 20
-    return "q" + "".join(out) + "a"
-
-
-words = [word(i) for i in range(VOCAB)]
-weights = 1.0 / np.arange(1, VOCAB + 1) ** 1.1
-weights /= weights.sum()
-
 with psycopg.connect(DSN, autocommit=True) as c:
     c.execute("CREATE EXTENSION IF NOT EXISTS semantic")
     c.execute("CREATE EXTENSION IF NOT EXISTS vector")
 for n in sizes:
     rng = np.random.default_rng(n)
     base = Clustered(n).draw(n)
-    lengths = rng.integers(10, 91, size=n)
-    draws = rng.choice(VOCAB, size=int(lengths.sum()), p=weights)
+    docs = zipf.documents(rng, n)
     with psycopg.connect(DSN, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS vr, vv, docs")
         c.execute("CREATE TABLE vr (id int, vec real[])")
         copy_real_arrays(c, "vr", base)
         c.execute("CREATE TABLE vv AS SELECT id, vec::vector(384) AS v FROM vr")
         c.execute("CREATE TABLE docs (id int, doc text)")
-        at = 0
         with c.cursor().copy("COPY docs (id, doc) FROM STDIN") as cp:
-            for i, length in enumerate(lengths):
-                cp.write_row((i + 1, " ".join(words[w] for w in draws[at:at + length])))
-                at += length
+            for i, doc in enumerate(docs):
+                cp.write_row((i + 1, doc))
         c.execute("VACUUM ANALYZE vr, vv, docs")
         sizes_mb = c.execute("SELECT pg_relation_size('vr') / 1048576, pg_total_relation_size('docs') / 1048576").fetchone()
     print(f"N = {n}: real[] table {sizes_mb[0]} MB, docs table {sizes_mb[1]} MB")

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import psycopg
 
+import zipf
 from clustered import Clustered, copy_real_arrays
 
 port, n = sys.argv[1], int(sys.argv[2])
@@ -67,33 +68,11 @@ print(f"faiss HNSW16, N = {n}: p50 just built {built:.2f} ms; with {appended} ap
       f"(generation {gen}): {tail:.2f} ms = {tail / built:.2f}x")
 
 # bm25
-VOCAB = 200_000
 rng = np.random.default_rng(20261201)
-letters = np.array(list("bcdfghjklmnpqrstvwxz"))
-
-
-def word(i):
-    out = []
-    i += 1
-    while i:
-        out.append(letters[i % 20])
-        i //= 20
-    return "q" + "".join(out) + "a"
-
-
-words = [word(i) for i in range(VOCAB)]
-weights = 1.0 / np.arange(1, VOCAB + 1) ** 1.1
-weights /= weights.sum()
 threshold = max(200, n // 50)
 total = n + threshold
-lengths = rng.integers(10, 91, size=total)
-draws = rng.choice(VOCAB, size=int(lengths.sum()), p=weights)
-docs, at = [], 0
-for length in lengths:
-    docs.append(" ".join(words[w] for w in draws[at:at + length]))
-    at += length
-lq = [(" ".join(words[min(VOCAB - 1, int(VOCAB ** rng.random()))] for _ in range(rng.integers(2, 6))),)
-      for _ in range(NQ)]
+docs = zipf.documents(rng, total)
+lq = [(q,) for q in zipf.queries(rng, NQ)]
 c.execute("CREATE TABLE docs (id int PRIMARY KEY, doc text)")
 with c.cursor().copy("COPY docs (id, doc) FROM STDIN") as cp:
     for i in range(n):

@@ -317,6 +317,20 @@ pub fn cluster_with_extension(name: &str) -> (Cluster, postgres::Client) {
 
 /// Runs `sql`, expects an ERROR with `state` whose message contains `message_part`, and checks
 /// that the connection still works afterwards.
+/// A backend's anonymous memory in KiB, from its smaps_rollup.
+pub fn backend_anonymous_kib(client: &mut postgres::Client) -> u64 {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 pub fn expect_error(
     client: &mut postgres::Client,
     sql: &str,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::Client;
 use semantic_encoder::cosine_similarity as cosine;
-use semantic_tests::{expect_error, Cluster};
+use semantic_tests::{backend_anonymous_kib, expect_error, Cluster};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 const TEXTS: [&str; 4] = [
@@ -54,20 +54,6 @@ fn loaded_here(client: &mut Client) -> bool {
         )
         .unwrap()
         .get(0)
-}
-
-/// This backend's anonymous memory, from its smaps_rollup.
-fn backend_anonymous_kib(client: &mut Client) -> u64 {
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Anonymous:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn signal(pid: i32, sig: &str) {

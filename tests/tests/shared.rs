@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use postgres::Client;
 use semantic_tests::vectors::{clustered, copy_vectors, exact, via_index};
-use semantic_tests::Cluster;
+use semantic_tests::{backend_anonymous_kib, Cluster};
 
 fn snapshot_dir(cluster: &Cluster) -> PathBuf {
     cluster.data.join("pg_stat_tmp/semantic")
@@ -416,20 +416,6 @@ fn max_scan_tuples_caps_the_deepening_search() {
     c.batch_execute("SET semantic.max_scan_tuples = 3000")
         .unwrap();
     assert_eq!(rows(&mut c), 5);
-}
-
-/// This backend's anonymous memory, from its smaps_rollup.
-fn backend_anonymous_kib(client: &mut Client) -> u64 {
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Anonymous:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Scans that error mid-way (the query's filter fails on a row the index scan returned) leave

@@ -675,26 +675,21 @@ pub fn rewrite<R: Relation>(
     let mut pool = Pool(pool);
     let generation = at_cut.generation + 1;
 
-    let mut lock_dim = dim;
-    let records_chain = |rel: &R, pool: &mut Pool, records: &[u8], dim: usize| {
-        let size = record_size(dim);
-        let per_page = records_per_page(dim).max(1);
-        let mut writer = ChainWriter::new(rel, PageKind::Records, generation);
-        let mut end = ChainPos {
-            block: NO_BLOCK,
-            slot: 0,
-        };
-        for page in records.chunks(per_page * size) {
-            let block = writer.push(pool, page, (page.len() / size) as u16);
-            end = ChainPos {
-                block,
-                slot: (page.len() / size) as u32,
-            };
-        }
-        let (head, tail) = writer.finish();
-        (head, tail, end)
+    let size = record_size(dim);
+    let per_page = records_per_page(dim).max(1);
+    let mut writer = ChainWriter::new(rel, PageKind::Records, generation);
+    let mut end = ChainPos {
+        block: NO_BLOCK,
+        slot: 0,
     };
-    let (records_head, records_tail, end) = records_chain(rel, &mut pool, new.records, dim);
+    for page in new.records.chunks(per_page * size) {
+        let block = writer.push(&mut pool, page, (page.len() / size) as u16);
+        end = ChainPos {
+            block,
+            slot: (page.len() / size) as u32,
+        };
+    }
+    let (records_head, records_tail) = writer.finish();
 
     let mut writer = ChainWriter::new(rel, PageKind::Snapshot, generation);
     for page in new.snapshot.chunks(PAGE_CAPACITY) {
@@ -733,9 +728,7 @@ pub fn rewrite<R: Relation>(
         ));
     }
     // A real[] index built empty takes its dimension from its first insert, maybe since the cut.
-    if lock_dim == 0 {
-        lock_dim = now.dim as usize;
-    }
+    let dim = if dim == 0 { now.dim as usize } else { dim };
     // The records appended since the cut go on after the new generation's records.
     let from = if cut_end.block == NO_BLOCK {
         ChainPos {
@@ -747,7 +740,7 @@ pub fn rewrite<R: Relation>(
     };
     let mut carried = Vec::new();
     if from.block != NO_BLOCK
-        && read_records(rel, from, now.generation, lock_dim, |bytes| {
+        && read_records(rel, from, now.generation, dim, |bytes| {
             carried.extend_from_slice(bytes)
         }) != ChainRead::Done
     {
@@ -755,8 +748,8 @@ pub fn rewrite<R: Relation>(
             "the records chain changed during a rewrite".into(),
         ));
     }
-    let size = record_size(lock_dim);
-    let per_page = records_per_page(lock_dim).max(1);
+    let size = record_size(dim);
+    let per_page = records_per_page(dim).max(1);
     let mut writer = ChainWriter::resume(
         rel,
         PageKind::Records,
@@ -794,7 +787,7 @@ pub fn rewrite<R: Relation>(
         snapshot_records: new.snapshot_vectors,
         // Rows inserted since the cut are carried with their records.
         rows: new.rows + now.rows.saturating_sub(at_cut.rows),
-        dim: lock_dim as u32,
+        dim: dim as u32,
         marks_head,
         marks_tail,
         marked: new.marks.len() as u64,
