@@ -144,6 +144,11 @@ pub fn append_record(
     chain::append_record(index, lock, key, vector).unwrap_or_else(|e| corrupted(e))
 }
 
+/// Appends a bm25 row's terms entry (see [`chain::append_terms`]), under the metapage lock.
+pub fn append_terms(index: &Index, lock: &mut MetaLock<'_, Index>, bytes: &[u8]) {
+    chain::append_terms(index, lock, bytes).unwrap_or_else(|e| corrupted(e))
+}
+
 /// Marks snapshot positions dead (VACUUM), under the metapage lock.
 pub fn append_marks(index: &Index, lock: &mut MetaLock<'_, Index>, positions: &[u32]) {
     chain::append_marks(index, lock, positions).unwrap_or_else(|e| corrupted(e))
@@ -178,6 +183,28 @@ pub unsafe fn read_records(
     visit: impl FnMut(&[u8]),
 ) -> ChainRead {
     chain::read_records(&Index(rel), from, generation, dim, visit)
+}
+
+/// See [`chain::read_records_from`].
+pub unsafe fn read_records_from(
+    rel: pg_sys::Relation,
+    from: ChainPos,
+    generation: u64,
+    dim: usize,
+    visit: impl FnMut(&[u8]),
+) -> Option<ChainPos> {
+    chain::read_records_from(&Index(rel), from, generation, dim, visit)
+}
+
+/// See [`chain::read_terms`].
+pub unsafe fn read_terms(
+    rel: pg_sys::Relation,
+    from: ChainPos,
+    end: Option<ChainPos>,
+    generation: u64,
+    visit: impl FnMut(&[u8]),
+) -> Option<ChainPos> {
+    chain::read_terms(&Index(rel), from, end, generation, visit)
 }
 
 /// See [`chain::read_records_to`].

@@ -1,14 +1,39 @@
-//! Rows appended since the snapshot are read back from the table: the index keeps only their
-//! key (TID and text hash), so their text is fetched and analysed where it lies.
+//! Appended rows whose insert stored no terms entry (an index written before 0.6.0 keeps only
+//! their key, TID and text hash) are read back from the table and analysed where they lie.
+
+use std::collections::HashMap;
 
 use pgrx::pg_sys;
 use semantic_index::records::{text_hash, RecordKey};
+use semantic_index::tid_to_id;
 
+use super::analyze::lexemes;
 use crate::am::vectors::datum_text;
+
+/// Terms entries by row id and text hash, waiting for their records.
+pub type Entries = HashMap<(u64, u64), Vec<(String, u32)>>;
+
+/// The lexemes of the appended row `key`: its entry in `entries` (taken out), else its text
+/// read back from `heap` (column `attnum`) and analysed under `config`; None when the row's
+/// slot no longer holds its text.
+pub unsafe fn appended_lexemes(
+    entries: &mut Entries,
+    key: &RecordKey,
+    heap: pg_sys::Relation,
+    attnum: i16,
+    config: pg_sys::Oid,
+) -> Option<Vec<(String, u32)>> {
+    let id = tid_to_id(key.block, key.offset) as u64;
+    if let Some(lexemes) = entries.remove(&(id, key.text_hash)) {
+        return Some(lexemes);
+    }
+    // SAFETY: the caller's open heap.
+    unsafe { row_text(heap, attnum, key) }.map(|text| lexemes(config, &text))
+}
 
 /// The indexed text of the row at `key` in `heap` (column `attnum`), whatever its visibility
 /// (the executor checks that), or None when the slot no longer holds that text.
-pub unsafe fn row_text(heap: pg_sys::Relation, attnum: i16, key: &RecordKey) -> Option<String> {
+unsafe fn row_text(heap: pg_sys::Relation, attnum: i16, key: &RecordKey) -> Option<String> {
     // SAFETY: a heap relation the caller holds open; the tuple is read while its buffer is
     // pinned, and the buffer released on every path.
     unsafe {

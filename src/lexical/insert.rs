@@ -1,11 +1,15 @@
-//! INSERT and UPDATE: the new row's key goes to the records chain; scans read its text back
-//! from the table and score it exactly until VACUUM folds it into the snapshot.
+//! INSERT and UPDATE: the new row is analysed here, outside any lock; its lexemes go to the
+//! terms chain and its key to the records chain, both under one hold of the metapage lock.
+//! Scans score it exactly from its entry until a fold takes it into the snapshot.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use semantic_index::records::{text_hash, RecordKey};
+use semantic_index::tid_to_id;
+use semantic_lexical::tail::encode_entry;
 
-use super::storage::{append_record, lock_meta, Index};
+use super::analyze::lexemes;
+use super::storage::{append_record, append_terms, lock_meta, read_meta, Index};
 use crate::am::build::tid_parts;
 use crate::am::vectors::datum_text;
 
@@ -27,13 +31,23 @@ pub unsafe extern "C-unwind" fn aminsert(
             return false;
         }
         let (block, offset) = tid_parts(heap_tid);
+        let text = datum_text(*values);
         let key = RecordKey {
             block,
             offset,
-            text_hash: text_hash(&datum_text(*values)),
+            text_hash: text_hash(&text),
         };
+        let config = pg_sys::Oid::from(super::settings(&read_meta(index)).config_oid);
+        let mut entry = Vec::new();
+        encode_entry(
+            tid_to_id(block, offset) as u64,
+            key.text_hash,
+            &lexemes(config, &text),
+            &mut entry,
+        );
         let rel = Index(index);
         let mut guard = lock_meta(&rel);
+        append_terms(&rel, &mut guard, &entry);
         guard.meta.rows += 1; // written with the record
         append_record(&rel, &mut guard, &key, &[]);
         let due = guard.meta.appended() > super::vacuum::fold_threshold(&guard.meta);

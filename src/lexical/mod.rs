@@ -76,6 +76,17 @@ CREATE OPERATOR CLASS bm25_text_ops DEFAULT FOR TYPE text USING bm25 AS
     requires = [bm25_amhandler, bm25_text_distance]
 );
 
+/// The settings a bm25 index's metapage keeps (an ERROR if it has none).
+fn settings(meta: &semantic_index::layout::Meta) -> &semantic_index::layout::LexicalSettings {
+    meta.lexical.as_ref().unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+            "bm25 index metapage has no lexical settings",
+            Some("REINDEX the index."),
+        )
+    })
+}
+
 /// Raises unless `index` is a bm25 index.
 unsafe fn check_bm25_index(index: &pgrx::PgRelation) {
     // SAFETY: an open relation.
@@ -118,13 +129,7 @@ fn semantic_lexical_info(
         check_bm25_index(&index);
         let rel = index.as_ptr();
         let meta = storage::read_meta(rel);
-        let settings = meta.lexical.clone().unwrap_or_else(|| {
-            raise(
-                PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-                "bm25 index metapage has no lexical settings",
-                Some("REINDEX the index."),
-            )
-        });
+        let settings = settings(&meta).clone();
         let terms = cache::snapshot(rel, &meta)
             .and_then(|sealed| {
                 semantic_lexical::Snapshot::parse(sealed.payload())

@@ -1,49 +1,39 @@
 //! Ordered scans: `ORDER BY col <@> 'query' LIMIT k`, best BM25 score first. Each search asks
 //! the snapshot for its top candidates (MaxScore over its posting lists) and scores the rows
-//! appended since the snapshot exactly, reading their text back from the table the first time
-//! this backend meets them (analysed rows are kept per backend until the next fold); corpus
-//! statistics and document frequencies cover both. When the executor keeps asking (filters,
-//! dead rows) the search is repeated deeper, skipping rows already returned, up to
-//! `semantic.max_scan_tuples` candidates. Once every row that holds a query term has come
-//! out, the other rows follow at distance 0 (an ORDER BY returns every row), unless the
+//! appended since the snapshot exactly, from the terms entries their inserts stored (read by
+//! this backend once, into a small inverted index it extends as rows are appended, until the
+//! next fold); corpus statistics and document frequencies cover both. When the executor keeps
+//! asking (filters, dead rows) the search is repeated deeper, skipping rows already returned,
+//! up to `semantic.max_scan_tuples` candidates. Once every row that holds a query term has
+//! come out, the other rows follow at distance 0 (an ORDER BY returns every row), unless the
 //! search stopped at `semantic.max_scan_tuples`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{Meta, NO_BLOCK};
-use semantic_index::records::{decode_records_into, RecordKey};
+use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
+use semantic_index::records::decode_records_into;
 use semantic_index::tid_to_id;
-use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Snapshot};
+use semantic_lexical::tail::decode_entries;
+use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Snapshot, Tail};
 
 use super::analyze::lexemes;
-use super::heap::row_text;
-use super::storage::{read_meta, read_records, ChainRead};
+use super::heap::{appended_lexemes, Entries};
+use super::settings;
+use super::storage::{read_meta, read_records, read_records_from, read_terms, ChainRead};
 use crate::am::ordered::{self, retry_while_changing, Candidate, OrderedBy, RowQueue};
 use crate::am::vectors::datum_text;
 use crate::errors::raise;
 use crate::gucs;
 
-/// A row appended since the snapshot, analysed for this scan's query.
-struct AppendedRow {
-    id: i64,
-    text_hash: u64,
-    length: u32,
-    /// Its frequency of each query term.
-    tfs: Vec<u32>,
-}
-
 struct ScanState {
     queue: RowQueue,
     /// The query text and its lexemes with their frequencies.
     query: Option<(String, Vec<(String, u32)>)>,
-    /// The appended rows of generation .0, analysed once per scan.
-    appended: Option<(u64, Vec<AppendedRow>)>,
     k: usize,
     exhausted: bool,
     /// Whether the rows without any query term are still to come (after the matching ones).
@@ -68,7 +58,6 @@ pub unsafe extern "C-unwind" fn ambeginscan(
         let state = ScanState {
             queue: RowQueue::new(OrderedBy::Bm25),
             query: None,
-            appended: None,
             k: 0,
             exhausted: true,
             rest_pending: false,
@@ -77,16 +66,6 @@ pub unsafe extern "C-unwind" fn ambeginscan(
         (*scan).opaque = state as *mut std::ffi::c_void;
         scan
     }
-}
-
-fn settings(meta: &Meta) -> &semantic_index::layout::LexicalSettings {
-    meta.lexical.as_ref().unwrap_or_else(|| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
-            "bm25 index metapage has no lexical settings",
-            Some("REINDEX the index."),
-        )
-    })
 }
 
 #[pg_guard]
@@ -105,7 +84,6 @@ pub unsafe extern "C-unwind" fn amrescan(
         }
         state.queue.restart(None);
         state.query = None;
-        state.appended = None;
         state.exhausted = true;
         state.rest_pending = false;
         if (*scan).numberOfOrderBys < 1 {
@@ -131,111 +109,135 @@ pub unsafe extern "C-unwind" fn amrescan(
     }
 }
 
-/// The keys of the rows appended since `meta`'s snapshot; None if rewritten under the reader.
-unsafe fn appended_keys(index: pg_sys::Relation, meta: &Meta) -> Option<Vec<RecordKey>> {
-    let mut keys = Vec::new();
-    if meta.snapshot_end.block == NO_BLOCK {
-        return Some(keys);
-    }
-    let mut unused = Vec::new();
-    // SAFETY: an open index.
-    let read = unsafe {
-        read_records(index, meta.snapshot_end, meta.generation, 0, |bytes| {
-            decode_records_into(bytes, 0, &mut keys, &mut unused);
-        })
-    };
-    matches!(read, ChainRead::Done).then_some(keys)
-}
-
-/// An appended row as its text was analysed: its length and its lexemes' frequencies, sorted.
-struct AnalysedRow {
-    length: u32,
-    lexemes: Vec<(Box<str>, u32)>,
-}
-
-/// The appended rows one generation of an index had when this backend last searched it.
-struct AnalysedTail {
+/// What this backend has read of one index's appended rows.
+struct TailCache {
     relfilenode: u32,
     generation: u64,
-    /// By row id and text hash (a TID given to another text is another row); None where the
-    /// text could not be read back (the row is gone).
-    rows: HashMap<(i64, u64), Option<Rc<AnalysedRow>>>,
+    /// Appended records VACUUM had flagged dead when the cache was started: when that changes,
+    /// rows the cache holds may be dead, and it starts again.
+    dead_appended: u64,
+    /// Where the next read of the records and terms chains goes on (None: at their start).
+    records_at: Option<ChainPos>,
+    terms_at: Option<ChainPos>,
+    /// The first part of a terms entry still being appended.
+    partial: Vec<u8>,
+    /// Entries read before their records (appended meanwhile).
+    entries: Entries,
+    tail: Tail,
+}
+
+impl TailCache {
+    fn new(relfilenode: u32, meta: &Meta) -> Self {
+        TailCache {
+            relfilenode,
+            generation: meta.generation,
+            dead_appended: meta.dead_appended,
+            records_at: None,
+            terms_at: None,
+            partial: Vec::new(),
+            entries: Entries::new(),
+            tail: Tail::default(),
+        }
+    }
+
+    /// Reads the rows appended since the last read into the tail: their records first, then
+    /// the terms (each written before its record, so every record read has its entry in what
+    /// follows). None if the index was rewritten under the reader.
+    unsafe fn extend(
+        &mut self,
+        index: pg_sys::Relation,
+        heap: pg_sys::Relation,
+        meta: &Meta,
+    ) -> Option<()> {
+        let records_from = self
+            .records_at
+            .unwrap_or(if meta.snapshot_end.block == NO_BLOCK {
+                ChainPos {
+                    block: meta.records_head,
+                    slot: 0,
+                }
+            } else {
+                meta.snapshot_end
+            });
+        let terms_from = self.terms_at.unwrap_or(ChainPos {
+            block: meta.terms_head,
+            slot: 0,
+        });
+        let (mut keys, mut unused) = (Vec::new(), Vec::new());
+        let mut bytes = std::mem::take(&mut self.partial);
+        // SAFETY: the scan's open index.
+        let (records_end, terms_end) = unsafe {
+            let records_end = read_records_from(index, records_from, meta.generation, 0, |b| {
+                decode_records_into(b, 0, &mut keys, &mut unused);
+            })?;
+            let terms_end = read_terms(index, terms_from, None, meta.generation, |b| {
+                bytes.extend_from_slice(b)
+            })?;
+            (records_end, terms_end)
+        };
+        let mut rows = Vec::new();
+        let took = decode_entries(&bytes, &mut rows).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+                format!("bm25 index: {e}"),
+                Some("REINDEX the index."),
+            )
+        });
+        bytes.drain(..took);
+        self.partial = bytes;
+        self.entries
+            .extend(rows.into_iter().map(|r| ((r.id, r.text_hash), r.lexemes)));
+        self.records_at = (records_end.block != NO_BLOCK).then_some(records_end);
+        self.terms_at = (terms_end.block != NO_BLOCK).then_some(terms_end);
+        let config = pg_sys::Oid::from(settings(meta).config_oid);
+        // SAFETY: the scan's open index.
+        let attnum = unsafe { super::build::indexed_column(index) };
+        for key in &keys {
+            // SAFETY: the scan's heap.
+            let lexemes = unsafe { appended_lexemes(&mut self.entries, key, heap, attnum, config) };
+            if let Some(lexemes) = lexemes {
+                self.tail.add(
+                    tid_to_id(key.block, key.offset) as u64,
+                    key.text_hash,
+                    lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)),
+                );
+            }
+        }
+        Some(())
+    }
 }
 
 thread_local! {
-    /// Appended rows this backend has read back and analysed, per index: a search analyses only
-    /// the rows appended since its last one. Dropped at each new generation (a fold), so it
-    /// holds at most the fold threshold's rows.
-    static ANALYSED: RefCell<HashMap<pg_sys::Oid, AnalysedTail>> = RefCell::default();
+    /// The appended rows of each bm25 index this backend searched, for the generation it last
+    /// saw: a search reads only the rows appended since the previous one. Dropped at each new
+    /// generation (a fold), so each holds at most about `semantic.max_appended` rows.
+    static TAILS: RefCell<HashMap<pg_sys::Oid, TailCache>> = RefCell::default();
 }
 
-/// The appended rows of `keys`, analysed for `terms`: from this backend's cache of analysed
-/// rows, reading back and analysing only those it has not seen.
-unsafe fn analyse_appended(
+/// Calls `f` with the rows appended to `index` up to now; None if the index was rewritten
+/// under the reader.
+unsafe fn with_tail<T>(
     index: pg_sys::Relation,
     heap: pg_sys::Relation,
     meta: &Meta,
-    keys: &[RecordKey],
-    terms: &[(String, u32)],
-) -> Vec<AppendedRow> {
+    f: impl FnOnce(&Tail) -> T,
+) -> Option<T> {
     // SAFETY: the scan's open index.
-    let (oid, relfilenode, attnum) = unsafe {
-        (
-            (*index).rd_id,
-            crate::compat::relation_file(index).number,
-            super::build::indexed_column(index),
-        )
-    };
-    let config = pg_sys::Oid::from(settings(meta).config_oid);
-    ANALYSED.with(|analysed| {
-        let mut analysed = analysed.borrow_mut();
-        let tail = analysed.entry(oid).or_insert_with(|| AnalysedTail {
-            relfilenode,
-            generation: meta.generation,
-            rows: HashMap::new(),
-        });
-        if tail.relfilenode != relfilenode || tail.generation != meta.generation {
-            *tail = AnalysedTail {
-                relfilenode,
-                generation: meta.generation,
-                rows: HashMap::new(),
-            };
-        }
-        keys.iter()
-            .filter_map(|key| {
-                let id = tid_to_id(key.block, key.offset);
-                let row = tail
-                    .rows
-                    .entry((id, key.text_hash))
-                    .or_insert_with(|| {
-                        // SAFETY: the scan's heap relation.
-                        let text = unsafe { row_text(heap, attnum, key) }?;
-                        let mut lexemes: Vec<(Box<str>, u32)> = lexemes(config, &text)
-                            .into_iter()
-                            .map(|(l, tf)| (l.into_boxed_str(), tf))
-                            .collect();
-                        lexemes.sort_unstable();
-                        let length = lexemes.iter().map(|(_, tf)| tf).sum();
-                        Some(Rc::new(AnalysedRow { length, lexemes }))
-                    })
-                    .clone()?;
-                let tfs = terms
-                    .iter()
-                    .map(|(term, _)| {
-                        row.lexemes
-                            .binary_search_by(|(l, _)| l.as_ref().cmp(term.as_str()))
-                            .map_or(0, |i| row.lexemes[i].1)
-                    })
-                    .collect();
-                Some(AppendedRow {
-                    id,
-                    text_hash: key.text_hash,
-                    length: row.length,
-                    tfs,
-                })
-            })
-            .collect()
-    })
+    let (oid, relfilenode) =
+        unsafe { ((*index).rd_id, crate::compat::relation_file(index).number) };
+    // Taken out while it is extended: a read that errors half-way leaves no cache behind.
+    let cache = TAILS.with(|tails| tails.borrow_mut().remove(&oid));
+    let mut cache = cache
+        .filter(|c| {
+            (c.relfilenode, c.generation, c.dead_appended)
+                == (relfilenode, meta.generation, meta.dead_appended)
+        })
+        .unwrap_or_else(|| TailCache::new(relfilenode, meta));
+    // SAFETY: as above.
+    unsafe { cache.extend(index, heap, meta) }?;
+    let result = f(&cache.tail);
+    TAILS.with(|tails| tails.borrow_mut().insert(oid, cache));
+    Some(result)
 }
 
 unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
@@ -244,7 +246,6 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     let (_, terms) = state.query.as_ref().expect("searching needs a query");
     let k = state.k;
     let last = k >= gucs::max_scan_tuples();
-    let appended_state = &mut state.appended;
     let queue = &state.queue;
     let (scored, snapshot_done) = retry_while_changing(OrderedBy::Bm25, || {
         // SAFETY: an open index.
@@ -257,69 +258,55 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         });
         // SAFETY: as above.
         let dead = unsafe { crate::am::dead_positions(index, &meta, snapshot.documents()) }?;
-        if appended_state
-            .as_ref()
-            .is_none_or(|(g, _)| *g != meta.generation)
-        {
-            // SAFETY: as above.
-            let keys = unsafe { appended_keys(index, &meta) }?;
-            // SAFETY: the scan's index and heap.
-            let rows = unsafe { analyse_appended(index, heap, &meta, &keys, terms) };
-            *appended_state = Some((meta.generation, rows));
-        }
-        let appended = &appended_state.as_ref().expect("set above").1;
-        let base = snapshot.stats();
-        let bm25 = Bm25 {
-            k1: settings.k1,
-            b: settings.b,
-            stats: CorpusStats {
-                documents: base.documents + appended.len() as u64,
-                total_length: base.total_length
-                    + appended.iter().map(|r| r.length as u64).sum::<u64>(),
-            },
-        };
-        let weights: Vec<QueryTerm> = terms
-            .iter()
-            .enumerate()
-            .map(|(i, (term, qtf))| {
-                let df = snapshot.term(term).map_or(0, |t| t.df as u64)
-                    + appended.iter().filter(|r| r.tfs[i] > 0).count() as u64;
-                QueryTerm {
-                    term: term.clone(),
-                    weight: if df == 0 {
-                        0.0
-                    } else {
-                        bm25.idf(df) * *qtf as f32
+        // SAFETY: the scan's index and heap.
+        unsafe {
+            with_tail(index, heap, &meta, |tail| {
+                let (base, appended) = (snapshot.stats(), tail.stats());
+                let bm25 = Bm25 {
+                    k1: settings.k1,
+                    b: settings.b,
+                    stats: CorpusStats {
+                        documents: base.documents + appended.documents,
+                        total_length: base.total_length + appended.total_length,
                     },
-                }
+                };
+                let weights: Vec<QueryTerm> = terms
+                    .iter()
+                    .map(|(term, qtf)| {
+                        let df = snapshot.term(term).map_or(0, |t| t.df as u64) + tail.df(term);
+                        QueryTerm {
+                            term: term.clone(),
+                            weight: if df == 0 {
+                                0.0
+                            } else {
+                                bm25.idf(df) * *qtf as f32
+                            },
+                        }
+                    })
+                    .collect();
+                let top = snapshot.search(&weights, k, &bm25, |hit| {
+                    dead.as_ref().is_none_or(|d| !d.contains(hit.doc as usize))
+                        && !queue.was_returned(hit.id as i64)
+                });
+                let snapshot_done = top.hits.len() < k;
+                let cutoff = (!snapshot_done && !last)
+                    .then(|| top.hits.last().map(|h| h.score))
+                    .flatten();
+                let mut scored: Vec<(i64, f32, u64)> = top
+                    .hits
+                    .iter()
+                    .map(|h| (h.id as i64, h.score, h.text_hash))
+                    .collect();
+                scored.extend(
+                    tail.search(&weights, &bm25, |id| !queue.was_returned(id as i64))
+                        .into_iter()
+                        .filter(|h| h.score > 0.0 && cutoff.is_none_or(|c| h.score >= c))
+                        .map(|h| (h.id as i64, h.score, h.text_hash)),
+                );
+                scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                (scored, snapshot_done)
             })
-            .collect();
-        let top = snapshot.search(&weights, k, &bm25, |hit| {
-            dead.as_ref().is_none_or(|d| !d.contains(hit.doc as usize))
-                && !queue.was_returned(hit.id as i64)
-        });
-        let snapshot_done = top.hits.len() < k;
-        let cutoff = (!snapshot_done && !last)
-            .then(|| top.hits.last().map(|h| h.score))
-            .flatten();
-        let mut scored: Vec<(i64, f32, u64)> = top
-            .hits
-            .iter()
-            .map(|h| (h.id as i64, h.score, h.text_hash))
-            .collect();
-        for row in appended.iter().filter(|r| !queue.was_returned(r.id)) {
-            let score: f32 = weights
-                .iter()
-                .zip(&row.tfs)
-                .filter(|(_, &tf)| tf > 0)
-                .map(|(w, &tf)| w.weight * bm25.tf_part(tf, row.length))
-                .sum();
-            if score > 0.0 && cutoff.is_none_or(|c| score >= c) {
-                scored.push((row.id, score, row.text_hash));
-            }
         }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        Some((scored, snapshot_done))
     });
     state
         .queue

@@ -1,11 +1,10 @@
 //! VACUUM, folding and compaction of bm25 indexes, as for faiss indexes (see
 //! src/am/vacuum.rs): VACUUM marks the dead documents of the snapshot and flags dead records,
-//! rewriting nothing; a new generation (the snapshot's live documents carried over without
-//! reading the table again, the appended rows read back from it and analysed) is written once
-//! dead rows pass `semantic.compact_threshold`, or past [`fold_threshold`] appended rows, which
-//! every search reads from the table and analyses. Until then BM25's statistics (documents,
-//! lengths, document frequencies) still count the marked documents, as Lucene's do until a
-//! merge.
+//! rewriting nothing; a new generation (the snapshot's live documents carried over, the
+//! appended rows taken from their terms entries: the table is not read) is written once dead
+//! rows pass `semantic.compact_threshold`, or past [`fold_threshold`] appended rows, which every
+//! search scores exactly. Until then BM25's statistics (documents, lengths, document
+//! frequencies) still count the marked documents, as Lucene's do until a merge.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -13,19 +12,21 @@ use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
 use semantic_index::records::{decode_records_into, encode_record, RecordKey};
 use semantic_index::{id_to_tid, tid_to_id, DeadPositions};
+use semantic_lexical::tail::decode_entries;
 use semantic_lexical::Snapshot;
 
-use super::analyze::lexemes;
 use super::build::{indexed_column, write_generation};
-use super::heap::row_text;
-use super::storage::{cut, read_marks, read_meta, read_records_to, read_snapshot, ChainRead, Cut};
+use super::heap::{appended_lexemes, Entries};
+use super::storage::{
+    cut, read_marks, read_meta, read_records_to, read_snapshot, read_terms, ChainRead, Cut,
+};
 use crate::am::vacuum::{compact_or_fold, is_dead, mark_dead_rows, stats_or_new};
 use crate::errors::raise;
 
-/// Appended rows beyond which VACUUM folds them: 200, or 2% of the snapshot's documents when
-/// that is more (each search reads and analyses every appended row).
-pub fn fold_threshold(meta: &Meta) -> u64 {
-    (meta.snapshot_records / 50).max(200)
+/// Appended rows beyond which they are folded (by a worker the inserting backend starts, or by
+/// VACUUM): `semantic.max_appended`, whatever the index's size, as for faiss Flat and HNSW.
+pub fn fold_threshold(_meta: &Meta) -> u64 {
+    crate::gucs::max_appended()
 }
 
 fn changed() -> ! {
@@ -58,6 +59,33 @@ unsafe fn appended_keys(index: pg_sys::Relation, cut: &Cut) -> Vec<RecordKey> {
         changed();
     }
     keys
+}
+
+/// The terms entries of the rows appended before `cut`.
+unsafe fn appended_entries(index: pg_sys::Relation, cut: &Cut) -> Entries {
+    let meta = &cut.meta;
+    let mut bytes = Vec::new();
+    let from = ChainPos {
+        block: meta.terms_head,
+        slot: 0,
+    };
+    // SAFETY: an open index, locked against rewrites by the caller.
+    let read = unsafe {
+        read_terms(index, from, Some(cut.terms_end), meta.generation, |b| {
+            bytes.extend_from_slice(b)
+        })
+    };
+    if read.is_none() {
+        changed();
+    }
+    let mut rows = Vec::new();
+    let took = decode_entries(&bytes, &mut rows).unwrap_or_else(|e| corrupted(e));
+    if took != bytes.len() {
+        corrupted("the terms chain ends inside an entry");
+    }
+    rows.into_iter()
+        .map(|r| ((r.id, r.text_hash), r.lexemes))
+        .collect()
 }
 
 fn corrupted(e: impl std::fmt::Display) -> ! {
@@ -114,13 +142,14 @@ unsafe fn regenerate(index: pg_sys::Relation, _compact: bool) {
         let heap = pg_sys::table_open((*(*index).rd_index).indrelid, pg_sys::AccessShareLock as _);
         let attnum = indexed_column(index);
         let config = pg_sys::Oid::from(settings.config_oid);
+        let mut entries = appended_entries(index, &cut);
         for (i, key) in appended_keys(index, &cut).iter().enumerate() {
             if i.is_multiple_of(256) {
                 crate::compat::vacuum_delay_point();
             }
             let id = tid_to_id(key.block, key.offset) as u64;
-            let text = row_text(heap, attnum, key).unwrap_or_default();
-            let lexemes = lexemes(config, &text);
+            let lexemes =
+                appended_lexemes(&mut entries, key, heap, attnum, config).unwrap_or_default();
             builder.add(
                 id,
                 key.text_hash,

@@ -282,6 +282,9 @@ fn rows_follow_the_table() {
         )
         .unwrap()
         .get(0);
+    client
+        .batch_execute("SET semantic.max_appended = 200")
+        .unwrap();
     for i in 1000..1300 {
         client
             .execute(
@@ -405,6 +408,9 @@ fn vacuum_marks_dead_documents_and_compacts_past_the_threshold() {
         .batch_execute("CREATE INDEX docs_bm25 ON docs USING bm25 (body)")
         .unwrap();
     insert(&mut client, 1000..1100);
+    // This backend now holds the appended rows it analysed; VACUUM must not leave it scoring
+    // a dead row's terms for the row that takes its TID.
+    check_all(&mut client, "appended");
     let info = "SELECT generation, rows, appended FROM semantic_lexical_info('docs_bm25')";
     let generation: i64 = client.query_one(info, &[]).unwrap().get(0);
 
@@ -450,6 +456,66 @@ fn vacuum_marks_dead_documents_and_compacts_past_the_threshold() {
         "compaction folds the appended rows"
     );
     check_all(&mut client, "compacted");
+}
+
+/// Appended rows are scored from the terms their inserts stored in the index: a new session's
+/// search reads the table only for the rows it returns, and a fold does not read it at all.
+#[test]
+fn appended_rows_are_searched_and_folded_without_reading_the_table() {
+    let (cluster, mut client) = setup("lexical_terms");
+    client
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text);
+             CREATE INDEX docs_bm25 ON docs USING bm25 (body);",
+        )
+        .unwrap();
+    for i in 0..600 {
+        client
+            .execute(
+                "INSERT INTO docs VALUES ($1, $2)",
+                &[&i, &text(i as u64, 5 + (i as usize % 30))],
+            )
+            .unwrap();
+    }
+    // Table blocks this transaction has fetched so far (hits and reads).
+    let fetched = |client: &mut postgres::Transaction| -> i64 {
+        client
+            .query_one(
+                "SELECT pg_stat_get_xact_blocks_fetched('docs'::regclass)",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let mut session = cluster.connect();
+    let mut tx = session.transaction().unwrap();
+    tx.batch_execute("SET LOCAL enable_seqscan = off").unwrap();
+    let before = fetched(&mut tx);
+    let rows = tx
+        .query(
+            "SELECT id FROM docs ORDER BY body <@> 'harbour storm' LIMIT 10",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 10);
+    let read = fetched(&mut tx) - before;
+    assert!(
+        read <= 20,
+        "a search of 10 rows fetched {read} table blocks"
+    );
+    tx.commit().unwrap();
+    check_all(&mut client, "appended");
+
+    let mut tx = session.transaction().unwrap();
+    let before = fetched(&mut tx);
+    let folded: i64 = tx
+        .query_one("SELECT semantic_index_fold('docs_bm25')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(folded, 600);
+    assert_eq!(fetched(&mut tx) - before, 0, "the fold read the table");
+    tx.commit().unwrap();
+    check_all(&mut client, "folded");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use semantic_tests::{env, full_tests, Cluster};
 
 #[test]
 fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
-    let primary = Cluster::start("repl_primary", &["wal_consistency_checking = 'generic'"]);
+    let primary = Cluster::start("repl_primary", &["wal_consistency_checking = 'all'"]);
     let mut p = primary.connect();
     p.batch_execute(
         "CREATE EXTENSION semantic;
@@ -28,7 +28,8 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
     p.batch_execute(
         "CREATE INDEX v_flat ON v USING faiss (vec);
          INSERT INTO docs SELECT i, 'note ' || i || ' on subject ' || (i % 17) FROM generate_series(1, 200) i;
-         CREATE INDEX docs_body ON docs USING faiss (body) WITH (factory = 'HNSW16');",
+         CREATE INDEX docs_body ON docs USING faiss (body) WITH (factory = 'HNSW16');
+         CREATE INDEX docs_bm25 ON docs USING bm25 (body);",
     )
     .unwrap();
     let standby = primary.start_standby("repl_standby");
@@ -43,7 +44,7 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
             })
             .unwrap_or(0)
     };
-    assert_eq!(snapshot_files(&primary), 2);
+    assert_eq!(snapshot_files(&primary), 3);
     assert_eq!(snapshot_files(&standby), 0);
 
     // Changes after the base backup travel as WAL: inserts, updates, deletes, vacuum.
@@ -63,6 +64,13 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
     p.batch_execute("VACUUM v").unwrap();
     p.batch_execute("VACUUM docs").unwrap();
     copy_vectors(&mut p, "v", 9001, &clustered(100, 3));
+    // Folds: the faiss records and the bm25 rows (with their terms) appended since.
+    p.batch_execute(
+        "INSERT INTO docs SELECT i, 'last note ' || i || ' on subject ' || (i % 3) FROM generate_series(300, 340) i;
+         SELECT semantic_index_fold('v_flat'), semantic_index_fold('docs_bm25');
+         INSERT INTO docs SELECT i, 'tail note ' || i || ' on subject ' || (i % 7) FROM generate_series(400, 420) i;",
+    )
+    .unwrap();
     wait_for_replay(&mut p, &mut s);
 
     let queries = clustered(50, 99);
@@ -73,8 +81,10 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
         let q = format!("subject {i}");
         let sql = "SELECT id FROM docs ORDER BY body <=> $1 LIMIT 10";
         assert_eq!(ids(&mut p, sql, &[&q]), ids(&mut s, sql, &[&q]), "{q}");
+        let sql = "SELECT id FROM docs ORDER BY body <@> $1 LIMIT 10";
+        assert_eq!(ids(&mut p, sql, &[&q]), ids(&mut s, sql, &[&q]), "bm25 {q}");
     }
-    assert_eq!(snapshot_files(&standby), 2);
+    assert_eq!(snapshot_files(&standby), 3);
     let shared: bool = s
         .query_one("SELECT shared FROM semantic_index_info('v_flat')", &[])
         .unwrap()

@@ -133,6 +133,8 @@ enum Appended {
     Records,
     /// Snapshot positions of dead rows, four bytes each.
     Marks,
+    /// Analysed texts of appended rows (bm25), a byte stream: entries may span pages.
+    Terms,
 }
 
 impl Appended {
@@ -140,6 +142,7 @@ impl Appended {
         match self {
             Appended::Records => PageKind::Records,
             Appended::Marks => PageKind::Marks,
+            Appended::Terms => PageKind::Terms,
         }
     }
 
@@ -152,6 +155,11 @@ impl Appended {
                 &mut meta.record_count,
             ),
             Appended::Marks => (&mut meta.marks_head, &mut meta.marks_tail, &mut meta.marked),
+            Appended::Terms => (
+                &mut meta.terms_head,
+                &mut meta.terms_tail,
+                &mut meta.terms_bytes,
+            ),
         }
     }
 }
@@ -268,6 +276,17 @@ pub fn append_marks<R: Relation>(
     append_entries(rel, meta_lock, Appended::Marks, &bytes, 4)
 }
 
+/// Appends bytes to the terms chain (a bm25 insert, before its record: a reader that sees the
+/// record finds its terms). The bytes may span pages, so a reader may see an entry's first part
+/// only until the append ends.
+pub fn append_terms<R: Relation>(
+    rel: &R,
+    meta_lock: &mut MetaLock<'_, R>,
+    bytes: &[u8],
+) -> Result<(), LayoutError> {
+    append_entries(rel, meta_lock, Appended::Terms, bytes, 1)
+}
+
 /// The outcome of reading a chain: it ended, or it was rewritten under the reader.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChainRead {
@@ -276,8 +295,9 @@ pub enum ChainRead {
 }
 
 /// Visits the entries (of `size` bytes) of a `kind` chain from `from` to its end (or to `end`,
-/// exclusive), page by page, calling `visit` with each page's entries while the page is share-locked: `visit` must
-/// be quick and must not raise.
+/// exclusive), page by page, calling `visit` with each page's entries while the page is
+/// share-locked: `visit` must be quick and must not raise. Returns the position after the last
+/// entry visited, or None if the chain was rewritten under the reader.
 fn read_entries<R: Relation>(
     rel: &R,
     kind: PageKind,
@@ -286,15 +306,12 @@ fn read_entries<R: Relation>(
     generation: u64,
     size: usize,
     mut visit: impl FnMut(&[u8]),
-) -> ChainRead {
+) -> Option<ChainPos> {
     let mut pos = from;
     while pos.block != NO_BLOCK {
         let buffer = Locked::new(rel, pos.block, Lock::Share);
         let page = buffer.page();
-        let Some(chain) = special(page).filter(|c| c.kind == kind && c.generation == generation)
-        else {
-            return ChainRead::Rewritten;
-        };
+        let chain = special(page).filter(|c| c.kind == kind && c.generation == generation)?;
         // A damaged count cannot make the read leave the page.
         let mut used = (chain.used as usize).min(PAGE_CAPACITY / size);
         let at_end = end.is_some_and(|end| end.block == pos.block);
@@ -304,14 +321,24 @@ fn read_entries<R: Relation>(
         let first = (pos.slot as usize).min(used);
         visit(&contents(page)[first * size..used * size]);
         if chain.next == NO_BLOCK || at_end {
-            return ChainRead::Done;
+            return Some(ChainPos {
+                block: pos.block,
+                slot: used as u32,
+            });
         }
         pos = ChainPos {
             block: chain.next,
             slot: 0,
         };
     }
-    ChainRead::Done
+    Some(pos)
+}
+
+fn outcome(read: Option<ChainPos>) -> ChainRead {
+    match read {
+        Some(_) => ChainRead::Done,
+        None => ChainRead::Rewritten,
+    }
 }
 
 /// Visits the records from `from` to the end of the chain, page by page, calling `visit` with
@@ -324,6 +351,18 @@ pub fn read_records<R: Relation>(
     dim: usize,
     visit: impl FnMut(&[u8]),
 ) -> ChainRead {
+    outcome(read_records_from(rel, from, generation, dim, visit))
+}
+
+/// Like [`read_records`], returning the position after the last record (where a later read
+/// goes on), or None if the chain was rewritten under the reader.
+pub fn read_records_from<R: Relation>(
+    rel: &R,
+    from: ChainPos,
+    generation: u64,
+    dim: usize,
+    visit: impl FnMut(&[u8]),
+) -> Option<ChainPos> {
     read_entries(
         rel,
         PageKind::Records,
@@ -333,6 +372,23 @@ pub fn read_records<R: Relation>(
         record_size(dim),
         visit,
     )
+}
+
+/// Visits the bytes of `generation`'s terms chain from `from` (the head: block
+/// `meta.terms_head`, slot 0) to its end, or to `end` (exclusive), page by page, as
+/// [`read_records_from`] does; the position counts bytes. The last entry may be incomplete
+/// (see [`append_terms`]).
+pub fn read_terms<R: Relation>(
+    rel: &R,
+    from: ChainPos,
+    end: Option<ChainPos>,
+    generation: u64,
+    visit: impl FnMut(&[u8]),
+) -> Option<ChainPos> {
+    if end.is_some_and(|end| end.block == NO_BLOCK) {
+        return Some(from); // the chain was empty at `end`
+    }
+    read_entries(rel, PageKind::Terms, from, end, generation, 1, visit)
 }
 
 /// Like [`read_records`], stopping at `end` (exclusive): the records of a [`Cut`].
@@ -348,7 +404,7 @@ pub fn read_records_to<R: Relation>(
         return ChainRead::Done; // the chain was empty at the cut
     }
     let size = record_size(dim);
-    read_entries(
+    outcome(read_entries(
         rel,
         PageKind::Records,
         from,
@@ -356,7 +412,7 @@ pub fn read_records_to<R: Relation>(
         generation,
         size,
         visit,
-    )
+    ))
 }
 
 /// The snapshot positions `meta`'s generation has marked dead, or None if the chain was
@@ -382,7 +438,7 @@ pub fn read_marks<R: Relation>(rel: &R, meta: &Meta) -> Option<Vec<u32>> {
             )
         },
     );
-    (read == ChainRead::Done).then_some(positions)
+    read.map(|_| positions)
 }
 
 /// Flags dead, in place, the live records of `meta`'s records chain whose key `dead` says is
@@ -593,7 +649,41 @@ impl<'r, R: Relation> ChainWriter<'r, R> {
 pub struct Cut {
     pub meta: Meta,
     pub end: ChainPos,
+    /// The end of the terms chain, which grows with the records chain.
+    pub terms_end: ChainPos,
     pool: Vec<u32>,
+}
+
+/// The position after the last entry of the chain whose tail page is `tail`; the caller holds
+/// the metapage lock, so no append moves it meanwhile.
+fn chain_end<R: Relation>(rel: &R, tail: u32) -> Result<ChainPos, LayoutError> {
+    if tail == NO_BLOCK {
+        return Ok(ChainPos {
+            block: NO_BLOCK,
+            slot: 0,
+        });
+    }
+    let page = Locked::new(rel, tail, Lock::Share);
+    let chain = special(page.page())
+        .ok_or_else(|| LayoutError::Corrupt("a chain's tail page is damaged".into()))?;
+    Ok(ChainPos {
+        block: tail,
+        slot: chain.used as u32,
+    })
+}
+
+/// The blocks of `generation`'s chain from `head` up to `stop` (exclusive; NO_BLOCK: to its
+/// end).
+fn blocks_until<R: Relation>(rel: &R, head: u32, stop: u32, generation: u64) -> Vec<u32> {
+    let mut blocks = Vec::new();
+    let mut block = head;
+    while block != NO_BLOCK && block != stop {
+        blocks.push(block);
+        block = special(Locked::new(rel, block, Lock::Share).page())
+            .filter(|c| c.generation == generation)
+            .map_or(NO_BLOCK, |c| c.next);
+    }
+    blocks
 }
 
 /// Takes a [`Cut`]. The caller keeps other rewrites and VACUUM out (one rewrite at a time);
@@ -614,27 +704,15 @@ pub fn cut<R: Relation>(rel: &R) -> Result<Cut, LayoutError> {
         .collect();
     pool.reverse(); // taken from the end: lowest blocks first
     lock.meta.reserved = std::mem::take(&mut lock.meta.free);
-    let end = if lock.meta.records_tail == NO_BLOCK {
-        ChainPos {
-            block: NO_BLOCK,
-            slot: 0,
-        }
-    } else {
-        // Appends hold the metapage lock we hold: the tail page cannot change meanwhile.
-        let tail = Locked::new(rel, lock.meta.records_tail, Lock::Share);
-        let chain = special(tail.page())
-            .ok_or_else(|| LayoutError::Corrupt("the records chain is damaged".into()))?;
-        ChainPos {
-            block: lock.meta.records_tail,
-            slot: chain.used as u32,
-        }
-    };
+    let end = chain_end(rel, lock.meta.records_tail)?;
+    let terms_end = chain_end(rel, lock.meta.terms_tail)?;
     if changed {
         lock.write(rel)?;
     }
     Ok(Cut {
         meta: lock.meta.clone(),
         end,
+        terms_end,
         pool,
     })
 }
@@ -670,6 +748,7 @@ pub fn rewrite<R: Relation>(
     let Cut {
         meta: at_cut,
         end: cut_end,
+        terms_end,
         pool,
     } = cut;
     let mut pool = Pool(pool);
@@ -705,18 +784,17 @@ pub fn rewrite<R: Relation>(
     let (marks_head, marks_tail) = writer.finish();
 
     // The old generation's pages, listed before the metapage lock (inserts would wait for the
-    // walk): its snapshot and marks do not change during a rewrite, nor its records chain up to
-    // the cut; the pages inserts added since are listed under the lock.
+    // walk): its snapshot and marks do not change during a rewrite, nor its records and terms
+    // chains up to the cut; the pages inserts added since are listed under the lock.
     let old_snapshot = chain_blocks(rel, at_cut.snapshot_head, at_cut.generation);
     let old_marks = chain_blocks(rel, at_cut.marks_head, at_cut.generation);
-    let mut old_records = Vec::new();
-    if cut_end.block != NO_BLOCK {
-        let mut block = at_cut.records_head;
-        while block != NO_BLOCK && block != cut_end.block {
-            old_records.push(block);
-            block = special(Locked::new(rel, block, Lock::Share).page())
-                .filter(|c| c.generation == at_cut.generation)
-                .map_or(NO_BLOCK, |c| c.next);
+    let mut old_appended = Vec::new();
+    for (head, cut_block) in [
+        (at_cut.records_head, cut_end.block),
+        (at_cut.terms_head, terms_end.block),
+    ] {
+        if cut_block != NO_BLOCK {
+            old_appended.extend(blocks_until(rel, head, cut_block, at_cut.generation));
         }
     }
 
@@ -762,14 +840,44 @@ pub fn rewrite<R: Relation>(
     }
     let (records_head, records_tail) = writer.finish();
 
-    // The rest of the old records chain: from the cut's page (or the whole chain when it was
-    // empty at the cut) to its end.
-    let rest_from = if cut_end.block == NO_BLOCK {
-        now.records_head
+    // Terms appended since the cut likewise start the new terms chain.
+    let terms_from = if terms_end.block == NO_BLOCK {
+        ChainPos {
+            block: now.terms_head,
+            slot: 0,
+        }
     } else {
-        cut_end.block
+        terms_end
     };
-    old_records.extend(chain_blocks(rel, rest_from, now.generation));
+    let mut carried_terms = Vec::new();
+    if read_terms(rel, terms_from, None, now.generation, |bytes| {
+        carried_terms.extend_from_slice(bytes)
+    })
+    .is_none()
+    {
+        return Err(LayoutError::Corrupt(
+            "the terms chain changed during a rewrite".into(),
+        ));
+    }
+    let mut writer = ChainWriter::new(rel, PageKind::Terms, generation);
+    for page in carried_terms.chunks(PAGE_CAPACITY) {
+        writer.push(&mut pool, page, page.len() as u16);
+    }
+    let (terms_head, terms_tail) = writer.finish();
+
+    // The rest of the old records and terms chains: from the cut's page (or the whole chain
+    // when it was empty at the cut) to its end.
+    for (cut_block, head) in [
+        (cut_end.block, now.records_head),
+        (terms_end.block, now.terms_head),
+    ] {
+        let rest_from = if cut_block == NO_BLOCK {
+            head
+        } else {
+            cut_block
+        };
+        old_appended.extend(chain_blocks(rel, rest_from, now.generation));
+    }
     lock.meta = Meta {
         generation,
         cache_key: if new.snapshot.is_empty() {
@@ -792,11 +900,14 @@ pub fn rewrite<R: Relation>(
         marks_tail,
         marked: new.marks.len() as u64,
         dead_appended: 0,
+        terms_head,
+        terms_tail,
+        terms_bytes: carried_terms.len() as u64,
         reserved: Vec::new(),
         ..now
     };
     lock.meta.release(
-        old_records
+        old_appended
             .into_iter()
             .chain(old_snapshot)
             .chain(old_marks)

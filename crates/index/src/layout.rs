@@ -142,6 +142,15 @@ pub struct Meta {
     /// Records appended since the snapshot that VACUUM flagged dead.
     #[serde(default)]
     pub dead_appended: u64,
+    /// The terms chain of this generation (bm25 indexes): the analysed text of each row
+    /// appended since the snapshot, a byte stream of entries that the caller encodes.
+    #[serde(default = "no_block")]
+    pub terms_head: u32,
+    #[serde(default = "no_block")]
+    pub terms_tail: u32,
+    /// Bytes in the terms chain.
+    #[serde(default)]
+    pub terms_bytes: u64,
     /// Free blocks a rewrite under way took for its new chains (see `chain::cut`): given back
     /// by the next cut if that rewrite never switched (an error or a crash).
     #[serde(default)]
@@ -209,6 +218,9 @@ impl Meta {
             marks_tail: NO_BLOCK,
             marked: 0,
             dead_appended: 0,
+            terms_head: NO_BLOCK,
+            terms_tail: NO_BLOCK,
+            terms_bytes: 0,
             reserved: Vec::new(),
             lexical: None,
         }
@@ -323,6 +335,7 @@ pub enum PageKind {
     Records = 1,
     Snapshot = 2,
     Marks = 3,
+    Terms = 4,
 }
 
 /// The special area at the end of every chain page (16 bytes).
@@ -331,7 +344,8 @@ pub struct ChainPage {
     pub kind: PageKind,
     pub generation: u64,
     pub next: u32,
-    /// Records and marks pages: entries on the page; snapshot pages: bytes on the page.
+    /// Records and marks pages: entries on the page; snapshot and terms pages: bytes on the
+    /// page.
     pub used: u16,
 }
 
@@ -353,6 +367,7 @@ impl ChainPage {
             1 => PageKind::Records,
             2 => PageKind::Snapshot,
             3 => PageKind::Marks,
+            4 => PageKind::Terms,
             _ => return None,
         };
         Some(ChainPage {

@@ -465,3 +465,91 @@ fn records_appended_during_a_rewrite_are_carried_over() {
     );
     assert_eq!(rel.pinned.get(), 0);
 }
+
+/// The bytes of `meta`'s terms chain from `from` to its end, and where a later read goes on.
+fn terms_from(rel: &MemoryRelation, meta: &Meta, from: Option<ChainPos>) -> (Vec<u8>, ChainPos) {
+    let from = from.unwrap_or(ChainPos {
+        block: meta.terms_head,
+        slot: 0,
+    });
+    let mut bytes = Vec::new();
+    let end = chain::read_terms(rel, from, None, meta.generation, |b| {
+        bytes.extend_from_slice(b)
+    })
+    .expect("not rewritten");
+    (bytes, end)
+}
+
+/// An entry of `n` bytes, each the entry's number: entries are told apart by their bytes.
+fn terms_entry(i: usize, n: usize) -> Vec<u8> {
+    vec![i as u8; n]
+}
+
+/// bm25 inserts' terms: a byte stream whose entries span pages, read on from where a reader
+/// stopped; a rewrite carries the bytes appended after its cut and frees the old pages.
+#[test]
+fn terms_span_pages_are_read_on_incrementally_and_carried_by_rewrites() {
+    let rel = MemoryRelation::default();
+    new_index(&rel);
+    let mut stream = Vec::new();
+    let mut read = Vec::new();
+    let mut at = None;
+    for i in 0..40 {
+        let entry = terms_entry(i, 100 + i * 97); // up to 3.9 KB: many cross a page boundary
+        let mut lock = MetaLock::lock(&rel).unwrap();
+        chain::append_terms(&rel, &mut lock, &entry).unwrap();
+        drop(lock);
+        stream.extend_from_slice(&entry);
+        if i % 3 == 0 {
+            let meta = read_meta(&rel).unwrap();
+            let (bytes, end) = terms_from(&rel, &meta, at);
+            read.extend_from_slice(&bytes);
+            at = Some(end);
+            assert_eq!(read, stream, "a reader going on from where it stopped");
+        }
+    }
+    let meta = read_meta(&rel).unwrap();
+    assert_eq!(meta.terms_bytes, stream.len() as u64);
+    assert!(stream.len() > 3 * PAGE_CAPACITY);
+    assert_eq!(terms_from(&rel, &meta, None).0, stream);
+
+    // A cut, then more terms: the rewrite carries those only, and frees the old chain.
+    let cut = chain::cut(&rel).unwrap();
+    let after = terms_entry(99, 5000);
+    let mut lock = MetaLock::lock(&rel).unwrap();
+    chain::append_terms(&rel, &mut lock, &after).unwrap();
+    drop(lock);
+    let mut upto = Vec::new();
+    let from = ChainPos {
+        block: cut.meta.terms_head,
+        slot: 0,
+    };
+    chain::read_terms(&rel, from, Some(cut.terms_end), cut.meta.generation, |b| {
+        upto.extend_from_slice(b)
+    })
+    .unwrap();
+    assert_eq!(upto, stream, "read up to the cut");
+    let old = read_meta(&rel).unwrap();
+    let new = rewrite(
+        &rel,
+        cut,
+        DIM,
+        &Generation {
+            records: &[],
+            rows: 0,
+            snapshot: b"snapshot",
+            cache_key: [4; 16],
+            snapshot_vectors: 0,
+            snapshot_has_vectors: true,
+            marks: &[],
+        },
+    )
+    .unwrap();
+    assert_eq!(terms_from(&rel, &new, None).0, after);
+    assert_eq!(new.terms_bytes, after.len() as u64);
+    // A position in the old chain is no position in the new generation.
+    assert!(chain::read_terms(&rel, at.unwrap(), None, new.generation, |_| ()).is_none());
+    let free = |b: u32| new.free.iter().any(|&(f, c)| (f..f + c).contains(&b));
+    assert!(free(old.terms_head), "the old terms chain's pages are free");
+    assert_eq!(rel.pinned.get(), 0);
+}

@@ -12,10 +12,12 @@
 mod bm25;
 mod postings;
 mod snapshot;
+pub mod tail;
 mod topk;
 pub mod tsvector;
 
 pub use bm25::{Bm25, CorpusStats};
 pub use postings::BLOCK;
 pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TermInfo};
+pub use tail::{AnalysedRow, Tail, TailHit};
 pub use topk::{Hit, QueryTerm, TopK};
