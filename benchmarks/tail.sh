@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 22, item 6b: warm top-10 p50 with the largest appended tail the fold thresholds let
 # stand, against the same index just built: faiss HNSW16 on N clustered 384-d vectors (tail:
-# semantic.max_appended records) and bm25 on N synthetic Zipf documents (tail: its fold
-# threshold, max(200, 2% of the snapshot)). Autovacuum off: only the thresholds fold.
+# semantic.max_appended records) and bm25 on N synthetic Zipf documents (tail: the same
+# bound). Autovacuum off: only the thresholds fold.
 # Starts a private cluster in target/bench-cluster/tail on 127.0.0.1:$PORT, removed at the end.
 # Usage: benchmarks/tail.sh [N=100000]
 set -euo pipefail

@@ -79,8 +79,8 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"semantic.max_appended",
-        c"Records appended to a faiss index (Flat, HNSW) since its snapshot past which they are folded into it, by a background worker the inserting backend starts.",
-        c"Searches scan the appended records exactly; other factories fold past a tenth of the snapshot when that is more.",
+        c"Rows appended to a faiss (Flat, HNSW) or bm25 index since its snapshot past which they are folded into it, by a background worker the inserting backend starts.",
+        c"Searches score the appended rows exactly; other faiss factories fold past a tenth of the snapshot when that is more.",
         &MAX_APPENDED,
         1,
         10_000_000,

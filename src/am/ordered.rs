@@ -79,6 +79,8 @@ pub struct RowQueue {
     query_text: Option<String>,
     pending: VecDeque<Candidate>,
     returned: HashSet<i64>,
+    /// Whether emitted rows go to `returned` (see [`RowQueue::stop_recording`]).
+    recording: bool,
 }
 
 impl RowQueue {
@@ -93,6 +95,7 @@ impl RowQueue {
             query_text: None,
             pending: VecDeque::new(),
             returned: HashSet::new(),
+            recording: true,
         }
     }
 
@@ -100,6 +103,7 @@ impl RowQueue {
     pub fn restart(&mut self, query_text: Option<String>) {
         self.pending.clear();
         self.returned.clear();
+        self.recording = true;
         self.query_text = query_text;
         self.release_returned();
     }
@@ -121,7 +125,12 @@ impl RowQueue {
     /// `scan` is an ordered index scan made by [`super::scan::new_ordered_scan`].
     pub unsafe fn emit_next(&mut self, scan: pg_sys::IndexScanDesc) -> bool {
         while let Some(candidate) = self.pending.pop_front() {
-            if !self.returned.insert(candidate.id) {
+            let again = if self.recording {
+                !self.returned.insert(candidate.id)
+            } else {
+                self.returned.contains(&candidate.id)
+            };
+            if again {
                 continue;
             }
             let (block, offset) = id_to_tid(candidate.id);
@@ -150,6 +159,13 @@ impl RowQueue {
             return true;
         }
         false
+    }
+
+    /// From now on emitted rows are still checked against those returned so far but no longer
+    /// recorded: the caller queues rows that cannot come twice (so that a scan of every row
+    /// does not keep every row's id).
+    pub fn stop_recording(&mut self) {
+        self.recording = false;
     }
 
     /// Ends the scan (amendscan): frees the queue's sets now rather than with the context.

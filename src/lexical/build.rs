@@ -36,8 +36,8 @@ fn progress(param: u32, value: i64) {
     unsafe { pg_sys::pgstat_progress_update_param(param as i32, value) };
 }
 
-/// The heap column a bm25 index reads: it must be a plain text column (scans read appended
-/// rows' texts back from the table).
+/// The heap column a bm25 index reads: it must be a plain text column (appended rows that an
+/// older build stored without their terms are read back from the table).
 pub unsafe fn indexed_column(index: pg_sys::Relation) -> i16 {
     // SAFETY: rd_index and rd_att describe the index being built or scanned.
     unsafe {

@@ -5,7 +5,8 @@
 //! index's protocol (src/am/storage.rs): the metapage, a records chain of row keys, and a
 //! snapshot (`semantic_lexical`: posting lists with score bounds, sealed with the generation's
 //! key and shared through the server's snapshot file like a faiss one) covering the rows up to
-//! the snapshot's end; rows appended since are read back from the table and scored exactly.
+//! the snapshot's end; rows appended since are scored exactly from the terms chain, where each
+//! insert stores its row analysed (`semantic_lexical::tail`).
 //! One file per phase: build, insert, scan, vacuum.
 
 mod analyze;

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -17,14 +18,14 @@ use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
 use semantic_index::records::decode_records_into;
-use semantic_index::tid_to_id;
+use semantic_index::{tid_to_id, DeadPositions, Sealed};
 use semantic_lexical::tail::decode_entries;
 use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Snapshot, Tail};
 
 use super::analyze::lexemes;
 use super::heap::{appended_lexemes, Entries};
 use super::settings;
-use super::storage::{read_meta, read_records, read_records_from, read_terms, ChainRead};
+use super::storage::{read_meta, read_records_from, read_terms};
 use crate::am::ordered::{self, retry_while_changing, Candidate, OrderedBy, RowQueue};
 use crate::am::vectors::datum_text;
 use crate::errors::raise;
@@ -38,6 +39,8 @@ struct ScanState {
     exhausted: bool,
     /// Whether the rows without any query term are still to come (after the matching ones).
     rest_pending: bool,
+    /// Those rows, while they are being returned.
+    rest: Option<Rest>,
 }
 
 /// The distance (minus the BM25 score) of the row a bm25 scan just returned, when `text_hash`
@@ -61,6 +64,7 @@ pub unsafe extern "C-unwind" fn ambeginscan(
             k: 0,
             exhausted: true,
             rest_pending: false,
+            rest: None,
         };
         let state = PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(state);
         (*scan).opaque = state as *mut std::ffi::c_void;
@@ -86,6 +90,7 @@ pub unsafe extern "C-unwind" fn amrescan(
         state.query = None;
         state.exhausted = true;
         state.rest_pending = false;
+        state.rest = None;
         if (*scan).numberOfOrderBys < 1 {
             // A scan without ORDER BY (PostgreSQL 18's index-only scan of a query that reads
             // no column, see the faiss scan): every row, in no order.
@@ -253,9 +258,7 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         let settings = settings(&meta).clone();
         // SAFETY: as above.
         let bytes = unsafe { super::cache::snapshot(index, &meta) }?;
-        let snapshot = Snapshot::parse(bytes.payload()).unwrap_or_else(|e| {
-            raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
-        });
+        let snapshot = parse(&bytes);
         // SAFETY: as above.
         let dead = unsafe { crate::am::dead_positions(index, &meta, snapshot.documents()) }?;
         // SAFETY: the scan's index and heap.
@@ -323,40 +326,78 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     state.k = k.saturating_mul(4).min(gucs::max_scan_tuples());
 }
 
-/// Queues every row not returned yet, at distance 0: the rows that hold no query term.
-unsafe fn queue_the_rest(index: pg_sys::Relation, state: &mut ScanState) {
-    let keys = retry_while_changing(OrderedBy::Bm25, || {
-        // SAFETY: an open index.
-        let meta = unsafe { read_meta(index) };
-        let (mut keys, mut unused) = (Vec::new(), Vec::new());
-        let from = semantic_index::layout::ChainPos {
-            block: meta.records_head,
-            slot: 0,
-        };
-        if from.block != NO_BLOCK {
+/// The rows that hold no query term, which follow the matching ones at distance 0: the
+/// snapshot's documents outside the query terms' posting lists (and not marked dead), then the
+/// appended rows likewise, queued a chunk at a time from the generation the stream began with
+/// (its snapshot stays open meanwhile: a fold does not disturb the stream). The scan keeps a
+/// bit per document, not the ids of the rows it returns.
+struct Rest {
+    snapshot: Rc<Sealed>,
+    /// Snapshot documents holding a query term (see [`Snapshot::holding_any`]).
+    matching: Vec<u64>,
+    dead: Option<Rc<DeadPositions>>,
+    next_doc: usize,
+    /// Appended rows (id, text hash) holding no query term.
+    appended: std::vec::IntoIter<(u64, u64)>,
+}
+
+/// Rows [`Rest`] queues at a time.
+const REST_CHUNK: usize = 1024;
+
+impl Rest {
+    unsafe fn start(scan: pg_sys::IndexScanDesc, terms: &[(String, u32)]) -> Rest {
+        // SAFETY: the scan and its relations.
+        let (index, heap) = unsafe { ((*scan).indexRelation, (*scan).heapRelation) };
+        let terms: Vec<&str> = terms.iter().map(|(t, _)| t.as_str()).collect();
+        retry_while_changing(OrderedBy::Bm25, || {
+            // SAFETY: an open index.
+            let meta = unsafe { read_meta(index) };
             // SAFETY: as above.
-            let read = unsafe {
-                read_records(index, from, meta.generation, 0, |bytes| {
-                    decode_records_into(bytes, 0, &mut keys, &mut unused);
-                })
+            let sealed = unsafe { super::cache::snapshot(index, &meta) }?;
+            let (matching, documents) = {
+                let snapshot = parse(&sealed);
+                (snapshot.holding_any(&terms), snapshot.documents())
             };
-            if !matches!(read, ChainRead::Done) {
-                return None;
+            // SAFETY: as above.
+            let dead = unsafe { crate::am::dead_positions(index, &meta, documents) }?;
+            // SAFETY: the scan's index and heap.
+            let appended = unsafe { with_tail(index, heap, &meta, |t| t.rows_without(&terms)) }?;
+            Some(Rest {
+                snapshot: sealed,
+                matching,
+                dead,
+                next_doc: 0,
+                appended: appended.into_iter(),
+            })
+        })
+    }
+
+    /// Queues the next rows; false when none are left.
+    fn queue_next(&mut self, queue: &mut RowQueue) -> bool {
+        let snapshot = parse(&self.snapshot);
+        let mut chunk = Vec::with_capacity(REST_CHUNK);
+        while chunk.len() < REST_CHUNK && self.next_doc < snapshot.documents() {
+            let doc = self.next_doc;
+            self.next_doc += 1;
+            let matching = self.matching[doc / 64] & (1 << (doc % 64)) != 0;
+            if !matching && self.dead.as_ref().is_none_or(|d| !d.contains(doc)) {
+                chunk.push((snapshot.id(doc as u32), snapshot.text_hash(doc as u32)));
             }
         }
-        Some(keys)
-    });
-    let candidates: Vec<Candidate> = keys
-        .iter()
-        .map(|key| (tid_to_id(key.block, key.offset), key.text_hash))
-        .filter(|(id, _)| !state.queue.was_returned(*id))
-        .map(|(id, text_hash)| Candidate {
-            id,
+        chunk.extend(self.appended.by_ref().take(REST_CHUNK - chunk.len()));
+        let any = !chunk.is_empty();
+        queue.extend(chunk.into_iter().map(|(id, text_hash)| Candidate {
+            id: id as i64,
             distance: 0.0,
             text_hash: Some(text_hash),
-        })
-        .collect();
-    state.queue.extend(candidates);
+        }));
+        any
+    }
+}
+
+fn parse(sealed: &Sealed) -> Snapshot<'_> {
+    Snapshot::parse(sealed.payload())
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None))
 }
 
 #[pg_guard]
@@ -375,11 +416,19 @@ pub unsafe extern "C-unwind" fn amgettuple(
                 return true;
             }
             if state.exhausted {
+                if let Some(rest) = &mut state.rest {
+                    if rest.queue_next(&mut state.queue) {
+                        continue;
+                    }
+                    return false;
+                }
                 if !state.rest_pending {
                     return false;
                 }
                 state.rest_pending = false;
-                queue_the_rest((*scan).indexRelation, state);
+                let (_, terms) = state.query.as_ref().expect("checked above");
+                state.rest = Some(Rest::start(scan, terms));
+                state.queue.stop_recording();
                 continue;
             }
             pg_sys::check_for_interrupts!();

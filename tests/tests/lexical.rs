@@ -518,6 +518,72 @@ fn appended_rows_are_searched_and_folded_without_reading_the_table() {
     check_all(&mut client, "folded");
 }
 
+/// An ORDER BY without LIMIT returns every row once, the matching ones first, also when a
+/// fold and new rows come while the rows without a query term are being returned.
+#[test]
+fn every_row_comes_once_through_a_fold_mid_scan() {
+    let (cluster, mut client) = setup("lexical_every_row");
+    client
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text);
+             INSERT INTO docs SELECT g, CASE WHEN g % 10 = 0 THEN 'storm at the harbour' ELSE 'quiet garden ' || g END
+               FROM generate_series(1, 3000) g;
+             CREATE INDEX docs_bm25 ON docs USING bm25 (body);
+             INSERT INTO docs SELECT g, CASE WHEN g % 10 = 0 THEN 'storm' ELSE 'calm ' || g END
+               FROM generate_series(3001, 3500) g;
+             DELETE FROM docs WHERE id % 7 = 0;",
+        )
+        .unwrap();
+    client.batch_execute("VACUUM docs").unwrap();
+    let live: i64 = client
+        .query_one("SELECT count(*) FROM docs", &[])
+        .unwrap()
+        .get(0);
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute(
+        "SET LOCAL enable_seqscan = off;
+         DECLARE c CURSOR FOR SELECT id, body <@> 'storm' FROM docs ORDER BY body <@> 'storm'",
+    )
+    .unwrap();
+    let mut rows: Vec<(i32, f64)> = Vec::new();
+    let mut fetch = |tx: &mut postgres::Transaction, n: i32| {
+        let got = tx.query(&format!("FETCH {n} FROM c"), &[]).unwrap();
+        rows.extend(got.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, f64>(1))));
+        got.len()
+    };
+    // Past the matching rows and into the rest, then a fold and more rows elsewhere.
+    fetch(&mut tx, 1500);
+    let mut other = cluster.connect();
+    other
+        .batch_execute(
+            "INSERT INTO docs SELECT g, 'late ' || g FROM generate_series(5001, 5100) g;
+             SELECT semantic_index_fold('docs_bm25');",
+        )
+        .unwrap();
+    while fetch(&mut tx, 700) > 0 {}
+    tx.commit().unwrap();
+    assert_eq!(
+        rows.len() as i64,
+        live,
+        "every row visible to the scan, once"
+    );
+    let mut ids: Vec<i32> = rows.iter().map(|r| r.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), rows.len(), "a row came twice");
+    assert!(ids.iter().all(|id| id % 7 != 0 && *id <= 3500));
+    let matching = rows.iter().take_while(|r| r.1 < 0.0).count();
+    assert!(
+        rows[matching..].iter().all(|r| r.1 == 0.0),
+        "a match after the rest"
+    );
+    assert_eq!(
+        matching,
+        rows.iter().filter(|r| r.0 % 10 == 0).count(),
+        "the rows holding the query term first"
+    );
+}
+
 #[test]
 fn bad_input_gets_an_error_or_nothing() {
     let (_cluster, mut client) = setup("lexical_bad_input");

@@ -313,6 +313,23 @@ impl<'a> Snapshot<'a> {
         None
     }
 
+    /// The documents holding at least one of `terms`, as a bitset (bit `doc % 64` of word
+    /// `doc / 64`).
+    pub fn holding_any(&self, terms: &[&str]) -> Vec<u64> {
+        let mut set = vec![0u64; self.documents.div_ceil(64)];
+        for info in terms.iter().filter_map(|t| self.term(t)) {
+            let mut cursor = info.cursor();
+            while cursor.doc() != Cursor::END {
+                let doc = cursor.doc() as usize;
+                if let Some(word) = set.get_mut(doc / 64) {
+                    *word |= 1 << (doc % 64);
+                }
+                cursor.next();
+            }
+        }
+        set
+    }
+
     pub fn documents(&self) -> usize {
         self.documents
     }

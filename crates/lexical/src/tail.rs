@@ -172,6 +172,22 @@ impl Tail {
         })
     }
 
+    /// The live rows (id, text hash) holding none of `terms`.
+    pub fn rows_without(&self, terms: &[&str]) -> Vec<(u64, u64)> {
+        let mut holding = vec![false; self.rows.len()];
+        for list in terms.iter().filter_map(|t| self.postings.get(*t)) {
+            for &(row, _) in list {
+                holding[row as usize] = true;
+            }
+        }
+        self.rows
+            .iter()
+            .zip(holding)
+            .filter(|(r, holds)| r.live && !holds)
+            .map(|(r, _)| (r.id, r.text_hash))
+            .collect()
+    }
+
     /// The live rows holding a query term and taken by `accept` (by id), with their scores
     /// under `bm25` and the weights of `terms`: the work follows the query terms' postings,
     /// not the tail's length.
@@ -296,6 +312,11 @@ mod tests {
             assert_eq!((g.id, g.text_hash), (w.id, w.text_hash));
             assert!((g.score - w.score).abs() < 1e-5, "{g:?} vs {w:?}");
         }
+        // The rows without a term, on both sides.
+        assert_eq!(tail.rows_without(&["storm"]), vec![(3, 93)]);
+        assert_eq!(snapshot.holding_any(&["storm"]), vec![0b1011]);
+        assert_eq!(snapshot.holding_any(&["storm", "secret"]), vec![0b1111]);
+        assert_eq!(snapshot.holding_any(&[]), vec![0]);
         // `accept` filters by id.
         assert!(tail
             .search(&terms, &bm25, |id| id != 2)
