@@ -22,10 +22,76 @@ use semantic_index::{CacheKey, DeadPositions, IndexError, Snapshot};
 use super::storage::read_snapshot_with;
 use crate::errors::raise;
 
-struct OpenSnapshot {
+struct Open<S> {
     relfilenode: u32,
     key: CacheKey,
-    snapshot: Rc<Snapshot>,
+    snapshot: Rc<S>,
+}
+
+/// The snapshots of one index kind (`S`: a faiss [`Snapshot`] or a bm25 [`Sealed`]) that this
+/// backend has open, by relation: the generation it searched last, up to
+/// `semantic.max_cached_indexes` relations, least recently used first out.
+pub struct OpenSnapshots<S> {
+    open: RefCell<Lru<pg_sys::Oid, Open<S>>>,
+    kind: &'static str,
+}
+
+impl<S: SnapshotFile> OpenSnapshots<S> {
+    pub fn new(kind: &'static str) -> Self {
+        OpenSnapshots {
+            open: RefCell::new(Lru::default()),
+            kind,
+        }
+    }
+
+    /// The snapshot of `meta`'s generation of `rel`, or None if the index has none (a real[]
+    /// index built without rows) or its snapshot chain was rewritten while being read. A
+    /// private copy is made by `from_pages` (see [`open_or_build`]).
+    ///
+    /// # Safety
+    /// `rel` is an open index relation of this kind and `meta` its metapage.
+    pub unsafe fn get(
+        &self,
+        rel: pg_sys::Relation,
+        meta: &Meta,
+        from_pages: impl FnOnce(Vec<u8>) -> Result<S, IndexError>,
+    ) -> Option<Rc<S>> {
+        let key = meta.cache_key()?;
+        // SAFETY: the caller's contract.
+        let (oid, relfilenode) =
+            unsafe { ((*rel).rd_id, crate::compat::relation_file(rel).number) };
+        let open = self
+            .open
+            .borrow_mut()
+            .get(&oid)
+            .filter(|o| o.relfilenode == relfilenode && o.key == key)
+            .map(|o| o.snapshot.clone());
+        if open.is_some() {
+            return open;
+        }
+        // SAFETY: as above.
+        let snapshot = Rc::new(unsafe { open_or_build(rel, meta, &key, self.kind, from_pages) }?);
+        self.open.borrow_mut().insert(
+            oid,
+            Open {
+                relfilenode,
+                key,
+                snapshot: snapshot.clone(),
+            },
+            crate::gucs::max_cached_indexes(),
+        );
+        Some(snapshot)
+    }
+
+    /// Forgets the snapshot of `oid` (its relation was rewritten by this backend).
+    pub fn forget(&self, oid: pg_sys::Oid) {
+        self.open.borrow_mut().remove(&oid);
+    }
+
+    /// `f` of the snapshot this backend has open for `oid`, if any.
+    pub fn with_open<T>(&self, oid: pg_sys::Oid, f: impl FnOnce(&S) -> T) -> Option<T> {
+        self.open.borrow().get(&oid).map(|o| f(&o.snapshot))
+    }
 }
 
 /// The dead positions of one generation as far as its marks chain went (`marked` entries).
@@ -37,7 +103,7 @@ struct ReadMarks {
 }
 
 thread_local! {
-    static OPEN: RefCell<Lru<pg_sys::Oid, OpenSnapshot>> = RefCell::new(Lru::default());
+    static OPEN: OpenSnapshots<Snapshot> = OpenSnapshots::new("faiss index");
     static MARKS: RefCell<Lru<pg_sys::Oid, ReadMarks>> = RefCell::new(Lru::default());
 }
 
@@ -192,36 +258,8 @@ pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
 /// The searchable snapshot of `meta`'s generation, or None if the index has none (no rows
 /// when it was built) or the snapshot chain was rewritten while being read.
 pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot>> {
-    // SAFETY: `rel` is an open index relation and `meta` its metapage (the caller's contract).
-    unsafe {
-        let key = meta.cache_key()?;
-        let oid = (*rel).rd_id;
-        let relfilenode = crate::compat::relation_file(rel).number;
-        let open = OPEN.with(|open| {
-            open.borrow_mut()
-                .get(&oid)
-                .filter(|o| o.relfilenode == relfilenode && o.key == key)
-                .map(|o| o.snapshot.clone())
-        });
-        if open.is_some() {
-            return open;
-        }
-        let snapshot = Rc::new(open_or_build(rel, meta, &key, "faiss index", |bytes| {
-            Snapshot::from_bytes(&bytes)
-        })?);
-        OPEN.with(|open| {
-            open.borrow_mut().insert(
-                oid,
-                OpenSnapshot {
-                    relfilenode,
-                    key,
-                    snapshot: snapshot.clone(),
-                },
-                crate::gucs::max_cached_indexes(),
-            )
-        });
-        Some(snapshot)
-    }
+    // SAFETY: the caller's contract.
+    OPEN.with(|open| unsafe { open.get(rel, meta, |bytes| Snapshot::from_bytes(&bytes)) })
 }
 
 /// The snapshot file of `meta`'s generation (`key`) of the `kind` index `rel`, mapped; built
@@ -290,14 +328,10 @@ pub unsafe fn open_or_build<S: SnapshotFile>(
 
 /// Forgets the snapshot of `oid` (its relation was rebuilt).
 pub fn forget(oid: pg_sys::Oid) {
-    OPEN.with(|open| open.borrow_mut().remove(&oid));
+    OPEN.with(|open| open.forget(oid));
 }
 
 /// Vectors in the snapshot this backend opened for `oid`, and whether it is the mapped file.
 pub fn opened(oid: pg_sys::Oid) -> Option<(usize, bool)> {
-    OPEN.with(|open| {
-        open.borrow()
-            .get(&oid)
-            .map(|o| (o.snapshot.len(), o.snapshot.is_mapped()))
-    })
+    OPEN.with(|open| open.with_open(oid, |s| (s.len(), s.is_mapped())))
 }

@@ -51,7 +51,7 @@ unsafe fn serves_every_order_by(
 ) -> bool {
     // SAFETY: the planner holds a lock on the index, whose OptInfo and ORDER BY list it gave.
     unsafe {
-        if (*info).relam != pg_sys::get_index_am_oid(c"faiss".as_ptr(), false) {
+        if (*info).relam != pg_sys::get_index_am_oid(c"faiss".as_ptr(), true) {
             return true; // bm25: one operator
         }
         let index = pg_sys::index_open((*info).indexoid, pg_sys::NoLock as pg_sys::LOCKMODE);

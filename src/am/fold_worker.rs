@@ -52,11 +52,8 @@ unsafe fn fold(index: pg_sys::Relation) {
         if !pg_sys::ConditionalLockRelation(index, pg_sys::ShareUpdateExclusiveLock as _) {
             return;
         }
-        let bm25 = (*(*index).rd_rel).relam == pg_sys::get_index_am_oid(c"bm25".as_ptr(), false);
-        if bm25 {
-            crate::lexical::fold(index);
-        } else {
-            super::vacuum::fold(index);
+        if let Some(kind) = super::IndexKind::of(index) {
+            kind.fold(index);
         }
         pg_sys::UnlockRelation(index, pg_sys::ShareUpdateExclusiveLock as _);
     }

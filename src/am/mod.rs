@@ -16,7 +16,7 @@ pub(crate) mod storage;
 pub(crate) mod vacuum;
 pub(crate) mod vectors;
 
-pub use cache::{cache_root, dead_positions, new_cache_key, open_or_build, publish};
+pub use cache::{cache_root, dead_positions, new_cache_key, publish, OpenSnapshots};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -93,17 +93,70 @@ CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
     requires = [faiss_amhandler, "semantic_operators"]
 );
 
-/// Raises unless `index` is a faiss index.
-pub unsafe fn check_faiss_index(index: &pgrx::PgRelation) {
-    // SAFETY: `index` is an open relation.
-    unsafe {
-        let faiss_am = pg_sys::get_index_am_oid(c"faiss".as_ptr(), false);
-        if (*(*index.as_ptr()).rd_rel).relam != faiss_am {
-            crate::errors::raise(
-                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("\"{}\" is not a faiss index", index.name()),
-                None,
-            );
+/// The extension's two index access methods, which share one page protocol and one set of
+/// maintenance entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexKind {
+    Faiss,
+    Bm25,
+}
+
+impl IndexKind {
+    fn access_method(self) -> &'static std::ffi::CStr {
+        match self {
+            IndexKind::Faiss => c"faiss",
+            IndexKind::Bm25 => c"bm25",
+        }
+    }
+
+    /// The kind of the index relation `rel`, if it is one of ours.
+    ///
+    /// # Safety
+    /// `rel` is an open relation.
+    pub unsafe fn of(rel: pg_sys::Relation) -> Option<IndexKind> {
+        // SAFETY: the caller's open relation; a missing access method is no error here.
+        unsafe {
+            let relam = (*(*rel).rd_rel).relam;
+            [IndexKind::Faiss, IndexKind::Bm25]
+                .into_iter()
+                .find(|k| relam == pg_sys::get_index_am_oid(k.access_method().as_ptr(), true))
+        }
+    }
+
+    /// `index`'s kind; an error naming `wanted` (the kinds the caller takes) otherwise.
+    ///
+    /// # Safety
+    /// `index` is an open relation.
+    pub unsafe fn expect(index: &pgrx::PgRelation, wanted: &[IndexKind]) -> IndexKind {
+        // SAFETY: the caller's open relation.
+        match unsafe { IndexKind::of(index.as_ptr()) } {
+            Some(kind) if wanted.contains(&kind) => kind,
+            _ => {
+                let names: Vec<&str> = wanted
+                    .iter()
+                    .map(|k| k.access_method().to_str().expect("ASCII"))
+                    .collect();
+                crate::errors::raise(
+                    PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                    format!("\"{}\" is not a {} index", index.name(), names.join(" or ")),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Folds the rows appended to `index` (of this kind) into a new snapshot; returns how many
+    /// there were.
+    ///
+    /// # Safety
+    /// `index` is an open index of this kind.
+    pub unsafe fn fold(self, index: pg_sys::Relation) -> u64 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match self {
+                IndexKind::Faiss => vacuum::fold(index),
+                IndexKind::Bm25 => crate::lexical::fold(index),
+            }
         }
     }
 }
@@ -136,7 +189,7 @@ fn semantic_index_info(
     ),
 > {
     unsafe {
-        check_faiss_index(&index);
+        IndexKind::expect(&index, &[IndexKind::Faiss]);
         let rel = index.as_ptr();
         let meta = storage::read_meta(rel);
         let opened = cache::opened((*rel).rd_id);

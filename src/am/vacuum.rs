@@ -28,6 +28,7 @@ use super::storage::{
     append_marks, cut, flag_dead_records, lock_meta, read_marks, read_meta, read_records_to,
     read_snapshot, write_meta, ChainRead, Cut, Index,
 };
+use super::IndexKind;
 use crate::errors::raise;
 
 /// Appended records beyond which they are folded (by a worker the inserting backend starts,
@@ -422,11 +423,7 @@ pub unsafe extern "C-unwind" fn amvacuumcleanup(
 #[pg_extern(volatile, strict)]
 fn semantic_index_fold(index: pgrx::PgRelation) -> i64 {
     unsafe {
-        let relam = (*(*index.as_ptr()).rd_rel).relam;
-        let bm25 = relam == pg_sys::get_index_am_oid(c"bm25".as_ptr(), false);
-        if !bm25 {
-            super::check_faiss_index(&index);
-        }
+        let kind = IndexKind::expect(&index, &[IndexKind::Faiss, IndexKind::Bm25]);
         if !crate::compat::owns_relation(index.oid()) {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -434,10 +431,6 @@ fn semantic_index_fold(index: pgrx::PgRelation) -> i64 {
                 None,
             );
         }
-        if bm25 {
-            crate::lexical::fold(index.as_ptr()) as i64
-        } else {
-            fold(index.as_ptr()) as i64
-        }
+        kind.fold(index.as_ptr()) as i64
     }
 }

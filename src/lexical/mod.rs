@@ -88,21 +88,6 @@ fn settings(meta: &semantic_index::layout::Meta) -> &semantic_index::layout::Lex
     })
 }
 
-/// Raises unless `index` is a bm25 index.
-unsafe fn check_bm25_index(index: &pgrx::PgRelation) {
-    // SAFETY: an open relation.
-    unsafe {
-        let am = pg_sys::get_index_am_oid(c"bm25".as_ptr(), false);
-        if (*(*index.as_ptr()).rd_rel).relam != am {
-            raise(
-                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("\"{}\" is not a bm25 index", index.name()),
-                None,
-            );
-        }
-    }
-}
-
 /// What a bm25 index holds: its text search configuration and BM25 parameters, its rows, the
 /// documents and terms of its snapshot, the rows appended since, and whether this backend
 /// searches the server's shared snapshot file (NULL if it opened none).
@@ -127,7 +112,7 @@ fn semantic_lexical_info(
 > {
     // SAFETY: an open index relation of our access method.
     unsafe {
-        check_bm25_index(&index);
+        crate::am::IndexKind::expect(&index, &[crate::am::IndexKind::Bm25]);
         let rel = index.as_ptr();
         let meta = storage::read_meta(rel);
         let settings = settings(&meta).clone();

@@ -591,7 +591,8 @@ fn bad_input_gets_an_error_or_nothing() {
         .batch_execute(
             "CREATE TABLE docs (id int, body text, n int);
              INSERT INTO docs SELECT g, 'storm over the harbour ' || g, g FROM generate_series(1, 50) g;
-             CREATE INDEX docs_bm25 ON docs USING bm25 (body);",
+             CREATE INDEX docs_bm25 ON docs USING bm25 (body);
+             CREATE INDEX docs_n ON docs (n);",
         )
         .unwrap();
     // No words, or stop words only: no row holds a query term, so all come at distance 0.
@@ -621,6 +622,19 @@ fn bad_input_gets_an_error_or_nothing() {
     let big = "harbour storm ".repeat(80_000);
     assert_eq!(via_index(&mut client, &big, 3).len(), 3);
     client.batch_execute("RESET enable_seqscan").unwrap();
+    // Maintenance functions name the index kinds they take.
+    expect_error(
+        &mut client,
+        "SELECT semantic_index_fold('docs_n')",
+        &SqlState::WRONG_OBJECT_TYPE,
+        "is not a faiss or bm25 index",
+    );
+    expect_error(
+        &mut client,
+        "SELECT * FROM semantic_lexical_info('docs_n')",
+        &SqlState::WRONG_OBJECT_TYPE,
+        "is not a bm25 index",
+    );
     expect_error(
         &mut client,
         "CREATE INDEX ON docs USING bm25 (body) WITH (config = 'klingon')",
