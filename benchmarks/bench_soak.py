@@ -7,8 +7,9 @@ Three tables hold the same N clustered 384-d vectors (clustered.py, seeded): fai
 faiss Flat (cosine, real[]) and pgvector HNSW (m 16, ef_construction 64, vector(384)). For
 SECONDS, 4 writers each run 100 single-row transactions a second, each on a random table:
 INSERT of a new vector (40%), UPDATE of a row's vector (30%), DELETE of a row (30%), on rows
-that writer owns (id % 4), so writers never wait for each other's rows; 2 searchers run top-10
-searches without pause (ef_search 100 on both HNSW indexes). Every minute the writers pause
+that writer owns (id % 4), so writers never wait for each other's rows; 2 searchers run 50 top-10
+searches a second each (ef_search 100 on both HNSW indexes), so that the writers get their
+share of the machine's two cores. Every minute the writers pause
 and recall@10 of 50 queries per index is taken against the exact top-10 of the live rows (a
 mirror the writers keep of what they committed). Then each index's size against a fresh
 build of the same rows; then, writers running again, SIGKILL of the postmaster and every
@@ -31,7 +32,7 @@ from clustered import CENTRES, DIM, Clustered, copy_real_arrays
 
 port, pgdata, pgbin, n, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-WRITERS, RATE, K, NQ = 4, 100, 10, 50
+WRITERS, RATE, SEARCH_RATE, K, NQ = 4, 100, 50, 10, 50
 CAPACITY = n + 60_000  # ids a table may reach
 
 
@@ -184,7 +185,14 @@ def searcher(s):
     with connect() as sc:
         for setting in SETTINGS:
             sc.execute(setting)
+        period, due = 1.0 / SEARCH_RATE, time.perf_counter()
         while not stop.is_set():
+            due += period
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            else:
+                due = time.perf_counter()
             name = rng.choice(list(TABLES))
             spec = TABLES[name]
             q = qtext[rng.randrange(NQ)]
@@ -239,7 +247,7 @@ stop.set()
 for th in threads:
     th.join()
 
-print(f"--- {seconds} s, {WRITERS} writers at {RATE} transactions/s each, 2 searchers")
+print(f"--- {seconds} s, {WRITERS} writers at up to {RATE} transactions/s each, 2 searchers at up to {SEARCH_RATE}/s each")
 for name in TABLES:
     ops = lat[name]
     writes = ops["INSERT"] + ops["UPDATE"]

@@ -300,12 +300,14 @@ pub struct NewSnapshot {
 /// The snapshot of a FAISS index over `ids`/`vectors` with the rows' text hashes: a new index
 /// (trained on them first for IVF-style factories), or `base` (a private copy of the current
 /// snapshot, with its text hashes) with them added. What build, vacuum and fold write.
+/// `vectors` is freed once added when the FAISS index keeps them exactly (the records chain
+/// then needs none): the serialised snapshot is made without a third copy of them alive.
 pub fn snapshot(
     meta: &Meta,
     base: Option<(VectorIndex, Vec<u64>)>,
     ids: &[i64],
     hashes: &[u64],
-    vectors: &[f32],
+    vectors: &mut Vec<f32>,
 ) -> NewSnapshot {
     let key = super::cache::new_cache_key(meta);
     let dim = meta.dim as usize;
@@ -358,6 +360,9 @@ pub fn snapshot(
     index
         .add(ids, vectors)
         .unwrap_or_else(|e| interrupted_or_internal(e));
+    if index.stores_exact_vectors() {
+        *vectors = Vec::new();
+    }
     if meta.kind == ColumnKind::Text {
         all_hashes.extend_from_slice(hashes);
     } else {
@@ -459,7 +464,13 @@ pub unsafe extern "C-unwind" fn ambuild(
         let heap_tuples = scan_rows(heap, index, index_info, |tid, value| state.row(tid, value));
         state.flush_texts();
 
-        let new = snapshot(&state.meta, None, &state.ids, &state.hashes, &state.vectors);
+        let new = snapshot(
+            &state.meta,
+            None,
+            &state.ids,
+            &state.hashes,
+            &mut state.vectors,
+        );
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
         create_meta(index, &state.meta);
         let dim = state.meta.dim as usize;

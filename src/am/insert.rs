@@ -5,7 +5,8 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use semantic_index::layout::ColumnKind;
+use semantic_index::chain::MetaLock;
+use semantic_index::layout::{ColumnKind, Meta};
 use semantic_index::records::{text_hash, RecordKey};
 
 use super::build::{relation_name, tid_parts};
@@ -57,26 +58,43 @@ pub unsafe extern "C-unwind" fn aminsert(
                 )
             }
         };
-        let rel = Index(index);
-        let mut guard = lock_meta(&rel);
-        if guard.meta.kind == ColumnKind::Vector && guard.meta.dim == 0 {
-            // The first vector of a real[] index built on an empty table fixes its dimension.
-            guard.meta.dim = vectors[0].len() as u32;
-        }
-        let vectors: Vec<Vec<f32>> = vectors
-            .into_iter()
-            .map(|v| prepare(&guard.meta, v))
-            .collect();
-        guard.meta.rows += 1; // written with the first record
-        for v in &vectors {
-            append_record(&rel, &mut guard, &key, v);
-        }
-        let due = guard.meta.appended() > super::vacuum::fold_threshold(&guard.meta);
-        let generation = guard.meta.generation;
-        drop(guard);
-        if due {
-            super::fold_worker::request(index, generation);
-        }
+        append_row(index, super::vacuum::fold_threshold, |rel, guard| {
+            if guard.meta.kind == ColumnKind::Vector && guard.meta.dim == 0 {
+                // The first vector of a real[] index built on an empty table fixes its dimension.
+                guard.meta.dim = vectors[0].len() as u32;
+            }
+            let vectors: Vec<Vec<f32>> = vectors
+                .into_iter()
+                .map(|v| prepare(&guard.meta, v))
+                .collect();
+            for v in &vectors {
+                append_record(rel, guard, &key, v);
+            }
+        });
         false
+    }
+}
+
+/// Appends one row to a faiss or bm25 index under the metapage lock: `append` writes its
+/// entries with the metapage the lock holds, and the row is counted with the last of them;
+/// past `fold_threshold` appended rows, a fold worker is asked for (see fold_worker.rs).
+///
+/// # Safety
+/// `index` is an open index of the kind whose threshold and entries these are.
+pub unsafe fn append_row(
+    index: pg_sys::Relation,
+    fold_threshold: fn(&Meta) -> u64,
+    append: impl FnOnce(&Index, &mut MetaLock<'_, Index>),
+) {
+    let rel = Index(index);
+    let mut guard = lock_meta(&rel);
+    guard.meta.rows += 1; // written with the entries
+    append(&rel, &mut guard);
+    let due = guard.meta.appended() > fold_threshold(&guard.meta);
+    let generation = guard.meta.generation;
+    drop(guard);
+    if due {
+        // SAFETY: the caller's open index.
+        unsafe { super::fold_worker::request(index, generation) };
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod vacuum;
 pub(crate) mod vectors;
 
 pub use cache::{cache_root, dead_positions, new_cache_key, publish, OpenSnapshots};
+pub use insert::append_row;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -185,7 +185,7 @@ unsafe fn regenerate(index: pg_sys::Relation, compact: bool) {
         }
         live_rows.extend(base_rows);
         let live = live_rows.len() as u64;
-        let mut new = snapshot(meta, base, &ids, &hashes, &vectors);
+        let mut new = snapshot(meta, base, &ids, &hashes, &mut vectors);
         new.marks = carried;
         write_generation(
             index,

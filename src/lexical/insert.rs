@@ -9,7 +9,8 @@ use semantic_index::tid_to_id;
 use semantic_lexical::tail::encode_entry;
 
 use super::analyze::lexemes;
-use super::storage::{append_record, append_terms, lock_meta, read_meta, Index};
+use super::storage::{append_record, append_terms, read_meta};
+use crate::am::append_row;
 use crate::am::build::tid_parts;
 use crate::am::vectors::datum_text;
 
@@ -45,17 +46,10 @@ pub unsafe extern "C-unwind" fn aminsert(
             &lexemes(config, &text),
             &mut entry,
         );
-        let rel = Index(index);
-        let mut guard = lock_meta(&rel);
-        append_terms(&rel, &mut guard, &entry);
-        guard.meta.rows += 1; // written with the record
-        append_record(&rel, &mut guard, &key, &[]);
-        let due = guard.meta.appended() > super::vacuum::fold_threshold(&guard.meta);
-        let generation = guard.meta.generation;
-        drop(guard);
-        if due {
-            crate::am::fold_worker::request(index, generation);
-        }
+        append_row(index, super::vacuum::fold_threshold, |rel, guard| {
+            append_terms(rel, guard, &entry);
+            append_record(rel, guard, &key, &[]);
+        });
     }
     false
 }
