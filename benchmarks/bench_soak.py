@@ -281,26 +281,53 @@ for th in threads:
     th.start()
 time.sleep(5)
 postmaster = int(open(os.path.join(pgdata, "postmaster.pid")).readline())
-children = [int(p) for p in os.listdir("/proc") if p.isdigit()
-            and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(postmaster)]
-for pid in [postmaster] + children:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-stop.set()
-for th in threads:
-    th.join()
+
+
 def running(pid):
+    """Whether `pid` is a process that has not exited (a zombie has)."""
     try:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
 
 
-while any(running(pid) for pid in [postmaster] + children):
-    time.sleep(0.05)  # gone, and their shared memory with them
+def server_processes():
+    """The postmaster and every process it started: they all run in the data directory (the
+    children of a killed postmaster belong to init, so they are found by that, not by parent)."""
+    found = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{p}/cwd") == os.path.realpath(pgdata) and running(p):
+                found.append(int(p))
+        except OSError:
+            pass
+    return found
+
+
+os.kill(postmaster, signal.SIGKILL)
+killed = {postmaster}
+while True:  # again until none is left: a child may have been forking meanwhile
+    left = server_processes()
+    if not left:
+        break
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.05)
+stop.set()
+for th in threads:
+    th.join()
+children = killed - {postmaster}
 print(f"SIGKILL of the postmaster and {len(children)} server processes with the writers running")
+# A killed postmaster left as a zombie (this machine's init does not reap orphans) still
+# "exists" for the lock files' check: it is dead, so its stale lock files go.
+if not running(postmaster) and os.path.exists(f"/proc/{postmaster}"):
+    for lock in ["postmaster.pid", f".s.PGSQL.{port}.lock"]:
+        if os.path.exists(os.path.join(pgdata, lock)):
+            os.remove(os.path.join(pgdata, lock))
 as_server = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 subprocess.run(as_server + [os.path.join(pgbin, "pg_ctl"), "-D", pgdata, "-l", os.path.join(pgdata, "server.log"),
                             "-w", "-t", "120", "start"], check=True, stdout=subprocess.DEVNULL)
