@@ -37,6 +37,49 @@ impl OrderedBy {
     }
 }
 
+/// What a rescan of an ordered scan asks for.
+pub enum Rescan {
+    /// No ORDER BY: every row, in no order. PostgreSQL 18 plans an index-only scan without a
+    /// key when a query reads no column (`SELECT count(*)` with sequential scans disabled).
+    EveryRow,
+    /// `ORDER BY col <op> NULL`: no row is near NULL.
+    Null,
+    /// The ORDER BY key's argument and operator strategy.
+    By {
+        argument: pg_sys::Datum,
+        strategy: pg_sys::StrategyNumber,
+    },
+}
+
+/// Copies the executor's new ORDER BY keys (amrescan's) into `scan`, and says what they ask.
+///
+/// # Safety
+/// `scan` is an ordered index scan made by [`super::scan::new_ordered_scan`], and `orderbys`
+/// holds `norderbys` keys or is null.
+pub unsafe fn rescan(
+    scan: pg_sys::IndexScanDesc,
+    orderbys: pg_sys::ScanKey,
+    norderbys: i32,
+) -> Rescan {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if !orderbys.is_null() && norderbys > 0 {
+            std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
+        }
+        if (*scan).numberOfOrderBys < 1 {
+            return Rescan::EveryRow;
+        }
+        let key = &*(*scan).orderByData;
+        if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
+            return Rescan::Null;
+        }
+        Rescan::By {
+            argument: key.sk_argument,
+            strategy: key.sk_strategy,
+        }
+    }
+}
+
 /// A row a search found, not yet handed to the executor.
 pub struct Candidate {
     /// The row's TID as [`semantic_index::tid_to_id`] packs it.

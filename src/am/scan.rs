@@ -18,7 +18,7 @@ use semantic_index::records::{decode_records_into, score_records};
 use semantic_index::{best_per_id, tid_to_id, SearchParams};
 
 use super::operators::check_serves;
-use super::ordered::{self, retry_while_changing, Candidate, OrderedBy, RowQueue};
+use super::ordered::{self, retry_while_changing, Candidate, OrderedBy, Rescan, RowQueue};
 use super::storage::{read_meta, read_records, ChainRead};
 use super::vectors::{datum_text, query_vector};
 use crate::errors::raise;
@@ -99,27 +99,24 @@ pub unsafe extern "C-unwind" fn amrescan(
     // SAFETY: the executor passes the scan ambeginscan made and its order-by keys.
     unsafe {
         let state = &mut *((*scan).opaque as *mut ScanState);
-        if !orderbys.is_null() && norderbys > 0 {
-            std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
-        }
         state.queue.restart(None);
         state.query = None;
         state.exhausted = true;
-        if (*scan).numberOfOrderBys < 1 {
-            state.queue.extend(every_row((*scan).indexRelation));
-            return;
-        }
-        let key = &*(*scan).orderByData;
-        if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
-            return; // ORDER BY col <=> NULL: nothing is near NULL
-        }
+        let (argument, strategy) = match ordered::rescan(scan, orderbys, norderbys) {
+            Rescan::EveryRow => {
+                state.queue.extend(every_row((*scan).indexRelation));
+                return;
+            }
+            Rescan::Null => return,
+            Rescan::By { argument, strategy } => (argument, strategy),
+        };
         let index = (*scan).indexRelation;
         let meta = read_meta(index);
         if meta.kind == ColumnKind::Text {
-            state.queue.restart(Some(datum_text(key.sk_argument)));
+            state.queue.restart(Some(datum_text(argument)));
         }
-        check_serves(&meta, index, key.sk_strategy);
-        state.query = Some(query_vector(&meta, index, key.sk_argument));
+        check_serves(&meta, index, strategy);
+        state.query = Some(query_vector(&meta, index, argument));
         state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
         state.exhausted = false;
     }

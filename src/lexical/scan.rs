@@ -26,7 +26,7 @@ use super::analyze::lexemes;
 use super::heap::{appended_lexemes, Entries};
 use super::settings;
 use super::storage::{read_meta, read_records_from, read_terms};
-use crate::am::ordered::{self, retry_while_changing, Candidate, OrderedBy, RowQueue};
+use crate::am::ordered::{self, retry_while_changing, Candidate, OrderedBy, Rescan, RowQueue};
 use crate::am::vectors::datum_text;
 use crate::errors::raise;
 use crate::gucs;
@@ -83,27 +83,23 @@ pub unsafe extern "C-unwind" fn amrescan(
     // SAFETY: the scan ambeginscan made.
     unsafe {
         let state = &mut *((*scan).opaque as *mut ScanState);
-        if !orderbys.is_null() && norderbys > 0 {
-            std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
-        }
         state.queue.restart(None);
         state.query = None;
         state.exhausted = true;
         state.rest_pending = false;
         state.rest = None;
-        if (*scan).numberOfOrderBys < 1 {
-            // A scan without ORDER BY (PostgreSQL 18's index-only scan of a query that reads
-            // no column, see the faiss scan): every row, in no order.
-            state.query = Some((String::new(), Vec::new()));
-            state.rest_pending = true;
-            return;
-        }
-        let key = &*(*scan).orderByData;
-        if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
-            return;
-        }
+        let argument = match ordered::rescan(scan, orderbys, norderbys) {
+            Rescan::EveryRow => {
+                // Every row holds no term of an empty query.
+                state.query = Some((String::new(), Vec::new()));
+                state.rest_pending = true;
+                return;
+            }
+            Rescan::Null => return,
+            Rescan::By { argument, .. } => argument,
+        };
         let meta = read_meta((*scan).indexRelation);
-        let text = datum_text(key.sk_argument);
+        let text = datum_text(argument);
         let terms = lexemes(pg_sys::Oid::from(settings(&meta).config_oid), &text);
         // A query of stop words only (or no words) matches nothing: every row is at distance 0.
         state.exhausted = terms.is_empty();
