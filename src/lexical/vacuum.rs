@@ -6,20 +6,20 @@
 //! search scores exactly. Until then BM25's statistics (documents, lengths, document
 //! frequencies) still count the marked documents, as Lucene's do until a merge.
 
+use std::rc::Rc;
+
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
 use semantic_index::records::{decode_records_into, encode_record, RecordKey};
-use semantic_index::{id_to_tid, tid_to_id, DeadPositions};
+use semantic_index::{id_to_tid, tid_to_id, DeadPositions, Sealed};
 use semantic_lexical::tail::decode_entries;
 use semantic_lexical::Snapshot;
 
 use super::build::{indexed_column, write_generation};
 use super::heap::{appended_lexemes, Entries};
-use super::storage::{
-    cut, read_marks, read_meta, read_records_to, read_snapshot, read_terms, ChainRead, Cut,
-};
+use super::storage::{cut, read_marks, read_meta, read_records_to, read_terms, ChainRead, Cut};
 use crate::am::vacuum::{compact_or_fold, is_dead, mark_dead_rows, stats_or_new};
 use crate::errors::raise;
 
@@ -96,13 +96,11 @@ fn corrupted(e: impl std::fmt::Display) -> ! {
     )
 }
 
-/// The snapshot of `meta`'s generation, read from the pages.
-unsafe fn sealed_snapshot(index: pg_sys::Relation, meta: &Meta) -> semantic_index::Sealed {
+/// The snapshot of `meta`'s generation as searches open it: the server's mapped file (built
+/// from the pages if missing), so that VACUUM and folds read it without a private copy.
+unsafe fn sealed_snapshot(index: pg_sys::Relation, meta: &Meta) -> Rc<Sealed> {
     // SAFETY: an open index, locked against rewrites by the caller.
-    unsafe { read_snapshot(index, meta) }
-        .map(semantic_index::Sealed::from_bytes)
-        .unwrap_or_else(|| changed())
-        .unwrap_or_else(|e| corrupted(e))
+    unsafe { super::cache::snapshot(index, meta) }.unwrap_or_else(|| changed())
 }
 
 /// Writes a new generation from the live rows: the snapshot's unmarked documents and the
