@@ -8,7 +8,7 @@
 //!          then per lexeme: length u16, its bytes, frequency u32
 //! ```
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::bm25::{Bm25, CorpusStats};
 use crate::snapshot::SnapshotError;
@@ -99,8 +99,10 @@ struct TailRow {
 #[derive(Default)]
 pub struct Tail {
     rows: Vec<TailRow>,
-    by_id: HashMap<u64, u32>,
-    postings: HashMap<Box<str>, Vec<(u32, u32)>>,
+    by_id: FxHashMap<u64, u32>,
+    /// FxHash here: SipHash's resistance to chosen keys buys nothing for a backend's own
+    /// cache, and hashing was most of the cost of reading a tail in.
+    postings: FxHashMap<Box<str>, Vec<(u32, u32)>>,
     documents: u64,
     total_length: u64,
 }
@@ -130,13 +132,17 @@ impl Tail {
                 self.total_length -= u64::from(old.length);
             }
         }
-        let mut counts: HashMap<&str, u32> = HashMap::new();
-        for (lexeme, tf) in lexemes {
-            if tf > 0 {
-                *counts.entry(lexeme).or_default() += tf;
+        // Sorted, a lexeme given twice merged: cheaper than a map for a row's few dozen.
+        let mut counts: Vec<(&str, u32)> = lexemes.into_iter().filter(|(_, tf)| *tf > 0).collect();
+        counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        counts.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
             }
-        }
-        let length: u32 = counts.values().sum();
+            same
+        });
+        let length: u32 = counts.iter().map(|(_, tf)| tf).sum();
         for (lexeme, tf) in counts {
             match self.postings.get_mut(lexeme) {
                 Some(list) => list.push((row, tf)),
@@ -197,7 +203,7 @@ impl Tail {
         bm25: &Bm25,
         mut accept: impl FnMut(u64) -> bool,
     ) -> Vec<TailHit> {
-        let mut scores: HashMap<u32, f32> = HashMap::new();
+        let mut scores: FxHashMap<u32, f32> = FxHashMap::default();
         for term in terms.iter().filter(|t| t.weight != 0.0) {
             for &(row, tf) in self.postings.get(term.term.as_str()).into_iter().flatten() {
                 let r = &self.rows[row as usize];
