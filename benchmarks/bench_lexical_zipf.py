@@ -19,42 +19,25 @@ import time
 import numpy as np
 import psycopg
 
+import zipf
+
 port, n = sys.argv[1], int(sys.argv[2])
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-VOCAB, NQ = 200_000, 200
+NQ = 200
 rng = np.random.default_rng(20261201)
-letters = np.array(list("bcdfghjklmnpqrstvwxz"))
-
-
-def word(i):
-    out = []
-    i += 1
-    while i:
-        out.append(letters[i % 20])
-        i //= 20
-    return "q" + "".join(out) + "a"  # consonant runs ending in 'a': no stemming, no stop words
-
-
-words = [word(i) for i in range(VOCAB)]
-weights = 1.0 / np.arange(1, VOCAB + 1) ** 1.1
-weights /= weights.sum()
-lengths = rng.integers(10, 91, size=n)
-draws = rng.choice(VOCAB, size=int(lengths.sum()), p=weights)
-queries = [" ".join(words[min(VOCAB - 1, int(VOCAB ** rng.random()))]
-                    for _ in range(rng.integers(2, 6))) for _ in range(NQ)]
+docs = zipf.documents(rng, n)
+queries = zipf.queries(rng, NQ)
 
 c = psycopg.connect(DSN, autocommit=True)
 c.execute("CREATE EXTENSION IF NOT EXISTS semantic")
 c.execute("DROP TABLE IF EXISTS docs, fts")
 c.execute("CREATE TABLE docs (id int PRIMARY KEY, doc text)")
 t = time.perf_counter()
-at = 0
 with c.cursor().copy("COPY docs (id, doc) FROM STDIN") as cp:
-    for i, length in enumerate(lengths):
-        cp.write_row((i, " ".join(words[w] for w in draws[at:at + length])))
-        at += length
+    for i, doc in enumerate(docs):
+        cp.write_row((i, doc))
 c.execute("VACUUM ANALYZE docs")
-print(f"{n} documents, {int(lengths.sum())} words, loaded in {time.perf_counter() - t:.1f} s")
+print(f"{n} documents, {sum(d.count(' ') + 1 for d in docs)} words, loaded in {time.perf_counter() - t:.1f} s")
 
 
 def timed(sql):

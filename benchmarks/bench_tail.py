@@ -48,8 +48,18 @@ def first_query(sql, param):
         return (time.perf_counter() - t) * 1000
 
 
-def info(c, fn, index):
-    return c.execute(f"SELECT generation, appended FROM {fn}('{index}')").fetchone()
+def measure(label, sql, params, insert, info_fn, index):
+    """p50 and first queries of `sql` over `params` just built, then again after `insert`
+    appended max_appended - 1 rows."""
+    first_built = first_query(sql, params[0])
+    built = p50(c, sql, params)
+    insert()
+    gen, appended = c.execute(f"SELECT generation, appended FROM {info_fn}('{index}')").fetchone()
+    first = first_query(sql, params[0])
+    tail = p50(c, sql, params)
+    print(f"{label}, N = {n}: p50 just built {built:.2f} ms; with {appended} appended rows "
+          f"(generation {gen}): {tail:.2f} ms = {tail / built:.2f}x; a new connection's first query "
+          f"{first_built:.1f} ms just built, {first:.1f} ms with the tail")
 
 
 c = connect()
@@ -64,19 +74,17 @@ copy_real_arrays(c, "wf", base)
 c.execute("SET semantic.threads = 2")
 c.execute("CREATE INDEX wf_idx ON wf USING faiss (vec) WITH (factory = 'HNSW16', metric = 'cosine')")
 c.execute("SET semantic.hnsw_ef_search = 100")
-sql = "SELECT id FROM wf ORDER BY vec <=> %s::real[] LIMIT 10"
-params = [("{" + ",".join(f"{x:.9g}" for x in q) + "}",) for q in queries]
-first_built = first_query(sql, params[0])
-built = p50(c, sql, params)
-for i in range(max_appended - 1):
-    c.execute("INSERT INTO wf VALUES (%s, %s::real[])",
-              (n + 1 + i, "{" + ",".join(f"{x:.9g}" for x in extra[i]) + "}"), prepare=True)
-gen, appended = info(c, "semantic_index_info", "wf_idx")
-first = first_query(sql, params[0])
-tail = p50(c, sql, params)
-print(f"faiss HNSW16, N = {n}: p50 just built {built:.2f} ms; with {appended} appended records "
-      f"(generation {gen}): {tail:.2f} ms = {tail / built:.2f}x; a new connection's first query "
-      f"{first_built:.1f} ms just built, {first:.1f} ms with the tail")
+
+
+def insert_vectors():
+    for i in range(max_appended - 1):
+        c.execute("INSERT INTO wf VALUES (%s, %s::real[])",
+                  (n + 1 + i, "{" + ",".join(f"{x:.9g}" for x in extra[i]) + "}"), prepare=True)
+
+
+measure("faiss HNSW16", "SELECT id FROM wf ORDER BY vec <=> %s::real[] LIMIT 10",
+        [("{" + ",".join(f"{x:.9g}" for x in q) + "}",) for q in queries],
+        insert_vectors, "semantic_index_info", "wf_idx")
 
 # bm25
 rng = np.random.default_rng(20261201)
@@ -88,14 +96,12 @@ with c.cursor().copy("COPY docs (id, doc) FROM STDIN") as cp:
     for i in range(n):
         cp.write_row((i + 1, docs[i]))
 c.execute("CREATE INDEX docs_bm25 ON docs USING bm25 (doc)")
-sql = "SELECT id FROM docs ORDER BY doc <@> %s LIMIT 10"
-first_built = first_query(sql, lq[0])
-built = p50(c, sql, lq)
-for i in range(n, total - 1):
-    c.execute("INSERT INTO docs VALUES (%s, %s)", (i + 1, docs[i]), prepare=True)
-gen, appended = info(c, "semantic_lexical_info", "docs_bm25")
-first = first_query(sql, lq[0])
-tail = p50(c, sql, lq)
-print(f"bm25, N = {n}: p50 just built {built:.2f} ms; with {appended} appended rows "
-      f"(generation {gen}): {tail:.2f} ms = {tail / built:.2f}x; a new connection's first query "
-      f"{first_built:.1f} ms just built, {first:.1f} ms with the tail")
+
+
+def insert_documents():
+    for i in range(n, total - 1):
+        c.execute("INSERT INTO docs VALUES (%s, %s)", (i + 1, docs[i]), prepare=True)
+
+
+measure("bm25", "SELECT id FROM docs ORDER BY doc <@> %s LIMIT 10", lq, insert_documents,
+        "semantic_lexical_info", "docs_bm25")

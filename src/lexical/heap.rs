@@ -14,21 +14,22 @@ use crate::am::vectors::datum_text;
 pub type Entries = HashMap<(u64, u64), Vec<(String, u32)>>;
 
 /// The lexemes of the appended row `key`: its entry in `entries` (taken out), else its text
-/// read back from `heap` (column `attnum`) and analysed under `config`; None when the row's
-/// slot no longer holds its text.
+/// read back from `heap` (the column `index` indexes) and analysed under `config`; None when
+/// the row's slot no longer holds its text.
 pub unsafe fn appended_lexemes(
     entries: &mut Entries,
     key: &RecordKey,
+    index: pg_sys::Relation,
     heap: pg_sys::Relation,
-    attnum: i16,
     config: pg_sys::Oid,
 ) -> Option<Vec<(String, u32)>> {
     let id = tid_to_id(key.block, key.offset) as u64;
     if let Some(lexemes) = entries.remove(&(id, key.text_hash)) {
         return Some(lexemes);
     }
-    // SAFETY: the caller's open heap.
-    unsafe { row_text(heap, attnum, key) }.map(|text| lexemes(config, &text))
+    // SAFETY: the caller's open bm25 index and its heap.
+    unsafe { row_text(heap, super::build::indexed_column(index), key) }
+        .map(|text| lexemes(config, &text))
 }
 
 /// The indexed text of the row at `key` in `heap` (column `attnum`), whatever its visibility

@@ -191,11 +191,9 @@ impl TailCache {
         self.records_at = (records_end.block != NO_BLOCK).then_some(records_end);
         self.terms_at = (terms_end.block != NO_BLOCK).then_some(terms_end);
         let config = pg_sys::Oid::from(settings(meta).config_oid);
-        // SAFETY: the scan's open index.
-        let attnum = unsafe { super::build::indexed_column(index) };
         for key in &keys {
-            // SAFETY: the scan's heap.
-            let lexemes = unsafe { appended_lexemes(&mut self.entries, key, heap, attnum, config) };
+            // SAFETY: the scan's index and heap.
+            let lexemes = unsafe { appended_lexemes(&mut self.entries, key, index, heap, config) };
             if let Some(lexemes) = lexemes {
                 self.tail.add(
                     tid_to_id(key.block, key.offset) as u64,

@@ -17,7 +17,7 @@ use semantic_index::{id_to_tid, tid_to_id, DeadPositions, Sealed};
 use semantic_lexical::tail::decode_entries;
 use semantic_lexical::Snapshot;
 
-use super::build::{indexed_column, write_generation};
+use super::build::write_generation;
 use super::heap::{appended_lexemes, Entries};
 use super::storage::{cut, read_marks, read_meta, read_records_to, read_terms, ChainRead, Cut};
 use crate::am::vacuum::{compact_or_fold, is_dead, mark_dead_rows, stats_or_new};
@@ -138,7 +138,6 @@ unsafe fn regenerate(index: pg_sys::Relation, _compact: bool) {
         }
         let mut builder = snapshot.rebuild(|doc| !marks.contains(doc as usize));
         let heap = pg_sys::table_open((*(*index).rd_index).indrelid, pg_sys::AccessShareLock as _);
-        let attnum = indexed_column(index);
         let config = pg_sys::Oid::from(settings.config_oid);
         let mut entries = appended_entries(index, &cut);
         for (i, key) in appended_keys(index, &cut).iter().enumerate() {
@@ -147,7 +146,7 @@ unsafe fn regenerate(index: pg_sys::Relation, _compact: bool) {
             }
             let id = tid_to_id(key.block, key.offset) as u64;
             let lexemes =
-                appended_lexemes(&mut entries, key, heap, attnum, config).unwrap_or_default();
+                appended_lexemes(&mut entries, key, index, heap, config).unwrap_or_default();
             builder.add(
                 id,
                 key.text_hash,

@@ -3,6 +3,23 @@
 //! the usual reference, compute it: the raw RSJ weight goes negative for terms in more than
 //! half the documents).
 
+/// A document's lexemes with their frequencies, a lexeme given twice merged into one (its
+/// frequencies summed) and those of frequency 0 left out; sorted by lexeme.
+pub(crate) fn counted<'t>(
+    lexemes: impl IntoIterator<Item = (&'t str, u32)>,
+) -> Vec<(&'t str, u32)> {
+    let mut counts: Vec<(&str, u32)> = lexemes.into_iter().filter(|(_, tf)| *tf > 0).collect();
+    counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    counts.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
+        }
+        same
+    });
+    counts
+}
+
 /// The corpus figures BM25 needs: documents and their total length (in lexemes).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CorpusStats {

@@ -64,13 +64,8 @@ impl SnapshotBuilder {
         lexemes: impl IntoIterator<Item = (&'t str, u32)>,
     ) {
         let doc = self.ids.len() as u32;
-        let mut counts: HashMap<&str, u32> = HashMap::new();
-        for (lexeme, tf) in lexemes {
-            if tf > 0 {
-                *counts.entry(lexeme).or_default() += tf;
-            }
-        }
-        let length = counts.values().sum();
+        let counts = crate::bm25::counted(lexemes);
+        let length = counts.iter().map(|(_, tf)| tf).sum();
         for (lexeme, tf) in counts {
             self.postings
                 .entry(lexeme.to_string())

@@ -132,16 +132,7 @@ impl Tail {
                 self.total_length -= u64::from(old.length);
             }
         }
-        // Sorted, a lexeme given twice merged: cheaper than a map for a row's few dozen.
-        let mut counts: Vec<(&str, u32)> = lexemes.into_iter().filter(|(_, tf)| *tf > 0).collect();
-        counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        counts.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                kept.1 += later.1;
-            }
-            same
-        });
+        let counts = crate::bm25::counted(lexemes);
         let length: u32 = counts.iter().map(|(_, tf)| tf).sum();
         for (lexeme, tf) in counts {
             match self.postings.get_mut(lexeme) {
