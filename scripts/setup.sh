@@ -59,8 +59,18 @@ for v in $PG_VERSIONS; do
   grep -qx "pg$v = \"${PG_CONFIGS[$v]}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null \
     || init=(yes)
 done
+# A configuration line that names a pg_config no longer there (a moved or deleted checkout)
+# stops every build, since pgrx checks each configured version, and init keeps such lines.
+PGRX_CONFIG="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+if [ -f "$PGRX_CONFIG" ]; then
+  kept=$(while IFS= read -r line; do
+    path=$(sed -n 's/^pg[0-9]* = "\(.*\)"$/\1/p' <<<"$line")
+    if [ -z "$path" ] || [ -x "$path" ]; then printf '%s\n' "$line"; fi
+  done <"$PGRX_CONFIG")
+  [ "$kept" = "$(cat "$PGRX_CONFIG")" ] || printf '%s\n' "$kept" >"$PGRX_CONFIG"
+fi
 if [ ${#init[@]} -gt 0 ]; then
-  # Every version at once: init rewrites the configuration with the versions it is given.
+  # Every version at once, each checked by init.
   args=()
   for v in $PG_VERSIONS; do args+=("--pg$v" "${PG_CONFIGS[$v]}"); done
   cargo pgrx init "${args[@]}"
