@@ -8,9 +8,9 @@ use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ColumnKind, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
-use semantic_index::snapshot::encode_snapshot;
+use semantic_index::snapshot::encode_snapshot_into;
 use semantic_index::IndexMetric;
-use semantic_index::{tid_to_id, CacheKey, VectorIndex};
+use semantic_index::{tid_to_id, VectorIndex};
 
 use super::operators::vector_metric;
 use super::options::IndexOptions;
@@ -281,18 +281,17 @@ fn cancel_or_terminate_pending() -> bool {
 }
 
 /// A FAISS error; when FAISS stopped because of a cancel, PostgreSQL's own error for it.
-fn interrupted_or_internal(e: semantic_index::IndexError) -> ! {
+pub(crate) fn interrupted_or_internal(e: semantic_index::IndexError) -> ! {
     pg_sys::check_for_interrupts!();
     raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None)
 }
 
-/// A new generation's snapshot, ready to be written.
+/// A new generation's snapshot, made but not yet written.
 pub struct NewSnapshot {
-    pub bytes: Vec<u8>,
-    pub key: CacheKey,
-    pub vectors: u64,
-    /// Whether its FAISS index keeps the vectors exactly (the records chain then needs none).
-    pub has_vectors: bool,
+    /// None for a real[] index that has seen no vector.
+    index: Option<VectorIndex>,
+    /// The text hash of each of its vectors (text indexes).
+    hashes: Vec<u64>,
     /// Its positions that stay marked dead (a fold's, carried from the snapshot it extends).
     pub marks: Vec<u32>,
 }
@@ -301,7 +300,7 @@ pub struct NewSnapshot {
 /// (trained on them first for IVF-style factories), or `base` (a private copy of the current
 /// snapshot, with its text hashes) with them added. What build, vacuum and fold write.
 /// `vectors` is freed once added when the FAISS index keeps them exactly (the records chain
-/// then needs none): the serialised snapshot is made without a third copy of them alive.
+/// then needs none), so that FAISS holds the only copy.
 pub fn snapshot(
     meta: &Meta,
     base: Option<(VectorIndex, Vec<u64>)>,
@@ -309,15 +308,12 @@ pub fn snapshot(
     hashes: &[u64],
     vectors: &mut Vec<f32>,
 ) -> NewSnapshot {
-    let key = super::cache::new_cache_key(meta);
     let dim = meta.dim as usize;
     if dim == 0 {
         // A real[] index that has seen no vector: nothing to snapshot.
         return NewSnapshot {
-            bytes: Vec::new(),
-            key,
-            vectors: 0,
-            has_vectors: false,
+            index: None,
+            hashes: Vec::new(),
             marks: Vec::new(),
         };
     }
@@ -368,13 +364,9 @@ pub fn snapshot(
     } else {
         all_hashes.clear();
     }
-    let bytes =
-        encode_snapshot(&index, &all_hashes, &key).unwrap_or_else(|e| interrupted_or_internal(e));
     NewSnapshot {
-        bytes,
-        key,
-        vectors: index.len() as u64,
-        has_vectors: index.stores_exact_vectors(),
+        index: Some(index),
+        hashes: all_hashes,
         marks: Vec::new(),
     }
 }
@@ -395,38 +387,52 @@ pub fn encode_records(ids: &[i64], hashes: &[u64], vectors: &[f32], dim: usize) 
 }
 
 /// Writes a new generation from `cut`: its snapshot file first (so searches find it ready),
-/// then the pages. `records` gives every row's records, asked for only when the snapshot does
-/// not keep the vectors itself.
+/// then the pages, copied from the file: the FAISS index is gone by then, and the serialised
+/// snapshot is never all in memory. `records` gives every row's records, asked for only when
+/// the snapshot does not keep the vectors itself.
 pub unsafe fn write_generation(
     index: pg_sys::Relation,
     cut: Cut,
     records: impl FnOnce() -> Vec<u8>,
     rows: u64,
-    new: &NewSnapshot,
+    new: NewSnapshot,
 ) {
     // SAFETY: `index` is an open faiss index that the caller holds locked against other rewrites.
     unsafe {
-        if !new.bytes.is_empty() {
-            super::cache::publish(index, &new.key, &new.bytes);
-        }
+        let key = super::cache::new_cache_key(&cut.meta);
+        let NewSnapshot {
+            index: faiss,
+            hashes,
+            marks,
+        } = new;
+        let (vectors, has_vectors) = faiss.as_ref().map_or((0, false), |faiss| {
+            (faiss.len() as u64, faiss.stores_exact_vectors())
+        });
+        let mut written = faiss.map(|faiss| {
+            super::cache::publish(index, &key, |w| {
+                encode_snapshot_into(&faiss, &hashes, &key, w)
+            })
+        });
+        drop(hashes);
         let dim = cut.meta.dim as usize;
-        let records = if new.has_vectors {
-            Vec::new()
-        } else {
-            records()
+        let records = if has_vectors { Vec::new() } else { records() };
+        let (snapshot_bytes, mut snapshot) = match &mut written {
+            Some(written) => written.reader(),
+            None => (0, Box::new(std::io::empty()) as Box<dyn std::io::Read>),
         };
         rewrite(
             index,
             cut,
             dim,
-            &Generation {
+            Generation {
                 records: &records,
                 rows,
-                snapshot: &new.bytes,
-                cache_key: new.key,
-                snapshot_vectors: new.vectors,
-                snapshot_has_vectors: new.has_vectors,
-                marks: &new.marks,
+                snapshot: &mut snapshot,
+                snapshot_bytes,
+                cache_key: key,
+                snapshot_vectors: vectors,
+                snapshot_has_vectors: has_vectors,
+                marks: &marks,
             },
         );
         super::cache::forget((*index).rd_id);
@@ -479,7 +485,7 @@ pub unsafe extern "C-unwind" fn ambuild(
             cut(index),
             || encode_records(&state.ids, &state.hashes, &state.vectors, dim),
             state.rows,
-            &new,
+            new,
         );
 
         let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();

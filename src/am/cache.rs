@@ -9,6 +9,7 @@
 //! (see scan.rs).
 
 use std::cell::RefCell;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -223,27 +224,79 @@ fn lock(dir: &CacheDir, owner: &str, key: &CacheKey) -> std::io::Result<CacheLoc
     })
 }
 
-/// Publishes a snapshot the caller has in memory (build, vacuum, fold), before the metapage
-/// points to it, so that searches find the file ready. A failure only costs the first search
-/// the work of writing it (or a private copy).
-pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
+/// A new generation's snapshot as [`publish`] wrote it: its file, or bytes in memory where no
+/// file could be written.
+pub enum Written {
+    File(std::fs::File),
+    Memory(Vec<u8>),
+}
+
+impl Written {
+    /// Its length and a reader of it from the start, for the rewrite that copies it to pages.
+    pub fn reader(&mut self) -> (u64, Box<dyn Read + '_>) {
+        match self {
+            Written::File(file) => {
+                let len = file.metadata().map_or(0, |m| m.len());
+                (len, Box::new(std::io::BufReader::new(file)))
+            }
+            Written::Memory(bytes) => (bytes.len() as u64, Box::new(&bytes[..])),
+        }
+    }
+}
+
+/// Where `encode`'s bytes go, and whether writing them failed (rather than making them).
+struct FileSide<'a> {
+    out: &'a mut dyn Write,
+    failed: Option<String>,
+}
+
+impl Write for FileSide<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.out.write(bytes).inspect_err(|e| self.failed = Some(e.to_string()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush().inspect_err(|e| self.failed = Some(e.to_string()))
+    }
+}
+
+/// Writes the snapshot that `encode` makes (build, vacuum, fold) as the file of generation
+/// `key`, before the metapage points to it, so that searches find the file ready; the bytes are
+/// streamed, never all in memory. Where the file cannot be written (a missing directory, a full
+/// disk), a WARNING, and `encode` again into memory: a failure only costs the first search of
+/// each session a private copy. An error of `encode` itself (a cancel) is raised.
+pub unsafe fn publish(
+    rel: pg_sys::Relation,
+    key: &CacheKey,
+    encode: impl Fn(&mut dyn Write) -> Result<(), IndexError>,
+) -> Written {
     // SAFETY: `rel` is an open index relation (the caller's contract).
     unsafe {
         let dir = cache_dir();
         let owner = owner(rel);
+        let mut encode_error = None;
         let published = lock(&dir, &owner, key).and_then(|_lock| {
-            dir.publish(&owner, key, |w| w.write_all(snapshot))?;
+            let published = dir.publish(&owner, key, |w| {
+                let mut side = FileSide {
+                    out: w,
+                    failed: None,
+                };
+                match encode(&mut side) {
+                    Ok(()) => Ok(()),
+                    Err(e) => match side.failed {
+                        Some(io) => Err(std::io::Error::other(io)),
+                        None => {
+                            encode_error = Some(e);
+                            Err(std::io::Error::other("not written"))
+                        }
+                    },
+                }
+            })?;
             dir.mark_verified(&owner, key, pg_sys::PgStartTime);
-            Ok(())
+            Ok(published)
         });
-        if let Err(e) = published {
-            // Once per index and generation: this runs once for each new generation.
-            pgrx::warning!(
-                "index \"{}\": could not write its snapshot file in \"{}\": {e}; every \
-                 session will search a private copy of it until the file can be written",
-                super::build::relation_name(rel),
-                dir.dir().display()
-            );
+        if let Some(e) = encode_error {
+            super::build::interrupted_or_internal(e);
         }
         // Files of this database's dropped or rebuilt indexes go; an hour's grace covers
         // transactions that created an index and have not committed yet (a file removed too early
@@ -252,6 +305,21 @@ pub unsafe fn publish(rel: pg_sys::Relation, key: &CacheKey, snapshot: &[u8]) {
             |owner| owner_exists(owner),
             std::time::Duration::from_secs(3600),
         );
+        match published {
+            Ok(published) => Written::File(published.file),
+            Err(e) => {
+                // Once per index and generation: this runs once for each new generation.
+                pgrx::warning!(
+                    "index \"{}\": could not write its snapshot file in \"{}\": {e}; every \
+                     session will search a private copy of it until the file can be written",
+                    super::build::relation_name(rel),
+                    dir.dir().display()
+                );
+                let mut bytes = Vec::new();
+                encode(&mut bytes).unwrap_or_else(|e| super::build::interrupted_or_internal(e));
+                Written::Memory(bytes)
+            }
+        }
     }
 }
 

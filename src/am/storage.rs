@@ -103,7 +103,11 @@ impl Relation for Index {
 }
 
 fn corrupted(e: LayoutError) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None)
+    let code = match e {
+        LayoutError::Io(_) => PgSqlErrorCode::ERRCODE_IO_ERROR,
+        _ => PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
+    };
+    raise(code, e.to_string(), None)
 }
 
 pub fn check_dimension(dim: usize) {
@@ -240,6 +244,6 @@ pub unsafe fn cut(rel: pg_sys::Relation) -> Cut {
 
 /// Replaces the index's contents by a new generation built from `cut` (see
 /// [`chain::rewrite`]); returns the new metapage.
-pub unsafe fn rewrite(rel: pg_sys::Relation, cut: Cut, dim: usize, new: &Generation) -> Meta {
+pub unsafe fn rewrite(rel: pg_sys::Relation, cut: Cut, dim: usize, new: Generation) -> Meta {
     chain::rewrite(&Index(rel), cut, dim, new).unwrap_or_else(|e| corrupted(e))
 }

@@ -192,7 +192,7 @@ unsafe fn regenerate(index: pg_sys::Relation, compact: bool) {
             cut,
             || encode_records(&ids, &hashes, &vectors, dim),
             live,
-            &new,
+            new,
         );
     }
 }

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ColumnKind, LexicalSettings, LongText, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
+use semantic_index::snapshot::seal_into;
 use semantic_index::tid_to_id;
 use semantic_index::IndexMetric;
 use semantic_lexical::SnapshotBuilder;
@@ -128,8 +129,9 @@ impl BuildState {
     }
 }
 
-/// Writes a new generation from `cut`: `records` (every row's key) and the snapshot of `builder`, sealed
-/// with the generation's key; its file first, so that searches find it ready.
+/// Writes a new generation from `cut`: `records` (every row's key) and the snapshot of
+/// `builder`, sealed with the generation's key; its file first, so that searches find it
+/// ready, then the pages, copied from the file.
 pub unsafe fn write_generation(
     index: pg_sys::Relation,
     cut: Cut,
@@ -139,18 +141,21 @@ pub unsafe fn write_generation(
 ) {
     let documents = builder.documents() as u64;
     let key = crate::am::new_cache_key(&cut.meta);
-    let snapshot = semantic_index::seal(&builder.finish(), &key);
+    let payload = builder.finish();
     // SAFETY: the caller holds the index as a rewrite needs it.
     unsafe {
-        crate::am::publish(index, &key, &snapshot);
+        let mut written = crate::am::publish(index, &key, |w| seal_into(&payload, &key, w));
+        drop(payload);
+        let (snapshot_bytes, mut snapshot) = written.reader();
         rewrite(
             index,
             cut,
             0,
-            &Generation {
+            Generation {
                 records,
                 rows,
-                snapshot: &snapshot,
+                snapshot: &mut snapshot,
+                snapshot_bytes,
                 cache_key: key,
                 snapshot_vectors: documents,
                 snapshot_has_vectors: false,

@@ -15,7 +15,7 @@
 //! - one process builds a missing file while the others wait for it ([`CacheDir::lock`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -180,13 +180,13 @@ impl CacheDir {
         owner: &str,
         key: &CacheKey,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) -> io::Result<PathBuf> {
+    ) -> io::Result<Published> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(owner, key);
         let _ = std::fs::remove_file(Self::sibling(&path, ".verified"));
-        write_durably(&path, self.fsync, write)?;
+        let file = write_durably(&path, self.fsync, write)?;
         self.remove_older(owner, key);
-        Ok(path)
+        Ok(Published { path, file })
     }
 
     /// Removes the files of `owner`'s generations older than `keep` (snapshots, stamps, locks
@@ -288,15 +288,23 @@ fn identity(path: &Path, server_start: i64) -> io::Result<String> {
     ))
 }
 
+/// A file [`CacheDir::publish`] wrote.
+pub struct Published {
+    pub path: PathBuf,
+    /// Open for reading, at its start: what was written can be read back even if the file is
+    /// removed meanwhile.
+    pub file: File,
+}
+
 /// Writes `path` as a whole or not at all: a temporary file in the same directory, fsynced,
 /// renamed over `path`, and the directory fsynced so that the rename survives a crash (the
 /// fsyncs only when `fsync`). The temporary file is removed on failure, also when `write`
-/// unwinds (a query cancel).
+/// unwinds (a query cancel). Returns the file, open for reading at its start.
 pub fn write_durably(
     path: &Path,
     fsync: bool,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
+) -> io::Result<File> {
     struct Temp(PathBuf, bool);
     impl Drop for Temp {
         fn drop(&mut self) {
@@ -310,9 +318,15 @@ pub fn write_durably(
         CacheDir::sibling(path, &format!(".tmp{}", std::process::id())),
         false,
     );
-    let mut file = io::BufWriter::with_capacity(1 << 20, File::create(&temp.0)?);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp.0)?;
+    let mut file = io::BufWriter::with_capacity(1 << 20, file);
     write(&mut file)?;
-    let file = file.into_inner().map_err(|e| e.into_error())?;
+    let mut file = file.into_inner().map_err(|e| e.into_error())?;
     if fsync {
         file.sync_all()?;
     }
@@ -321,5 +335,6 @@ pub fn write_durably(
     if fsync {
         File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    file.seek(io::SeekFrom::Start(0))?;
+    Ok(file)
 }

@@ -724,8 +724,11 @@ pub struct Generation<'a> {
     pub records: &'a [u8],
     /// Distinct rows.
     pub rows: u64,
-    /// A snapshot covering every row (empty for a real[] index that has seen no vector).
-    pub snapshot: &'a [u8],
+    /// A snapshot covering every row, `snapshot_bytes` long (none for a real[] index that has
+    /// seen no vector), read once, a page at a time: from its file, not from memory, when it
+    /// was published (a snapshot may be as large as the index).
+    pub snapshot: &'a mut dyn std::io::Read,
+    pub snapshot_bytes: u64,
     pub cache_key: CacheKey,
     pub snapshot_vectors: u64,
     pub snapshot_has_vectors: bool,
@@ -743,7 +746,7 @@ pub fn rewrite<R: Relation>(
     rel: &R,
     cut: Cut,
     dim: usize,
-    new: &Generation,
+    new: Generation,
 ) -> Result<Meta, LayoutError> {
     let Cut {
         meta: at_cut,
@@ -771,8 +774,15 @@ pub fn rewrite<R: Relation>(
     let (records_head, records_tail) = writer.finish();
 
     let mut writer = ChainWriter::new(rel, PageKind::Snapshot, generation);
-    for page in new.snapshot.chunks(PAGE_CAPACITY) {
-        writer.push(&mut pool, page, page.len() as u16);
+    let mut page = vec![0u8; PAGE_CAPACITY];
+    let mut left = new.snapshot_bytes;
+    while left > 0 {
+        let len = left.min(PAGE_CAPACITY as u64) as usize;
+        new.snapshot
+            .read_exact(&mut page[..len])
+            .map_err(|e| LayoutError::Io(format!("could not read the new snapshot back: {e}")))?;
+        writer.push(&mut pool, &page[..len], len as u16);
+        left -= len as u64;
     }
     let (snapshot_head, _) = writer.finish();
 
@@ -880,7 +890,7 @@ pub fn rewrite<R: Relation>(
     }
     lock.meta = Meta {
         generation,
-        cache_key: if new.snapshot.is_empty() {
+        cache_key: if new.snapshot_bytes == 0 {
             String::new()
         } else {
             crate::snapshot::key_hex(&new.cache_key)
@@ -890,7 +900,7 @@ pub fn rewrite<R: Relation>(
         records_tail,
         record_count: new.snapshot_vectors + (carried.len() / size) as u64,
         snapshot_head,
-        snapshot_bytes: new.snapshot.len() as u64,
+        snapshot_bytes: new.snapshot_bytes,
         snapshot_end: end,
         snapshot_records: new.snapshot_vectors,
         // Rows inserted since the cut are carried with their records.

@@ -224,7 +224,7 @@ impl Faiss {
         Self::wrap(index, kind.to_string())
     }
 
-    /// Reads bytes written by [`Faiss::to_bytes`] into private memory.
+    /// Reads bytes written by [`Faiss::write_into`] into private memory.
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, IndexError> {
         ensure_defaults();
         Self::loaded(io::read(bytes)?, "loaded index")
@@ -493,13 +493,13 @@ impl Faiss {
         Ok(())
     }
 
-    /// FAISS's serialisation, with search-time settings reset to their
-    /// defaults first so that they are not persisted.
-    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
+    /// FAISS's serialisation into `out`, with search-time settings reset to their defaults
+    /// first so that they are not persisted.
+    pub(crate) fn write_into(&self, out: &mut dyn std::io::Write) -> Result<(), IndexError> {
         ensure_defaults();
         self.apply(DEFAULT_EF_SEARCH, self.base_nprobe)?;
         // SAFETY: live index.
-        unsafe { io::write(self.index.inner_ptr()) }
+        unsafe { io::write_into(self.index.inner_ptr(), out) }
     }
 
     /// Number of rows in a row-major matrix of `dim` columns.

@@ -3,9 +3,9 @@
 //! The FAISS C API only serialises through a `FILE*` (`faiss_write_index` /
 //! `faiss_read_index`), a file name, or a `FaissCustomIOWriter/Reader` whose
 //! callbacks take no context pointer (so they would need thread-local
-//! buffers). glibc's `open_memstream` / `fmemopen` (through the `libc` crate)
-//! give a `FILE*` over memory, which keeps this stateless and needs no
-//! temporary files: that is what is used here.
+//! buffers). glibc gives a `FILE*` over anything: `fopencookie` forwards
+//! FAISS's writes to a Rust writer as they come (no copy of the whole index
+//! in memory), and `fmemopen` reads from bytes.
 //!
 //! FAISS's reader checks the structure it reads, but not the *contents*: a
 //! flipped byte inside an HNSW neighbour list or an IVF list id is read
@@ -15,7 +15,9 @@
 
 use crate::IndexError;
 use faiss_sys::{FaissIndex, FILE};
-use libc::{c_char, c_void, fclose, fflush, fmemopen, free, open_memstream};
+use std::io::Write;
+
+use libc::{c_char, c_int, c_void, fclose, fmemopen};
 
 pub(crate) fn last_faiss_error() -> String {
     // SAFETY: returns null or a NUL-terminated string owned by FAISS
@@ -30,55 +32,97 @@ pub(crate) fn last_faiss_error() -> String {
     }
 }
 
-/// Serialises `index` in FAISS's format.
+/// glibc's `cookie_io_functions_t` and `fopencookie` (GNU extensions the `libc` crate does
+/// not declare).
+#[repr(C)]
+struct CookieFunctions {
+    read: Option<unsafe extern "C" fn(*mut c_void, *mut c_char, usize) -> isize>,
+    write: Option<unsafe extern "C" fn(*mut c_void, *const c_char, usize) -> isize>,
+    seek: Option<unsafe extern "C" fn(*mut c_void, *mut i64, c_int) -> c_int>,
+    close: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+}
+
+unsafe extern "C" {
+    fn fopencookie(
+        cookie: *mut c_void,
+        mode: *const c_char,
+        functions: CookieFunctions,
+    ) -> *mut libc::FILE;
+}
+
+/// Where a cookie stream's bytes go, and the first error they met.
+struct Sink<'a> {
+    out: &'a mut dyn Write,
+    error: Option<std::io::Error>,
+}
+
+/// The stream's write function: all of `len` bytes or, on an error (kept for the caller), 0.
+unsafe extern "C" fn sink_write(cookie: *mut c_void, buf: *const c_char, len: usize) -> isize {
+    // SAFETY: `cookie` is the Sink that `write_into` gave fopencookie, alive while the stream
+    // is open; glibc passes `len` readable bytes.
+    let (sink, bytes) = unsafe {
+        (
+            &mut *(cookie as *mut Sink),
+            std::slice::from_raw_parts(buf as *const u8, len),
+        )
+    };
+    if sink.error.is_some() {
+        return 0;
+    }
+    // A panic must not unwind into C.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.out.write_all(bytes))) {
+        Ok(Ok(())) => len as isize,
+        Ok(Err(e)) => {
+            sink.error = Some(e);
+            0
+        }
+        Err(_) => {
+            sink.error = Some(std::io::Error::other("the writer panicked"));
+            0
+        }
+    }
+}
+
+/// Serialises `index` in FAISS's format into `out`, as FAISS writes it.
 ///
 /// # Safety
 /// `index` must point to a live FAISS index.
-pub(crate) unsafe fn write(index: *const FaissIndex) -> Result<Vec<u8>, IndexError> {
-    let mut buf: *mut c_char = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: glibc keeps `buf`/`size` up to date while the stream lives.
-    let f = unsafe { open_memstream(&mut buf, &mut size) };
+pub(crate) unsafe fn write_into(
+    index: *const FaissIndex,
+    out: &mut dyn Write,
+) -> Result<(), IndexError> {
+    let mut sink = Sink { out, error: None };
+    let functions = CookieFunctions {
+        read: None,
+        write: Some(sink_write),
+        seek: None,
+        close: None,
+    };
+    // SAFETY: the stream is closed below, before `sink` goes out of scope.
+    let f = unsafe { fopencookie(&raw mut sink as *mut c_void, c"wb".as_ptr(), functions) };
     if f.is_null() {
         return Err(IndexError::faiss(
             "write_index",
-            format!("open_memstream: {}", std::io::Error::last_os_error()),
+            format!("fopencookie: {}", std::io::Error::last_os_error()),
         ));
     }
     // SAFETY: the caller's live index, an open stream.
     let rc = unsafe { faiss_sys::faiss_write_index(index, f as *mut FILE) };
-    let msg = if rc != 0 {
-        Some(last_faiss_error())
-    } else {
-        None
-    };
-    // SAFETY: the stream opened above, closed once; after fclose, buf/size hold the final
-    // buffer, which we must free().
-    let (flushed, closed) = unsafe { (fflush(f) == 0, fclose(f) == 0) };
-    let result = if let Some(msg) = msg {
-        Err(IndexError::faiss("write_index", msg))
-    } else if !flushed || !closed || (buf.is_null() && size > 0) {
-        Err(IndexError::faiss(
+    let msg = (rc != 0).then(last_faiss_error);
+    // SAFETY: the stream opened above, closed once (flushing what glibc buffered).
+    let closed = unsafe { fclose(f) } == 0;
+    match (msg, sink.error) {
+        (_, Some(e)) => Err(IndexError::faiss("write_index", e.to_string())),
+        (Some(msg), None) => Err(IndexError::faiss("write_index", msg)),
+        (None, None) if !closed => Err(IndexError::faiss(
             "write_index",
-            "memory stream could not be completed (out of memory?)",
-        ))
-    } else {
-        let payload: &[u8] = if size == 0 {
-            &[]
-        } else {
-            // SAFETY: glibc's buffer of `size` bytes, freed only below.
-            unsafe { std::slice::from_raw_parts(buf as *const u8, size) }
-        };
-        Ok(payload.to_vec())
-    };
-    if !buf.is_null() {
-        // SAFETY: the buffer glibc allocated for the stream.
-        unsafe { free(buf as *mut c_void) };
+            format!("closing the stream: {}", std::io::Error::last_os_error()),
+        )),
+        (None, None) => Ok(()),
     }
-    result
 }
 
-/// Reads a FAISS index from bytes written by [`write`]. The caller owns the
+/// Reads a FAISS index from bytes written by [`write_into`]. The caller owns the
 /// returned pointer.
 pub(crate) fn read(payload: &[u8]) -> Result<*mut FaissIndex, IndexError> {
     if payload.is_empty() {

@@ -168,6 +168,9 @@ pub enum LayoutError {
     Version(u32),
     #[error("corrupt faiss index: {0}; REINDEX the index")]
     Corrupt(String),
+    /// Reading or writing a file the index's pages are made from.
+    #[error("{0}")]
+    Io(String),
     #[error("faiss index metapage overflow (its free-space list is too long); REINDEX the index")]
     MetapageFull,
 }

@@ -58,7 +58,7 @@ use std::collections::HashMap;
 /// 1 unless the factory string said otherwise), also after an earlier search
 /// used other values. A knob that does not apply to the index type (e.g.
 /// `nprobe` on HNSW) is ignored. Settings are never persisted by
-/// [`VectorIndex::to_bytes`].
+/// a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct SearchParams {
     /// HNSW `efSearch` (also the HNSW quantizer of `IVFn_HNSWm`). The value

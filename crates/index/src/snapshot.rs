@@ -24,6 +24,7 @@
 //! verified before FAISS sees a byte (for a mapped file: see [`Snapshot::open_file`]).
 
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 
 use crate::index::Faiss;
@@ -142,19 +143,74 @@ impl Layout {
     }
 }
 
-fn le_words<T: Copy>(values: &[T], to_le: impl Fn(T) -> [u8; 8], out: &mut Vec<u8>) {
-    for &v in values {
-        out.extend_from_slice(&to_le(v));
+/// A writer that counts and checksums what goes through it, for the footer.
+struct Summing<'a> {
+    out: &'a mut dyn Write,
+    len: u64,
+    hash: xxhash_rust::xxh3::Xxh3,
+}
+
+impl Write for Summing<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(bytes)?;
+        self.hash.update(&bytes[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
+impl<'a> Summing<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        Summing {
+            out,
+            len: 0,
+            hash: xxhash_rust::xxh3::Xxh3::new(),
+        }
+    }
+
+    /// Zeros up to the next multiple of 8 bytes.
+    fn pad(&mut self) -> std::io::Result<()> {
+        let padding = (align8(self.len) - self.len) as usize;
+        self.write_all(&[0u8; 8][..padding])
+    }
+
+    /// Ends a snapshot whose payload (`payload_len` bytes, padded) and tables went through.
+    fn footer(
+        mut self,
+        key: &CacheKey,
+        payload_len: u64,
+        ids: u64,
+        hashes: u64,
+    ) -> std::io::Result<()> {
+        self.write_all(MAGIC)?;
+        self.write_all(&VERSION.to_le_bytes())?;
+        self.write_all(&0u32.to_le_bytes())?;
+        self.write_all(key)?;
+        for v in [payload_len, ids, hashes] {
+            self.write_all(&v.to_le_bytes())?;
+        }
+        let checksum = self.hash.digest();
+        self.out.write_all(&checksum.to_le_bytes())
+    }
+}
+
+fn write_error(e: std::io::Error) -> IndexError {
+    IndexError::faiss("write snapshot", e.to_string())
+}
+
 /// Serialises `index` with its ids, the text hash of each vector (`text_hashes` empty for
-/// real[] indexes, else one per vector) and the cache key of the generation it belongs to.
-pub fn encode_snapshot(
+/// real[] indexes, else one per vector) and the cache key of the generation it belongs to,
+/// into `out` as it goes (nothing of the size of the index is copied in memory).
+pub fn encode_snapshot_into(
     index: &VectorIndex,
     text_hashes: &[u64],
     key: &CacheKey,
-) -> Result<Vec<u8>, IndexError> {
+    out: &mut dyn Write,
+) -> Result<(), IndexError> {
     let n = index.len();
     if !text_hashes.is_empty() && text_hashes.len() != n {
         return Err(IndexError::invalid(format!(
@@ -162,41 +218,46 @@ pub fn encode_snapshot(
             text_hashes.len()
         )));
     }
-    let faiss = index.faiss.to_bytes()?;
-    let faiss_len = faiss.len() as u64;
-    let mut out = faiss;
-    out.reserve(
-        (align8(faiss_len) - faiss_len) as usize + 8 * (n + text_hashes.len()) + FOOTER_LEN,
-    );
-    out.resize(align8(faiss_len) as usize, 0);
-    le_words(&index.ids, i64::to_le_bytes, &mut out);
-    le_words(text_hashes, u64::to_le_bytes, &mut out);
-    append_footer(&mut out, key, faiss_len, n as u64, text_hashes.len() as u64);
+    let mut out = Summing::new(out);
+    index.faiss.write_into(&mut out)?;
+    let faiss_len = out.len;
+    out.pad().map_err(write_error)?;
+    for id in &index.ids {
+        out.write_all(&id.to_le_bytes()).map_err(write_error)?;
+    }
+    for hash in text_hashes {
+        out.write_all(&hash.to_le_bytes()).map_err(write_error)?;
+    }
+    out.footer(key, faiss_len, n as u64, text_hashes.len() as u64)
+        .map_err(write_error)
+}
+
+/// [`encode_snapshot_into`] a new buffer.
+pub fn encode_snapshot(
+    index: &VectorIndex,
+    text_hashes: &[u64],
+    key: &CacheKey,
+) -> Result<Vec<u8>, IndexError> {
+    let mut out = Vec::new();
+    encode_snapshot_into(index, text_hashes, key, &mut out)?;
     Ok(out)
 }
 
-/// Ends a snapshot whose payload (`payload_len` bytes, padded) and tables are in `out`.
-fn append_footer(out: &mut Vec<u8>, key: &CacheKey, payload_len: u64, ids: u64, hashes: u64) {
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(key);
-    for v in [payload_len, ids, hashes] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    let checksum = xxhash_rust::xxh3::xxh3_64(out);
-    out.extend_from_slice(&checksum.to_le_bytes());
+/// A snapshot of another kind of index (a lexical one): its own non-empty payload in place of
+/// FAISS's, no id or hash tables, the same footer, into `out`. The same pages, files, checks
+/// and file protocol then serve it.
+pub fn seal_into(payload: &[u8], key: &CacheKey, out: &mut dyn Write) -> Result<(), IndexError> {
+    let mut out = Summing::new(out);
+    out.write_all(payload).map_err(write_error)?;
+    out.pad().map_err(write_error)?;
+    out.footer(key, payload.len() as u64, 0, 0)
+        .map_err(write_error)
 }
 
-/// A snapshot of another kind of index (a lexical one): its own non-empty payload in place of
-/// FAISS's, no id or hash tables, the same footer. The same pages, files, checks and file
-/// protocol then serve it.
+/// [`seal_into`] a new buffer.
 pub fn seal(payload: &[u8], key: &CacheKey) -> Vec<u8> {
-    let len = payload.len() as u64;
-    let mut out = Vec::with_capacity((align8(len) as usize) + FOOTER_LEN);
-    out.extend_from_slice(payload);
-    out.resize(align8(len) as usize, 0);
-    append_footer(&mut out, key, len, 0, 0);
+    let mut out = Vec::with_capacity(align8(payload.len() as u64) as usize + FOOTER_LEN);
+    seal_into(payload, key, &mut out).expect("writing to memory does not fail");
     out
 }
 

@@ -119,7 +119,7 @@ fn rewrite_now(
     rel: &MemoryRelation,
     meta: &mut Meta,
     dim: usize,
-    new: &Generation,
+    new: Generation,
 ) -> Result<(), semantic_index::layout::LayoutError> {
     *meta = rewrite(rel, chain::cut(rel)?, dim, new)?;
     Ok(())
@@ -204,10 +204,11 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
             &rel,
             &mut meta,
             DIM,
-            &Generation {
+            Generation {
                 records: &records,
                 rows: 500,
-                snapshot: &snapshot,
+                snapshot: &mut &snapshot[..],
+                snapshot_bytes: snapshot.len() as u64,
                 cache_key: key,
                 snapshot_vectors: 500,
                 snapshot_has_vectors: false,
@@ -254,10 +255,11 @@ fn a_rewrite_without_records_starts_an_empty_chain() {
         &rel,
         &mut meta,
         DIM,
-        &Generation {
+        Generation {
             records: &[],
             rows: 50,
-            snapshot: b"snapshot bytes",
+            snapshot: &mut &b"snapshot bytes"[..],
+            snapshot_bytes: b"snapshot bytes".len() as u64,
             cache_key: [9; 16],
             snapshot_vectors: 50,
             snapshot_has_vectors: true,
@@ -325,10 +327,11 @@ fn marks_and_dead_flags_survive_until_a_rewrite_carries_or_drops_them() {
         &rel,
         &mut meta,
         DIM,
-        &Generation {
+        Generation {
             records: &records,
             rows: 300,
-            snapshot: b"snapshot",
+            snapshot: &mut &b"snapshot"[..],
+            snapshot_bytes: b"snapshot".len() as u64,
             cache_key: [1; 16],
             snapshot_vectors: 300,
             snapshot_has_vectors: false,
@@ -376,10 +379,11 @@ fn marks_and_dead_flags_survive_until_a_rewrite_carries_or_drops_them() {
         &rel,
         &mut meta,
         DIM,
-        &Generation {
+        Generation {
             records: &[],
             rows: 325,
-            snapshot: b"snapshot 2",
+            snapshot: &mut &b"snapshot 2"[..],
+            snapshot_bytes: b"snapshot 2".len() as u64,
             cache_key: [2; 16],
             snapshot_vectors: 325,
             snapshot_has_vectors: true,
@@ -418,10 +422,11 @@ fn records_appended_during_a_rewrite_are_carried_over() {
         &rel,
         cut,
         DIM,
-        &Generation {
+        Generation {
             records: &[],
             rows: 250,
-            snapshot: b"snapshot of 250",
+            snapshot: &mut &b"snapshot of 250"[..],
+            snapshot_bytes: b"snapshot of 250".len() as u64,
             cache_key: [3; 16],
             snapshot_vectors: 250,
             snapshot_has_vectors: true,
@@ -534,10 +539,11 @@ fn terms_span_pages_are_read_on_incrementally_and_carried_by_rewrites() {
         &rel,
         cut,
         DIM,
-        &Generation {
+        Generation {
             records: &[],
             rows: 0,
-            snapshot: b"snapshot",
+            snapshot: &mut &b"snapshot"[..],
+            snapshot_bytes: b"snapshot".len() as u64,
             cache_key: [4; 16],
             snapshot_vectors: 0,
             snapshot_has_vectors: true,

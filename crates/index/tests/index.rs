@@ -4,7 +4,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use semantic_index::cache_file::{CacheDir, Opened};
-use semantic_index::snapshot::encode_snapshot;
+use semantic_index::snapshot::{encode_snapshot, encode_snapshot_into};
 use semantic_index::{
     best_per_id, generation_key, id_to_tid, key_generation, seal, tid_to_id, CacheKey,
     DeadPositions, IndexError, IndexMetric, Metric, Sealed, SearchParams, Snapshot, VectorIndex,
@@ -619,6 +619,44 @@ fn corrupt_snapshots_are_errors() {
     }
 }
 
+/// A snapshot is written as it is made: into any writer, byte for byte what the buffer holds,
+/// and a writer that fails part way (a full disk) is an error, whichever part it fails in.
+#[test]
+fn snapshots_stream_into_writers_that_may_fail() {
+    struct FailsAfter(usize, Vec<u8>);
+    impl std::io::Write for FailsAfter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if self.1.len() + bytes.len() > self.0 {
+                return Err(std::io::Error::other("no space left"));
+            }
+            self.1.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(7);
+    let n = 300;
+    let data = random_vectors(&mut rng, n, DIM, true);
+    let ids = ids_for(n);
+    let hashes: Vec<u64> = (0..n as u64).collect();
+    let index = build("HNSW16", Metric::L2, &ids, &data);
+    let bytes = encode_snapshot(&index, &hashes, &KEY).unwrap();
+    let mut whole = FailsAfter(usize::MAX, Vec::new());
+    encode_snapshot_into(&index, &hashes, &KEY, &mut whole).unwrap();
+    assert_eq!(whole.1, bytes);
+    // In FAISS's part, in the tables, in the footer.
+    for limit in [0, 100, bytes.len() - 8 * n - 100, bytes.len() - 10] {
+        let mut short = FailsAfter(limit, Vec::new());
+        let result = encode_snapshot_into(&index, &hashes, &KEY, &mut short);
+        assert!(
+            matches!(&result, Err(IndexError::Faiss { .. })),
+            "{limit}: {result:?}"
+        );
+    }
+}
+
 /// The cache-file protocol: publish, open, stale generations, damage, the build lock.
 #[test]
 fn cache_files_are_published_checked_and_replaced() {
@@ -641,7 +679,7 @@ fn cache_files_are_published_checked_and_replaced() {
 
     let publish = |key: &CacheKey, bytes: &[u8]| {
         let _lock = cache.lock("1.2.3", key, || {}).unwrap();
-        cache.publish("1.2.3", key, |w| w.write_all(bytes)).unwrap()
+        cache.publish("1.2.3", key, |w| w.write_all(bytes)).unwrap().path
     };
     let path_a = publish(&key_a, &bytes_a);
     assert_eq!(std::fs::read(&path_a).unwrap(), bytes_a);
@@ -783,6 +821,7 @@ fn publishing_keeps_newer_generations_and_held_locks() {
         cache
             .publish("4.5.6", key, |w| w.write_all(&seal(b"payload", key)))
             .unwrap()
+            .path
     };
     let old_path = publish(&old);
     // Generation 3's lock is held by a backend still building from it.
