@@ -20,6 +20,12 @@ mod search;
 /// them (thread pools do not survive the postmaster's fork).
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx puts the backtrace its panic hook captures into every error's DETAIL, which
+    // RUST_BACKTRACE in the server's environment turns on: users get a 30-line Rust trace with
+    // each error. RUST_LIB_BACKTRACE decides for captured backtraces alone (panic messages in
+    // the log are unaffected); set before the first capture, which caches it. No other thread
+    // runs yet in a backend or the postmaster loading the library.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::register();
     am::options::register();
     lexical::register_options();

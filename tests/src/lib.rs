@@ -71,8 +71,10 @@ fn server_command(program: &Path) -> Command {
         Command::new(program)
     };
     // One BLAS/OpenMP thread per backend: backends are processes, parallelism comes from them.
+    // RUST_BACKTRACE as a Rust developer's shell sets it: errors must not carry backtraces.
     cmd.env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1");
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .env("RUST_BACKTRACE", "1");
     cmd
 }
 
@@ -346,6 +348,13 @@ pub fn expect_error(
         db.message().contains(message_part),
         "{sql}: message {:?} lacks {message_part:?}",
         db.message()
+    );
+    // The servers run with RUST_BACKTRACE=1 (see server_command).
+    assert!(
+        db.detail()
+            .is_none_or(|d| !d.contains("backtrace") && !d.contains("   0: ")),
+        "{sql}: a Rust backtrace in the error's detail: {:?}",
+        db.detail()
     );
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
