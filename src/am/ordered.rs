@@ -39,11 +39,12 @@ impl OrderedBy {
 
 /// What a rescan of an ordered scan asks for.
 pub enum Rescan {
-    /// No ORDER BY: every row, in no order. PostgreSQL 18 plans an index-only scan without a
-    /// key when a query reads no column (`SELECT count(*)` with sequential scans disabled).
+    /// Every row, in no order: a scan without ORDER BY (PostgreSQL 18 plans an index-only scan
+    /// without a key when a query reads no column, `SELECT count(*)` with sequential scans
+    /// disabled), or `ORDER BY col <op> NULL` where the NULL is not a constant (a parameter, a
+    /// subquery): every row is at a NULL distance, and an ORDER BY never changes which rows a
+    /// query returns.
     EveryRow,
-    /// `ORDER BY col <op> NULL`: no row is near NULL.
-    Null,
     /// The ORDER BY key's argument and operator strategy.
     By {
         argument: pg_sys::Datum,
@@ -71,7 +72,7 @@ pub unsafe fn rescan(
         }
         let key = &*(*scan).orderByData;
         if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {
-            return Rescan::Null;
+            return Rescan::EveryRow;
         }
         Rescan::By {
             argument: key.sk_argument,

@@ -107,7 +107,6 @@ pub unsafe extern "C-unwind" fn amrescan(
                 state.queue.extend(every_row((*scan).indexRelation));
                 return;
             }
-            Rescan::Null => return,
             Rescan::By { argument, strategy } => (argument, strategy),
         };
         let index = (*scan).indexRelation;

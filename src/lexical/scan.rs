@@ -95,7 +95,6 @@ pub unsafe extern "C-unwind" fn amrescan(
                 state.rest_pending = true;
                 return;
             }
-            Rescan::Null => return,
             Rescan::By { argument, .. } => argument,
         };
         let meta = read_meta((*scan).indexRelation);

@@ -618,6 +618,18 @@ fn bad_input_gets_an_error_or_nothing() {
         .get(0);
     // As with <=>: PostgreSQL folds `<@> NULL` into a constant, rows come in no order.
     assert_eq!(null, 5);
+    // A NULL it cannot fold reaches the index, which returns every row.
+    let (null, rows): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM (SELECT id FROM docs ORDER BY body <@> (SELECT NULL::text)) s),
+                        (SELECT count(*) FROM docs WHERE body IS NOT NULL)",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(null, rows);
     // A 1 MB query works.
     let big = "harbour storm ".repeat(80_000);
     assert_eq!(via_index(&mut client, &big, 3).len(), 3);

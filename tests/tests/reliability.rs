@@ -465,6 +465,27 @@ fn bad_input_gives_errors_and_no_backend_crashes() {
             db.message()
         );
     }
+    // An ORDER BY whose query is NULL returns every indexed row (pgvector's behaviour): a
+    // NULL that PostgreSQL cannot fold (a subquery's) reaches the index.
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    for (order, index) in [
+        ("vec <-> (SELECT NULL::real[])", "docs_vec"),
+        ("body <=> (SELECT NULL::text)", "docs_body"),
+    ] {
+        let plan: Vec<String> = c
+            .query(&format!("EXPLAIN SELECT id FROM docs ORDER BY {order}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
+        for (limit, rows) in [("", 50), ("LIMIT 7", 7)] {
+            let sql = format!("SELECT count(*) FROM (SELECT id FROM docs ORDER BY {order} {limit}) s");
+            let count: i64 = c.query_one(&sql, &[]).unwrap().get(0);
+            assert_eq!(count, rows, "{sql}");
+        }
+    }
+    c.batch_execute("RESET enable_seqscan").unwrap();
     // NULL and empty queries, huge k and 10 MB texts are answered, not refused.
     assert_eq!(
         c.query("SELECT * FROM semantic_search(NULL, 5, 'docs_body')", &[])
