@@ -100,21 +100,26 @@ BEGIN
         INTO tbl, found_am
         FROM pg_class c LEFT JOIN pg_am a ON a.oid = c.relam LEFT JOIN pg_index i ON i.indexrelid = c.oid
         WHERE c.oid = idx;
-        IF from_default AND found_am IN ('faiss', 'bm25') AND found_am <> am THEN
-            -- The default names the other side: take the index of this mode's kind on the same
-            -- column (a lexical search with a faiss index as default uses its bm25 twin).
+        IF found_am IN ('faiss', 'bm25') AND found_am <> am THEN
+            -- The index (named, or the default) is of the other kind: take the index of this
+            -- mode's kind on the same column (a lexical search naming a faiss index uses its
+            -- bm25 twin; a semantic or hybrid one naming a bm25 index, its faiss twin).
             SELECT array_agg(c.oid::regclass::text ORDER BY c.oid::regclass::text) INTO companions
             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
             WHERE a.amname = am AND i.indrelid = tbl AND i.indisvalid
               AND pg_get_indexdef(i.indexrelid, 1, true) = pg_get_indexdef(idx, 1, true);
             IF companions IS NULL THEN
-                RAISE EXCEPTION 'there is no % index on the column of semantic.default_index "%"', am, index
+                RAISE EXCEPTION 'there is no % index on the column of %', am,
+                    CASE WHEN from_default THEN format('semantic.default_index "%s"', index)
+                         ELSE format('%s index "%s"', found_am, index) END
                     USING ERRCODE = 'undefined_object',
                           HINT = format('Create one: CREATE INDEX ON %s USING %s (%s).', tbl, am,
                                         pg_get_indexdef(idx, 1, true));
             ELSIF cardinality(companions) > 1 THEN
-                RAISE EXCEPTION 'there are % % indexes on the column of semantic.default_index "%": %',
-                    cardinality(companions), am, index, array_to_string(companions, ', ')
+                RAISE EXCEPTION 'there are % % indexes on the column of %: %', cardinality(companions), am,
+                    CASE WHEN from_default THEN format('semantic.default_index "%s"', index)
+                         ELSE format('%s index "%s"', found_am, index) END,
+                    array_to_string(companions, ', ')
                     USING ERRCODE = 'ambiguous_parameter', HINT = 'Name one in the call.';
             END IF;
             target := companions[1];
@@ -126,7 +131,6 @@ BEGIN
                 USING ERRCODE = 'wrong_object_type',
                       HINT = CASE
                           WHEN from_default THEN 'semantic.default_index names it: set it to a faiss index.'
-                          WHEN mode = 'hybrid' THEN 'In hybrid mode, name the faiss index; the bm25 index on the same column is found.'
                           ELSE format('Name a %s index, or none.', am) END;
         END IF;
         IF tbl IS NOT NULL THEN

@@ -1090,6 +1090,32 @@ fn default_index_setting_picks_the_index_among_several() {
             message,
         );
     }
+    // An index named in the call stands for its twin of the mode's kind the same way.
+    fresh.batch_execute("RESET semantic.default_index").unwrap();
+    assert_eq!(
+        by_name(&mut fresh, "movies_plot", "lexical"),
+        by_name(&mut fresh, "movies_plot_bm25", "lexical")
+    );
+    assert_eq!(by_name(&mut fresh, "movies_plot_bm25", "semantic"), plot);
+    assert_eq!(
+        by_name(&mut fresh, "movies_plot_bm25", "hybrid"),
+        by_name(&mut fresh, "movies_plot", "hybrid")
+    );
+    expect_error(
+        &mut fresh,
+        "SELECT * FROM semantic_search('x', 5, 'movies_title', mode => 'lexical')",
+        &SqlState::UNDEFINED_OBJECT,
+        "there is no bm25 index on the column of faiss index \"movies_title\"",
+    );
+    fresh
+        .batch_execute("CREATE INDEX movies_plot_bm25_2 ON movies USING bm25 (plot)")
+        .unwrap();
+    expect_error(
+        &mut fresh,
+        "SELECT * FROM semantic_search('x', 5, 'movies_plot', mode => 'lexical')",
+        &SqlState::AMBIGUOUS_PARAMETER,
+        "there are 2 bm25 indexes on the column of faiss index \"movies_plot\"",
+    );
     // A misspelt setting name is refused, not kept as a placeholder.
     expect_error(
         &mut fresh,

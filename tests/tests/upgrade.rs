@@ -116,7 +116,9 @@ const CATALOG: [(&str, &str); 3] = [
                 || ' ' || pg_get_function_result(p.oid)
          FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass
          WHERE d.deptype = 'e' AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'semantic')
-           AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c') ORDER BY 1",
+           -- C symbols, and the bodies of SQL and PL/pgSQL functions (semantic_search)
+           AND p.prolang IN (SELECT oid FROM pg_language WHERE lanname IN ('c', 'sql', 'plpgsql'))
+         ORDER BY 1",
     ),
     (
         "operator class members",
