@@ -1,4 +1,6 @@
-//! Reloptions of faiss indexes: `model`, `factory`, `metric`, `long_text`, `ef_construction`.
+//! Reloptions of faiss indexes: `model`, `factory`, `metric`, `long_text`, `ef_construction`,
+//! and pgvector's `m` and `lists`, which stand for the factory (see
+//! [`semantic_index::options`]).
 
 use std::ffi::CStr;
 use std::mem::offset_of;
@@ -25,6 +27,9 @@ struct RawOptions {
     metric: i32,
     long_text: i32,
     ef_construction: i32,
+    /// 0: not given (below the option's bounds, so no value a user gives).
+    m: i32,
+    lists: i32,
 }
 
 /// One index's options, with defaults applied.
@@ -140,8 +145,9 @@ pub fn register() {
         pg_sys::add_string_reloption(
             RELOPT_KIND as _,
             c"factory".as_ptr(),
-            c"FAISS index factory string: Flat, HNSW32, IVF100,Flat ...".as_ptr(),
-            c"Flat".as_ptr(),
+            c"FAISS index factory string: Flat, HNSW32, IVF100,Flat ... (default: Flat)".as_ptr(),
+            // Not given unless given: pgvector's m and lists may stand for it.
+            std::ptr::null(),
             Some(validate_factory),
             lock,
         );
@@ -171,6 +177,29 @@ pub fn register() {
             1000,
             lock,
         );
+        // pgvector's names and bounds; 0, outside them, says "not given".
+        for (name, description, range) in [
+            (
+                c"m",
+                c"pgvector's HNSW m: the factory HNSW<m>",
+                semantic_index::options::M_RANGE,
+            ),
+            (
+                c"lists",
+                c"pgvector's IVFFlat lists: the factory IVF<lists>,Flat",
+                semantic_index::options::LISTS_RANGE,
+            ),
+        ] {
+            pg_sys::add_int_reloption(
+                RELOPT_KIND as _,
+                name.as_ptr(),
+                description.as_ptr(),
+                0,
+                *range.start() as i32,
+                *range.end() as i32,
+                lock,
+            );
+        }
     }
 }
 
@@ -189,11 +218,15 @@ pub unsafe extern "C-unwind" fn amoptions(
         ]
         .iter()
         .map(|(name, offset)| reloption(name, pg_sys::relopt_type::RELOPT_TYPE_STRING, *offset))
-        .chain([reloption(
-            c"ef_construction",
-            pg_sys::relopt_type::RELOPT_TYPE_INT,
-            offset_of!(RawOptions, ef_construction),
-        )])
+        .chain(
+            [
+                (c"ef_construction", offset_of!(RawOptions, ef_construction)),
+                (c"m", offset_of!(RawOptions, m)),
+                (c"lists", offset_of!(RawOptions, lists)),
+            ]
+            .iter()
+            .map(|(name, offset)| reloption(name, pg_sys::relopt_type::RELOPT_TYPE_INT, *offset)),
+        )
         .collect();
         pg_sys::build_reloptions(
             reloptions,
@@ -252,19 +285,30 @@ impl IndexOptions {
                 ),
             };
             let model = get(|r| r.model).unwrap_or_else(crate::gucs::default_model);
+            let int = |field: fn(&RawOptions) -> i32| {
+                (!raw.is_null())
+                    .then(|| field(&*raw))
+                    .filter(|&v| v != 0)
+                    .map(|v| v as u32)
+            };
+            let ef_construction = int(|r| r.ef_construction)
+                .unwrap_or(semantic_index::layout::DEFAULT_EF_CONSTRUCTION);
+            let factory = semantic_index::options::resolve_factory(
+                get(|r| r.factory).as_deref(),
+                int(|r| r.m),
+                int(|r| r.lists),
+                ef_construction,
+            )
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e, None));
             IndexOptions {
                 kind,
                 model,
-                factory: get(|r| r.factory).unwrap_or_else(|| "Flat".into()),
+                factory,
                 metric: get(|r| r.metric).and_then(|m| IndexMetric::parse(&m)),
                 long_text: get(|r| r.long_text)
                     .and_then(|m| LongText::parse(&m))
                     .unwrap_or(LongText::Truncate),
-                ef_construction: if raw.is_null() {
-                    semantic_index::layout::DEFAULT_EF_CONSTRUCTION
-                } else {
-                    (*raw).ef_construction as u32
-                },
+                ef_construction,
             }
         }
     }

@@ -1124,3 +1124,50 @@ fn default_index_setting_picks_the_index_among_several() {
         "semantic.default_indx",
     );
 }
+
+/// pgvector's index options create the faiss index that does the same, so that a migration's
+/// CREATE INDEX runs unchanged; contradictions and pgvector's bounds are errors.
+#[test]
+fn pgvector_index_options_choose_the_factory() {
+    let (_cluster, mut client) = setup("pgvector_options");
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int, v real[]);
+             INSERT INTO items SELECT i, ARRAY[i % 7, i % 11, i % 13]::real[] FROM generate_series(1, 300) i;
+             CREATE INDEX items_hnsw ON items USING faiss (v) WITH (m = 8, ef_construction = 40);
+             CREATE INDEX items_hnsw_factory ON items USING faiss (v) WITH (m = 8, factory = 'HNSW8');
+             CREATE INDEX items_ivf ON items USING faiss (v) WITH (lists = 4);",
+        )
+        .unwrap();
+    for (index, factory, ef) in [
+        ("items_hnsw", "HNSW8", 40),
+        ("items_hnsw_factory", "HNSW8", 64),
+        ("items_ivf", "IVF4,Flat", 64),
+    ] {
+        let row = client
+            .query_one(
+                "SELECT factory, ef_construction FROM semantic_index_info($1::text::regclass)",
+                &[&index],
+            )
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), factory, "{index}");
+        assert_eq!(row.get::<_, i32>(1), ef, "{index}");
+    }
+    for (with, state, message) in [
+        ("m = 8, factory = 'HNSW16'", SqlState::INVALID_PARAMETER_VALUE, "contradicts \"m\" (8)"),
+        ("lists = 4, factory = 'Flat'", SqlState::INVALID_PARAMETER_VALUE, "contradicts \"lists\" (4)"),
+        ("m = 8, lists = 4", SqlState::INVALID_PARAMETER_VALUE, "give one of them"),
+        ("m = 40", SqlState::INVALID_PARAMETER_VALUE, "ef_construction must be greater than or equal to 2 * m"),
+        ("m = 1", SqlState::INVALID_PARAMETER_VALUE, "value 1 out of bounds for option \"m\""),
+        ("m = 101", SqlState::INVALID_PARAMETER_VALUE, "out of bounds for option \"m\""),
+        ("lists = 0", SqlState::INVALID_PARAMETER_VALUE, "out of bounds for option \"lists\""),
+        ("lists = 32769", SqlState::INVALID_PARAMETER_VALUE, "out of bounds for option \"lists\""),
+    ] {
+        expect_error(
+            &mut client,
+            &format!("CREATE INDEX ON items USING faiss (v) WITH ({with})"),
+            &state,
+            message,
+        );
+    }
+}

@@ -37,6 +37,7 @@ mod interrupt;
 mod io;
 pub mod layout;
 pub mod metric;
+pub mod options;
 pub mod records;
 pub mod relation;
 pub mod snapshot;
