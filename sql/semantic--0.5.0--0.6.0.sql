@@ -14,6 +14,11 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'semantic_vector_negative_inner_product_wrapper';
 
+CREATE FUNCTION "semantic_vector_l1_distance"("a" real[], "b" real[]) RETURNS double precision
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'semantic_vector_l1_distance_wrapper';
+
 -- semantic_vector_distance, behind real[] <=>, now computes the cosine distance.
 CREATE OR REPLACE FUNCTION "semantic_vector_distance"("a" real[], "b" real[]) RETURNS double precision
 IMMUTABLE STRICT PARALLEL SAFE
@@ -22,13 +27,16 @@ AS 'MODULE_PATHNAME', 'semantic_vector_cosine_distance_wrapper';
 
 CREATE OPERATOR <-> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_l2_distance, COMMUTATOR = <->);
 CREATE OPERATOR <#> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_negative_inner_product, COMMUTATOR = <#>);
+CREATE OPERATOR <+> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_l1_distance, COMMUTATOR = <+>);
 COMMENT ON OPERATOR <=> (real[], real[]) IS 'cosine distance';
 COMMENT ON OPERATOR <-> (real[], real[]) IS 'Euclidean distance';
 COMMENT ON OPERATOR <#> (real[], real[]) IS 'negative inner product';
+COMMENT ON OPERATOR <+> (real[], real[]) IS 'L1 (taxicab) distance';
 
 ALTER OPERATOR FAMILY faiss_real_ops USING faiss ADD
     OPERATOR 2 <-> (real[], real[]) FOR ORDER BY float_ops,
-    OPERATOR 3 <#> (real[], real[]) FOR ORDER BY float_ops;
+    OPERATOR 3 <#> (real[], real[]) FOR ORDER BY float_ops,
+    OPERATOR 4 <+> (real[], real[]) FOR ORDER BY float_ops;
 
 COMMENT ON ACCESS METHOD faiss IS 'FAISS vector index over text (embedded), real[] or pgvector columns';
 

@@ -13,6 +13,8 @@ CREATE OPERATOR CLASS vector_cosine_ops FOR TYPE vector USING faiss AS
     OPERATOR 1 <=> (vector, vector) FOR ORDER BY float_ops;
 CREATE OPERATOR CLASS vector_ip_ops FOR TYPE vector USING faiss AS
     OPERATOR 3 <#> (vector, vector) FOR ORDER BY float_ops;
+CREATE OPERATOR CLASS vector_l1_ops FOR TYPE vector USING faiss AS
+    OPERATOR 4 <+> (vector, vector) FOR ORDER BY float_ops;
 
 CREATE OPERATOR CLASS halfvec_l2_ops DEFAULT FOR TYPE halfvec USING faiss AS
     OPERATOR 2 <-> (halfvec, halfvec) FOR ORDER BY float_ops;
@@ -20,3 +22,5 @@ CREATE OPERATOR CLASS halfvec_cosine_ops FOR TYPE halfvec USING faiss AS
     OPERATOR 1 <=> (halfvec, halfvec) FOR ORDER BY float_ops;
 CREATE OPERATOR CLASS halfvec_ip_ops FOR TYPE halfvec USING faiss AS
     OPERATOR 3 <#> (halfvec, halfvec) FOR ORDER BY float_ops;
+CREATE OPERATOR CLASS halfvec_l1_ops FOR TYPE halfvec USING faiss AS
+    OPERATOR 4 <+> (halfvec, halfvec) FOR ORDER BY float_ops;

@@ -1,12 +1,14 @@
 -- The distance operators and semantic_search(), included in the extension's install script
--- (src/search.rs: extension_sql_file!). real[] has pgvector's three, with pgvector's meanings.
+-- (src/search.rs: extension_sql_file!). real[] has pgvector's four, with pgvector's meanings.
 CREATE OPERATOR <=> (LEFTARG = text, RIGHTARG = text, PROCEDURE = semantic_text_distance);
 CREATE OPERATOR <=> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_distance, COMMUTATOR = <=>);
 CREATE OPERATOR <-> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_l2_distance, COMMUTATOR = <->);
 CREATE OPERATOR <#> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_negative_inner_product, COMMUTATOR = <#>);
+CREATE OPERATOR <+> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_l1_distance, COMMUTATOR = <+>);
 COMMENT ON OPERATOR <=> (real[], real[]) IS 'cosine distance';
 COMMENT ON OPERATOR <-> (real[], real[]) IS 'Euclidean distance';
 COMMENT ON OPERATOR <#> (real[], real[]) IS 'negative inner product';
+COMMENT ON OPERATOR <+> (real[], real[]) IS 'L1 (taxicab) distance';
 
 -- The index is taken by name and resolved here, under a lock on its table: an OID resolved
 -- by the caller (regclass) can name an index that a concurrent REINDEX CONCURRENTLY has

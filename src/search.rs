@@ -96,16 +96,22 @@ fn semantic_vector_negative_inner_product(a: Array<f32>, b: Array<f32>) -> f64 {
     vector_distance(IndexMetric::Dot, a, b)
 }
 
+/// `a <+> b` for real[]: the L1 (taxicab) distance.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn semantic_vector_l1_distance(a: Array<f32>, b: Array<f32>) -> f64 {
+    vector_distance(IndexMetric::L1, a, b)
+}
+
 /// The score semantic_search reports for a row at `distance` under an index's `metric`
-/// (higher is better): the cosine similarity, the inner product, or minus the Euclidean
-/// distance.
+/// (higher is better): the cosine similarity, the inner product, or minus the Euclidean or
+/// L1 distance.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn semantic_distance_score(metric: &str, distance: f64) -> f64 {
     let metric = IndexMetric::parse(metric).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("unknown metric \"{metric}\""),
-            Some("metric is cosine, dot or l2."),
+            Some("metric is cosine, dot, l1 or l2."),
         )
     });
     metric.score_of_distance(distance)
@@ -119,6 +125,7 @@ extension_sql_file!(
         semantic_vector_cosine_distance,
         semantic_vector_l2_distance,
         semantic_vector_negative_inner_product,
+        semantic_vector_l1_distance,
         semantic_distance_score,
         am::semantic_index_info
     ]

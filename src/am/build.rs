@@ -253,6 +253,18 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
             ),
         };
         meta.ef_construction = options.ef_construction;
+        if !meta.metric.supports_factory(&meta.factory) {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "metric \"{}\" needs a Flat or HNSW factory, not \"{}\": FAISS computes L1 \
+                     distances over exact vectors only",
+                    meta.metric.name(),
+                    meta.factory
+                ),
+                Some("Use factory 'Flat' or 'HNSW16' (m = 16), or another metric."),
+            );
+        }
         // Check the factory string now, before any work: FAISS itself is the judge.
         let probe_dim = if meta.dim == 0 { 8 } else { meta.dim as usize };
         if let Err(e) = meta.empty_index(probe_dim) {

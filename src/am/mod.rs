@@ -22,6 +22,7 @@ pub use insert::append_row;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use semantic_index::IndexMetric;
 
 #[pg_extern(sql = "
 CREATE FUNCTION faiss_amhandler(internal) RETURNS index_am_handler
@@ -54,7 +55,7 @@ pub fn ordered_am_routine() -> PgBox<pg_sys::IndexAmRoutine, pgrx::AllocatedByRu
     let mut am =
         unsafe { PgBox::<pg_sys::IndexAmRoutine>::alloc_node(pg_sys::NodeTag::T_IndexAmRoutine) };
     // faiss numbers its operators by metric (IndexMetric::strategy); bm25 uses 1.
-    am.amstrategies = 3;
+    am.amstrategies = IndexMetric::ALL.len() as u16;
     am.amsupport = 0;
     am.amoptsprocnum = 0;
     am.amcanorder = false;
@@ -88,7 +89,8 @@ CREATE OPERATOR CLASS faiss_text_ops DEFAULT FOR TYPE text USING faiss AS
 CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
     OPERATOR 1 <=> (real[], real[]) FOR ORDER BY float_ops,
     OPERATOR 2 <-> (real[], real[]) FOR ORDER BY float_ops,
-    OPERATOR 3 <#> (real[], real[]) FOR ORDER BY float_ops;
+    OPERATOR 3 <#> (real[], real[]) FOR ORDER BY float_ops,
+    OPERATOR 4 <+> (real[], real[]) FOR ORDER BY float_ops;
 ",
     name = "faiss_opclasses",
     requires = [faiss_amhandler, "semantic_operators"]

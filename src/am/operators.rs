@@ -1,7 +1,7 @@
 //! Which ORDER BY operator a faiss index serves. Its operator class lists them by strategy
 //! number (`IndexMetric::strategy`): text's `<=>` (distance under the model's own metric), and
-//! for vectors pgvector's three, `<=>` cosine distance, `<->` Euclidean distance and `<#>`
-//! negative inner product. A vector index ranks by one metric and serves that metric's
+//! for vectors pgvector's four, `<=>` cosine distance, `<->` Euclidean distance, `<#>`
+//! negative inner product and `<+>` L1 distance. A vector index ranks by one metric and serves that metric's
 //! operator only: the planner is steered away from it for the others (cost.rs), and a scan
 //! that still gets one is an error, never another metric's order.
 //!
@@ -17,7 +17,6 @@ use super::build::relation_name;
 use super::vectors::VectorType;
 use crate::errors::raise;
 
-const METRICS: [IndexMetric; 3] = [IndexMetric::Cosine, IndexMetric::L2, IndexMetric::Dot];
 
 /// The operator class of an index's column: its family and input type.
 pub struct OperatorClass {
@@ -79,7 +78,10 @@ pub unsafe fn vector_metric(index: pg_sys::Relation, option: Option<IndexMetric>
     if vector_type == Some(VectorType::RealArray) {
         return option.unwrap_or(IndexMetric::L2);
     }
-    let metrics: Vec<IndexMetric> = METRICS.into_iter().filter(|m| class.holds(*m)).collect();
+    let metrics: Vec<IndexMetric> = IndexMetric::ALL
+        .into_iter()
+        .filter(|m| class.holds(*m))
+        .collect();
     let implied = match metrics.as_slice() {
         [only] => Some(*only),
         _ => None,

@@ -72,7 +72,7 @@ unsafe extern "C-unwind" fn validate_metric(value: *const std::ffi::c_char) {
                 value,
                 "metric",
                 IndexMetric::parse(&v).is_some(),
-                "cosine, dot and l2",
+                "cosine, dot, l1 and l2",
             );
         }
     }
@@ -154,7 +154,8 @@ pub fn register() {
         pg_sys::add_string_reloption(
             RELOPT_KIND as _,
             c"metric".as_ptr(),
-            c"cosine, dot or l2 (default: the model's similarity for text, l2 for real[])".as_ptr(),
+            c"cosine, dot, l1 or l2 (default: the model's similarity for text, l2 for real[])"
+                .as_ptr(),
             std::ptr::null(),
             Some(validate_metric),
             lock,

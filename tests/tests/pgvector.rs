@@ -1,4 +1,4 @@
-//! pgvector's operators on faiss indexes: real[] with `<->`, `<=>` and `<#>` (pgvector's
+//! pgvector's operators on faiss indexes: real[] with `<->`, `<=>`, `<#>` and `<+>` (pgvector's
 //! meanings), and pgvector's own vector and halfvec columns through the semantic_pgvector
 //! extension's operator classes, checked against pgvector's exact ordering (a sequential scan
 //! that pgvector's functions compute). And a pgvector application, written with the pgvector
@@ -9,11 +9,12 @@ use postgres::Client;
 use semantic_tests::vectors::uniform;
 use semantic_tests::{cluster_with_extension as setup, env, expect_error};
 
-/// The three operators, the metric option that ranks by each, and pgvector's opclass suffix.
-const OPERATORS: [(&str, &str, &str); 3] = [
+/// The four operators, the metric option that ranks by each, and pgvector's opclass suffix.
+const OPERATORS: [(&str, &str, &str); 4] = [
     ("<->", "l2", "l2_ops"),
     ("<=>", "cosine", "cosine_ops"),
     ("<#>", "dot", "ip_ops"),
+    ("<+>", "l1", "l1_ops"),
 ];
 
 fn plan(client: &mut Client, sql: &str) -> String {
@@ -60,22 +61,24 @@ fn vector_literal(v: &[f32]) -> String {
 }
 
 #[test]
-fn real_arrays_take_pgvectors_three_operators() {
+fn real_arrays_take_pgvectors_four_operators() {
     let (_cluster, mut c) = setup("pgvector_real");
     // The operators' values: (3,4,0) and (1,2,2) are at Euclidean distance sqrt(12), their
-    // inner product is 11, and their cosine 11 / 15.
+    // inner product is 11, their cosine 11 / 15, and their L1 distance 2 + 2 + 2.
     let row = c
         .query_one(
             "SELECT '{3,4,0}'::real[] <-> '{1,2,2}', '{3,4,0}'::real[] <=> '{1,2,2}',
-                    '{3,4,0}'::real[] <#> '{1,2,2}'",
+                    '{3,4,0}'::real[] <#> '{1,2,2}', '{3,4,0}'::real[] <+> '{1,2,2}'",
             &[],
         )
         .unwrap();
-    let (l2, cosine, ip): (f64, f64, f64) = (row.get(0), row.get(1), row.get(2));
+    let (l2, cosine, ip, l1): (f64, f64, f64, f64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     assert!((l2 - 12f64.sqrt()).abs() < 1e-9, "{l2}");
     assert!((cosine - (1.0 - 11.0 / 15.0)).abs() < 1e-9, "{cosine}");
     assert!((ip + 11.0).abs() < 1e-9, "{ip}");
-    for op in ["<->", "<=>", "<#>"] {
+    assert!((l1 - 6.0).abs() < 1e-9, "{l1}");
+    for (op, _, _) in OPERATORS {
         expect_error(
             &mut c,
             &format!("SELECT '{{{{1,2}},{{3,4}}}}'::real[] {op} '{{1,2,3,4}}'::real[]"),
@@ -138,6 +141,21 @@ fn real_arrays_take_pgvectors_three_operators() {
         }
         c.batch_execute(&format!("DROP INDEX {index}")).unwrap();
     }
+    // L1 over an HNSW graph too; FAISS ranks by L1 over exact vectors only.
+    c.batch_execute("CREATE INDEX v_l1_hnsw ON v USING faiss (vec) WITH (metric = 'l1', m = 16)")
+        .unwrap();
+    let sql = "SELECT id, vec <+> '{1,0,0,0,0,0,0,0}' FROM v ORDER BY vec <+> '{1,0,0,0,0,0,0,0}' LIMIT 10";
+    assert!(plan(&mut c, sql).contains("Index Scan using v_l1_hnsw"));
+    let via_index = rows(&mut c, THROUGH_INDEX, sql);
+    let exact = rows(&mut c, EXACT, sql);
+    assert_same_top(&via_index, &exact, "real[] <+> over HNSW16");
+    c.batch_execute("DROP INDEX v_l1_hnsw").unwrap();
+    expect_error(
+        &mut c,
+        "CREATE INDEX ON v USING faiss (vec) WITH (metric = 'l1', lists = 4)",
+        &SqlState::FEATURE_NOT_SUPPORTED,
+        "metric \"l1\" needs a Flat or HNSW factory, not \"IVF4,Flat\"",
+    );
     // Without a metric option, a real[] index ranks by l2.
     c.batch_execute("CREATE INDEX v_default ON v USING faiss (vec)")
         .unwrap();

@@ -41,7 +41,10 @@ extern "C" int semantic_index_search_excluding(
         } else if (dynamic_cast<const faiss::IndexIVF*>(inner) != nullptr) {
             ivf.nprobe = static_cast<size_t>(nprobe);
             params = &ivf;
-        } else if (dynamic_cast<const faiss::IndexFlat*>(inner) != nullptr) {
+        } else if (dynamic_cast<const faiss::IndexFlat*>(inner) != nullptr &&
+                   (inner->metric_type == faiss::METRIC_L2 ||
+                    inner->metric_type == faiss::METRIC_INNER_PRODUCT)) {
+            // (FAISS's flat search under other metrics, L1, takes no selector.)
             params = &flat;
         } else {
             return 1;

@@ -207,13 +207,32 @@ impl Faiss {
     fn new(dim: usize, factory: &str, metric: Metric) -> Result<Self, IndexError> {
         ensure_defaults();
         validate_factory(dim, factory)?;
-        let index = faiss::index_factory(dim as u32, factory, metric.to_faiss()).map_err(|e| {
-            IndexError::InvalidFactory {
-                factory: factory.to_string(),
-                reason: e.to_string(),
+        let invalid = |reason: String| IndexError::InvalidFactory {
+            factory: factory.to_string(),
+            reason,
+        };
+        // Through the C API: the `faiss` crate's factory knows inner product and L2 only.
+        let description =
+            std::ffi::CString::new(factory).map_err(|_| invalid("a NUL byte".into()))?;
+        let mut p: *mut FaissIndex = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated description; `p` receives a new index or stays null.
+        let rc = unsafe {
+            faiss_sys::faiss_index_factory(
+                &mut p,
+                dim as i32,
+                description.as_ptr(),
+                metric.faiss_code() as faiss_sys::FaissMetricType,
+            )
+        };
+        if rc != 0 || p.is_null() {
+            if !p.is_null() {
+                // SAFETY: FAISS handed it to us.
+                unsafe { faiss_sys::faiss_Index_free(p) };
             }
-        })?;
-        Self::wrap(index, factory.to_string())
+            return Err(invalid(io::last_faiss_error()));
+        }
+        // SAFETY: `p` is a fresh index that we now own.
+        Self::wrap(unsafe { IndexImpl::from_inner_ptr(p) }, factory.to_string())
     }
 
     /// Takes ownership of an index FAISS just read (from memory or mapped).

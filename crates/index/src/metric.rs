@@ -16,46 +16,38 @@ pub enum Metric {
     InnerProduct,
     /// Score = squared Euclidean distance, lower is better.
     L2,
+    /// Score = sum of absolute differences (Manhattan distance), lower is better.
+    L1,
 }
 
 impl Metric {
     /// The score FAISS gives vector `v` (little-endian f32 bytes, as index pages hold them)
-    /// against query `q`: their inner product, or their squared Euclidean distance.
+    /// against query `q`: their inner product, their squared Euclidean distance or their
+    /// Manhattan distance.
     pub fn score_le(self, v: &[u8], q: &[f32]) -> f32 {
         debug_assert_eq!(v.len(), 4 * q.len());
         // Where the bytes are the CPU's own floats, FAISS's kernels score them: they are
         // compiled for this CPU (AVX2/AVX-512, see .cargo/config.toml), this crate is not.
+        // (FAISS's C API has no L1 kernel.)
+        type Kernel = unsafe extern "C" fn(*mut f32, *const f32, *const f32, usize, usize);
+        let kernel: Option<Kernel> = match self {
+            Metric::InnerProduct => Some(faiss_sys::faiss_fvec_inner_products_ny),
+            Metric::L2 => Some(faiss_sys::faiss_fvec_L2sqr_ny),
+            Metric::L1 => None,
+        };
         #[cfg(target_endian = "little")]
-        if let ([], floats, []) = unsafe { v.align_to::<f32>() } {
-            // SAFETY: little-endian f32 bytes are the f32s; both slices hold q.len() floats.
-            return unsafe { self.faiss_score(floats, q) };
+        // SAFETY (align_to): every bit pattern is an f32.
+        if let (Some(kernel), ([], floats, [])) = (kernel, unsafe { v.align_to::<f32>() }) {
+            let mut score = 0f32;
+            // SAFETY: little-endian f32 bytes are the f32s; one vector of q.len() floats each
+            // side (`floats` holds v.len() / 4 = q.len()), one output.
+            unsafe { kernel(&mut score, q.as_ptr(), floats.as_ptr(), q.len(), 1) };
+            return score;
         }
         self.score_portable(v, q)
     }
 
-    /// # Safety
-    /// `v` and `q` hold the same number of floats.
-    unsafe fn faiss_score(self, v: &[f32], q: &[f32]) -> f32 {
-        let mut score = 0f32;
-        // SAFETY: one vector of q.len() floats each side, one output.
-        unsafe {
-            match self {
-                Metric::InnerProduct => faiss_sys::faiss_fvec_inner_products_ny(
-                    &mut score,
-                    q.as_ptr(),
-                    v.as_ptr(),
-                    q.len(),
-                    1,
-                ),
-                Metric::L2 => {
-                    faiss_sys::faiss_fvec_L2sqr_ny(&mut score, q.as_ptr(), v.as_ptr(), q.len(), 1)
-                }
-            }
-        }
-        score
-    }
-
-    /// [`Self::score_le`] in plain Rust, for bytes that are not the CPU's floats. Summed in
+    /// [`Self::score_le`] in plain Rust, for L1 and for bytes that are not the CPU's floats. Summed in
     /// eight lanes, which the compiler turns into SIMD (a single running sum cannot be
     /// reordered).
     fn score_portable(self, v: &[u8], q: &[f32]) -> f32 {
@@ -63,6 +55,7 @@ impl Metric {
         let term = |v: f32, q: f32| match self {
             Metric::InnerProduct => v * q,
             Metric::L2 => (v - q) * (v - q),
+            Metric::L1 => (v - q).abs(),
         };
         let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let mut lanes = [0f32; LANES];
@@ -85,24 +78,24 @@ impl Metric {
     pub fn better(self, a: f32, b: f32) -> bool {
         match self {
             Metric::InnerProduct => a > b,
-            Metric::L2 => a < b,
+            Metric::L2 | Metric::L1 => a < b,
         }
     }
 
-    pub(crate) fn to_faiss(self) -> faiss::MetricType {
+    /// FAISS's `MetricType` code (0 = inner product, 1 = L2, 2 = L1).
+    pub(crate) fn faiss_code(self) -> u32 {
         match self {
-            Metric::InnerProduct => faiss::MetricType::InnerProduct,
-            Metric::L2 => faiss::MetricType::L2,
+            Metric::InnerProduct => 0,
+            Metric::L2 => 1,
+            Metric::L1 => 2,
         }
     }
 
-    /// From FAISS's `MetricType` code (0 = inner product, 1 = L2).
+    /// From FAISS's `MetricType` code.
     pub(crate) fn from_faiss_code(code: u32) -> Option<Metric> {
-        match code {
-            0 => Some(Metric::InnerProduct),
-            1 => Some(Metric::L2),
-            _ => None,
-        }
+        [Metric::InnerProduct, Metric::L2, Metric::L1]
+            .into_iter()
+            .find(|m| m.faiss_code() == code)
     }
 
     /// Orders scores best first (NaN last).
@@ -113,7 +106,7 @@ impl Metric {
             (false, true) => std::cmp::Ordering::Less,
             (false, false) => match self {
                 Metric::InnerProduct => b.total_cmp(&a),
-                Metric::L2 => a.total_cmp(&b),
+                Metric::L2 | Metric::L1 => a.total_cmp(&b),
             },
         }
     }
@@ -129,6 +122,8 @@ pub enum IndexMetric {
     Dot,
     /// Euclidean; distance |a - b|.
     L2,
+    /// Manhattan (taxicab); distance sum |a_i - b_i|.
+    L1,
 }
 
 impl IndexMetric {
@@ -137,6 +132,7 @@ impl IndexMetric {
             "cosine" => Some(Self::Cosine),
             "dot" => Some(Self::Dot),
             "l2" => Some(Self::L2),
+            "l1" => Some(Self::L1),
             _ => None,
         }
     }
@@ -145,6 +141,7 @@ impl IndexMetric {
         match self {
             Self::Cosine | Self::Dot => Metric::InnerProduct,
             Self::L2 => Metric::L2,
+            Self::L1 => Metric::L1,
         }
     }
 
@@ -160,6 +157,7 @@ impl IndexMetric {
             Self::Cosine => 1.0 - score,
             Self::Dot => -score,
             Self::L2 => score.max(0.0).sqrt(),
+            Self::L1 => score.max(0.0),
         }
     }
 
@@ -171,6 +169,7 @@ impl IndexMetric {
         let dot: f64 = pairs().map(|(x, y)| x * y).sum();
         match self {
             Self::L2 => pairs().map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt(),
+            Self::L1 => pairs().map(|(x, y)| (x - y).abs()).sum(),
             Self::Dot => -dot,
             Self::Cosine => {
                 let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
@@ -181,11 +180,11 @@ impl IndexMetric {
     }
 
     /// The score semantic_search reports for a row at `distance`: higher is better;
-    /// the cosine similarity, the inner product, or minus the Euclidean distance.
+    /// the cosine similarity, the inner product, or minus the Euclidean or Manhattan distance.
     pub fn score_of_distance(self, distance: f64) -> f64 {
         match self {
             Self::Cosine => 1.0 - distance,
-            Self::Dot | Self::L2 => -distance,
+            Self::Dot | Self::L2 | Self::L1 => -distance,
         }
     }
 
@@ -195,6 +194,7 @@ impl IndexMetric {
             Self::Cosine => "<=>",
             Self::Dot => "<#>",
             Self::L2 => "<->",
+            Self::L1 => "<+>",
         }
     }
 
@@ -205,11 +205,12 @@ impl IndexMetric {
             Self::Cosine => 1,
             Self::L2 => 2,
             Self::Dot => 3,
+            Self::L1 => 4,
         }
     }
 
     pub fn of_strategy(strategy: u16) -> Option<Self> {
-        [Self::Cosine, Self::L2, Self::Dot]
+        Self::ALL
             .into_iter()
             .find(|m| m.strategy() == strategy)
     }
@@ -220,7 +221,24 @@ impl IndexMetric {
             Self::Cosine => "cosine",
             Self::Dot => "dot",
             Self::L2 => "l2",
+            Self::L1 => "l1",
         }
+    }
+
+    /// Every metric, in strategy order.
+    pub const ALL: [IndexMetric; 4] = [Self::Cosine, Self::L2, Self::Dot, Self::L1];
+
+    /// Whether FAISS ranks by this metric with `factory`: L1 only over exact vectors in a flat
+    /// or HNSW index (FAISS's quantisers and IVF lists compute inner products and Euclidean
+    /// distances only).
+    pub fn supports_factory(self, factory: &str) -> bool {
+        if self != Self::L1 {
+            return true;
+        }
+        let hnsw = factory
+            .strip_prefix("HNSW")
+            .map(|rest| rest.trim_start_matches(|c: char| c.is_ascii_digit()));
+        factory == "Flat" || matches!(hnsw, Some("" | ",Flat" | "_Flat"))
     }
 }
 
@@ -231,11 +249,21 @@ mod tests {
     #[test]
     fn distances_of_scores_and_of_vectors_agree() {
         let (a, b) = ([3.0f32, 4.0, 0.0], [1.0f32, 2.0, 2.0]);
-        for metric in [IndexMetric::Cosine, IndexMetric::Dot, IndexMetric::L2] {
+        for metric in IndexMetric::ALL {
             assert_eq!(IndexMetric::parse(metric.name()), Some(metric));
             assert_eq!(IndexMetric::of_strategy(metric.strategy()), Some(metric));
         }
-        assert_eq!(IndexMetric::of_strategy(4), None);
+        assert_eq!(IndexMetric::of_strategy(5), None);
+        // Manhattan: 2 + 2 + 2.
+        assert!((IndexMetric::L1.between(&a, &b) - 6.0).abs() < 1e-9);
+        assert_eq!(IndexMetric::L1.distance(6.0), 6.0);
+        assert!(IndexMetric::L1.supports_factory("Flat"));
+        assert!(IndexMetric::L1.supports_factory("HNSW16"));
+        assert!(IndexMetric::L1.supports_factory("HNSW32,Flat"));
+        for factory in ["IVF100,Flat", "HNSW16_SQ8", "HNSW16,PQ8", "PQ16"] {
+            assert!(!IndexMetric::L1.supports_factory(factory), "{factory}");
+            assert!(IndexMetric::L2.supports_factory(factory), "{factory}");
+        }
         // Euclidean: |(2, 2, -2)| = sqrt(12).
         assert!((IndexMetric::L2.between(&a, &b) - 12f64.sqrt()).abs() < 1e-6);
         // Inner product 11: distance -11.
@@ -265,6 +293,8 @@ mod tests {
             assert!((Metric::InnerProduct.score_le(v_bytes, &q) - dot).abs() < 1e-4);
             assert!((Metric::L2.score_le(v_bytes, &q) - l2).abs() < 1e-4);
         }
+        let l1: f32 = v.iter().zip(&q).map(|(a, b)| (a - b).abs()).sum();
+        assert!((Metric::L1.score_le(&bytes(&v), &q) - l1).abs() < 1e-4);
         assert!((Metric::InnerProduct.score_portable(&bytes(&v), &q) - dot).abs() < 1e-4);
         assert!((Metric::L2.score_portable(&bytes(&v), &q) - l2).abs() < 1e-4);
     }

@@ -68,6 +68,7 @@ fn score(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     match metric {
         Metric::InnerProduct => a.iter().zip(b).map(|(x, y)| x * y).sum(),
         Metric::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Metric::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
     }
 }
 
@@ -86,7 +87,7 @@ fn brute_force(
         .collect();
     all.sort_by(|a, b| match metric {
         Metric::InnerProduct => b.1.total_cmp(&a.1),
-        Metric::L2 => a.1.total_cmp(&b.1),
+        Metric::L2 | Metric::L1 => a.1.total_cmp(&b.1),
     });
     all.truncate(k);
     all
@@ -178,6 +179,37 @@ fn flat_inner_product_matches_brute_force() {
 #[test]
 fn flat_l2_matches_brute_force() {
     flat_exact(Metric::L2);
+}
+
+#[test]
+fn flat_l1_matches_brute_force() {
+    flat_exact(Metric::L1);
+}
+
+/// L1 over an HNSW graph: FAISS links and searches it with the flat storage's L1 distances.
+#[test]
+fn hnsw_l1_reaches_recall() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let n = 2000;
+    let data = clustered_vectors(&mut rng, n, 20, 0.3);
+    let ids = ids_for(n);
+    let index = build("HNSW16", Metric::L1, &ids, &data);
+    assert_eq!(index.metric(), Metric::L1);
+    let queries = clustered_vectors(&mut rng, 50, 20, 0.3);
+    let params = SearchParams {
+        ef_search: 128,
+        nprobe: 0,
+    };
+    let r = recall(&index, &ids, &data, &queries, 10, &params);
+    assert!(r >= 0.95, "HNSW16 L1 recall@10 {r}");
+    // The scores are L1 distances, as the appended records' exact scan computes them.
+    let q = &queries[..DIM];
+    let got = index.search(q, 3, &params).unwrap();
+    let want = brute_force(Metric::L1, &ids, &data, DIM, q, 3);
+    assert!((got[0].1 - want[0].1).abs() < 1e-4, "{got:?} vs {want:?}");
+    let bytes: Vec<u8> = data[..DIM].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let exact = score(Metric::L1, &data[..DIM], q);
+    assert!((Metric::L1.score_le(&bytes, q) - exact).abs() < 1e-4);
 }
 
 #[test]
@@ -466,7 +498,9 @@ fn searches_skip_dead_positions_and_still_return_k() {
     };
     for (factory, metric, min_recall) in [
         ("Flat", Metric::InnerProduct, 1.0),
+        ("Flat", Metric::L1, 1.0),
         ("HNSW16", Metric::L2, 0.9),
+        ("HNSW16", Metric::L1, 0.9),
         ("IVF32,Flat", Metric::InnerProduct, 1.0),
         ("PCA16,IVF8,Flat", Metric::L2, 0.0),
         ("PQ8", Metric::L2, 0.0),
