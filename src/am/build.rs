@@ -449,6 +449,7 @@ pub unsafe fn write_generation(
         );
         super::cache::forget((*index).rd_id);
     }
+    super::release_freed_memory();
 }
 
 #[pg_guard]

@@ -19,6 +19,14 @@ pub(crate) mod vectors;
 pub use cache::{cache_root, dead_positions, new_cache_key, publish, OpenSnapshots};
 pub use insert::append_row;
 
+/// Gives the heap memory a rewrite freed (a snapshot's postings or FAISS buffers, the rows it
+/// read) back to the system: glibc keeps the free chunks of a fragmented heap in the backend
+/// until it exits (74 MB after a 100,000-row bm25 build, 341 MB at 1M, measured).
+pub fn release_freed_memory() {
+    // SAFETY: malloc_trim only returns free memory; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;

@@ -164,6 +164,7 @@ pub unsafe fn write_generation(
         );
     }
     super::cache::forget(index);
+    crate::am::release_freed_memory();
 }
 
 #[pg_guard]
