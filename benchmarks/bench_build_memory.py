@@ -2,13 +2,18 @@
 
   bench_build_memory.py PORT N1 N2
 
+BUILD_MEMORY_TIMEOUT (a PostgreSQL interval, default none) stops a build that runs longer: it
+is reported as not finished.
+
 For each size N: tables of N rows (clustered.py's 384-d vectors as real[] and as vector(384);
 synthetic documents of 10-90 words from a 200,000-word Zipf vocabulary), then each CREATE
 INDEX in a fresh connection (semantic.threads 1, pgvector without parallel workers,
 maintenance_work_mem 1GB): the backend's VmHWM (peak resident memory, shared buffers it touched
 included) and VmRSS from /proc before and after, and the index's size.
 """
+import os
 import sys
+import time
 
 import numpy as np
 import psycopg
@@ -18,6 +23,7 @@ from clustered import Clustered, copy_real_arrays
 
 port, sizes = sys.argv[1], [int(x) for x in sys.argv[2:]]
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+TIMEOUT = os.environ.get("BUILD_MEMORY_TIMEOUT", "0")
 
 
 def status(pid):
@@ -34,14 +40,20 @@ def build(sql, index):
     with psycopg.connect(DSN, autocommit=True) as c:
         c.execute("SET maintenance_work_mem = '1GB'")
         c.execute("SET semantic.threads = 1")
+        c.execute(f"SET statement_timeout = '{TIMEOUT}'")
         c.execute("SELECT 1 FROM pg_class LIMIT 1")
         pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         before = status(pid)
-        c.execute(sql)
+        started = time.monotonic()
+        try:
+            c.execute(sql)
+        except psycopg.errors.QueryCanceled:
+            return before, None, time.monotonic() - started, None
+        seconds = time.monotonic() - started
         after = status(pid)
         size = c.execute(f"SELECT pg_relation_size('{index}') / 1048576").fetchone()[0]
         c.execute(f"DROP INDEX {index}")
-    return before, after, size
+    return before, after, seconds, size
 
 
 with psycopg.connect(DSN, autocommit=True) as c:
@@ -68,6 +80,9 @@ for n in sizes:
         ("bm25", "CREATE INDEX docs_idx ON docs USING bm25 (doc)", "docs_idx"),
         ("pgvector HNSW", "CREATE INDEX vv_idx ON vv USING hnsw (v vector_l2_ops) WITH (m = 16, ef_construction = 64)", "vv_idx"),
     ]:
-        before, after, size = build(sql, index)
+        before, after, seconds, size = build(sql, index)
+        if after is None:
+            print(f"  {name}: did not finish within {TIMEOUT} ({seconds:.0f} s)", flush=True)
+            continue
         print(f"  {name}: VmHWM {before['VmHWM']} -> {after['VmHWM']} MB, RssAnon {before['RssAnon']} -> "
-              f"{after['RssAnon']} MB; index {size} MB")
+              f"{after['RssAnon']} MB; index {size} MB; {seconds:.0f} s", flush=True)

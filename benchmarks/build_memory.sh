@@ -3,6 +3,7 @@
 # faiss (real[], HNSW16), USING bm25 and pgvector's USING hnsw, at two table sizes, beside the
 # index's size. Starts a private cluster in target/bench-cluster/build-memory on
 # 127.0.0.1:$PORT, removed at the end. Usage: benchmarks/build_memory.sh [N1=50000] [N2=100000]
+# (BUILD_MEMORY_TIMEOUT, an interval: builds that take longer are reported as not finished).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/cluster.sh"
 N1=${1:-50000}; N2=${2:-100000}; PORT=${BENCH_PORT_BUILD_MEMORY:-5518}

@@ -46,15 +46,25 @@ fn progress(param: u32, value: i64) {
 /// pads almost as little as sorting the whole table would.
 const EMBED_CHUNK: usize = 2048;
 
+/// Vectors are handed to a Flat or HNSW index this many at a time while the table is scanned
+/// (see `VectorIndex::fill`), so the build never holds them twice.
+const FILL_BATCH: usize = 4096;
+
 struct BuildState {
     meta: Meta,
     index_name: String,
     /// The column's type, for a vector column.
     vector_type: Option<VectorType>,
-    /// The vectors, row-major, with their FAISS ids and text hashes.
+    /// The vectors, row-major, with their FAISS ids, not yet handed to `filling` (all of them
+    /// for kinds that cannot be filled); the text hash of every vector.
     ids: Vec<i64>,
     hashes: Vec<u64>,
     vectors: Vec<f32>,
+    /// The index being filled while the table is scanned (Flat, HNSW over flat storage),
+    /// made at the first vector; None for the other kinds.
+    filling: Option<VectorIndex>,
+    /// The table's estimated rows, the room `filling` starts with.
+    expected_rows: usize,
     rows: u64,
     pending_keys: Vec<RecordKey>,
     pending_texts: Vec<String>,
@@ -67,9 +77,32 @@ impl BuildState {
             self.meta.dim = vector.len() as u32;
         }
         let vector = prepare(&self.meta, vector);
+        if self.hashes.is_empty() {
+            let mut index = self.meta.empty_index(self.meta.dim as usize).unwrap_or_else(|e| {
+                raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), None)
+            });
+            let fills = index
+                .begin_filling(self.expected_rows)
+                .unwrap_or_else(|e| interrupted_or_internal(e));
+            self.filling = fills.then_some(index);
+        }
         self.ids.push(tid_to_id(key.block, key.offset));
         self.hashes.push(key.text_hash);
         self.vectors.extend_from_slice(&vector);
+        if self.ids.len() >= FILL_BATCH {
+            self.fill();
+        }
+    }
+
+    /// Hands the vectors collected so far to the index being filled, if there is one.
+    fn fill(&mut self) {
+        if let Some(index) = &mut self.filling {
+            index
+                .fill(&self.ids, &self.vectors)
+                .unwrap_or_else(|e| interrupted_or_internal(e));
+            self.ids.clear();
+            self.vectors.clear();
+        }
     }
 
     fn flush_texts(&mut self) {
@@ -310,7 +343,8 @@ pub struct NewSnapshot {
 
 /// The snapshot of a FAISS index over `ids`/`vectors` with the rows' text hashes: a new index
 /// (trained on them first for IVF-style factories), or `base` (a private copy of the current
-/// snapshot, with its text hashes) with them added. What build, vacuum and fold write.
+/// snapshot, or the index a build filled while it scanned, with its text hashes) with them
+/// added and linked. What build, vacuum and fold write.
 /// `vectors` is freed once added when the FAISS index keeps them exactly (the records chain
 /// then needs none), so that FAISS holds the only copy.
 pub fn snapshot(
@@ -367,6 +401,10 @@ pub fn snapshot(
     // FAISS polls the backend's pending cancel/terminate flags.
     index
         .add(ids, vectors)
+        .unwrap_or_else(|e| interrupted_or_internal(e));
+    // What a build handed over while it scanned the table is linked now, in the same call.
+    index
+        .link_filled()
         .unwrap_or_else(|e| interrupted_or_internal(e));
     if index.stores_exact_vectors() {
         *vectors = Vec::new();
@@ -470,6 +508,8 @@ pub unsafe extern "C-unwind" fn ambuild(
             vector_type: VectorType::of_index(index),
             ids: Vec::new(),
             vectors: Vec::new(),
+            filling: None,
+            expected_rows: (*(*heap).rd_rel).reltuples.max(0.0) as usize,
             rows: 0,
             pending_keys: Vec::new(),
             hashes: Vec::new(),
@@ -482,10 +522,12 @@ pub unsafe extern "C-unwind" fn ambuild(
         );
         let heap_tuples = scan_rows(heap, index, index_info, |tid, value| state.row(tid, value));
         state.flush_texts();
+        state.fill();
 
+        let filled = state.filling.take().map(|index| (index, Vec::new()));
         let new = snapshot(
             &state.meta,
-            None,
+            filled,
             &state.ids,
             &state.hashes,
             &mut state.vectors,

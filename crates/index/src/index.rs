@@ -24,6 +24,24 @@ const HNSW_M_RANGE: std::ops::RangeInclusive<u64> = 2..=512;
 extern "C" {
     // cpp/storage.cpp
     fn semantic_index_stores_exact_vectors(index: *const FaissIndex) -> bool;
+    fn semantic_index_begin_filling(
+        index: *mut FaissIndex,
+        expected: i64,
+        error: *mut std::ffi::c_char,
+        error_len: usize,
+    ) -> i32;
+    fn semantic_index_fill(
+        index: *mut FaissIndex,
+        x: *const f32,
+        n: i64,
+        error: *mut std::ffi::c_char,
+        error_len: usize,
+    ) -> i32;
+    fn semantic_index_link_filled(
+        index: *mut FaissIndex,
+        error: *mut std::ffi::c_char,
+        error_len: usize,
+    ) -> i32;
     // cpp/search.cpp
     #[allow(clippy::too_many_arguments)]
     fn semantic_index_search_excluding(
@@ -191,6 +209,23 @@ fn validate_factory(dim: usize, factory: &str) -> Result<(), IndexError> {
         }
     }
     Ok(())
+}
+
+/// Calls a C++ shim that returns -1 with a message in the buffer it is given when FAISS
+/// failed; other codes are returned.
+fn shim_call(
+    op: &'static str,
+    call: impl FnOnce(*mut std::ffi::c_char, usize) -> i32,
+) -> Result<i32, IndexError> {
+    let mut error = [0 as std::ffi::c_char; 512];
+    match call(error.as_mut_ptr(), error.len()) {
+        -1 => {
+            // SAFETY: the shim wrote a NUL-terminated message.
+            let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
+            Err(IndexError::faiss(op, message.to_string_lossy().into_owned()))
+        }
+        rc => Ok(rc),
+    }
 }
 
 fn check_finite(what: &str, v: &[f32]) -> Result<(), IndexError> {
@@ -677,6 +712,63 @@ impl VectorIndex {
         }
         self.ids.extend_from_slice(ids);
         Ok(())
+    }
+
+    /// Makes this empty index (Flat, or HNSW over flat storage) ready to take vectors while a
+    /// table is scanned ([`Self::fill`]), with room for about `expected`; false for other kinds
+    /// (which [`Self::add`] the vectors once they have them all).
+    pub fn begin_filling(&mut self, expected: usize) -> Result<bool, IndexError> {
+        if !self.ids.is_empty() || self.needs_training() {
+            return Ok(false);
+        }
+        // SAFETY: live index; the shim writes a NUL-terminated message on failure.
+        shim_call("begin filling", |error, len| unsafe {
+            semantic_index_begin_filling(
+                self.faiss.index.inner_ptr(),
+                expected.min(i64::MAX as usize) as i64,
+                error,
+                len,
+            )
+        })
+        .map(|rc| rc == 0)
+    }
+
+    /// Hands vectors (`ids.len() * dim` floats) to an index [`Self::begin_filling`] made ready:
+    /// a flat index keeps them at once, an HNSW index's storage keeps them until
+    /// [`Self::link_filled`] links them all into its graph in one call. The caller's copy can
+    /// go: the vectors are never held twice.
+    pub fn fill(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {
+        let n = self.faiss.rows("vectors", vectors)?;
+        if n != ids.len() {
+            return Err(IndexError::invalid(format!("{} ids for {n} vectors", ids.len())));
+        }
+        if let Some(id) = ids.iter().find(|&&id| id < 0) {
+            return Err(IndexError::invalid(format!("negative id {id}")));
+        }
+        check_finite("vectors", vectors)?;
+        // SAFETY: live index; `vectors` holds n * dim floats.
+        shim_call("fill", |error, len| unsafe {
+            semantic_index_fill(
+                self.faiss.index.inner_ptr(),
+                vectors.as_ptr(),
+                n as i64,
+                error,
+                len,
+            )
+        })?;
+        self.ids.extend_from_slice(ids);
+        Ok(())
+    }
+
+    /// Links what [`Self::fill`] handed over into the HNSW graph (nothing to do for a flat
+    /// index, or when nothing is pending).
+    pub fn link_filled(&mut self) -> Result<(), IndexError> {
+        ensure_defaults();
+        // SAFETY: live index; the shim writes a NUL-terminated message on failure.
+        shim_call("add", |error, len| unsafe {
+            semantic_index_link_filled(self.faiss.index.inner_ptr(), error, len)
+        })
+        .map(|_| ())
     }
 
     /// Number of stored vectors.

@@ -1155,3 +1155,44 @@ fn distances_of_faiss_hits_equal_the_distances_of_the_vectors() {
     let euclid = ((0.6f64 - 1.0).powi(2) + 0.8f64.powi(2)).sqrt();
     assert!((IndexMetric::L2.between(&a, &b) - euclid).abs() < 1e-6);
 }
+
+/// A build that fills an index while it scans (vectors handed over in batches, then linked
+/// in one call) makes the very index that adding them all at once makes; kinds that cannot
+/// be filled say so.
+#[test]
+fn filling_while_scanning_equals_adding_at_once() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let n = 1500;
+    let data = clustered_vectors(&mut rng, n, 10, 0.3);
+    let ids = ids_for(n);
+    for (factory, metric) in [
+        ("HNSW16", Metric::L2),
+        ("HNSW16", Metric::InnerProduct),
+        ("HNSW8", Metric::L1),
+        ("Flat", Metric::L2),
+    ] {
+        let added = build(factory, metric, &ids, &data);
+        let mut filled = VectorIndex::new(DIM, factory, metric).unwrap();
+        assert!(filled.begin_filling(1000).unwrap(), "{factory}");
+        for (chunk_ids, chunk) in ids.chunks(400).zip(data.chunks(400 * DIM)) {
+            filled.fill(chunk_ids, chunk).unwrap();
+        }
+        filled.link_filled().unwrap();
+        assert_eq!(filled.len(), n);
+        assert_eq!(
+            encode_snapshot(&filled, &[], &KEY).unwrap(),
+            encode_snapshot(&added, &[], &KEY).unwrap(),
+            "{factory} {metric:?}"
+        );
+    }
+    let mut ivf = VectorIndex::new(DIM, "IVF4,Flat", Metric::L2).unwrap();
+    assert!(!ivf.begin_filling(10).unwrap());
+    let mut sq = VectorIndex::new(DIM, "HNSW16_SQ8", Metric::L2).unwrap();
+    assert!(!sq.begin_filling(10).unwrap());
+    assert!(matches!(
+        VectorIndex::new(DIM, "HNSW16", Metric::L2)
+            .unwrap()
+            .fill(&ids[..1], &[f32::NAN; DIM]),
+        Err(IndexError::InvalidArgument(_))
+    ));
+}
