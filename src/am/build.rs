@@ -78,9 +78,16 @@ impl BuildState {
         }
         let vector = prepare(&self.meta, vector);
         if self.hashes.is_empty() {
-            let mut index = self.meta.empty_index(self.meta.dim as usize).unwrap_or_else(|e| {
-                raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), None)
-            });
+            let mut index = self
+                .meta
+                .empty_index(self.meta.dim as usize)
+                .unwrap_or_else(|e| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                        e.to_string(),
+                        None,
+                    )
+                });
             let fills = index
                 .begin_filling(self.expected_rows)
                 .unwrap_or_else(|e| interrupted_or_internal(e));

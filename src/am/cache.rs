@@ -252,11 +252,15 @@ struct FileSide<'a> {
 
 impl Write for FileSide<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.out.write(bytes).inspect_err(|e| self.failed = Some(e.to_string()))
+        self.out
+            .write(bytes)
+            .inspect_err(|e| self.failed = Some(e.to_string()))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush().inspect_err(|e| self.failed = Some(e.to_string()))
+        self.out
+            .flush()
+            .inspect_err(|e| self.failed = Some(e.to_string()))
     }
 }
 

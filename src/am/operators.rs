@@ -17,7 +17,6 @@ use super::build::relation_name;
 use super::vectors::VectorType;
 use crate::errors::raise;
 
-
 /// The operator class of an index's column: its family and input type.
 pub struct OperatorClass {
     family: pg_sys::Oid,

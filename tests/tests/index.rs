@@ -1154,14 +1154,46 @@ fn pgvector_index_options_choose_the_factory() {
         assert_eq!(row.get::<_, i32>(1), ef, "{index}");
     }
     for (with, state, message) in [
-        ("m = 8, factory = 'HNSW16'", SqlState::INVALID_PARAMETER_VALUE, "contradicts \"m\" (8)"),
-        ("lists = 4, factory = 'Flat'", SqlState::INVALID_PARAMETER_VALUE, "contradicts \"lists\" (4)"),
-        ("m = 8, lists = 4", SqlState::INVALID_PARAMETER_VALUE, "give one of them"),
-        ("m = 40", SqlState::INVALID_PARAMETER_VALUE, "ef_construction must be greater than or equal to 2 * m"),
-        ("m = 1", SqlState::INVALID_PARAMETER_VALUE, "value 1 out of bounds for option \"m\""),
-        ("m = 101", SqlState::INVALID_PARAMETER_VALUE, "out of bounds for option \"m\""),
-        ("lists = 0", SqlState::INVALID_PARAMETER_VALUE, "out of bounds for option \"lists\""),
-        ("lists = 32769", SqlState::INVALID_PARAMETER_VALUE, "out of bounds for option \"lists\""),
+        (
+            "m = 8, factory = 'HNSW16'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "contradicts \"m\" (8)",
+        ),
+        (
+            "lists = 4, factory = 'Flat'",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "contradicts \"lists\" (4)",
+        ),
+        (
+            "m = 8, lists = 4",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "give one of them",
+        ),
+        (
+            "m = 40",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "ef_construction must be greater than or equal to 2 * m",
+        ),
+        (
+            "m = 1",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "value 1 out of bounds for option \"m\"",
+        ),
+        (
+            "m = 101",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "out of bounds for option \"m\"",
+        ),
+        (
+            "lists = 0",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "out of bounds for option \"lists\"",
+        ),
+        (
+            "lists = 32769",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "out of bounds for option \"lists\"",
+        ),
     ] {
         expect_error(
             &mut client,

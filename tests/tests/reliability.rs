@@ -473,14 +473,18 @@ fn bad_input_gives_errors_and_no_backend_crashes() {
         ("body <=> (SELECT NULL::text)", "docs_body"),
     ] {
         let plan: Vec<String> = c
-            .query(&format!("EXPLAIN SELECT id FROM docs ORDER BY {order}"), &[])
+            .query(
+                &format!("EXPLAIN SELECT id FROM docs ORDER BY {order}"),
+                &[],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
         assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
         for (limit, rows) in [("", 50), ("LIMIT 7", 7)] {
-            let sql = format!("SELECT count(*) FROM (SELECT id FROM docs ORDER BY {order} {limit}) s");
+            let sql =
+                format!("SELECT count(*) FROM (SELECT id FROM docs ORDER BY {order} {limit}) s");
             let count: i64 = c.query_one(&sql, &[]).unwrap().get(0);
             assert_eq!(count, rows, "{sql}");
         }

@@ -196,7 +196,10 @@ fn the_snapshot_file_is_shared_rebuilt_and_checked() {
             )),
             "{log}"
         );
-        assert!(snapshot_files(&cluster).is_empty(), "a partial file was left");
+        assert!(
+            snapshot_files(&cluster).is_empty(),
+            "a partial file was left"
+        );
         drop(c);
         assert_exact(&cluster, "v", &queries);
         run_as_root(&["umount", dir_str]);

@@ -222,7 +222,10 @@ fn shim_call(
         -1 => {
             // SAFETY: the shim wrote a NUL-terminated message.
             let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
-            Err(IndexError::faiss(op, message.to_string_lossy().into_owned()))
+            Err(IndexError::faiss(
+                op,
+                message.to_string_lossy().into_owned(),
+            ))
         }
         rc => Ok(rc),
     }
@@ -740,7 +743,10 @@ impl VectorIndex {
     pub fn fill(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {
         let n = self.faiss.rows("vectors", vectors)?;
         if n != ids.len() {
-            return Err(IndexError::invalid(format!("{} ids for {n} vectors", ids.len())));
+            return Err(IndexError::invalid(format!(
+                "{} ids for {n} vectors",
+                ids.len()
+            )));
         }
         if let Some(id) = ids.iter().find(|&&id| id < 0) {
             return Err(IndexError::invalid(format!("negative id {id}")));

@@ -210,9 +210,7 @@ impl IndexMetric {
     }
 
     pub fn of_strategy(strategy: u16) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.strategy() == strategy)
+        Self::ALL.into_iter().find(|m| m.strategy() == strategy)
     }
 
     /// The metric's name, as index options and semantic_index_info spell it.

@@ -61,14 +61,23 @@ mod tests {
     #[test]
     fn pgvector_options_become_factories() {
         assert_eq!(resolve_factory(None, None, None, 64).unwrap(), "Flat");
-        assert_eq!(resolve_factory(Some("HNSW32"), None, None, 64).unwrap(), "HNSW32");
+        assert_eq!(
+            resolve_factory(Some("HNSW32"), None, None, 64).unwrap(),
+            "HNSW32"
+        );
         assert_eq!(resolve_factory(None, Some(16), None, 64).unwrap(), "HNSW16");
-        assert_eq!(resolve_factory(Some("HNSW16"), Some(16), None, 64).unwrap(), "HNSW16");
+        assert_eq!(
+            resolve_factory(Some("HNSW16"), Some(16), None, 64).unwrap(),
+            "HNSW16"
+        );
         assert_eq!(
             resolve_factory(Some("HNSW16_SQ8"), Some(16), None, 64).unwrap(),
             "HNSW16_SQ8"
         );
-        assert_eq!(resolve_factory(None, None, Some(100), 64).unwrap(), "IVF100,Flat");
+        assert_eq!(
+            resolve_factory(None, None, Some(100), 64).unwrap(),
+            "IVF100,Flat"
+        );
         assert_eq!(
             resolve_factory(Some("IVF100,PQ16"), None, Some(100), 64).unwrap(),
             "IVF100,PQ16"
@@ -76,11 +85,35 @@ mod tests {
         // Contradictions, pgvector's rule on ef_construction, and both kinds at once.
         for (factory, m, lists, ef, error) in [
             (Some("HNSW32"), Some(16), None, 64, "contradicts \"m\" (16)"),
-            (Some("HNSW160"), Some(16), None, 64, "contradicts \"m\" (16)"),
+            (
+                Some("HNSW160"),
+                Some(16),
+                None,
+                64,
+                "contradicts \"m\" (16)",
+            ),
             (Some("Flat"), Some(16), None, 64, "starts with HNSW16"),
-            (Some("IVF10,Flat"), None, Some(100), 64, "contradicts \"lists\" (100)"),
-            (Some("IVF1000,Flat"), None, Some(100), 64, "contradicts \"lists\" (100)"),
-            (None, Some(40), None, 64, "ef_construction must be greater than or equal to 2 * m"),
+            (
+                Some("IVF10,Flat"),
+                None,
+                Some(100),
+                64,
+                "contradicts \"lists\" (100)",
+            ),
+            (
+                Some("IVF1000,Flat"),
+                None,
+                Some(100),
+                64,
+                "contradicts \"lists\" (100)",
+            ),
+            (
+                None,
+                Some(40),
+                None,
+                64,
+                "ef_construction must be greater than or equal to 2 * m",
+            ),
             (None, Some(16), Some(100), 64, "give one of them"),
         ] {
             let got = resolve_factory(factory, m, lists, ef).unwrap_err();

@@ -713,7 +713,10 @@ fn cache_files_are_published_checked_and_replaced() {
 
     let publish = |key: &CacheKey, bytes: &[u8]| {
         let _lock = cache.lock("1.2.3", key, || {}).unwrap();
-        cache.publish("1.2.3", key, |w| w.write_all(bytes)).unwrap().path
+        cache
+            .publish("1.2.3", key, |w| w.write_all(bytes))
+            .unwrap()
+            .path
     };
     let path_a = publish(&key_a, &bytes_a);
     assert_eq!(std::fs::read(&path_a).unwrap(), bytes_a);
