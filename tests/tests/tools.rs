@@ -843,7 +843,8 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
         );
     }
 
-    // A teacher that is no faiss index is a clear error, and so is one whose table does not
+    // A teacher that is no faiss or bm25 index is a clear error (a bm25 index stands for the
+    // faiss index on its column, as in semantic_search), and so is one whose table does not
     // hold the passage ids.
     let teacher_error = |index: &str| {
         let output = tools(&[
@@ -864,8 +865,9 @@ fn genq_with_a_teacher_keeps_what_hybrid_search_confirms_and_mines_negatives() {
         assert!(!output.status.success());
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
-    let stderr = teacher_error("docs_bm25");
+    let stderr = teacher_error("docs");
     assert!(stderr.contains("teacher search failed"), "{stderr}");
+    assert!(stderr.contains("is not a faiss index"), "{stderr}");
     client
         .batch_execute(&format!(
             "CREATE TABLE other (key int, body text);
