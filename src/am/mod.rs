@@ -3,6 +3,7 @@
 //! storage, the server's shared snapshot files in cache; which operator an index serves in
 //! operators.
 
+pub(crate) mod appended;
 pub(crate) mod build;
 mod cache;
 pub(crate) mod cost;

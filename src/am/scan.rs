@@ -13,13 +13,14 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ChainPos, ColumnKind, Meta, NO_BLOCK};
-use semantic_index::records::{decode_records_into, score_records};
+use semantic_index::layout::{ChainPos, ColumnKind, Meta};
+use semantic_index::records::{decode_records_into, RecordKey};
 use semantic_index::{best_per_id, tid_to_id, SearchParams};
 
+use super::appended::AppendedCaches;
 use super::operators::check_serves;
 use super::ordered::{self, retry_while_changing, Candidate, OrderedBy, Rescan, RowQueue};
-use super::storage::{read_meta, read_records, ChainRead};
+use super::storage::{read_meta, read_records_from};
 use super::vectors::{datum_text, query_vector};
 use crate::errors::raise;
 use crate::gucs;
@@ -141,19 +142,12 @@ unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
                         .map(|(_, id)| id),
                 );
             }
-            let from = appended_from(&meta);
-            if from.block != NO_BLOCK && meta.dim != 0 {
-                let dim = meta.dim as usize;
-                let (mut keys, mut vectors) = (Vec::new(), Vec::new());
-                let read = read_records(index, from, meta.generation, dim, |bytes| {
-                    decode_records_into(bytes, dim, &mut keys, &mut vectors);
-                    vectors.clear();
-                });
-                if !matches!(read, ChainRead::Done) {
-                    return None;
-                }
-                ids.extend(keys.iter().map(|k| tid_to_id(k.block, k.offset)));
-            }
+            ids.extend(with_appended(index, &meta, |rows| {
+                rows.keys
+                    .iter()
+                    .map(|k| tid_to_id(k.block, k.offset))
+                    .collect::<Vec<_>>()
+            })?);
             Some(ids)
         });
         // Chunks share their row's TID; the queue returns each row once.
@@ -167,16 +161,59 @@ unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
     }
 }
 
-/// Where the records not in the snapshot start.
-fn appended_from(meta: &Meta) -> ChainPos {
-    if meta.snapshot_end.block == NO_BLOCK {
-        ChainPos {
-            block: meta.records_head,
-            slot: 0,
+/// The records appended since the snapshot, decoded: what this backend has read of them.
+#[derive(Default)]
+struct AppendedVectors {
+    keys: Vec<RecordKey>,
+    /// The keys' vectors, one after another.
+    vectors: Vec<f32>,
+}
+
+impl AppendedVectors {
+    /// Reads the records from `from` to the end of the chain; None if the chain was rewritten
+    /// under the reader.
+    unsafe fn extend(
+        &mut self,
+        index: pg_sys::Relation,
+        meta: &Meta,
+        from: ChainPos,
+    ) -> Option<ChainPos> {
+        let dim = meta.dim as usize;
+        // SAFETY: the caller's open index.
+        unsafe {
+            read_records_from(index, from, meta.generation, dim, |bytes| {
+                decode_records_into(bytes, dim, &mut self.keys, &mut self.vectors);
+            })
         }
-    } else {
-        meta.snapshot_end
     }
+}
+
+thread_local! {
+    static APPENDED: AppendedCaches<AppendedVectors> = AppendedCaches::default();
+}
+
+/// `f` of the records appended to `index` since `meta`'s snapshot; None if the index was
+/// rewritten under the reader.
+unsafe fn with_appended<R>(
+    index: pg_sys::Relation,
+    meta: &Meta,
+    f: impl FnOnce(&AppendedVectors) -> R,
+) -> Option<R> {
+    if meta.dim == 0 {
+        return Some(f(&AppendedVectors::default())); // no vector yet, so no record
+    }
+    APPENDED.with(|cached| {
+        // SAFETY: the caller's open index and its metapage.
+        unsafe {
+            cached.with(
+                index,
+                meta,
+                AppendedVectors::default,
+                |rows, from| rows.extend(index, meta, from),
+                f,
+            )
+        }
+    })
 }
 
 /// One candidate of the exact search over appended records.
@@ -193,25 +230,24 @@ unsafe fn score_appended(
     meta: &Meta,
     query: &[f32],
 ) -> Option<Vec<Appended>> {
-    // SAFETY: `index` is the open index of the caller's scan.
+    let metric = meta.metric.faiss_metric();
+    // SAFETY: the caller's open index and its metapage.
     unsafe {
-        let from = appended_from(meta);
-        let mut out = Vec::new();
-        if from.block == NO_BLOCK || meta.dim == 0 {
-            return Some(out);
-        }
-        let dim = meta.dim as usize;
-        let metric = meta.metric.faiss_metric();
-        let read = read_records(index, from, meta.generation, dim, |bytes| {
-            out.extend(
-                score_records(bytes, dim, query, metric).map(|(key, score)| Appended {
+        with_appended(index, meta, |rows| {
+            let mut scores = vec![0f32; rows.keys.len()];
+            if !scores.is_empty() {
+                metric.score_all(&rows.vectors, query, &mut scores);
+            }
+            rows.keys
+                .iter()
+                .zip(scores)
+                .map(|(key, score)| Appended {
                     id: tid_to_id(key.block, key.offset),
                     score,
                     text_hash: key.text_hash,
-                }),
-            );
-        });
-        matches!(read, ChainRead::Done).then_some(out)
+                })
+                .collect()
+        })
     }
 }
 

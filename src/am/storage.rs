@@ -178,17 +178,6 @@ pub unsafe fn flag_dead_records(
     chain::flag_dead_records(&Index(rel), meta, dim, dead).unwrap_or_else(|e| corrupted(e))
 }
 
-/// See [`chain::read_records`].
-pub unsafe fn read_records(
-    rel: pg_sys::Relation,
-    from: ChainPos,
-    generation: u64,
-    dim: usize,
-    visit: impl FnMut(&[u8]),
-) -> ChainRead {
-    chain::read_records(&Index(rel), from, generation, dim, visit)
-}
-
 /// See [`chain::read_records_from`].
 pub unsafe fn read_records_from(
     rel: pg_sys::Relation,

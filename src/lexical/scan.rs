@@ -8,8 +8,6 @@
 //! come out, the other rows follow at distance 0 (an ORDER BY returns every row), unless the
 //! search stopped at `semantic.max_scan_tuples`.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use pgrx::pg_sys;
@@ -26,6 +24,7 @@ use super::analyze::lexemes;
 use super::heap::{appended_lexemes, Entries};
 use super::settings;
 use super::storage::{read_meta, read_records_from, read_terms};
+use crate::am::appended::AppendedCaches;
 use crate::am::ordered::{self, retry_while_changing, Candidate, OrderedBy, Rescan, RowQueue};
 use crate::am::vectors::datum_text;
 use crate::errors::raise;
@@ -109,15 +108,9 @@ pub unsafe extern "C-unwind" fn amrescan(
     }
 }
 
-/// What this backend has read of one index's appended rows.
+/// What this backend has read of one index's appended rows (see [`crate::am::appended`]).
 struct TailCache {
-    relfilenode: u32,
-    generation: u64,
-    /// Appended records VACUUM had flagged dead when the cache was started: when that changes,
-    /// rows the cache holds may be dead, and it starts again.
-    dead_appended: u64,
-    /// Where the next read of the records and terms chains goes on (None: at their start).
-    records_at: Option<ChainPos>,
+    /// Where the next read of the terms chain goes on (None: at its start).
     terms_at: Option<ChainPos>,
     /// The first part of a terms entry still being appended.
     partial: Vec<u8>,
@@ -127,12 +120,8 @@ struct TailCache {
 }
 
 impl TailCache {
-    fn new(relfilenode: u32, meta: &Meta) -> Self {
+    fn new() -> Self {
         TailCache {
-            relfilenode,
-            generation: meta.generation,
-            dead_appended: meta.dead_appended,
-            records_at: None,
             terms_at: None,
             partial: Vec::new(),
             entries: Entries::new(),
@@ -140,25 +129,17 @@ impl TailCache {
         }
     }
 
-    /// Reads the rows appended since the last read into the tail: their records first, then
+    /// Reads the rows appended from `records_from` on into the tail: their records first, then
     /// the terms (each written before its record, so every record read has its entry in what
-    /// follows). None if the index was rewritten under the reader.
+    /// follows). Returns where the records chain ended; None if the index was rewritten under
+    /// the reader.
     unsafe fn extend(
         &mut self,
         index: pg_sys::Relation,
         heap: pg_sys::Relation,
         meta: &Meta,
-    ) -> Option<()> {
-        let records_from = self
-            .records_at
-            .unwrap_or(if meta.snapshot_end.block == NO_BLOCK {
-                ChainPos {
-                    block: meta.records_head,
-                    slot: 0,
-                }
-            } else {
-                meta.snapshot_end
-            });
+        records_from: ChainPos,
+    ) -> Option<ChainPos> {
         let terms_from = self.terms_at.unwrap_or(ChainPos {
             block: meta.terms_head,
             slot: 0,
@@ -187,7 +168,6 @@ impl TailCache {
         self.partial = bytes;
         self.entries
             .extend(rows.into_iter().map(|r| ((r.id, r.text_hash), r.lexemes)));
-        self.records_at = (records_end.block != NO_BLOCK).then_some(records_end);
         self.terms_at = (terms_end.block != NO_BLOCK).then_some(terms_end);
         let config = pg_sys::Oid::from(settings(meta).config_oid);
         for key in &keys {
@@ -201,15 +181,12 @@ impl TailCache {
                 );
             }
         }
-        Some(())
+        Some(records_end)
     }
 }
 
 thread_local! {
-    /// The appended rows of each bm25 index this backend searched, for the generation it last
-    /// saw: a search reads only the rows appended since the previous one. Dropped at each new
-    /// generation (a fold), so each holds at most about `semantic.max_appended` rows.
-    static TAILS: RefCell<HashMap<pg_sys::Oid, TailCache>> = RefCell::default();
+    static TAILS: AppendedCaches<TailCache> = AppendedCaches::default();
 }
 
 /// Calls `f` with the rows appended to `index` up to now; None if the index was rewritten
@@ -220,22 +197,18 @@ unsafe fn with_tail<T>(
     meta: &Meta,
     f: impl FnOnce(&Tail) -> T,
 ) -> Option<T> {
-    // SAFETY: the scan's open index.
-    let (oid, relfilenode) =
-        unsafe { ((*index).rd_id, crate::compat::relation_file(index).number) };
-    // Taken out while it is extended: a read that errors half-way leaves no cache behind.
-    let cache = TAILS.with(|tails| tails.borrow_mut().remove(&oid));
-    let mut cache = cache
-        .filter(|c| {
-            (c.relfilenode, c.generation, c.dead_appended)
-                == (relfilenode, meta.generation, meta.dead_appended)
-        })
-        .unwrap_or_else(|| TailCache::new(relfilenode, meta));
-    // SAFETY: as above.
-    unsafe { cache.extend(index, heap, meta) }?;
-    let result = f(&cache.tail);
-    TAILS.with(|tails| tails.borrow_mut().insert(oid, cache));
-    Some(result)
+    TAILS.with(|tails| {
+        // SAFETY: the scan's open index and heap, and the index's metapage.
+        unsafe {
+            tails.with(
+                index,
+                meta,
+                TailCache::new,
+                |cache, from| cache.extend(index, heap, meta, from),
+                |cache| f(&cache.tail),
+            )
+        }
+    })
 }
 
 unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {

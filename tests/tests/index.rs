@@ -508,6 +508,77 @@ fn real_array_indexes_and_table_lifecycle() {
     assert_eq!(dim, 2);
 }
 
+/// A backend keeps the appended records it has read from one search to the next: a row that
+/// VACUUM removed from them must leave that copy too, also when the table has given its TID to
+/// a new row.
+#[test]
+fn a_backends_appended_records_follow_vacuum_and_reused_tids() {
+    let (cluster, mut client) = setup("index_appended_cache");
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int, vec real[]);
+             INSERT INTO t SELECT i, ARRAY[i, 0, 0]::real[] FROM generate_series(1, 50) i;
+             CREATE INDEX t_vec ON t USING faiss (vec) WITH (factory = 'Flat');",
+        )
+        .unwrap();
+    let mut searcher = cluster.connect();
+    let nearest = |c: &mut Client| -> Vec<i32> {
+        c.query("SELECT id FROM t ORDER BY vec <-> '{0,100,0}' LIMIT 3", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(nearest(&mut searcher), vec![1, 2, 3]);
+    client
+        .batch_execute("INSERT INTO t VALUES (1000, '{0,99,0}')")
+        .unwrap();
+    assert_eq!(nearest(&mut searcher), vec![1000, 1, 2]);
+    client
+        .batch_execute("INSERT INTO t VALUES (1001, '{0,98,0}')")
+        .unwrap();
+    assert_eq!(nearest(&mut searcher), vec![1000, 1001, 1]);
+    let ctid = |c: &mut Client, id: i32| -> String {
+        c.query_one("SELECT ctid::text FROM t WHERE id = $1", &[&id])
+            .unwrap()
+            .get(0)
+    };
+    let generation = |c: &mut Client| -> i64 {
+        c.query_one("SELECT generation FROM semantic_index_info('t_vec')", &[])
+            .unwrap()
+            .get(0)
+    };
+    let (freed, before) = (ctid(&mut client, 1000), generation(&mut client));
+    for sql in [
+        "DELETE FROM t WHERE id = 1000",
+        "VACUUM t",
+        "INSERT INTO t VALUES (2000, '{-500,0,0}')",
+    ] {
+        client.batch_execute(sql).unwrap();
+    }
+    assert_eq!(
+        ctid(&mut client, 2000),
+        freed,
+        "the new row takes the freed TID"
+    );
+    assert_eq!(
+        generation(&mut client),
+        before,
+        "VACUUM flagged the record dead, it did not rewrite the index"
+    );
+    assert_eq!(nearest(&mut searcher), vec![1001, 1, 2]);
+    let far: Vec<i32> = searcher
+        .query(
+            "SELECT id FROM t ORDER BY vec <-> '{-500,0,0}' LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(far, vec![2000]);
+}
+
 #[test]
 fn long_texts_as_chunks_find_late_passages_once_per_row() {
     let (_cluster, mut client) = setup("index_chunks");

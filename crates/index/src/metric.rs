@@ -21,57 +21,35 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// The score FAISS gives vector `v` (little-endian f32 bytes, as index pages hold them)
-    /// against query `q`: their inner product, their squared Euclidean distance or their
-    /// Manhattan distance.
-    pub fn score_le(self, v: &[u8], q: &[f32]) -> f32 {
-        debug_assert_eq!(v.len(), 4 * q.len());
-        // Where the bytes are the CPU's own floats, FAISS's kernels score them: they are
-        // compiled for this CPU (AVX2/AVX-512, see .cargo/config.toml), this crate is not.
-        // (FAISS's C API has no L1 kernel.)
+    /// The scores FAISS gives each vector of `vectors` (consecutive vectors of `q.len()`
+    /// floats) against query `q`: their inner products, squared Euclidean distances or
+    /// Manhattan distances, written to `out` (one per vector).
+    pub fn score_all(self, vectors: &[f32], q: &[f32], out: &mut [f32]) {
+        let dim = q.len();
+        assert!(dim > 0 && vectors.len() == dim * out.len());
+        // FAISS's kernels are compiled for this CPU (AVX2/AVX-512, see .cargo/config.toml),
+        // this crate is not. (FAISS's C API has no L1 kernel.)
         type Kernel = unsafe extern "C" fn(*mut f32, *const f32, *const f32, usize, usize);
-        let kernel: Option<Kernel> = match self {
-            Metric::InnerProduct => Some(faiss_sys::faiss_fvec_inner_products_ny),
-            Metric::L2 => Some(faiss_sys::faiss_fvec_L2sqr_ny),
-            Metric::L1 => None,
-        };
-        #[cfg(target_endian = "little")]
-        // SAFETY (align_to): every bit pattern is an f32.
-        if let (Some(kernel), ([], floats, [])) = (kernel, unsafe { v.align_to::<f32>() }) {
-            let mut score = 0f32;
-            // SAFETY: little-endian f32 bytes are the f32s; one vector of q.len() floats each
-            // side (`floats` holds v.len() / 4 = q.len()), one output.
-            unsafe { kernel(&mut score, q.as_ptr(), floats.as_ptr(), q.len(), 1) };
-            return score;
-        }
-        self.score_portable(v, q)
-    }
-
-    /// [`Self::score_le`] in plain Rust, for L1 and for bytes that are not the CPU's floats. Summed in
-    /// eight lanes, which the compiler turns into SIMD (a single running sum cannot be
-    /// reordered).
-    fn score_portable(self, v: &[u8], q: &[f32]) -> f32 {
-        const LANES: usize = 8;
-        let term = |v: f32, q: f32| match self {
-            Metric::InnerProduct => v * q,
-            Metric::L2 => (v - q) * (v - q),
-            Metric::L1 => (v - q).abs(),
-        };
-        let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let mut lanes = [0f32; LANES];
-        let (vs, qs) = (v.chunks_exact(4 * LANES), q.chunks_exact(LANES));
-        let (v_rest, q_rest) = (vs.remainder(), qs.remainder());
-        for (vc, qc) in vs.zip(qs) {
-            for i in 0..LANES {
-                lanes[i] += term(value(&vc[4 * i..4 * i + 4]), qc[i]);
+        let kernel: Kernel = match self {
+            Metric::InnerProduct => faiss_sys::faiss_fvec_inner_products_ny,
+            Metric::L2 => faiss_sys::faiss_fvec_L2sqr_ny,
+            Metric::L1 => {
+                for (score, v) in out.iter_mut().zip(vectors.chunks_exact(dim)) {
+                    *score = v.iter().zip(q).map(|(v, q)| (v - q).abs()).sum();
+                }
+                return;
             }
-        }
-        let rest: f32 = v_rest
-            .chunks_exact(4)
-            .zip(q_rest)
-            .map(|(b, &q)| term(value(b), q))
-            .sum();
-        lanes.iter().sum::<f32>() + rest
+        };
+        // SAFETY: `out.len()` vectors of `dim` floats (checked above), one output each.
+        unsafe {
+            kernel(
+                out.as_mut_ptr(),
+                q.as_ptr(),
+                vectors.as_ptr(),
+                dim,
+                out.len(),
+            )
+        };
     }
 
     /// Whether score `a` ranks strictly better than score `b` under this metric.
@@ -273,27 +251,26 @@ mod tests {
         assert_eq!(IndexMetric::Dot.score_of_distance(-11.0), 11.0);
         // FAISS's L2 score is squared; tiny negative residues give distance 0.
         assert_eq!(IndexMetric::L2.distance(-1e-7), 0.0);
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        assert_eq!(Metric::L2.score_le(&bytes(&[1.0, 1.0]), &[0.0, 3.0]), 5.0);
-        // Lanes and remainder: 19 values, against a plain sum.
-        let v: Vec<f32> = (0..19).map(|i| i as f32 * 0.5 - 3.0).collect();
+        // Three vectors of 19 values, against plain sums.
         let q: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
-        let dot: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
-        let l2: f32 = v.iter().zip(&q).map(|(a, b)| (a - b) * (a - b)).sum();
-        // The same bytes at four addresses, one of them 4-aligned: FAISS's kernels score
-        // that one, the portable sum the others.
-        let mut padded = vec![0u8; 3];
-        padded.extend(bytes(&v));
-        for shift in 0..4 {
-            let mut shifted = padded.clone();
-            shifted.copy_within(3..3 + 4 * v.len(), shift);
-            let v_bytes = &shifted[shift..shift + 4 * v.len()];
-            assert!((Metric::InnerProduct.score_le(v_bytes, &q) - dot).abs() < 1e-4);
-            assert!((Metric::L2.score_le(v_bytes, &q) - l2).abs() < 1e-4);
+        let vectors: Vec<f32> = (0..57).map(|i| i as f32 * 0.5 - 3.0).collect();
+        for (metric, term) in [
+            (
+                Metric::InnerProduct,
+                (|a: f32, b: f32| a * b) as fn(f32, f32) -> f32,
+            ),
+            (Metric::L2, |a, b| (a - b) * (a - b)),
+            (Metric::L1, |a: f32, b: f32| (a - b).abs()),
+        ] {
+            let mut scores = [0f32; 3];
+            metric.score_all(&vectors, &q, &mut scores);
+            for (score, v) in scores.iter().zip(vectors.chunks_exact(19)) {
+                let want: f32 = v.iter().zip(&q).map(|(a, b)| term(*a, *b)).sum();
+                assert!((score - want).abs() < 1e-3, "{metric:?}: {score} vs {want}");
+            }
         }
-        let l1: f32 = v.iter().zip(&q).map(|(a, b)| (a - b).abs()).sum();
-        assert!((Metric::L1.score_le(&bytes(&v), &q) - l1).abs() < 1e-4);
-        assert!((Metric::InnerProduct.score_portable(&bytes(&v), &q) - dot).abs() < 1e-4);
-        assert!((Metric::L2.score_portable(&bytes(&v), &q) - l2).abs() < 1e-4);
+        let mut score = [0f32];
+        Metric::L2.score_all(&[1.0, 1.0], &[0.0, 3.0], &mut score);
+        assert_eq!(score[0], 5.0);
     }
 }

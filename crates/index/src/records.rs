@@ -130,15 +130,3 @@ pub fn decode_records_into(
     }
     n
 }
-
-/// Scores every live record in `bytes` (whole records of `dim` floats) against `query`, as FAISS
-/// would under `metric` (inner product, or squared L2 distance): the exact search over the
-/// records appended since the snapshot, read where they lie.
-pub fn score_records<'a>(
-    bytes: &'a [u8],
-    dim: usize,
-    query: &'a [f32],
-    metric: crate::Metric,
-) -> impl Iterator<Item = (RecordKey, f32)> + 'a {
-    live(bytes, dim).map(move |r| (decode_key(r), metric.score_le(&r[HEADER..], query)))
-}
