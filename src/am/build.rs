@@ -10,12 +10,13 @@ use semantic_index::layout::{ColumnKind, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
 use semantic_index::snapshot::encode_snapshot_into;
 use semantic_index::IndexMetric;
-use semantic_index::{tid_to_id, VectorIndex};
+use semantic_index::{tid_to_id, CacheKey, IndexError, VectorIndex};
 
 use super::operators::vector_metric;
 use super::options::IndexOptions;
 use super::storage::{check_dimension, create_meta, cut, rewrite, Cut, Generation};
 use super::vectors::{datum_text, embed_passages, prepare, VectorType};
+use super::IndexKind;
 use crate::errors::raise;
 use crate::models::with_encoder;
 
@@ -443,58 +444,108 @@ pub fn encode_records(ids: &[i64], hashes: &[u64], vectors: &[f32], dim: usize) 
     records
 }
 
-/// Writes a new generation from `cut`: its snapshot file first (so searches find it ready),
-/// then the pages, copied from the file: the FAISS index is gone by then, and the serialised
-/// snapshot is never all in memory. `records` gives every row's records, asked for only when
-/// the snapshot does not keep the vectors itself.
-pub unsafe fn write_generation(
+/// A new generation's snapshot and counts (see [`write_generation`]).
+pub struct NewGeneration<'a, E> {
+    /// Writes the snapshot, sealed with the generation's key; None when there is none (a
+    /// real[] index with no vector yet). Dropped, with what it holds, once the snapshot is
+    /// written.
+    pub encode: Option<E>,
+    pub snapshot_vectors: u64,
+    pub snapshot_has_vectors: bool,
+    pub rows: u64,
+    /// Snapshot positions still marked dead.
+    pub marks: &'a [u32],
+}
+
+/// Writes a new generation of `index` (of `kind`) from `cut`, as build, fold and compaction do
+/// for both index kinds: the snapshot's file first (so searches find it ready), then the pages,
+/// copied from the file, so the serialised snapshot is never all in memory; the records chain
+/// comes from `records`, asked for once the snapshot is written and what encoding it held is
+/// freed. Then this backend forgets the old generation and gives the freed memory back.
+///
+/// # Safety
+/// `index` is an open index of `kind` that the caller holds locked against other rewrites.
+pub unsafe fn write_generation<E, R>(
+    index: pg_sys::Relation,
+    kind: IndexKind,
+    cut: Cut,
+    new: NewGeneration<'_, E>,
+    records: impl FnOnce() -> R,
+) where
+    E: Fn(&CacheKey, &mut dyn std::io::Write) -> Result<(), IndexError>,
+    R: AsRef<[u8]>,
+{
+    let key = super::cache::new_cache_key(&cut.meta);
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut written = new
+            .encode
+            .map(|encode| super::cache::publish(index, &key, |w| encode(&key, w)));
+        let records = records();
+        let (snapshot_bytes, mut snapshot) = match &mut written {
+            Some(written) => written.reader(),
+            None => (0, Box::new(std::io::empty()) as Box<dyn std::io::Read>),
+        };
+        let dim = cut.meta.dim as usize;
+        rewrite(
+            index,
+            cut,
+            dim,
+            Generation {
+                records: records.as_ref(),
+                rows: new.rows,
+                snapshot: &mut snapshot,
+                snapshot_bytes,
+                cache_key: key,
+                snapshot_vectors: new.snapshot_vectors,
+                snapshot_has_vectors: new.snapshot_has_vectors,
+                marks: new.marks,
+            },
+        );
+        kind.forget_snapshot(index);
+    }
+    super::release_freed_memory();
+}
+
+/// [`write_generation`] of a faiss index: `new`'s FAISS index and hashes are the snapshot;
+/// `records` gives every row's records, asked for only when the snapshot does not keep the
+/// vectors itself.
+pub unsafe fn write_faiss_generation(
     index: pg_sys::Relation,
     cut: Cut,
     records: impl FnOnce() -> Vec<u8>,
     rows: u64,
     new: NewSnapshot,
 ) {
-    // SAFETY: `index` is an open faiss index that the caller holds locked against other rewrites.
+    let NewSnapshot {
+        index: faiss,
+        hashes,
+        marks,
+    } = new;
+    let (vectors, has_vectors) = faiss.as_ref().map_or((0, false), |faiss| {
+        (faiss.len() as u64, faiss.stores_exact_vectors())
+    });
+    let new = NewGeneration {
+        encode: faiss.map(|faiss| {
+            move |key: &CacheKey, w: &mut dyn std::io::Write| {
+                encode_snapshot_into(&faiss, &hashes, key, w)
+            }
+        }),
+        snapshot_vectors: vectors,
+        snapshot_has_vectors: has_vectors,
+        rows,
+        marks: &marks,
+    };
+    // SAFETY: the caller's contract.
     unsafe {
-        let key = super::cache::new_cache_key(&cut.meta);
-        let NewSnapshot {
-            index: faiss,
-            hashes,
-            marks,
-        } = new;
-        let (vectors, has_vectors) = faiss.as_ref().map_or((0, false), |faiss| {
-            (faiss.len() as u64, faiss.stores_exact_vectors())
-        });
-        let mut written = faiss.map(|faiss| {
-            super::cache::publish(index, &key, |w| {
-                encode_snapshot_into(&faiss, &hashes, &key, w)
-            })
-        });
-        drop(hashes);
-        let dim = cut.meta.dim as usize;
-        let records = if has_vectors { Vec::new() } else { records() };
-        let (snapshot_bytes, mut snapshot) = match &mut written {
-            Some(written) => written.reader(),
-            None => (0, Box::new(std::io::empty()) as Box<dyn std::io::Read>),
-        };
-        rewrite(
-            index,
-            cut,
-            dim,
-            Generation {
-                records: &records,
-                rows,
-                snapshot: &mut snapshot,
-                snapshot_bytes,
-                cache_key: key,
-                snapshot_vectors: vectors,
-                snapshot_has_vectors: has_vectors,
-                marks: &marks,
-            },
-        );
-        super::cache::forget((*index).rd_id);
+        write_generation(index, IndexKind::Faiss, cut, new, || {
+            if has_vectors {
+                Vec::new()
+            } else {
+                records()
+            }
+        })
     }
-    super::release_freed_memory();
 }
 
 #[pg_guard]
@@ -542,7 +593,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
         create_meta(index, &state.meta);
         let dim = state.meta.dim as usize;
-        write_generation(
+        write_faiss_generation(
             index,
             cut(index),
             || encode_records(&state.ids, &state.hashes, &state.vectors, dim),

@@ -17,7 +17,7 @@ pub(crate) mod storage;
 pub(crate) mod vacuum;
 pub(crate) mod vectors;
 
-pub use cache::{cache_root, dead_positions, new_cache_key, publish, OpenSnapshots};
+pub use cache::{cache_root, dead_positions, OpenSnapshots};
 pub use insert::append_row;
 
 /// Gives the heap memory a rewrite freed (a snapshot's postings or FAISS buffers, the rows it
@@ -154,6 +154,18 @@ impl IndexKind {
                     None,
                 )
             }
+        }
+    }
+
+    /// Drops this backend's handle of `index`'s snapshot (after this backend rewrote it).
+    ///
+    /// # Safety
+    /// `index` is an open index of this kind.
+    pub unsafe fn forget_snapshot(self, index: pg_sys::Relation) {
+        match self {
+            // SAFETY: the caller's open index.
+            IndexKind::Faiss => cache::forget(unsafe { (*index).rd_id }),
+            IndexKind::Bm25 => crate::lexical::forget_snapshot(index),
         }
     }
 

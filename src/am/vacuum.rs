@@ -23,7 +23,7 @@ use semantic_index::layout::{ChainPos, ColumnKind, Meta};
 use semantic_index::records::{decode_records_into, RecordKey};
 use semantic_index::{id_to_tid, tid_to_id, DeadPositions, VectorIndex};
 
-use super::build::{encode_records, snapshot, write_generation};
+use super::build::{encode_records, snapshot, write_faiss_generation};
 use super::storage::{
     append_marks, cut, flag_dead_records, lock_meta, read_marks, read_meta, read_records_to,
     read_snapshot, write_meta, ChainRead, Cut, Index,
@@ -187,7 +187,7 @@ unsafe fn regenerate(index: pg_sys::Relation, compact: bool) {
         let live = live_rows.len() as u64;
         let mut new = snapshot(meta, base, &ids, &hashes, &mut vectors);
         new.marks = carried;
-        write_generation(
+        write_faiss_generation(
             index,
             cut,
             || encode_records(&ids, &hashes, &vectors, dim),

@@ -8,15 +8,16 @@ use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ColumnKind, LexicalSettings, LongText, Meta};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
 use semantic_index::snapshot::seal_into;
-use semantic_index::tid_to_id;
 use semantic_index::IndexMetric;
+use semantic_index::{tid_to_id, CacheKey};
 use semantic_lexical::SnapshotBuilder;
 
 use super::analyze::{lexemes, resolve_config};
 use super::options::LexicalOptions;
-use super::storage::{create_meta, cut, rewrite, Cut, Generation};
-use crate::am::build::scan_rows;
+use super::storage::{create_meta, cut, Cut};
+use crate::am::build::{scan_rows, write_generation, NewGeneration};
 use crate::am::vectors::datum_text;
+use crate::am::IndexKind;
 use crate::errors::raise;
 
 /// The one build phase past scanning, as pg_stat_progress_create_index shows it.
@@ -129,10 +130,9 @@ impl BuildState {
     }
 }
 
-/// Writes a new generation from `cut`: `records` (every row's key) and the snapshot of
-/// `builder`, sealed with the generation's key; its file first, so that searches find it
-/// ready, then the pages, copied from the file.
-pub unsafe fn write_generation(
+/// [`write_generation`] of a bm25 index: `records` (every row's key) and the snapshot of
+/// `builder`.
+pub unsafe fn write_bm25_generation(
     index: pg_sys::Relation,
     cut: Cut,
     records: &[u8],
@@ -140,31 +140,18 @@ pub unsafe fn write_generation(
     builder: SnapshotBuilder,
 ) {
     let documents = builder.documents() as u64;
-    let key = crate::am::new_cache_key(&cut.meta);
-    let payload = builder.finish();
+    let snapshot = builder.finish_parts();
+    let new = NewGeneration {
+        encode: Some(move |key: &CacheKey, w: &mut dyn std::io::Write| {
+            seal_into(&snapshot.parts(), key, w)
+        }),
+        snapshot_vectors: documents,
+        snapshot_has_vectors: false,
+        rows,
+        marks: &[],
+    };
     // SAFETY: the caller holds the index as a rewrite needs it.
-    unsafe {
-        let mut written = crate::am::publish(index, &key, |w| seal_into(&payload, &key, w));
-        drop(payload);
-        let (snapshot_bytes, mut snapshot) = written.reader();
-        rewrite(
-            index,
-            cut,
-            0,
-            Generation {
-                records,
-                rows,
-                snapshot: &mut snapshot,
-                snapshot_bytes,
-                cache_key: key,
-                snapshot_vectors: documents,
-                snapshot_has_vectors: false,
-                marks: &[],
-            },
-        );
-    }
-    super::cache::forget(index);
-    crate::am::release_freed_memory();
+    unsafe { write_generation(index, IndexKind::Bm25, cut, new, || records) }
 }
 
 #[pg_guard]
@@ -193,7 +180,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
         create_meta(index, &meta);
         let rows = state.rows;
-        write_generation(index, cut(index), &state.records, rows, state.builder);
+        write_bm25_generation(index, cut(index), &state.records, rows, state.builder);
         let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
         result.heap_tuples = heap_tuples;
         result.index_tuples = rows as f64;

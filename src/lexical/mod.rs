@@ -18,6 +18,7 @@ mod options;
 mod scan;
 mod vacuum;
 
+pub(crate) use cache::forget as forget_snapshot;
 pub use options::register as register_options;
 pub use vacuum::fold;
 

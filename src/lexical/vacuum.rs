@@ -17,7 +17,7 @@ use semantic_index::{id_to_tid, tid_to_id, DeadPositions, Sealed};
 use semantic_lexical::tail::decode_entries;
 use semantic_lexical::Snapshot;
 
-use super::build::write_generation;
+use super::build::write_bm25_generation;
 use super::heap::{appended_lexemes, Entries};
 use super::storage::{cut, read_marks, read_meta, read_records_to, read_terms, ChainRead, Cut};
 use crate::am::vacuum::{compact_or_fold, is_dead, mark_dead_rows, stats_or_new};
@@ -157,7 +157,7 @@ unsafe fn regenerate(index: pg_sys::Relation, _compact: bool) {
         }
         pg_sys::table_close(heap, pg_sys::AccessShareLock as _);
         let rows = live.len() as u64;
-        write_generation(index, cut, &records, rows, builder);
+        write_bm25_generation(index, cut, &records, rows, builder);
     }
 }
 

@@ -681,11 +681,9 @@ impl VectorIndex {
             .map_err(|e| IndexError::faiss("train", e))
     }
 
-    /// Adds vectors (`ids.len() * dim` floats, row-major) under the given
-    /// ids. Ids must be non-negative; adding an id twice stores two entries
-    /// (the chunks of one long text share their row's id).
-    pub fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {
-        ensure_defaults();
+    /// How many vectors a batch to add holds, once its ids (one per vector, none negative)
+    /// and values (finite) are checked.
+    fn checked_batch(&self, ids: &[i64], vectors: &[f32]) -> Result<usize, IndexError> {
         let n = self.faiss.rows("vectors", vectors)?;
         if n != ids.len() {
             return Err(IndexError::invalid(format!(
@@ -694,13 +692,22 @@ impl VectorIndex {
                 self.faiss.dim
             )));
         }
-        if n == 0 {
-            return Ok(());
-        }
         if let Some(id) = ids.iter().find(|&&id| id < 0) {
             return Err(IndexError::invalid(format!("negative id {id}")));
         }
         check_finite("vectors", vectors)?;
+        Ok(n)
+    }
+
+    /// Adds vectors (`ids.len() * dim` floats, row-major) under the given
+    /// ids. Ids must be non-negative; adding an id twice stores two entries
+    /// (the chunks of one long text share their row's id).
+    pub fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {
+        ensure_defaults();
+        let n = self.checked_batch(ids, vectors)?;
+        if n == 0 {
+            return Ok(());
+        }
         if self.needs_training() {
             return Err(IndexError::NotTrained {
                 kind: self.faiss.kind.clone(),
@@ -741,17 +748,7 @@ impl VectorIndex {
     /// [`Self::link_filled`] links them all into its graph in one call. The caller's copy can
     /// go: the vectors are never held twice.
     pub fn fill(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {
-        let n = self.faiss.rows("vectors", vectors)?;
-        if n != ids.len() {
-            return Err(IndexError::invalid(format!(
-                "{} ids for {n} vectors",
-                ids.len()
-            )));
-        }
-        if let Some(id) = ids.iter().find(|&&id| id < 0) {
-            return Err(IndexError::invalid(format!("negative id {id}")));
-        }
-        check_finite("vectors", vectors)?;
+        let n = self.checked_batch(ids, vectors)?;
         // SAFETY: live index; `vectors` holds n * dim floats.
         shim_call("fill", |error, len| unsafe {
             semantic_index_fill(

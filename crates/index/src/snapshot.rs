@@ -243,21 +243,24 @@ pub fn encode_snapshot(
     Ok(out)
 }
 
-/// A snapshot of another kind of index (a lexical one): its own non-empty payload in place of
-/// FAISS's, no id or hash tables, the same footer, into `out`. The same pages, files, checks
-/// and file protocol then serve it.
-pub fn seal_into(payload: &[u8], key: &CacheKey, out: &mut dyn Write) -> Result<(), IndexError> {
+/// A snapshot of another kind of index (a lexical one): its own non-empty payload (the
+/// concatenation of `parts`) in place of FAISS's, no id or hash tables, the same footer, into
+/// `out`. The same pages, files, checks and file protocol then serve it.
+pub fn seal_into(parts: &[&[u8]], key: &CacheKey, out: &mut dyn Write) -> Result<(), IndexError> {
     let mut out = Summing::new(out);
-    out.write_all(payload).map_err(write_error)?;
+    let mut len = 0u64;
+    for part in parts {
+        out.write_all(part).map_err(write_error)?;
+        len += part.len() as u64;
+    }
     out.pad().map_err(write_error)?;
-    out.footer(key, payload.len() as u64, 0, 0)
-        .map_err(write_error)
+    out.footer(key, len, 0, 0).map_err(write_error)
 }
 
 /// [`seal_into`] a new buffer.
 pub fn seal(payload: &[u8], key: &CacheKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(align8(payload.len() as u64) as usize + FOOTER_LEN);
-    seal_into(payload, key, &mut out).expect("writing to memory does not fail");
+    seal_into(&[payload], key, &mut out).expect("writing to memory does not fail");
     out
 }
 

@@ -7,7 +7,7 @@
 //! format is ten lines of code and a crate would add a dependency for them alone.
 
 pub const BLOCK: usize = 128;
-const HEADER: usize = 24;
+pub(crate) const HEADER: usize = 24;
 
 /// A block's bounds and extent, as its header gives them.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,7 +21,7 @@ pub struct BlockHeader {
     payload: u32,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u32) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -29,7 +29,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u32) {
     out.push(v as u8);
 }
 
-fn get_varint(data: &[u8], at: &mut usize) -> u32 {
+pub(crate) fn get_varint(data: &[u8], at: &mut usize) -> u32 {
     let mut v = 0u32;
     let mut shift = 0;
     loop {
@@ -47,6 +47,14 @@ fn u32_at(data: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// What a posting list stores of document `doc` after document `previous`.
+pub(crate) fn gap(previous: Option<u32>, doc: u32) -> u32 {
+    match previous {
+        Some(p) => doc - p - 1,
+        None => doc,
+    }
+}
+
 /// Appends the posting list of `postings` ((document, tf), documents increasing) to `out`;
 /// `length` gives each document's length, `tf_part` the tf part of a (tf, length).
 pub fn encode(
@@ -59,11 +67,7 @@ pub fn encode(
     for block in postings.chunks(BLOCK) {
         let mut payload = Vec::with_capacity(block.len() * 3);
         for &(doc, _) in block {
-            let gap = match previous {
-                Some(p) => doc - p - 1,
-                None => doc,
-            };
-            put_varint(&mut payload, gap);
+            put_varint(&mut payload, gap(previous, doc));
             previous = Some(doc);
         }
         for &(_, tf) in block {

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use crate::bm25::{Bm25, CorpusStats};
 use crate::postings::{self, Cursor};
 use crate::topk::{self, Hit, QueryTerm, TopK};
+use crate::BLOCK;
 
 const MAGIC: &[u8; 8] = b"SEMLEX01";
 const HEADER: usize = 56;
@@ -32,6 +33,38 @@ pub enum SnapshotError {
     Damaged(&'static str),
 }
 
+/// One term's postings while a snapshot is built: (document gap, tf) pairs as the varints the
+/// posting list will hold, a few bytes a posting where a pair of u32s takes eight, so that a
+/// build holds about what the snapshot will.
+#[derive(Default)]
+struct Accumulated {
+    bytes: Vec<u8>,
+    last_doc: Option<u32>,
+    df: u32,
+}
+
+impl Accumulated {
+    fn push(&mut self, doc: u32, tf: u32) {
+        postings::put_varint(&mut self.bytes, postings::gap(self.last_doc, doc));
+        postings::put_varint(&mut self.bytes, tf);
+        self.last_doc = Some(doc);
+        self.df += 1;
+    }
+
+    /// The (document, tf) pairs, in document order.
+    fn pairs(&self, out: &mut Vec<(u32, u32)>) {
+        out.clear();
+        let (mut at, mut last) = (0, None);
+        while at < self.bytes.len() {
+            let gap = postings::get_varint(&self.bytes, &mut at);
+            let tf = postings::get_varint(&self.bytes, &mut at);
+            let doc = last.map_or(gap, |l: u32| l + gap + 1);
+            out.push((doc, tf));
+            last = Some(doc);
+        }
+    }
+}
+
 /// Collects documents, then writes the snapshot.
 pub struct SnapshotBuilder {
     k1: f32,
@@ -39,7 +72,24 @@ pub struct SnapshotBuilder {
     ids: Vec<u64>,
     hashes: Vec<u64>,
     lengths: Vec<u32>,
-    postings: HashMap<String, Vec<(u32, u32)>>,
+    postings: HashMap<String, Accumulated>,
+}
+
+/// A finished snapshot, in the parts it is written from (see [`SnapshotBuilder::finish_parts`]).
+pub struct SnapshotParts {
+    parts: [Vec<u8>; 4],
+}
+
+impl SnapshotParts {
+    /// The parts, in order: their concatenation is the snapshot.
+    pub fn parts(&self) -> [&[u8]; 4] {
+        [
+            &self.parts[0],
+            &self.parts[1],
+            &self.parts[2],
+            &self.parts[3],
+        ]
+    }
 }
 
 impl SnapshotBuilder {
@@ -67,10 +117,14 @@ impl SnapshotBuilder {
         let counts = crate::bm25::counted(lexemes);
         let length = counts.iter().map(|(_, tf)| tf).sum();
         for (lexeme, tf) in counts {
-            self.postings
-                .entry(lexeme.to_string())
-                .or_default()
-                .push((doc, tf));
+            match self.postings.get_mut(lexeme) {
+                Some(postings) => postings.push(doc, tf),
+                None => {
+                    let mut postings = Accumulated::default();
+                    postings.push(doc, tf);
+                    self.postings.insert(lexeme.to_string(), postings);
+                }
+            }
         }
         self.ids.push(id);
         self.hashes.push(text_hash);
@@ -81,11 +135,24 @@ impl SnapshotBuilder {
         self.ids.len()
     }
 
+    /// The snapshot's bytes.
     pub fn finish(self) -> Vec<u8> {
-        let mut terms: Vec<(String, Vec<(u32, u32)>)> = self.postings.into_iter().collect();
+        self.finish_parts().parts().concat()
+    }
+
+    /// The snapshot, in parts that are written one after the other: never copied into one
+    /// buffer. Each term's postings are freed as its posting list is written, so the build
+    /// holds the posting lists about once.
+    pub fn finish_parts(self) -> SnapshotParts {
+        let mut terms: Vec<(String, Accumulated)> = self.postings.into_iter().collect();
         terms.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut pool = Vec::new();
-        let mut lists = Vec::new();
+        // The lists hold the accumulated varints and one header a block.
+        let lists_len: usize = terms
+            .iter()
+            .map(|(_, p)| p.bytes.len() + postings::HEADER * (p.df as usize).div_ceil(BLOCK))
+            .sum();
+        let mut lists = Vec::with_capacity(lists_len);
+        let mut pool = Vec::with_capacity(terms.iter().map(|(t, _)| t.len()).sum());
         let mut table = Vec::with_capacity(terms.len() * TERM);
         let total: u64 = self.lengths.iter().map(|&l| l as u64).sum();
         let bm25 = Bm25 {
@@ -96,10 +163,12 @@ impl SnapshotBuilder {
                 total_length: total,
             },
         };
-        for (term, list) in &terms {
+        let mut list = Vec::new();
+        for (term, accumulated) in &mut terms {
+            std::mem::take(accumulated).pairs(&mut list);
             let start = lists.len();
             postings::encode(
-                list,
+                &list,
                 |d| self.lengths[d as usize],
                 |tf, length| bm25.tf_part(tf, length),
                 &mut lists,
@@ -121,28 +190,25 @@ impl SnapshotBuilder {
             table.extend_from_slice(&0u32.to_le_bytes());
             pool.extend_from_slice(term.as_bytes());
         }
-        let mut out = Vec::with_capacity(
-            HEADER + self.ids.len() * 20 + table.len() + pool.len() + lists.len(),
-        );
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
-        out.extend_from_slice(&total.to_le_bytes());
-        out.extend_from_slice(&(terms.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.k1.to_le_bytes());
-        out.extend_from_slice(&self.b.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&(pool.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(lists.len() as u64).to_le_bytes());
+        let mut head = Vec::with_capacity(HEADER + self.ids.len() * 20);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&(self.ids.len() as u64).to_le_bytes());
+        head.extend_from_slice(&total.to_le_bytes());
+        head.extend_from_slice(&(terms.len() as u32).to_le_bytes());
+        head.extend_from_slice(&self.k1.to_le_bytes());
+        head.extend_from_slice(&self.b.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&(pool.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(lists.len() as u64).to_le_bytes());
         for id in self.ids.iter().chain(&self.hashes) {
-            out.extend_from_slice(&id.to_le_bytes());
+            head.extend_from_slice(&id.to_le_bytes());
         }
         for l in &self.lengths {
-            out.extend_from_slice(&l.to_le_bytes());
+            head.extend_from_slice(&l.to_le_bytes());
         }
-        out.extend_from_slice(&table);
-        out.extend_from_slice(&pool);
-        out.extend_from_slice(&lists);
-        out
+        SnapshotParts {
+            parts: [head, table, pool, lists],
+        }
     }
 }
 
@@ -378,18 +444,18 @@ impl<'a> Snapshot<'a> {
         for i in 0..self.terms {
             let (term, _) = self.entry_raw(i).expect("checked by parse");
             let mut cursor = self.info(i).cursor();
-            let mut list = Vec::new();
+            let mut postings = Accumulated::default();
             while cursor.doc() != Cursor::END {
                 let doc = renumbered[cursor.doc() as usize];
                 if doc != u32::MAX {
-                    list.push((doc, cursor.tf()));
+                    postings.push(doc, cursor.tf());
                 }
                 cursor.next();
             }
-            if !list.is_empty() {
+            if postings.df > 0 {
                 builder
                     .postings
-                    .insert(String::from_utf8_lossy(term).into_owned(), list);
+                    .insert(String::from_utf8_lossy(term).into_owned(), postings);
             }
         }
         builder
