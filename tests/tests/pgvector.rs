@@ -316,3 +316,127 @@ fn a_pgvector_python_application_runs_on_a_faiss_index() {
     );
     assert!(stdout.contains("searches agree with numpy"), "{stdout}");
 }
+
+/// pgvector's own regression SQL for its index types (`test/sql/hnsw_*.sql` and
+/// `ivfflat_*.sql` in the source tarball scripts/pgvector.sh downloads) run on faiss: `USING
+/// faiss` substituted, each file in its own database with vector, semantic and
+/// semantic_pgvector, through psql as pg_regress runs it (`-a -q`, errors in the output). The
+/// output is compared with pgvector's expected output, substituted alike: the differences must
+/// be those in tests/pgvector-regression/<file>.diff (`diff`'s normal format), where a comment
+/// (`#` lines, not compared) explains each. On a mismatch the differences found are written to
+/// target/pgvector-regression/<file>.diff.
+#[test]
+fn pgvectors_regression_sql_runs_on_faiss() {
+    const FILES: [&str; 7] = [
+        "hnsw_vector",
+        "hnsw_halfvec",
+        "hnsw_bit",
+        "hnsw_sparsevec",
+        "ivfflat_vector",
+        "ivfflat_halfvec",
+        "ivfflat_bit",
+    ];
+    let repo = &env().repo;
+    let tarball = std::env::var_os("SEMANTIC_PGVECTOR_TARBALL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join(".semantic/pgvector/pgvector_0.8.0.orig.tar.gz"));
+    assert!(
+        tarball.is_file(),
+        "{}: pgvector's source (scripts/pgvector.sh downloads it; SEMANTIC_PGVECTOR_TARBALL names another)",
+        tarball.display()
+    );
+    let source = std::env::temp_dir().join(format!("pgvector-regression-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&source);
+    std::fs::create_dir_all(&source).unwrap();
+    let run = |command: &mut std::process::Command| {
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    run(std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&source)
+        .args(["--strip-components=1", "--wildcards"])
+        .args(["*/test/sql/*", "*/test/expected/*"]));
+    let to_faiss = |text: String| {
+        text.replace("USING hnsw", "USING faiss")
+            .replace("USING ivfflat", "USING faiss")
+    };
+    let (cluster, mut c) = setup("pgvector_regression");
+    require_pgvector(&mut c);
+    let found_dir = repo.join("target/pgvector-regression");
+    let mut mismatched = Vec::new();
+    for file in FILES {
+        let database = format!("regression_{file}");
+        c.batch_execute(&format!("CREATE DATABASE {database}"))
+            .unwrap();
+        let sql =
+            to_faiss(std::fs::read_to_string(source.join(format!("test/sql/{file}.sql"))).unwrap());
+        let theirs = source.join(format!("{file}.expected"));
+        std::fs::write(
+            &theirs,
+            to_faiss(
+                std::fs::read_to_string(source.join(format!("test/expected/{file}.out"))).unwrap(),
+            ),
+        )
+        .unwrap();
+        postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname={database}",
+                cluster.port
+            ),
+            postgres::NoTls,
+        )
+        .unwrap()
+        .batch_execute(
+            "CREATE EXTENSION vector; CREATE EXTENSION semantic; CREATE EXTENSION semantic_pgvector",
+        )
+        .unwrap();
+        let input = source.join(format!("{file}.sql"));
+        std::fs::write(&input, sql).unwrap();
+        let ours = source.join(format!("{file}.out"));
+        let psql = env().bin_dir.join("psql");
+        let script = format!(
+            "'{}' -X -a -q -h 127.0.0.1 -p {} -U postgres -d {database} < '{}' > '{}' 2>&1",
+            psql.display(),
+            cluster.port,
+            input.display(),
+            ours.display()
+        );
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        let differences = std::process::Command::new("diff")
+            .arg(&theirs)
+            .arg(&ours)
+            .output()
+            .unwrap();
+        let found = String::from_utf8_lossy(&differences.stdout).into_owned();
+        let expected_path = repo.join(format!("tests/pgvector-regression/{file}.diff"));
+        let expected: String = std::fs::read_to_string(&expected_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        if found != expected {
+            std::fs::create_dir_all(&found_dir).unwrap();
+            std::fs::write(found_dir.join(format!("{file}.diff")), &found).unwrap();
+            mismatched.push(file);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&source);
+    assert!(
+        mismatched.is_empty(),
+        "pgvector's regression SQL on faiss differs from pgvector's expected output otherwise \
+         than tests/pgvector-regression says, for {mismatched:?}: see {}",
+        found_dir.display()
+    );
+}
