@@ -14,12 +14,13 @@ SHA256=867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0
 log() { printf '\033[1m[pgvector]\033[0m %s\n' "$*" >&2; }
 
 PG_MAJOR=$("$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+# The source also serves the tests, which run pgvector's regression SQL on faiss.
+DOWNLOAD="$ROOT/.semantic/pgvector"
+"$ROOT/scripts/debian-source.sh" trixie pgvector=$VERSION-1 "$TARBALL" "$SHA256" "$DOWNLOAD" >/dev/null
 if [ -f "$("$PG_CONFIG" --sharedir)/extension/vector--$VERSION.sql" ] &&
    [ -f "$("$PG_CONFIG" --pkglibdir)/vector.so" ]; then
   log "pgvector $VERSION is installed for PostgreSQL $PG_MAJOR"; exit 0
 fi
-DOWNLOAD="$ROOT/.semantic/pgvector"
-"$ROOT/scripts/debian-source.sh" trixie pgvector=$VERSION-1 "$TARBALL" "$SHA256" "$DOWNLOAD" >/dev/null
 BUILD="$DOWNLOAD/build-$PG_MAJOR"
 rm -rf "$BUILD" && mkdir -p "$BUILD"
 tar -xzf "$DOWNLOAD/$TARBALL" -C "$BUILD" --strip-components=1
