@@ -259,6 +259,22 @@ pub unsafe fn relation_name(rel: pg_sys::Relation) -> String {
     }
 }
 
+/// The dimension a pgvector column declares (its type modifier), if it declares one.
+unsafe fn declared_dimension(index: pg_sys::Relation) -> Option<usize> {
+    // SAFETY: `index` is an open index relation (the caller's contract).
+    let (vector_type, typmod) = unsafe {
+        let attribute = pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att)
+            .get(0)
+            .map(|a| a.atttypmod)
+            .expect("one column");
+        (VectorType::of_index(index), attribute)
+    };
+    match vector_type {
+        Some(VectorType::PgVector | VectorType::PgHalfvec) if typmod > 0 => Some(typmod as usize),
+        _ => None,
+    }
+}
+
 /// The metapage of a new index: what its options and (for text) its model say.
 pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
     // SAFETY: `index` is an open faiss index relation (the caller's contract).
@@ -285,13 +301,19 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
                 meta.fingerprint = fingerprint;
                 meta
             }
-            ColumnKind::Vector => Meta::new(
-                ColumnKind::Vector,
-                vector_metric(index, options.metric),
-                options.long_text,
-                0,
-                &options.factory,
-            ),
+            ColumnKind::Vector => {
+                if let Some(declared) = declared_dimension(index) {
+                    // Refused now rather than at every INSERT: no row could enter the index.
+                    check_dimension(declared);
+                }
+                Meta::new(
+                    ColumnKind::Vector,
+                    vector_metric(index, options.metric),
+                    options.long_text,
+                    0,
+                    &options.factory,
+                )
+            }
         };
         meta.ef_construction = options.ef_construction;
         if !meta.metric.supports_factory(&meta.factory) {

@@ -114,11 +114,12 @@ pub fn check_dimension(dim: usize) {
     if dim == 0 || chain::records_per_page(dim) == 0 {
         raise(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("vectors of {dim} dimensions cannot be indexed"),
-            Some(&format!(
-                "faiss indexes take 1 to {} dimensions.",
+            format!(
+                "vectors of {dim} dimensions cannot be indexed: faiss indexes take 1 to {} \
+                 dimensions",
                 chain::MAX_DIMENSION
-            )),
+            ),
+            Some("Index a column (or use a model) of fewer dimensions."),
         );
     }
 }

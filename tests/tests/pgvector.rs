@@ -288,6 +288,24 @@ fn pgvector_columns_rank_as_pgvector_does() {
         &SqlState::DATA_EXCEPTION,
         "dimensions",
     );
+    // A column whose declared dimension no index record can hold is refused at CREATE INDEX,
+    // empty table or not, rather than at every INSERT afterwards.
+    for column in ["vector(3072)", "halfvec(3072)"] {
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS wide; CREATE TABLE wide (v {column})"
+        ))
+        .unwrap();
+        expect_error(
+            &mut c,
+            "CREATE INDEX ON wide USING faiss (v)",
+            &SqlState::PROGRAM_LIMIT_EXCEEDED,
+            "3072 dimensions cannot be indexed: faiss indexes take 1 to 2034",
+        );
+    }
+    c.batch_execute("DROP TABLE wide; CREATE TABLE wide (v vector(2034))")
+        .unwrap();
+    c.batch_execute("CREATE INDEX ON wide USING faiss (v)")
+        .unwrap();
 }
 
 #[test]
