@@ -15,6 +15,7 @@ use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, ColumnKind, Meta};
 use semantic_index::records::{decode_records_into, RecordKey};
+use semantic_index::tail::TailVectors;
 use semantic_index::{best_per_id, tid_to_id, SearchParams};
 
 use super::appended::AppendedCaches;
@@ -142,12 +143,14 @@ unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
                         .map(|(_, id)| id),
                 );
             }
-            ids.extend(with_appended(index, &meta, |rows| {
-                rows.keys
-                    .iter()
-                    .map(|k| tid_to_id(k.block, k.offset))
-                    .collect::<Vec<_>>()
-            })?);
+            if meta.dim != 0 {
+                ids.extend(with_appended(index, &meta, |rows| {
+                    rows.keys
+                        .iter()
+                        .map(|k| tid_to_id(k.block, k.offset))
+                        .collect::<Vec<_>>()
+                })?);
+            }
             Some(ids)
         });
         // Chunks share their row's TID; the queue returns each row once.
@@ -162,11 +165,10 @@ unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
 }
 
 /// The records appended since the snapshot, decoded: what this backend has read of them.
-#[derive(Default)]
 struct AppendedVectors {
     keys: Vec<RecordKey>,
-    /// The keys' vectors, one after another.
-    vectors: Vec<f32>,
+    /// The keys' vectors, in the same order.
+    vectors: TailVectors,
 }
 
 impl AppendedVectors {
@@ -179,12 +181,15 @@ impl AppendedVectors {
         from: ChainPos,
     ) -> Option<ChainPos> {
         let dim = meta.dim as usize;
+        let mut vectors = Vec::new();
         // SAFETY: the caller's open index.
-        unsafe {
+        let end = unsafe {
             read_records_from(index, from, meta.generation, dim, |bytes| {
-                decode_records_into(bytes, dim, &mut self.keys, &mut self.vectors);
+                decode_records_into(bytes, dim, &mut self.keys, &mut vectors);
             })
-        }
+        };
+        self.vectors.extend(&vectors);
+        end
     }
 }
 
@@ -192,23 +197,23 @@ thread_local! {
     static APPENDED: AppendedCaches<AppendedVectors> = AppendedCaches::default();
 }
 
-/// `f` of the records appended to `index` since `meta`'s snapshot; None if the index was
-/// rewritten under the reader.
+/// `f` of the records appended to `index` since `meta`'s snapshot, whose vectors have a
+/// dimension (`meta.dim` > 0); None if the index was rewritten under the reader.
 unsafe fn with_appended<R>(
     index: pg_sys::Relation,
     meta: &Meta,
     f: impl FnOnce(&AppendedVectors) -> R,
 ) -> Option<R> {
-    if meta.dim == 0 {
-        return Some(f(&AppendedVectors::default())); // no vector yet, so no record
-    }
     APPENDED.with(|cached| {
         // SAFETY: the caller's open index and its metapage.
         unsafe {
             cached.with(
                 index,
                 meta,
-                AppendedVectors::default,
+                || AppendedVectors {
+                    keys: Vec::new(),
+                    vectors: TailVectors::new(meta.dim as usize),
+                },
                 |rows, from| rows.extend(index, meta, from),
                 f,
             )
@@ -223,28 +228,30 @@ struct Appended {
     text_hash: u64,
 }
 
-/// The records appended since `meta`'s snapshot, scored exactly; None if the chain was
-/// rewritten under the reader.
+/// The records appended since `meta`'s snapshot that may score at least as well as `cutoff`
+/// (all of them without one), scored exactly; None if the chain was rewritten under the
+/// reader.
 unsafe fn score_appended(
     index: pg_sys::Relation,
     meta: &Meta,
     query: &[f32],
+    cutoff: Option<f32>,
 ) -> Option<Vec<Appended>> {
+    if meta.dim == 0 {
+        return Some(Vec::new()); // no vector yet, so no record
+    }
     let metric = meta.metric.faiss_metric();
     // SAFETY: the caller's open index and its metapage.
     unsafe {
         with_appended(index, meta, |rows| {
-            let mut scores = vec![0f32; rows.keys.len()];
-            if !scores.is_empty() {
-                metric.score_all(&rows.vectors, query, &mut scores);
-            }
-            rows.keys
-                .iter()
-                .zip(scores)
-                .map(|(key, score)| Appended {
-                    id: tid_to_id(key.block, key.offset),
+            let mut scored = Vec::new();
+            rows.vectors.score(metric, query, cutoff, &mut scored);
+            scored
+                .into_iter()
+                .map(|(i, score)| Appended {
+                    id: tid_to_id(rows.keys[i].block, rows.keys[i].offset),
                     score,
-                    text_hash: key.text_hash,
+                    text_hash: rows.keys[i].text_hash,
                 })
                 .collect()
         })
@@ -275,7 +282,6 @@ unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
                 Some(snapshot) => super::cache::dead_positions(index, &meta, snapshot.len())?,
                 None => None,
             };
-            let appended = score_appended(index, &meta, query)?;
             let metric = meta.metric.faiss_metric();
             let hits = match &snapshot {
                 Some(snapshot) => snapshot
@@ -296,6 +302,7 @@ unsafe fn search_more(index: pg_sys::Relation, state: &mut ScanState) {
             let cutoff = (!snapshot_done && !last)
                 .then(|| hits.last().map(|h| h.score))
                 .flatten();
+            let appended = score_appended(index, &meta, query, cutoff)?;
             let mut hashes: HashMap<i64, u64> = HashMap::new();
             let mut scored: Vec<(i64, f32)> = Vec::with_capacity(hits.len() + appended.len());
             for hit in &hits {

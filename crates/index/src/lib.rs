@@ -41,6 +41,7 @@ pub mod options;
 pub mod records;
 pub mod relation;
 pub mod snapshot;
+pub mod tail;
 mod threads;
 
 pub use dead::DeadPositions;
