@@ -43,6 +43,8 @@ impl TailVectors {
     /// Adds vectors (consecutive, of the dimension).
     pub fn extend(&mut self, vectors: &[f32]) {
         assert_eq!(vectors.len() % self.dim, 0);
+        self.codes.reserve(vectors.len());
+        self.vectors.reserve(vectors.len());
         for v in vectors.chunks_exact(self.dim) {
             let largest = v.iter().fold(0f32, |m, x| m.max(x.abs()));
             let scale = if largest > 0.0 && largest.is_finite() {
@@ -50,23 +52,22 @@ impl TailVectors {
             } else {
                 0.0
             };
-            let (mut coded_norm, mut error) = (0f64, 0f64);
-            for &x in v {
-                let code = if scale > 0.0 {
-                    (x / scale).round().clamp(-127.0, 127.0)
-                } else {
-                    0.0
-                };
-                let coded = f64::from(code) * f64::from(scale);
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let (mut coded_norm, mut error) = (0f32, 0f32);
+            self.codes.extend(v.iter().map(|&x| {
+                // Rounded half away from zero; `as` truncates, and saturates at the ends.
+                let code = ((x * inverse + 0.5f32.copysign(x)) as i32).clamp(-127, 127);
+                let coded = code as f32 * scale;
                 coded_norm += coded * coded;
-                error += (f64::from(x) - coded).powi(2);
-                self.codes.push(code as i8);
-            }
+                error += (x - coded) * (x - coded);
+                code as i8
+            }));
             self.vectors.extend_from_slice(v);
             self.scales.push(scale);
-            self.coded_norms.push(coded_norm as f32);
-            // Rounded up a little: the bound must hold after f32 rounding too.
-            self.errors.push((error.sqrt() * (1.0 + 1e-6)) as f32);
+            self.coded_norms.push(coded_norm);
+            // Rounded up: the bound must hold whatever the f32 sums above lost.
+            self.errors
+                .push(error.sqrt() * (1.0 + 1e-3) + f32::MIN_POSITIVE);
         }
     }
 
