@@ -22,25 +22,42 @@ pub unsafe extern "C-unwind" fn amcostestimate(
         *correlation = 0.0;
         *pages = 1.0;
         *selectivity = 1.0;
-        if (*path).indexorderbys.is_null() {
-            // A scan without ORDER BY returns every row unordered (scan.rs: every_row): only for
-            // a query that can be answered no other way.
-            *startup = 1.0e10;
-            *total = 1.0e10;
+        // A scan without ORDER BY (PostgreSQL 18 plans one for `SELECT count(*)` when
+        // sequential scans are disabled) would return the indexed rows only, not those whose
+        // value is NULL; with the operator of another metric the index cannot give the order
+        // (a scan would raise). Neither is ever taken, even when sequential scans are disabled.
+        if (*path).indexorderbys.is_null()
+            || !serves_every_order_by((*path).indexinfo, (*path).indexorderbys)
+        {
+            never(path, startup, total);
             return;
         }
         let info = (*path).indexinfo;
-        if !serves_every_order_by(info, (*path).indexorderbys) {
-            // The operator of another metric: the index cannot give that order (a scan would
-            // raise); as costly as a disabled plan, so that an exact plan wins.
-            *startup = 1.0e10;
-            *total = 1.0e10;
-            return;
-        }
         let tuples = (*info).tuples.max(1.0);
         // Embedding the query and one FAISS search make the start; each returned row is cheap.
         *startup = 100.0 * pg_sys::cpu_operator_cost;
         *total = *startup + tuples * pg_sys::cpu_index_tuple_cost * 0.1;
+    }
+}
+
+/// Costs that keep `path` out of every plan: infinite, and on PostgreSQL 18, which prefers any
+/// plan to one with disabled nodes whatever their costs, more disabled nodes than a disabled
+/// sequential scan has (as pgvector does).
+unsafe fn never(
+    path: *mut pg_sys::IndexPath,
+    startup: *mut pg_sys::Cost,
+    total: *mut pg_sys::Cost,
+) {
+    // SAFETY: the planner's path and output pointers (the caller's).
+    unsafe {
+        *startup = f64::INFINITY;
+        *total = f64::INFINITY;
+        #[cfg(feature = "pg18")]
+        {
+            (*path).path.disabled_nodes = 2;
+        }
+        #[cfg(not(feature = "pg18"))]
+        let _ = path;
     }
 }
 

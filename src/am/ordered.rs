@@ -39,11 +39,9 @@ impl OrderedBy {
 
 /// What a rescan of an ordered scan asks for.
 pub enum Rescan {
-    /// Every row, in no order: a scan without ORDER BY (PostgreSQL 18 plans an index-only scan
-    /// without a key when a query reads no column, `SELECT count(*)` with sequential scans
-    /// disabled), or `ORDER BY col <op> NULL` where the NULL is not a constant (a parameter, a
-    /// subquery): every row is at a NULL distance, and an ORDER BY never changes which rows a
-    /// query returns.
+    /// Every row, in no order: `ORDER BY col <op> NULL` where the NULL is not a constant (a
+    /// parameter, a subquery): every row is at a NULL distance, and an ORDER BY never changes
+    /// which rows a query returns.
     EveryRow,
     /// The ORDER BY key's argument and operator strategy.
     By {
@@ -68,7 +66,12 @@ pub unsafe fn rescan(
             std::ptr::copy(orderbys, (*scan).orderByData, norderbys as usize);
         }
         if (*scan).numberOfOrderBys < 1 {
-            return Rescan::EveryRow;
+            // The cost estimate (cost.rs) keeps such a plan out: it would miss NULL rows.
+            crate::errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "faiss and bm25 indexes are scanned in the order of ORDER BY col <op> query only",
+                None,
+            );
         }
         let key = &*(*scan).orderByData;
         if key.sk_flags & pg_sys::SK_ISNULL as i32 != 0 {

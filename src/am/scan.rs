@@ -55,15 +55,6 @@ pub unsafe fn new_ordered_scan(
             pg_sys::palloc0(n * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
         (*scan).xs_orderbynulls = pg_sys::palloc(n * std::mem::size_of::<bool>()) as *mut bool;
         std::ptr::write_bytes((*scan).xs_orderbynulls, 1, n);
-        if norderbys < 1 {
-            // A scan without ORDER BY is PostgreSQL 18's index-only scan of a query that reads
-            // no column of the table (see every_row): it takes each row's values from xs_itup
-            // and reads none of them, so one tuple holding NULL serves every row.
-            let (mut value, mut isnull) = (pg_sys::Datum::from(0), true);
-            (*scan).xs_itupdesc = (*index).rd_att;
-            (*scan).xs_itup =
-                pg_sys::index_form_tuple((*index).rd_att, &raw mut value, &raw mut isnull);
-        }
         scan
     }
 }
@@ -123,9 +114,7 @@ pub unsafe extern "C-unwind" fn amrescan(
     }
 }
 
-/// Every row of the index, in no order: a scan without ORDER BY is what PostgreSQL 18 plans
-/// (an index-only scan with no key) when a query reads no column of the table, such as
-/// `SELECT count(*)` with sequential scans disabled.
+/// Every row of the index, in no order: what `ORDER BY col <op> NULL` returns.
 unsafe fn every_row(index: pg_sys::Relation) -> Vec<Candidate> {
     // SAFETY: `index` is the open index of the caller's scan.
     unsafe {
