@@ -15,18 +15,6 @@ use pgrx::pg_sys;
 use semantic_encoder::Lru;
 use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
 
-/// Where the records not in `meta`'s snapshot start.
-pub fn appended_from(meta: &Meta) -> ChainPos {
-    if meta.snapshot_end.block == NO_BLOCK {
-        ChainPos {
-            block: meta.records_head,
-            slot: 0,
-        }
-    } else {
-        meta.snapshot_end
-    }
-}
-
 struct Cached<T> {
     relfilenode: u32,
     generation: u64,
@@ -79,12 +67,12 @@ impl<T> AppendedCaches<T> {
                 relfilenode,
                 generation: meta.generation,
                 dead_appended: meta.dead_appended,
-                records_at: appended_from(meta),
+                records_at: meta.appended_from(),
                 rows: new(),
             });
         if cached.records_at.block == NO_BLOCK {
             // The chain was empty when the cache began: it starts where it starts now.
-            cached.records_at = appended_from(meta);
+            cached.records_at = meta.appended_from();
         }
         if cached.records_at.block != NO_BLOCK {
             cached.records_at = extend(&mut cached.rows, cached.records_at)?;

@@ -262,14 +262,12 @@ pub unsafe fn relation_name(rel: pg_sys::Relation) -> String {
 /// The dimension a pgvector column declares (its type modifier), if it declares one.
 unsafe fn declared_dimension(index: pg_sys::Relation) -> Option<usize> {
     // SAFETY: `index` is an open index relation (the caller's contract).
-    let (vector_type, typmod) = unsafe {
-        let attribute = pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att)
-            .get(0)
-            .map(|a| a.atttypmod)
-            .expect("one column");
-        (VectorType::of_index(index), attribute)
+    let (typid, typmod) = unsafe {
+        let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att);
+        let attribute = tupdesc.get(0).expect("one column");
+        (attribute.atttypid, attribute.atttypmod)
     };
-    match vector_type {
+    match VectorType::of(typid) {
         Some(VectorType::PgVector | VectorType::PgHalfvec) if typmod > 0 => Some(typmod as usize),
         _ => None,
     }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
+use semantic_index::layout::{ChainPos, Meta};
 use semantic_index::records::{decode_records_into, encode_record, RecordKey};
 use semantic_index::{id_to_tid, tid_to_id, DeadPositions, Sealed};
 use semantic_lexical::tail::decode_entries;
@@ -41,19 +41,18 @@ fn changed() -> ! {
 unsafe fn appended_keys(index: pg_sys::Relation, cut: &Cut) -> Vec<RecordKey> {
     let meta = &cut.meta;
     let (mut keys, mut unused) = (Vec::new(), Vec::new());
-    let from = if meta.snapshot_end.block == NO_BLOCK {
-        ChainPos {
-            block: meta.records_head,
-            slot: 0,
-        }
-    } else {
-        meta.snapshot_end
-    };
     // SAFETY: an open index, locked against rewrites by the caller.
     let read = unsafe {
-        read_records_to(index, from, cut.end, meta.generation, 0, |bytes| {
-            decode_records_into(bytes, 0, &mut keys, &mut unused);
-        })
+        read_records_to(
+            index,
+            meta.appended_from(),
+            cut.end,
+            meta.generation,
+            0,
+            |bytes| {
+                decode_records_into(bytes, 0, &mut keys, &mut unused);
+            },
+        )
     };
     if !matches!(read, ChainRead::Done) {
         changed();

@@ -311,6 +311,18 @@ impl Meta {
         Some(key)
     }
 
+    /// Where the records not in the snapshot start in the records chain.
+    pub fn appended_from(&self) -> ChainPos {
+        if self.snapshot_end.block == NO_BLOCK {
+            ChainPos {
+                block: self.records_head,
+                slot: 0,
+            }
+        } else {
+            self.snapshot_end
+        }
+    }
+
     /// Records appended since the snapshot (searched exactly until the next fold).
     pub fn appended(&self) -> u64 {
         self.record_count.saturating_sub(self.snapshot_records)
