@@ -171,7 +171,8 @@ impl CacheDir {
     }
 
     /// Publishes `key`'s file with the bytes `write` produces (the caller holds the lock),
-    /// replacing a damaged one, then removes the files of `owner`'s older generations (see
+    /// replacing a damaged one, then removes the files of `owner`'s older generations but
+    /// those of `also_keep` (the segments the index still searches; see
     /// [`CacheDir::remove_older`]).
     /// Processes that still map an older file keep searching it until they see the new
     /// generation (an unlinked file lives on while it is mapped).
@@ -179,13 +180,14 @@ impl CacheDir {
         &self,
         owner: &str,
         key: &CacheKey,
+        also_keep: &[CacheKey],
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<Published> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(owner, key);
         let _ = std::fs::remove_file(Self::sibling(&path, ".verified"));
         let file = write_durably(&path, self.fsync, write)?;
-        self.remove_older(owner, key);
+        self.remove_older(owner, key, also_keep);
         Ok(Published { path, file })
     }
 
@@ -193,13 +195,14 @@ impl CacheDir {
     /// and the temporary files of writers that died; keys order as generations do, see
     /// [`crate::snapshot::generation_key`]). A newer generation's files stay: a backend that
     /// publishes an old generation late must not remove what a rewrite has just published.
-    pub fn remove_older(&self, owner: &str, keep: &CacheKey) {
-        self.remove_files(owner, Some(keep));
+    /// Those of `also_keep` stay too.
+    pub fn remove_older(&self, owner: &str, keep: &CacheKey, also_keep: &[CacheKey]) {
+        self.remove_files(owner, Some(keep), also_keep);
     }
 
     /// Removes every file of `owner` (its index was dropped).
     pub fn remove_all(&self, owner: &str) {
-        self.remove_files(owner, None);
+        self.remove_files(owner, None, &[]);
     }
 
     /// Removes the files of owners that `alive` says are gone (dropped or rebuilt indexes),
@@ -228,12 +231,13 @@ impl CacheDir {
     /// Removes the files of `owner`'s generations older than `keep` (all of them with None).
     /// A generation whose build lock someone holds keeps its files: it is being written. Its
     /// lock is taken while its files go, so nobody starts writing it meanwhile.
-    fn remove_files(&self, owner: &str, keep: Option<&CacheKey>) {
+    fn remove_files(&self, owner: &str, keep: Option<&CacheKey>, also_keep: &[CacheKey]) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         let prefix = format!("{owner}-");
         let keep = keep.map(hex);
+        let also_keep: Vec<String> = also_keep.iter().map(hex).collect();
         let mut generations: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -248,7 +252,7 @@ impl CacheDir {
             let older = keep
                 .as_ref()
                 .is_none_or(|keep| key.len() == keep.len() && key.as_bytes() < keep.as_bytes());
-            if older && suffix.starts_with("snap") {
+            if older && suffix.starts_with("snap") && !also_keep.iter().any(|k| k == key) {
                 generations
                     .entry(key.to_string())
                     .or_default()

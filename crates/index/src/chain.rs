@@ -8,7 +8,8 @@
 //! ([`ChainRead::Rewritten`]) and starts again from the metapage.
 
 use crate::layout::{
-    ChainPage, ChainPos, LayoutError, Meta, PageKind, CHAIN_SPECIAL_SIZE, NO_BLOCK,
+    ChainPage, ChainPos, LayoutError, Meta, PageKind, Segment, SnapshotChain, CHAIN_SPECIAL_SIZE,
+    NO_BLOCK,
 };
 use crate::records::{encode_record, record_size, RecordKey};
 use crate::relation::{init_page, lower, set_lower, special_at, Image, Lock, Locked, Relation};
@@ -488,42 +489,42 @@ pub fn flag_dead_records<R: Relation>(
     Ok((flagged, appended))
 }
 
-/// Passes the snapshot's bytes to `visit`, page by page (each copied out of its buffer first,
-/// so no lock is held while `visit` works). Ok(false) if the chain was rewritten under the
-/// reader.
+/// Passes the bytes of the snapshot `chain` to `visit`, page by page (each copied out of its
+/// buffer first, so no lock is held while `visit` works). Ok(false) if the chain was freed and
+/// reused under the reader.
 pub fn read_snapshot_with<R: Relation>(
     rel: &R,
-    meta: &Meta,
+    chain: &SnapshotChain,
     mut visit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<bool> {
     let mut page_bytes = Vec::with_capacity(PAGE_CAPACITY);
     let mut total = 0u64;
-    let mut block = meta.snapshot_head;
+    let mut block = chain.head;
     while block != NO_BLOCK {
         {
             let buffer = Locked::new(rel, block, Lock::Share);
             let page = buffer.page();
-            let Some(chain) = special(page)
-                .filter(|c| c.kind == PageKind::Snapshot && c.generation == meta.generation)
+            let Some(special) = special(page)
+                .filter(|c| c.kind == PageKind::Snapshot && c.generation == chain.generation)
             else {
                 return Ok(false);
             };
             page_bytes.clear();
             page_bytes
-                .extend_from_slice(&contents(page)[..(chain.used as usize).min(PAGE_CAPACITY)]);
-            block = chain.next;
+                .extend_from_slice(&contents(page)[..(special.used as usize).min(PAGE_CAPACITY)]);
+            block = special.next;
         }
         total += page_bytes.len() as u64;
         visit(&page_bytes)?;
         rel.check_interrupts();
     }
-    Ok(total == meta.snapshot_bytes)
+    Ok(total == chain.bytes)
 }
 
-/// The snapshot's bytes, or None if the chain was rewritten under the reader.
-pub fn read_snapshot<R: Relation>(rel: &R, meta: &Meta) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(meta.snapshot_bytes as usize);
-    let complete = read_snapshot_with(rel, meta, |page| {
+/// The bytes of the snapshot `chain`, or None if it was freed and reused under the reader.
+pub fn read_snapshot<R: Relation>(rel: &R, chain: &SnapshotChain) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(chain.bytes as usize);
+    let complete = read_snapshot_with(rel, chain, |page| {
         out.extend_from_slice(page);
         Ok(())
     })
@@ -735,6 +736,10 @@ pub struct Generation<'a> {
     /// Snapshot positions that stay marked dead: a fold that adds to the old snapshot keeps
     /// its positions, and with them its marks.
     pub marks: &'a [u32],
+    /// Snapshots of earlier generations that stay, oldest first, before the new one (see
+    /// [`Meta::segments`]): their chains are not freed. `snapshot_vectors` counts their
+    /// documents too.
+    pub kept: Vec<Segment>,
 }
 
 /// Replaces the index's contents by a new generation built from `cut`: new chains are written
@@ -796,7 +801,17 @@ pub fn rewrite<R: Relation>(
     // The old generation's pages, listed before the metapage lock (inserts would wait for the
     // walk): its snapshot and marks do not change during a rewrite, nor its records and terms
     // chains up to the cut; the pages inserts added since are listed under the lock.
-    let old_snapshot = chain_blocks(rel, at_cut.snapshot_head, at_cut.generation);
+    let kept = |head: u32, generation: u64| {
+        new.kept
+            .iter()
+            .any(|s| s.head == head && s.generation == generation)
+    };
+    let mut old_snapshot = Vec::new();
+    for segment in at_cut.all_segments() {
+        if !kept(segment.head, segment.generation) {
+            old_snapshot.extend(chain_blocks(rel, segment.head, segment.generation));
+        }
+    }
     let old_marks = chain_blocks(rel, at_cut.marks_head, at_cut.generation);
     let mut old_appended = Vec::new();
     for (head, cut_block) in [
@@ -914,6 +929,7 @@ pub fn rewrite<R: Relation>(
         terms_tail,
         terms_bytes: carried_terms.len() as u64,
         reserved: Vec::new(),
+        segments: new.kept,
         ..now
     };
     lock.meta.release(

@@ -89,6 +89,61 @@ pub struct ChainPos {
     pub slot: u32,
 }
 
+/// A chain of snapshot pages: its first block, its length in bytes and the generation its
+/// pages were written in (a reader that meets a page of another one knows the chain was freed
+/// and reused under it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotChain {
+    pub head: u32,
+    pub bytes: u64,
+    pub generation: u64,
+}
+
+/// A snapshot that a rewrite kept from an earlier generation: bm25 indexes fold appended rows
+/// into small segments beside the larger ones (see `semantic_lexical::segments`) instead of
+/// rewriting one snapshot. Its pages keep the generation they were written in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    pub head: u32,
+    pub bytes: u64,
+    pub generation: u64,
+    /// Names its snapshot file, as [`Meta::cache_key`] does the generation's.
+    pub cache_key: String,
+    pub documents: u64,
+}
+
+impl Segment {
+    pub fn chain(&self) -> SnapshotChain {
+        SnapshotChain {
+            head: self.head,
+            bytes: self.bytes,
+            generation: self.generation,
+        }
+    }
+
+    /// Its cache key; None for a segment without a snapshot.
+    pub fn key(&self) -> Option<crate::CacheKey> {
+        if self.head == NO_BLOCK {
+            return None;
+        }
+        parse_key(&self.cache_key)
+    }
+}
+
+/// A [`crate::CacheKey`] from its hex form.
+fn parse_key(hex: &str) -> Option<crate::CacheKey> {
+    let hex = hex.as_bytes();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        key[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// The metapage. Stored as JSON: it is small, read once per scan or insert, and JSON keeps
 /// the format readable and extensible (unknown fields are an error, caught by the version).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +213,11 @@ pub struct Meta {
     /// Set for lexical (bm25) indexes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lexical: Option<LexicalSettings>,
+    /// Snapshots kept from earlier generations, oldest first, which the generation's own
+    /// snapshot follows (bm25 segments; faiss indexes keep none). `snapshot_records` counts
+    /// the documents of all of them, and snapshot positions run through them in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +286,7 @@ impl Meta {
             terms_bytes: 0,
             reserved: Vec::new(),
             lexical: None,
+            segments: Vec::new(),
         }
     }
 
@@ -300,15 +361,36 @@ impl Meta {
 
     /// The generation's cache key, if it has a snapshot.
     pub fn cache_key(&self) -> Option<crate::CacheKey> {
-        let hex = self.cache_key.as_bytes();
-        if self.snapshot_head == NO_BLOCK || hex.len() != 32 {
+        if self.snapshot_head == NO_BLOCK {
             return None;
         }
-        let mut key = [0u8; 16];
-        for (i, pair) in hex.chunks_exact(2).enumerate() {
-            key[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        parse_key(&self.cache_key)
+    }
+
+    /// The chain of the generation's own snapshot.
+    pub fn snapshot_chain(&self) -> SnapshotChain {
+        SnapshotChain {
+            head: self.snapshot_head,
+            bytes: self.snapshot_bytes,
+            generation: self.generation,
         }
-        Some(key)
+    }
+
+    /// Every snapshot the index searches, in position order: the kept segments, then the
+    /// generation's own snapshot (when it has one) as a segment.
+    pub fn all_segments(&self) -> Vec<Segment> {
+        let mut all = self.segments.clone();
+        if self.snapshot_head != NO_BLOCK {
+            let kept: u64 = self.segments.iter().map(|s| s.documents).sum();
+            all.push(Segment {
+                head: self.snapshot_head,
+                bytes: self.snapshot_bytes,
+                generation: self.generation,
+                cache_key: self.cache_key.clone(),
+                documents: self.snapshot_records.saturating_sub(kept),
+            });
+        }
+        all
     }
 
     /// Where the records not in the snapshot start in the records chain.

@@ -213,13 +213,14 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
                 snapshot_vectors: 500,
                 snapshot_has_vectors: false,
                 marks: &[],
+                kept: Vec::new(),
             },
         )
         .unwrap();
         assert_eq!(meta, read_meta(&rel).unwrap());
         assert_eq!(meta.generation, round as u64 + 1);
         assert_eq!(meta.cache_key(), Some(key));
-        assert_eq!(read_snapshot(&rel, &meta).unwrap(), snapshot);
+        assert_eq!(read_snapshot(&rel, &meta.snapshot_chain()).unwrap(), snapshot);
         let (read, again) = all_records(&rel, &meta);
         assert_eq!(read, ChainRead::Done);
         assert_eq!(again.len(), 500);
@@ -231,7 +232,7 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
     assert_eq!(sizes[5], sizes[2], "{sizes:?}");
     // A reader still on the first generation finds out instead of reading reused pages.
     assert_eq!(all_records(&rel, &old).0, ChainRead::Rewritten);
-    assert_eq!(read_snapshot(&rel, &first_generation.unwrap()), None);
+    assert_eq!(read_snapshot(&rel, &first_generation.unwrap().snapshot_chain()), None);
     // Appends after a rewrite land after the snapshot's end.
     append(&rel, 9999);
     let meta = read_meta(&rel).unwrap();
@@ -264,6 +265,7 @@ fn a_rewrite_without_records_starts_an_empty_chain() {
             snapshot_vectors: 50,
             snapshot_has_vectors: true,
             marks: &[],
+            kept: Vec::new(),
         },
     )
     .unwrap();
@@ -336,6 +338,7 @@ fn marks_and_dead_flags_survive_until_a_rewrite_carries_or_drops_them() {
             snapshot_vectors: 300,
             snapshot_has_vectors: false,
             marks: &[],
+            kept: Vec::new(),
         },
     )
     .unwrap();
@@ -388,6 +391,7 @@ fn marks_and_dead_flags_survive_until_a_rewrite_carries_or_drops_them() {
             snapshot_vectors: 325,
             snapshot_has_vectors: true,
             marks: &[4, 8],
+            kept: Vec::new(),
         },
     )
     .unwrap();
@@ -431,6 +435,7 @@ fn records_appended_during_a_rewrite_are_carried_over() {
             snapshot_vectors: 250,
             snapshot_has_vectors: true,
             marks: &[],
+            kept: Vec::new(),
         },
     )
     .unwrap();
@@ -548,6 +553,7 @@ fn terms_span_pages_are_read_on_incrementally_and_carried_by_rewrites() {
             snapshot_vectors: 0,
             snapshot_has_vectors: true,
             marks: &[],
+            kept: Vec::new(),
         },
     )
     .unwrap();
@@ -557,5 +563,74 @@ fn terms_span_pages_are_read_on_incrementally_and_carried_by_rewrites() {
     assert!(chain::read_terms(&rel, at.unwrap(), None, new.generation, |_| ()).is_none());
     let free = |b: u32| new.free.iter().any(|&(f, c)| (f..f + c).contains(&b));
     assert!(free(old.terms_head), "the old terms chain's pages are free");
+    assert_eq!(rel.pinned.get(), 0);
+}
+
+/// Segments (bm25): a rewrite that keeps earlier snapshots leaves their pages alone, readable
+/// under the generation they were written in; a rewrite that drops one frees its pages for the
+/// next, and a reader of the dropped segment then finds out.
+#[test]
+fn kept_segments_survive_rewrites_until_dropped() {
+    let rel = MemoryRelation::default();
+    let mut meta = new_index(&rel);
+    let payload = |round: u8| -> Vec<u8> {
+        (0..PAGE_CAPACITY + 10 * round as usize)
+            .map(|i| (i as u8) ^ round)
+            .collect()
+    };
+    let write = |meta: &mut Meta, round: u8, kept: Vec<semantic_index::layout::Segment>| {
+        let snapshot = payload(round);
+        let before: u64 = kept.iter().map(|s| s.documents).sum();
+        rewrite_now(
+            &rel,
+            meta,
+            0,
+            Generation {
+                records: &[],
+                rows: before + 10,
+                snapshot: &mut &snapshot[..],
+                snapshot_bytes: snapshot.len() as u64,
+                cache_key: [round; 16],
+                snapshot_vectors: before + 10,
+                snapshot_has_vectors: true,
+                marks: &[],
+                kept,
+            },
+        )
+        .unwrap();
+    };
+    write(&mut meta, 1, Vec::new());
+    // Each fold keeps every snapshot so far and adds one.
+    for round in 2..=4u8 {
+        let kept = meta.all_segments();
+        write(&mut meta, round, kept);
+    }
+    let segments = meta.all_segments();
+    assert_eq!(segments.len(), 4);
+    assert_eq!(meta.snapshot_records, 40);
+    for (i, segment) in segments.iter().enumerate() {
+        assert_eq!(segment.documents, 10);
+        assert_eq!(segment.key(), Some([i as u8 + 1; 16]));
+        assert!(read_snapshot(&rel, &segment.chain()) == Some(payload(i as u8 + 1)));
+    }
+    assert_eq!(meta.free_blocks(), 0, "no snapshot page was freed");
+    // A merge of the last two: the first two stay, the others' pages (two each) are freed,
+    // and the next rewrite reuses them.
+    write(&mut meta, 5, segments[..2].to_vec());
+    assert_eq!(meta.all_segments().len(), 3);
+    assert!(read_snapshot(&rel, &segments[0].chain()) == Some(payload(1)));
+    assert!(read_snapshot(&rel, &segments[1].chain()) == Some(payload(2)));
+    assert_eq!(meta.free_blocks(), 4);
+    // Compaction keeps none.
+    let pages = rel.pages.borrow().len();
+    write(&mut meta, 6, Vec::new());
+    assert_eq!(rel.pages.borrow().len(), pages, "the freed pages were not reused");
+    let dropped = |i: usize| read_snapshot(&rel, &segments[i].chain()).is_none();
+    assert!(dropped(2) || dropped(3), "a dropped segment's pages were not reused");
+    assert_eq!(meta.all_segments().len(), 1);
+    assert_eq!(meta.snapshot_records, 10);
+    // The first segment's pages, freed by the compaction, go to the next rewrite.
+    write(&mut meta, 7, Vec::new());
+    assert!(dropped(0), "a reader of a freed segment did not notice");
     assert_eq!(rel.pinned.get(), 0);
 }

@@ -715,7 +715,7 @@ fn cache_files_are_published_checked_and_replaced() {
     let publish = |key: &CacheKey, bytes: &[u8]| {
         let _lock = cache.lock("1.2.3", key, || {}).unwrap();
         cache
-            .publish("1.2.3", key, |w| w.write_all(bytes))
+            .publish("1.2.3", key, &[], |w| w.write_all(bytes))
             .unwrap()
             .path
     };
@@ -820,7 +820,7 @@ fn cache_files_are_published_checked_and_replaced() {
     assert!(waited.load(std::sync::atomic::Ordering::Relaxed) > 0);
 
     // A writer that fails leaves no file behind, and the published one stands.
-    let err = cache.publish("1.2.3", &key_b, |_| Err(std::io::Error::other("disk full")));
+    let err = cache.publish("1.2.3", &key_b, &[], |_| Err(std::io::Error::other("disk full")));
     assert!(err.is_err());
     assert!(matches!(
         cache.open::<Snapshot>("1.2.3", &key_b, started),
@@ -854,13 +854,16 @@ fn publishing_keeps_newer_generations_and_held_locks() {
     let key = |generation| generation_key(generation, [9; 8]);
     let (old, current, newer) = (key(3), key(4), key(5));
     assert_eq!(key_generation(&newer), 5);
-    let publish = |key: &CacheKey| {
+    let publish_keeping = |key: &CacheKey, also_keep: &[CacheKey]| {
         let _lock = cache.lock("4.5.6", key, || {}).unwrap();
         cache
-            .publish("4.5.6", key, |w| w.write_all(&seal(b"payload", key)))
+            .publish("4.5.6", key, also_keep, |w| {
+                w.write_all(&seal(b"payload", key))
+            })
             .unwrap()
             .path
     };
+    let publish = |key: &CacheKey| publish_keeping(key, &[]);
     let old_path = publish(&old);
     // Generation 3's lock is held by a backend still building from it.
     let held = cache.lock("4.5.6", &old, || {}).unwrap();
@@ -884,6 +887,13 @@ fn publishing_keeps_newer_generations_and_held_locks() {
         assert!(!lock_of(gone).exists(), "{}.lock stayed", gone.display());
     }
     assert!(newest_path.exists() && lock_of(&newest_path).exists());
+    // Segments an index still searches keep their files: generation 6's stays beside 7's
+    // until a publish no longer names it.
+    let segment_path = newest_path;
+    let next_path = publish_keeping(&key(7), &[key(6)]);
+    assert!(segment_path.exists(), "a kept segment's file was removed");
+    publish(&key(8));
+    assert!(!segment_path.exists() && !next_path.exists());
 }
 
 #[test]
@@ -915,7 +925,7 @@ fn sealed_payloads_share_the_snapshot_protocol() {
     {
         let _lock = cache.lock("4.5.6", &key, || {}).unwrap();
         cache
-            .publish("4.5.6", &key, |w| w.write_all(&bytes))
+            .publish("4.5.6", &key, &[], |w| w.write_all(&bytes))
             .unwrap();
     }
     let Opened::Ready(mapped) = cache.open::<Sealed>("4.5.6", &key, 1) else {

@@ -11,6 +11,7 @@
 
 mod bm25;
 mod postings;
+pub mod segments;
 mod snapshot;
 pub mod tail;
 mod topk;
@@ -18,6 +19,7 @@ pub mod tsvector;
 
 pub use bm25::{Bm25, CorpusStats};
 pub use postings::BLOCK;
+pub use segments::Segments;
 pub use snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TermInfo};
 pub use tail::{AnalysedRow, Tail, TailHit};
 pub use topk::{Hit, QueryTerm, TopK};

@@ -37,14 +37,14 @@ pub enum SnapshotError {
 /// posting list will hold, a few bytes a posting where a pair of u32s takes eight, so that a
 /// build holds about what the snapshot will.
 #[derive(Default)]
-struct Accumulated {
+pub(crate) struct Accumulated {
     bytes: Vec<u8>,
     last_doc: Option<u32>,
-    df: u32,
+    pub(crate) df: u32,
 }
 
 impl Accumulated {
-    fn push(&mut self, doc: u32, tf: u32) {
+    pub(crate) fn push(&mut self, doc: u32, tf: u32) {
         postings::put_varint(&mut self.bytes, postings::gap(self.last_doc, doc));
         postings::put_varint(&mut self.bytes, tf);
         self.last_doc = Some(doc);
@@ -69,10 +69,10 @@ impl Accumulated {
 pub struct SnapshotBuilder {
     k1: f32,
     b: f32,
-    ids: Vec<u64>,
-    hashes: Vec<u64>,
-    lengths: Vec<u32>,
-    postings: HashMap<String, Accumulated>,
+    pub(crate) ids: Vec<u64>,
+    pub(crate) hashes: Vec<u64>,
+    pub(crate) lengths: Vec<u32>,
+    pub(crate) postings: HashMap<String, Accumulated>,
 }
 
 /// A finished snapshot, in the parts it is written from (see [`SnapshotBuilder::finish_parts`]).
@@ -329,7 +329,7 @@ impl<'a> Snapshot<'a> {
 
     /// Term `i`'s bytes and the range of its postings (None when out of bounds).
     #[allow(clippy::type_complexity)]
-    fn entry_raw(&self, i: usize) -> Option<(&'a [u8], Option<(usize, usize)>)> {
+    pub(crate) fn entry_raw(&self, i: usize) -> Option<(&'a [u8], Option<(usize, usize)>)> {
         let at = self.table_at + i * TERM;
         let b = self.bytes;
         let (off, len) = (u32_at(b, at) as usize, u32_at(b, at + 4) as usize);
@@ -346,7 +346,7 @@ impl<'a> Snapshot<'a> {
         Some((term, range))
     }
 
-    fn info(&self, i: usize) -> TermInfo<'a> {
+    pub(crate) fn info(&self, i: usize) -> TermInfo<'a> {
         let at = self.table_at + i * TERM;
         let (_, range) = self.entry_raw(i).expect("checked by parse");
         let (start, len) = range.expect("checked by parse");
@@ -426,41 +426,6 @@ impl<'a> Snapshot<'a> {
         u32_at(self.bytes, self.lengths_at + doc as usize * 4)
     }
 
-    /// A builder holding the documents of this snapshot that `keep` accepts (by position), in
-    /// their order and with the snapshot's k1 and b, to add more documents to and finish: how
-    /// compaction and folding write a new generation without reading the table again.
-    pub fn rebuild(&self, mut keep: impl FnMut(u32) -> bool) -> SnapshotBuilder {
-        let mut builder = SnapshotBuilder::new(self.k1, self.b);
-        let mut renumbered = vec![u32::MAX; self.documents];
-        for doc in 0..self.documents as u32 {
-            let id = self.id(doc);
-            if keep(doc) {
-                renumbered[doc as usize] = builder.ids.len() as u32;
-                builder.ids.push(id);
-                builder.hashes.push(self.text_hash(doc));
-                builder.lengths.push(self.length(doc));
-            }
-        }
-        for i in 0..self.terms {
-            let (term, _) = self.entry_raw(i).expect("checked by parse");
-            let mut cursor = self.info(i).cursor();
-            let mut postings = Accumulated::default();
-            while cursor.doc() != Cursor::END {
-                let doc = renumbered[cursor.doc() as usize];
-                if doc != u32::MAX {
-                    postings.push(doc, cursor.tf());
-                }
-                cursor.next();
-            }
-            if postings.df > 0 {
-                builder
-                    .postings
-                    .insert(String::from_utf8_lossy(term).into_owned(), postings);
-            }
-        }
-        builder
-    }
-
     /// The `k` best documents for `query` (each term with its weight: idf x query frequency);
     /// `accept` may refuse hits (rows already returned, dead documents), which then do not
     /// count towards k.
@@ -471,6 +436,6 @@ impl<'a> Snapshot<'a> {
         bm25: &Bm25,
         accept: impl FnMut(&Hit) -> bool,
     ) -> TopK {
-        topk::max_score(self, query, k, bm25, accept)
+        topk::max_score(self, query, k, bm25, f32::NEG_INFINITY, accept)
     }
 }

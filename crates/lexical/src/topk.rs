@@ -99,11 +99,14 @@ impl Bounds<'_> {
     }
 }
 
+/// The `k` best documents of `snapshot` scoring at least `floor` (what the k-th best hit of
+/// segments searched before already scores; NEG_INFINITY when there is none).
 pub(crate) fn max_score(
     snapshot: &Snapshot<'_>,
     query: &[QueryTerm],
     k: usize,
     bm25: &Bm25,
+    floor: f32,
     mut accept: impl FnMut(&Hit) -> bool,
 ) -> TopK {
     let mut scored = 0;
@@ -140,9 +143,9 @@ pub(crate) fn max_score(
     let mut first_essential = 0;
     let threshold = |heap: &BinaryHeap<Worst>| {
         if heap.len() < k {
-            f32::NEG_INFINITY
+            floor
         } else {
-            heap.peek().expect("k > 0 hits").0.score
+            heap.peek().expect("k > 0 hits").0.score.max(floor)
         }
     };
     while first_essential < terms.len() {

@@ -3,7 +3,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use semantic_lexical::{Bm25, QueryTerm, Snapshot, SnapshotBuilder, BLOCK};
+use semantic_lexical::{Bm25, QueryTerm, Segments, Snapshot, SnapshotBuilder, BLOCK};
 
 fn bm25(snapshot: &Snapshot) -> Bm25 {
     Bm25 {
@@ -304,36 +304,107 @@ fn damaged_snapshots_are_refused() {
     }
 }
 
+/// Builds snapshots of `corpus`'s documents split at `cuts` (ids: positions), k1 1.5, b 0.6.
+fn split_snapshots(corpus: &[Vec<(String, u32)>], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(corpus.len());
+    bounds
+        .windows(2)
+        .map(|w| {
+            let mut b = SnapshotBuilder::new(1.5, 0.6);
+            for d in w[0]..w[1] {
+                add_doc(&mut b, corpus, d);
+            }
+            b.finish()
+        })
+        .collect()
+}
+
+fn add_doc(b: &mut SnapshotBuilder, corpus: &[Vec<(String, u32)>], d: usize) {
+    b.add(
+        d as u64,
+        d as u64 * 7,
+        corpus[d].iter().map(|(t, tf)| (t.as_str(), *tf)),
+    );
+}
+
+/// Merging segments (a fold, or compaction dropping dead documents) and adding rows gives the
+/// snapshot a fresh build of the same rows gives, byte for byte.
 #[test]
-fn rebuild_equals_a_fresh_build() {
+fn merged_segments_equal_a_fresh_build() {
     let corpus = zipf_corpus(3_000, 800, 11);
-    let add = |b: &mut SnapshotBuilder, d: usize| {
-        b.add(
-            d as u64,
-            d as u64 * 7,
-            corpus[d].iter().map(|(t, tf)| (t.as_str(), *tf)),
-        );
-    };
-    let mut first = SnapshotBuilder::new(1.5, 0.6);
-    for d in 0..2_000 {
-        add(&mut first, d);
-    }
-    let bytes = first.finish();
-    let old = Snapshot::parse(&bytes).unwrap();
+    let parts = split_snapshots(&corpus[..2_000], &[1_200, 1_700, 1_900]);
+    let segments = Segments::new(parts.iter().map(|p| Snapshot::parse(p).unwrap()).collect());
+    assert_eq!(segments.documents(), 2_000);
+    assert_eq!(segments.id(1_750), 1_750);
     // Drop every third row, then add the rest of the corpus.
     let keep = |id: u64| !id.is_multiple_of(3);
-    let mut rebuilt = old.rebuild(|doc| keep(old.id(doc)));
+    let mut merged = segments.merge(1.5, 0.6, |doc| keep(segments.id(doc)));
     let mut fresh = SnapshotBuilder::new(1.5, 0.6);
     for d in (0..2_000).filter(|&d| keep(d as u64)) {
-        add(&mut fresh, d);
+        add_doc(&mut fresh, &corpus, d);
     }
     for d in 2_000..3_000 {
-        add(&mut rebuilt, d);
-        add(&mut fresh, d);
+        add_doc(&mut merged, &corpus, d);
+        add_doc(&mut fresh, &corpus, d);
     }
-    let rebuilt = rebuilt.finish();
-    assert_eq!(rebuilt, fresh.finish());
-    let s = Snapshot::parse(&rebuilt).unwrap();
+    let merged = merged.finish();
+    assert!(merged == fresh.finish(), "a merge differs from a fresh build");
+    let s = Snapshot::parse(&merged).unwrap();
     s.verify().unwrap();
     assert_eq!(s.params(), (1.5, 0.6));
+}
+
+/// Segments search as one snapshot of the same documents: the same hits and scores, for
+/// every k, with statistics summed over the segments, and hits refused by `accept` (as dead
+/// or returned rows are) left out alike.
+#[test]
+fn segments_rank_as_one_snapshot() {
+    let corpus = zipf_corpus(6_000, 3_000, 5);
+    let whole = split_snapshots(&corpus, &[]);
+    let whole = Snapshot::parse(&whole[0]).unwrap();
+    let parts = split_snapshots(&corpus, &[4_000, 5_000, 5_600, 5_900]);
+    let segments = Segments::new(parts.iter().map(|p| Snapshot::parse(p).unwrap()).collect());
+    assert_eq!(segments.stats(), whole.stats());
+    let bm = Bm25 {
+        k1: 1.5,
+        b: 0.6,
+        stats: whole.stats(),
+    };
+    let mut rng = StdRng::seed_from_u64(3);
+    for round in 0..200 {
+        let terms: Vec<String> = (0..rng.random_range(1..5))
+            .map(|_| format!("t{}", rng.random_range(0..400)))
+            .collect();
+        let q: Vec<QueryTerm> = terms
+            .iter()
+            .map(|t| {
+                assert_eq!(segments.df(t), whole.term(t).map_or(0, |i| i.df as u64));
+                QueryTerm {
+                    term: t.clone(),
+                    weight: bm.idf(segments.df(t)),
+                }
+            })
+            .filter(|q| q.weight > 0.0 && segments.df(&q.term) > 0)
+            .collect();
+        let k = [1, 10, 100][round % 3];
+        let accept = |id: u64| round % 2 == 0 || !id.is_multiple_of(5);
+        let want: Vec<(u32, f32)> = whole
+            .search(&q, k, &bm, |h| accept(h.id))
+            .hits
+            .iter()
+            .map(|h| (h.doc, h.score))
+            .collect();
+        let got: Vec<(u32, f32)> = segments
+            .search(&q, k, &bm, |h| accept(segments.id(h.doc)))
+            .hits
+            .iter()
+            .map(|h| (h.doc, h.score))
+            .collect();
+        assert_same_ranking(&got, &want, &format!("query {terms:?}, k {k}"));
+    }
+    let terms = ["t1", "t77"];
+    let bits = segments.holding_any(&terms);
+    assert_eq!(bits, whole.holding_any(&terms));
 }
