@@ -6,7 +6,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ColumnKind, Meta};
+use semantic_index::layout::{ColumnKind, Meta, Segment};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
 use semantic_index::snapshot::encode_snapshot_into;
 use semantic_index::IndexMetric;
@@ -475,6 +475,9 @@ pub struct NewGeneration<'a, E> {
     pub rows: u64,
     /// Snapshot positions still marked dead.
     pub marks: &'a [u32],
+    /// Snapshots of earlier generations that stay (bm25 segments), oldest first;
+    /// `snapshot_vectors` counts their documents too.
+    pub kept: Vec<Segment>,
 }
 
 /// Writes a new generation of `index` (of `kind`) from `cut`, as build, fold and compaction do
@@ -498,9 +501,10 @@ pub unsafe fn write_generation<E, R>(
     let key = super::cache::new_cache_key(&cut.meta);
     // SAFETY: the caller's contract.
     unsafe {
+        let kept: Vec<CacheKey> = new.kept.iter().filter_map(|s| s.key()).collect();
         let mut written = new
             .encode
-            .map(|encode| super::cache::publish(index, &key, |w| encode(&key, w)));
+            .map(|encode| super::cache::publish(index, &key, &kept, |w| encode(&key, w)));
         let records = records();
         let (snapshot_bytes, mut snapshot) = match &mut written {
             Some(written) => written.reader(),
@@ -520,6 +524,7 @@ pub unsafe fn write_generation<E, R>(
                 snapshot_vectors: new.snapshot_vectors,
                 snapshot_has_vectors: new.snapshot_has_vectors,
                 marks: new.marks,
+                kept: new.kept,
             },
         );
         kind.forget_snapshot(index);
@@ -555,6 +560,7 @@ pub unsafe fn write_faiss_generation(
         snapshot_has_vectors: has_vectors,
         rows,
         marks: &marks,
+        kept: Vec::new(),
     };
     // SAFETY: the caller's contract.
     unsafe {

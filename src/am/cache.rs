@@ -17,7 +17,7 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::Lru;
 use semantic_index::cache_file::{CacheDir, CacheLock, Opened, SnapshotFile};
-use semantic_index::layout::Meta;
+use semantic_index::layout::{Meta, SnapshotChain};
 use semantic_index::{CacheKey, DeadPositions, IndexError, Snapshot};
 
 use super::storage::read_snapshot_with;
@@ -34,20 +34,20 @@ struct Open<S> {
 /// `semantic.max_cached_indexes` relations, least recently used first out.
 pub struct OpenSnapshots<S> {
     open: RefCell<Lru<pg_sys::Oid, Open<S>>>,
-    kind: &'static str,
 }
 
-impl<S: SnapshotFile> OpenSnapshots<S> {
-    pub fn new(kind: &'static str) -> Self {
+impl<S> Default for OpenSnapshots<S> {
+    fn default() -> Self {
         OpenSnapshots {
             open: RefCell::new(Lru::default()),
-            kind,
         }
     }
+}
 
-    /// The snapshot of `meta`'s generation of `rel`, or None if the index has none (a real[]
-    /// index built without rows) or its snapshot chain was rewritten while being read. A
-    /// private copy is made by `from_pages` (see [`open_or_build`]).
+impl<S> OpenSnapshots<S> {
+    /// What this backend opened of `meta`'s generation of `rel` (kept until the generation
+    /// changes), else what `open_now` opens; None if the index has no snapshot (a real[] index
+    /// built without rows) or `open_now` found its pages rewritten while reading them.
     ///
     /// # Safety
     /// `rel` is an open index relation of this kind and `meta` its metapage.
@@ -55,7 +55,7 @@ impl<S: SnapshotFile> OpenSnapshots<S> {
         &self,
         rel: pg_sys::Relation,
         meta: &Meta,
-        from_pages: impl FnOnce(Vec<u8>) -> Result<S, IndexError>,
+        open_now: impl FnOnce() -> Option<S>,
     ) -> Option<Rc<S>> {
         let key = meta.cache_key()?;
         // SAFETY: the caller's contract.
@@ -70,8 +70,7 @@ impl<S: SnapshotFile> OpenSnapshots<S> {
         if open.is_some() {
             return open;
         }
-        // SAFETY: as above.
-        let snapshot = Rc::new(unsafe { open_or_build(rel, meta, &key, self.kind, from_pages) }?);
+        let snapshot = Rc::new(open_now()?);
         self.open.borrow_mut().insert(
             oid,
             Open {
@@ -104,7 +103,7 @@ struct ReadMarks {
 }
 
 thread_local! {
-    static OPEN: OpenSnapshots<Snapshot> = OpenSnapshots::new("faiss index");
+    static OPEN: OpenSnapshots<Snapshot> = OpenSnapshots::default();
     static MARKS: RefCell<Lru<pg_sys::Oid, ReadMarks>> = RefCell::new(Lru::default());
 }
 
@@ -266,12 +265,14 @@ impl Write for FileSide<'_> {
 
 /// Writes the snapshot that `encode` makes (build, vacuum, fold) as the file of generation
 /// `key`, before the metapage points to it, so that searches find the file ready; the bytes are
-/// streamed, never all in memory. Where the file cannot be written (a missing directory, a full
+/// streamed, never all in memory. Older generations' files go, but those of `kept` (the
+/// segments the new generation keeps). Where the file cannot be written (a missing directory, a full
 /// disk), a WARNING, and `encode` again into memory: a failure only costs the first search of
 /// each session a private copy. An error of `encode` itself (a cancel) is raised.
 pub unsafe fn publish(
     rel: pg_sys::Relation,
     key: &CacheKey,
+    kept: &[CacheKey],
     encode: impl Fn(&mut dyn Write) -> Result<(), IndexError>,
 ) -> Written {
     // SAFETY: `rel` is an open index relation (the caller's contract).
@@ -280,7 +281,7 @@ pub unsafe fn publish(
         let owner = owner(rel);
         let mut encode_error = None;
         let published = lock(&dir, &owner, key).and_then(|_lock| {
-            let published = dir.publish(&owner, key, |w| {
+            let published = dir.publish(&owner, key, kept, |w| {
                 let mut side = FileSide {
                     out: w,
                     failed: None,
@@ -330,18 +331,30 @@ pub unsafe fn publish(
 /// The searchable snapshot of `meta`'s generation, or None if the index has none (no rows
 /// when it was built) or the snapshot chain was rewritten while being read.
 pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot>> {
-    // SAFETY: the caller's contract.
-    OPEN.with(|open| unsafe { open.get(rel, meta, |bytes| Snapshot::from_bytes(&bytes)) })
+    OPEN.with(|open| {
+        // SAFETY: the caller's contract.
+        unsafe {
+            open.get(rel, meta, || {
+                let key = meta.cache_key()?;
+                let chain = meta.snapshot_chain();
+                open_or_build(rel, &chain, &key, &[], "faiss index", |bytes| {
+                    Snapshot::from_bytes(&bytes)
+                })
+            })
+        }
+    })
 }
 
-/// The snapshot file of `meta`'s generation (`key`) of the `kind` index `rel`, mapped; built
-/// from the pages when missing or damaged, by one backend while the others wait. Where no file
-/// can be written, a private copy made by `from_pages` from the pages' bytes, with a WARNING.
-/// None if the index was rewritten while its pages were read. (faiss and bm25 indexes alike.)
+/// The snapshot file `key` of the `kind` index `rel` (whose pages are `chain`), mapped; built
+/// from the pages when missing or damaged, by one backend while the others wait (which removes
+/// older generations' files, but those of `kept`). Where no file can be written, a private copy
+/// made by `from_pages` from the pages' bytes, with a WARNING. None if the chain was freed
+/// while its pages were read. (faiss and bm25 indexes alike.)
 pub unsafe fn open_or_build<S: SnapshotFile>(
     rel: pg_sys::Relation,
-    meta: &Meta,
+    chain: &SnapshotChain,
     key: &CacheKey,
+    kept: &[CacheKey],
     kind: &str,
     from_pages: impl FnOnce(Vec<u8>) -> Result<S, IndexError>,
 ) -> Option<S> {
@@ -358,7 +371,7 @@ pub unsafe fn open_or_build<S: SnapshotFile>(
                 "{kind} \"{}\": {why}; this session searches a private copy",
                 super::build::relation_name(rel)
             );
-            let bytes = super::storage::read_snapshot(rel, meta)?;
+            let bytes = super::storage::read_snapshot(rel, chain)?;
             Some(from_pages(bytes).unwrap_or_else(|e| index_error(kind, e)))
         };
         let lock = match lock(&dir, &owner, key) {
@@ -375,8 +388,8 @@ pub unsafe fn open_or_build<S: SnapshotFile>(
             Opened::Missing => {}
         }
         let mut rewritten = false;
-        let written = dir.publish(&owner, key, |w| {
-            rewritten = !read_snapshot_with(rel, meta, |page| w.write_all(page))?;
+        let written = dir.publish(&owner, key, kept, |w| {
+            rewritten = !read_snapshot_with(rel, chain, |page| w.write_all(page))?;
             if rewritten {
                 return Err(std::io::Error::other("the index was rewritten meanwhile"));
             }

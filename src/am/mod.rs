@@ -17,7 +17,7 @@ pub(crate) mod storage;
 pub(crate) mod vacuum;
 pub(crate) mod vectors;
 
-pub use cache::{cache_root, dead_positions, OpenSnapshots};
+pub use cache::{cache_root, dead_positions, open_or_build, OpenSnapshots};
 pub use insert::append_row;
 
 /// Gives the heap memory a rewrite freed (a snapshot's postings or FAISS buffers, the rows it

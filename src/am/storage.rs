@@ -8,7 +8,7 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_index::chain::{self, MetaLock};
 pub use semantic_index::chain::{ChainRead, Cut, Generation};
-use semantic_index::layout::{ChainPos, LayoutError, Meta};
+use semantic_index::layout::{ChainPos, LayoutError, Meta, SnapshotChain};
 use semantic_index::records::RecordKey;
 use semantic_index::relation::{Image, Lock, Relation, BLOCK_SIZE};
 
@@ -216,15 +216,15 @@ pub unsafe fn read_records_to(
 /// See [`chain::read_snapshot_with`].
 pub unsafe fn read_snapshot_with(
     rel: pg_sys::Relation,
-    meta: &Meta,
+    chain: &SnapshotChain,
     visit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<bool> {
-    chain::read_snapshot_with(&Index(rel), meta, visit)
+    chain::read_snapshot_with(&Index(rel), chain, visit)
 }
 
-/// The snapshot's bytes, or None if the chain was rewritten under the reader.
-pub unsafe fn read_snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Vec<u8>> {
-    chain::read_snapshot(&Index(rel), meta)
+/// A snapshot's bytes, or None if its chain was freed and reused under the reader.
+pub unsafe fn read_snapshot(rel: pg_sys::Relation, chain: &SnapshotChain) -> Option<Vec<u8>> {
+    chain::read_snapshot(&Index(rel), chain)
 }
 
 /// Where a rewrite starts (see [`chain::cut`]): the caller keeps other rewrites out.
@@ -233,7 +233,12 @@ pub unsafe fn cut(rel: pg_sys::Relation) -> Cut {
 }
 
 /// Replaces the index's contents by a new generation built from `cut` (see
-/// [`chain::rewrite`]); returns the new metapage.
+/// [`chain::rewrite`]); returns the new metapage. The switch is flushed to the WAL at once: a
+/// fold or compaction runs in a transaction without an XID, whose commit would not flush it,
+/// so a crash soon after could undo a rewrite whose snapshot file is already published.
 pub unsafe fn rewrite(rel: pg_sys::Relation, cut: Cut, dim: usize, new: Generation) -> Meta {
-    chain::rewrite(&Index(rel), cut, dim, new).unwrap_or_else(|e| corrupted(e))
+    let meta = chain::rewrite(&Index(rel), cut, dim, new).unwrap_or_else(|e| corrupted(e));
+    // SAFETY: flushes what this backend has inserted into the WAL so far.
+    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+    meta
 }

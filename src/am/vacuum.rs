@@ -73,7 +73,8 @@ unsafe fn read_rows(index: pg_sys::Relation, cut: &Cut) -> Rows {
             appended_vectors: Vec::new(),
         };
         if meta.snapshot_has_vectors && meta.cache_key().is_some() {
-            let bytes = read_snapshot(index, meta).unwrap_or_else(|| corrupt("snapshot"));
+            let bytes =
+                read_snapshot(index, &meta.snapshot_chain()).unwrap_or_else(|| corrupt("snapshot"));
             let base = VectorIndex::from_snapshot(&bytes).unwrap_or_else(|e| {
                 raise(
                     PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,

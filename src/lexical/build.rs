@@ -5,8 +5,8 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
-use semantic_index::layout::{ColumnKind, LexicalSettings, LongText, Meta};
-use semantic_index::records::{encode_record, text_hash, RecordKey};
+use semantic_index::layout::{ColumnKind, LexicalSettings, LongText, Meta, Segment};
+use semantic_index::records::text_hash;
 use semantic_index::snapshot::seal_into;
 use semantic_index::IndexMetric;
 use semantic_index::{tid_to_id, CacheKey};
@@ -102,27 +102,20 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
 struct BuildState {
     config: pg_sys::Oid,
     builder: SnapshotBuilder,
-    records: Vec<u8>,
     rows: u64,
 }
 
 impl BuildState {
-    /// One row of the build scan: its lexemes go to the snapshot, its key to the records.
+    /// One row of the build scan: its lexemes go to the snapshot.
     fn row(&mut self, (block, offset): (u32, u16), value: pg_sys::Datum) {
         // SAFETY: a non-null value of the index's text column.
         let text = unsafe { datum_text(value) };
         let lexemes = lexemes(self.config, &text);
-        let key = RecordKey {
-            block,
-            offset,
-            text_hash: text_hash(&text),
-        };
         self.builder.add(
             tid_to_id(block, offset) as u64,
-            key.text_hash,
+            text_hash(&text),
             lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)),
         );
-        encode_record(&key, &[], &mut self.records);
         self.rows += 1;
         if self.rows.is_multiple_of(1000) {
             progress(pg_sys::PROGRESS_CREATEIDX_TUPLES_DONE, self.rows as i64);
@@ -130,28 +123,31 @@ impl BuildState {
     }
 }
 
-/// [`write_generation`] of a bm25 index: `records` (every row's key) and the snapshot of
-/// `builder`.
+/// [`write_generation`] of a bm25 index: the segments of `kept`, with the positions of
+/// `marks` still dead, and a new one, the snapshot of `builder`. Its records chain holds the
+/// rows appended since, only: the segments hold every other row's key.
 pub unsafe fn write_bm25_generation(
     index: pg_sys::Relation,
     cut: Cut,
-    records: &[u8],
     rows: u64,
     builder: SnapshotBuilder,
+    kept: Vec<Segment>,
+    marks: &[u32],
 ) {
-    let documents = builder.documents() as u64;
+    let documents = kept.iter().map(|s| s.documents).sum::<u64>() + builder.documents() as u64;
     let snapshot = builder.finish_parts();
     let new = NewGeneration {
         encode: Some(move |key: &CacheKey, w: &mut dyn std::io::Write| {
             seal_into(&snapshot.parts(), key, w)
         }),
         snapshot_vectors: documents,
-        snapshot_has_vectors: false,
+        snapshot_has_vectors: true,
         rows,
-        marks: &[],
+        marks,
+        kept,
     };
     // SAFETY: the caller holds the index as a rewrite needs it.
-    unsafe { write_generation(index, IndexKind::Bm25, cut, new, || records) }
+    unsafe { write_generation(index, IndexKind::Bm25, cut, new, Vec::new) }
 }
 
 #[pg_guard]
@@ -167,7 +163,6 @@ pub unsafe extern "C-unwind" fn ambuild(
         let mut state = BuildState {
             config: pg_sys::Oid::from(settings.config_oid),
             builder: SnapshotBuilder::new(settings.k1, settings.b),
-            records: Vec::new(),
             rows: 0,
         };
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, 1);
@@ -180,7 +175,7 @@ pub unsafe extern "C-unwind" fn ambuild(
         progress(pg_sys::PROGRESS_CREATEIDX_SUBPHASE, PHASE_WRITING);
         create_meta(index, &meta);
         let rows = state.rows;
-        write_bm25_generation(index, cut(index), &state.records, rows, state.builder);
+        write_bm25_generation(index, cut(index), rows, state.builder, Vec::new(), &[]);
         let mut result = PgBox::<pg_sys::IndexBuildResult>::alloc0();
         result.heap_tuples = heap_tuples;
         result.index_tuples = rows as f64;

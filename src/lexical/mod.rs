@@ -117,12 +117,8 @@ fn semantic_lexical_info(
         let rel = index.as_ptr();
         let meta = storage::read_meta(rel);
         let settings = settings(&meta).clone();
-        let terms = cache::snapshot(rel, &meta)
-            .and_then(|sealed| {
-                semantic_lexical::Snapshot::parse(sealed.payload())
-                    .ok()
-                    .map(|s| s.terms())
-            })
+        let terms = cache::segments(rel, &meta)
+            .map(|sealed| sealed.view().term_entries())
             .unwrap_or(0);
         let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
         TableIterator::once((

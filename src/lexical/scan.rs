@@ -1,8 +1,8 @@
 //! Ordered scans: `ORDER BY col <@> 'query' LIMIT k`, best BM25 score first. Each search asks
-//! the snapshot for its top candidates (MaxScore over its posting lists) and scores the rows
-//! appended since the snapshot exactly, from the terms entries their inserts stored (read by
-//! this backend once, into a small inverted index it extends as rows are appended, until the
-//! next fold); corpus statistics and document frequencies cover both. When the executor keeps
+//! the segments for their top candidates (MaxScore over their posting lists, see
+//! `semantic_lexical::segments`) and scores the rows appended since the last fold exactly,
+//! from the terms entries their inserts stored (read by this backend once, into a small
+//! inverted index it extends as rows are appended, until the next fold); corpus statistics and document frequencies cover both. When the executor keeps
 //! asking (filters, dead rows) the search is repeated deeper, skipping rows already returned,
 //! up to `semantic.max_scan_tuples` candidates. Once every row that holds a query term has
 //! come out, the other rows follow at distance 0 (an ORDER BY returns every row), unless the
@@ -16,11 +16,12 @@ use pgrx::PgMemoryContexts;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
 use semantic_index::records::decode_records_into;
-use semantic_index::{tid_to_id, DeadPositions, Sealed};
+use semantic_index::{tid_to_id, DeadPositions};
 use semantic_lexical::tail::decode_entries;
-use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Snapshot, Tail};
+use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Tail};
 
 use super::analyze::lexemes;
+use super::cache::SealedSegments;
 use super::heap::{appended_lexemes, Entries};
 use super::settings;
 use super::storage::{read_meta, read_records_from, read_terms};
@@ -223,14 +224,14 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         let meta = unsafe { read_meta(index) };
         let settings = settings(&meta).clone();
         // SAFETY: as above.
-        let bytes = unsafe { super::cache::snapshot(index, &meta) }?;
-        let snapshot = parse(&bytes);
+        let sealed = unsafe { super::cache::segments(index, &meta) }?;
+        let segments = sealed.view();
         // SAFETY: as above.
-        let dead = unsafe { crate::am::dead_positions(index, &meta, snapshot.documents()) }?;
+        let dead = unsafe { crate::am::dead_positions(index, &meta, segments.documents()) }?;
         // SAFETY: the scan's index and heap.
         unsafe {
             with_tail(index, heap, &meta, |tail| {
-                let (base, appended) = (snapshot.stats(), tail.stats());
+                let (base, appended) = (segments.stats(), tail.stats());
                 let bm25 = Bm25 {
                     k1: settings.k1,
                     b: settings.b,
@@ -242,7 +243,7 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
                 let weights: Vec<QueryTerm> = terms
                     .iter()
                     .map(|(term, qtf)| {
-                        let df = snapshot.term(term).map_or(0, |t| t.df as u64) + tail.df(term);
+                        let df = segments.df(term) + tail.df(term);
                         QueryTerm {
                             term: term.clone(),
                             weight: if df == 0 {
@@ -253,7 +254,7 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
                         }
                     })
                     .collect();
-                let top = snapshot.search(&weights, k, &bm25, |hit| {
+                let top = segments.search(&weights, k, &bm25, |hit| {
                     dead.as_ref().is_none_or(|d| !d.contains(hit.doc as usize))
                         && !queue.was_returned(hit.id as i64)
                 });
@@ -293,13 +294,13 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
 }
 
 /// The rows that hold no query term, which follow the matching ones at distance 0: the
-/// snapshot's documents outside the query terms' posting lists (and not marked dead), then the
+/// segments' documents outside the query terms' posting lists (and not marked dead), then the
 /// appended rows likewise, queued a chunk at a time from the generation the stream began with
-/// (its snapshot stays open meanwhile: a fold does not disturb the stream). The scan keeps a
+/// (its segments stay open meanwhile: a fold does not disturb the stream). The scan keeps a
 /// bit per document, not the ids of the rows it returns.
 struct Rest {
-    snapshot: Rc<Sealed>,
-    /// Snapshot documents holding a query term (see [`Snapshot::holding_any`]).
+    segments: Rc<SealedSegments>,
+    /// Documents holding a query term (see `Segments::holding_any`).
     matching: Vec<u64>,
     dead: Option<Rc<DeadPositions>>,
     next_doc: usize,
@@ -319,17 +320,17 @@ impl Rest {
             // SAFETY: an open index.
             let meta = unsafe { read_meta(index) };
             // SAFETY: as above.
-            let sealed = unsafe { super::cache::snapshot(index, &meta) }?;
+            let sealed = unsafe { super::cache::segments(index, &meta) }?;
             let (matching, documents) = {
-                let snapshot = parse(&sealed);
-                (snapshot.holding_any(&terms), snapshot.documents())
+                let segments = sealed.view();
+                (segments.holding_any(&terms), segments.documents())
             };
             // SAFETY: as above.
             let dead = unsafe { crate::am::dead_positions(index, &meta, documents) }?;
             // SAFETY: the scan's index and heap.
             let appended = unsafe { with_tail(index, heap, &meta, |t| t.rows_without(&terms)) }?;
             Some(Rest {
-                snapshot: sealed,
+                segments: sealed,
                 matching,
                 dead,
                 next_doc: 0,
@@ -340,14 +341,14 @@ impl Rest {
 
     /// Queues the next rows; false when none are left.
     fn queue_next(&mut self, queue: &mut RowQueue) -> bool {
-        let snapshot = parse(&self.snapshot);
+        let segments = self.segments.view();
         let mut chunk = Vec::with_capacity(REST_CHUNK);
-        while chunk.len() < REST_CHUNK && self.next_doc < snapshot.documents() {
+        while chunk.len() < REST_CHUNK && self.next_doc < segments.documents() {
             let doc = self.next_doc;
             self.next_doc += 1;
             let matching = self.matching[doc / 64] & (1 << (doc % 64)) != 0;
             if !matching && self.dead.as_ref().is_none_or(|d| !d.contains(doc)) {
-                chunk.push((snapshot.id(doc as u32), snapshot.text_hash(doc as u32)));
+                chunk.push((segments.id(doc as u32), segments.text_hash(doc as u32)));
             }
         }
         chunk.extend(self.appended.by_ref().take(REST_CHUNK - chunk.len()));
@@ -359,11 +360,6 @@ impl Rest {
         }));
         any
     }
-}
-
-fn parse(sealed: &Sealed) -> Snapshot<'_> {
-    Snapshot::parse(sealed.payload())
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED, e.to_string(), None))
 }
 
 #[pg_guard]

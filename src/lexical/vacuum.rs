@@ -1,10 +1,10 @@
 //! VACUUM, folding and compaction of bm25 indexes, as for faiss indexes (see
-//! src/am/vacuum.rs): VACUUM marks the dead documents of the snapshot and flags dead records,
-//! rewriting nothing; a new generation (the snapshot's live documents carried over, the
-//! appended rows taken from their terms entries: the table is not read) is written once dead
-//! rows pass `semantic.compact_threshold`, or past [`fold_threshold`] appended rows, which every
-//! search scores exactly. Until then BM25's statistics (documents, lengths, document
-//! frequencies) still count the marked documents, as Lucene's do until a merge.
+//! src/am/vacuum.rs): VACUUM marks the dead documents of the segments and flags dead records,
+//! rewriting nothing. Past [`fold_threshold`] appended rows (which every search scores
+//! exactly), a fold writes them as a new segment, merging segments by size tiers; once dead
+//! rows pass `semantic.compact_threshold`, compaction merges every segment without them. Until
+//! then BM25's statistics (documents, lengths, document frequencies) still count the marked
+//! documents, as Lucene's do until a merge.
 
 use std::rc::Rc;
 
@@ -12,12 +12,14 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, Meta};
-use semantic_index::records::{decode_records_into, encode_record, RecordKey};
-use semantic_index::{id_to_tid, tid_to_id, DeadPositions, Sealed};
+use semantic_index::records::{decode_records_into, RecordKey};
+use semantic_index::{tid_to_id, DeadPositions};
+use semantic_lexical::segments::segments_to_merge;
 use semantic_lexical::tail::decode_entries;
-use semantic_lexical::Snapshot;
+use semantic_lexical::Segments;
 
 use super::build::write_bm25_generation;
+use super::cache::SealedSegments;
 use super::heap::{appended_lexemes, Entries};
 use super::storage::{cut, read_marks, read_meta, read_records_to, read_terms, ChainRead, Cut};
 use crate::am::vacuum::{compact_or_fold, is_dead, mark_dead_rows, stats_or_new};
@@ -95,51 +97,54 @@ fn corrupted(e: impl std::fmt::Display) -> ! {
     )
 }
 
-/// The snapshot of `meta`'s generation as searches open it: the server's mapped file (built
-/// from the pages if missing), so that VACUUM and folds read it without a private copy.
-unsafe fn sealed_snapshot(index: pg_sys::Relation, meta: &Meta) -> Rc<Sealed> {
+/// The segments of `meta`'s generation as searches open them: the server's mapped files
+/// (built from the pages if missing), so that VACUUM and folds read them without a private
+/// copy.
+unsafe fn sealed_segments(index: pg_sys::Relation, meta: &Meta) -> Rc<SealedSegments> {
     // SAFETY: an open index, locked against rewrites by the caller.
-    unsafe { super::cache::snapshot(index, meta) }.unwrap_or_else(|| changed())
+    unsafe { super::cache::segments(index, meta) }.unwrap_or_else(|| changed())
 }
 
-/// Writes a new generation from the live rows: the snapshot's unmarked documents and the
-/// appended rows not flagged dead (read from the table and analysed). A bm25 snapshot is always
-/// written anew, so folding and compaction (`_compact`) are the same here. Inserts go on
-/// meanwhile (see src/am/vacuum.rs).
-unsafe fn regenerate(index: pg_sys::Relation, _compact: bool) {
+/// Writes a new generation. A fold writes the live rows appended since the last one as a new
+/// segment, merged with the newest segments of its size tier when the tier is full (see
+/// `semantic_lexical::segments`): the older segments stay as they are, with their marks, and
+/// their positions do not move. Compaction (`compact`) merges every segment, leaving the
+/// marked documents out. Neither reads the table: appended rows come from their terms
+/// entries. Inserts go on meanwhile (see src/am/vacuum.rs).
+unsafe fn regenerate(index: pg_sys::Relation, compact: bool) {
     // SAFETY: the caller keeps other rewrites out; the heap is opened and closed here.
     unsafe {
         let cut = cut(index);
         let meta = &cut.meta;
         let settings = meta.lexical.clone().unwrap_or_else(|| changed());
-        let sealed = sealed_snapshot(index, meta);
-        let snapshot = Snapshot::parse(sealed.payload())
-            .and_then(|s| s.verify().map(|_| s))
-            .unwrap_or_else(|e| corrupted(e));
+        let sealed = sealed_segments(index, meta);
+        let segments = sealed.view();
         let marks = DeadPositions::new(
-            snapshot.documents(),
+            segments.documents(),
             read_marks(index, meta).unwrap_or_else(|| changed()),
         );
-        let mut live = std::collections::HashSet::new();
-        let mut records = Vec::new();
-        for doc in 0..snapshot.documents() as u32 {
-            if !marks.contains(doc as usize) {
-                let id = snapshot.id(doc);
-                let (block, offset) = id_to_tid(id as i64);
-                let key = RecordKey {
-                    block,
-                    offset,
-                    text_hash: snapshot.text_hash(doc),
-                };
-                encode_record(&key, &[], &mut records);
-                live.insert(id);
-            }
-        }
-        let mut builder = snapshot.rebuild(|doc| !marks.contains(doc as usize));
+        let keys = appended_keys(index, &cut);
+        let all = meta.all_segments();
+        let sizes: Vec<u64> = all.iter().map(|s| s.documents).collect();
+        let merged = if compact {
+            all.len()
+        } else {
+            segments_to_merge(&sizes, keys.len() as u64, fold_threshold(meta))
+        };
+        let kept = all[..all.len() - merged].to_vec();
+        let kept_documents: u64 = kept.iter().map(|s| s.documents).sum();
+        let first_merged = kept_documents as u32;
+        let carried: Vec<u32> = (0..first_merged)
+            .filter(|&doc| marks.contains(doc as usize))
+            .collect();
+        let merging = Segments::new(segments.parts()[kept.len()..].to_vec());
+        let mut builder = merging.merge(settings.k1, settings.b, |doc| {
+            !marks.contains((first_merged + doc) as usize)
+        });
         let heap = pg_sys::table_open((*(*index).rd_index).indrelid, pg_sys::AccessShareLock as _);
         let config = pg_sys::Oid::from(settings.config_oid);
         let mut entries = appended_entries(index, &cut);
-        for (i, key) in appended_keys(index, &cut).iter().enumerate() {
+        for (i, key) in keys.iter().enumerate() {
             if i.is_multiple_of(256) {
                 crate::compat::vacuum_delay_point();
             }
@@ -151,12 +156,11 @@ unsafe fn regenerate(index: pg_sys::Relation, _compact: bool) {
                 key.text_hash,
                 lexemes.iter().map(|(l, tf)| (l.as_str(), *tf)),
             );
-            encode_record(key, &[], &mut records);
-            live.insert(id);
         }
         pg_sys::table_close(heap, pg_sys::AccessShareLock as _);
-        let rows = live.len() as u64;
-        write_bm25_generation(index, cut, &records, rows, builder);
+        // Live rows: the kept segments' unmarked documents and the new segment's.
+        let rows = kept_documents - carried.len() as u64 + builder.documents() as u64;
+        write_bm25_generation(index, cut, rows, builder, kept, &carried);
     }
 }
 
@@ -176,10 +180,10 @@ pub unsafe extern "C-unwind" fn ambulkdelete(
         let meta = read_meta(index);
         let ids: Vec<i64> = match meta.cache_key() {
             Some(_) => {
-                let sealed = sealed_snapshot(index, &meta);
-                let snapshot = Snapshot::parse(sealed.payload()).unwrap_or_else(|e| corrupted(e));
-                (0..snapshot.documents() as u32)
-                    .map(|doc| snapshot.id(doc) as i64)
+                let sealed = sealed_segments(index, &meta);
+                let segments = sealed.view();
+                (0..segments.documents() as u32)
+                    .map(|doc| segments.id(doc) as i64)
                     .collect()
             }
             None => Vec::new(),

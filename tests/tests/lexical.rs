@@ -458,6 +458,129 @@ fn vacuum_marks_dead_documents_and_compacts_past_the_threshold() {
     check_all(&mut client, "compacted");
 }
 
+/// Folds write the appended rows as small segments beside the built one and merge them by
+/// size tiers instead of rewriting the index: each fold logs a fraction of what the build did,
+/// every segment keeps its own snapshot file, scores stay exact (statistics summed over the
+/// segments), marks in kept segments hold through a crash, and compaction merges all into one.
+#[test]
+fn folds_write_segments_not_the_whole_index() {
+    let (cluster, mut client) = setup("lexical_segments");
+    client
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text) WITH (autovacuum_enabled = off)",
+        )
+        .unwrap();
+    let insert = |client: &mut Client, ids: std::ops::Range<i32>| {
+        for i in ids {
+            client
+                .execute(
+                    "INSERT INTO docs VALUES ($1, $2)",
+                    &[&i, &text(i as u64, 5 + (i as usize % 40))],
+                )
+                .unwrap();
+        }
+    };
+    insert(&mut client, 0..3000);
+    let wal = |client: &mut Client, sql: &str| -> i64 {
+        let before: String = client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .unwrap()
+            .get(0);
+        client.batch_execute(sql).unwrap();
+        client
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::bigint",
+                &[&before],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let built = wal(
+        &mut client,
+        "CREATE INDEX docs_bm25 ON docs USING bm25 (body)",
+    );
+    let files = || {
+        std::fs::read_dir(cluster.data.join("pg_stat_tmp/semantic"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+            .count()
+    };
+    // Folds of 50 rows, with tiers for folds of 10 (semantic.max_appended): tier 0 holds
+    // segments below 80 rows, tier 1 below 640, so the eighth fold merges seven segments of 50
+    // and its own into one of 400, and the built one (3,000 rows, tier 2) stays.
+    let mut next = 3000;
+    for round in 0..12 {
+        insert(&mut client, next..next + 50);
+        next += 50;
+        let logged = wal(
+            &mut client,
+            "SET semantic.max_appended = 10;
+             SELECT semantic_index_fold('docs_bm25');
+             RESET semantic.max_appended;",
+        );
+        assert!(
+            logged * 3 < built,
+            "fold {round} logged {logged} bytes, the build {built}"
+        );
+        check_all(&mut client, &format!("fold {round}"));
+        via_index(&mut client, "storm", 1);
+        assert!(files() >= 2, "fold {round}: the built segment's file went");
+    }
+    assert_eq!(
+        files(),
+        6,
+        "the built segment, the merged one and four of 50"
+    );
+
+    // Dead rows are marked in whichever segment holds them; a fold keeps those marks, and so
+    // does crash recovery, which also keeps the fold (flushed though its transaction has no
+    // XID).
+    client
+        .batch_execute("DELETE FROM docs WHERE id % 50 = 7")
+        .unwrap();
+    client.batch_execute("VACUUM docs").unwrap();
+    let deleted_below = next;
+    insert(&mut client, next..next + 50);
+    client
+        .batch_execute(
+            "SET semantic.max_appended = 10;
+             SELECT semantic_index_fold('docs_bm25');
+             RESET semantic.max_appended;",
+        )
+        .unwrap();
+    let live: i64 = client
+        .query_one("SELECT count(*) FROM docs", &[])
+        .unwrap()
+        .get(0);
+    let check_marks = |client: &mut Client, what: &str| {
+        for q in QUERIES {
+            let ids: Vec<i32> = via_index(client, q, 10_000).iter().map(|r| r.0).collect();
+            assert_eq!(ids.len() as i64, live, "{what} {q:?}: every live row once");
+            assert!(
+                ids.iter().all(|&id| id % 50 != 7 || id >= deleted_below),
+                "{what} {q:?}: a deleted row came back"
+            );
+        }
+    };
+    check_marks(&mut client, "marked");
+    let info = "SELECT generation FROM semantic_lexical_info('docs_bm25')";
+    let generation: i64 = client.query_one(info, &[]).unwrap().get(0);
+    drop(client);
+    cluster.kill9();
+    cluster.pg_ctl(&["start", "-w", "-t", "60"]).unwrap();
+    let mut client = cluster.connect();
+    check_marks(&mut client, "after crash recovery");
+    let recovered: i64 = client.query_one(info, &[]).unwrap().get(0);
+    assert_eq!(recovered, generation, "crash recovery lost a fold");
+    client
+        .batch_execute("SET semantic.compact_threshold = 0")
+        .unwrap();
+    client.batch_execute("VACUUM docs").unwrap();
+    check_all(&mut client, "compacted");
+    assert_eq!(files(), 1, "compaction leaves one segment");
+}
+
 /// Appended rows are scored from the terms their inserts stored in the index: a new session's
 /// search reads the table only for the rows it returns, and a fold does not read it at all.
 #[test]

@@ -220,7 +220,10 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
         assert_eq!(meta, read_meta(&rel).unwrap());
         assert_eq!(meta.generation, round as u64 + 1);
         assert_eq!(meta.cache_key(), Some(key));
-        assert_eq!(read_snapshot(&rel, &meta.snapshot_chain()).unwrap(), snapshot);
+        assert_eq!(
+            read_snapshot(&rel, &meta.snapshot_chain()).unwrap(),
+            snapshot
+        );
         let (read, again) = all_records(&rel, &meta);
         assert_eq!(read, ChainRead::Done);
         assert_eq!(again.len(), 500);
@@ -232,7 +235,10 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
     assert_eq!(sizes[5], sizes[2], "{sizes:?}");
     // A reader still on the first generation finds out instead of reading reused pages.
     assert_eq!(all_records(&rel, &old).0, ChainRead::Rewritten);
-    assert_eq!(read_snapshot(&rel, &first_generation.unwrap().snapshot_chain()), None);
+    assert_eq!(
+        read_snapshot(&rel, &first_generation.unwrap().snapshot_chain()),
+        None
+    );
     // Appends after a rewrite land after the snapshot's end.
     append(&rel, 9999);
     let meta = read_meta(&rel).unwrap();
@@ -624,9 +630,16 @@ fn kept_segments_survive_rewrites_until_dropped() {
     // Compaction keeps none.
     let pages = rel.pages.borrow().len();
     write(&mut meta, 6, Vec::new());
-    assert_eq!(rel.pages.borrow().len(), pages, "the freed pages were not reused");
+    assert_eq!(
+        rel.pages.borrow().len(),
+        pages,
+        "the freed pages were not reused"
+    );
     let dropped = |i: usize| read_snapshot(&rel, &segments[i].chain()).is_none();
-    assert!(dropped(2) || dropped(3), "a dropped segment's pages were not reused");
+    assert!(
+        dropped(2) || dropped(3),
+        "a dropped segment's pages were not reused"
+    );
     assert_eq!(meta.all_segments().len(), 1);
     assert_eq!(meta.snapshot_records, 10);
     // The first segment's pages, freed by the compaction, go to the next rewrite.

@@ -820,7 +820,9 @@ fn cache_files_are_published_checked_and_replaced() {
     assert!(waited.load(std::sync::atomic::Ordering::Relaxed) > 0);
 
     // A writer that fails leaves no file behind, and the published one stands.
-    let err = cache.publish("1.2.3", &key_b, &[], |_| Err(std::io::Error::other("disk full")));
+    let err = cache.publish("1.2.3", &key_b, &[], |_| {
+        Err(std::io::Error::other("disk full"))
+    });
     assert!(err.is_err());
     assert!(matches!(
         cache.open::<Snapshot>("1.2.3", &key_b, started),

@@ -262,7 +262,9 @@ mod tests {
         assert_eq!(segments_to_merge(&small[..7], 10, 10), 0);
         assert_eq!(segments_to_merge(&small, 10, 10), 7);
         // A merge that fills the next tier goes on into it (8 x 80 = 640: tier 2).
-        let next = [80_000, 80, 80, 80, 80, 80, 80, 80, 10, 10, 10, 10, 10, 10, 10];
+        let next = [
+            80_000, 80, 80, 80, 80, 80, 80, 80, 10, 10, 10, 10, 10, 10, 10,
+        ];
         assert_eq!(segments_to_merge(&next, 10, 10), 14);
     }
 }

@@ -230,6 +230,7 @@ impl<'a> TermInfo<'a> {
 }
 
 /// A snapshot read in place.
+#[derive(Clone, Copy)]
 pub struct Snapshot<'a> {
     bytes: &'a [u8],
     documents: usize,

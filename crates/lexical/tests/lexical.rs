@@ -350,7 +350,10 @@ fn merged_segments_equal_a_fresh_build() {
         add_doc(&mut fresh, &corpus, d);
     }
     let merged = merged.finish();
-    assert!(merged == fresh.finish(), "a merge differs from a fresh build");
+    assert!(
+        merged == fresh.finish(),
+        "a merge differs from a fresh build"
+    );
     let s = Snapshot::parse(&merged).unwrap();
     s.verify().unwrap();
     assert_eq!(s.params(), (1.5, 0.6));
