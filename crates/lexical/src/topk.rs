@@ -139,8 +139,6 @@ pub(crate) fn max_score(
         })
         .collect();
     let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
-    // Terms below `first_essential` cannot make a document beat the k-th hit on their own.
-    let mut first_essential = 0;
     let threshold = |heap: &BinaryHeap<Worst>| {
         if heap.len() < k {
             floor
@@ -148,6 +146,9 @@ pub(crate) fn max_score(
             heap.peek().expect("k > 0 hits").0.score.max(floor)
         }
     };
+    // Terms below `first_essential` cannot make a document beat the k-th hit on their own;
+    // with a floor, some may not from the start (all of them, when no document here can).
+    let mut first_essential = prefix.partition_point(|&p| p < floor);
     while first_essential < terms.len() {
         let doc = terms[first_essential..]
             .iter()
