@@ -113,8 +113,6 @@ pub unsafe extern "C-unwind" fn amrescan(
 struct TailCache {
     /// Where the next read of the terms chain goes on (None: at its start).
     terms_at: Option<ChainPos>,
-    /// The first part of a terms entry still being appended.
-    partial: Vec<u8>,
     /// Entries read before their records (appended meanwhile).
     entries: Entries,
     tail: Tail,
@@ -124,7 +122,6 @@ impl TailCache {
     fn new() -> Self {
         TailCache {
             terms_at: None,
-            partial: Vec::new(),
             entries: Entries::new(),
             tail: Tail::default(),
         }
@@ -146,7 +143,7 @@ impl TailCache {
             slot: 0,
         });
         let (mut keys, mut unused) = (Vec::new(), Vec::new());
-        let mut bytes = std::mem::take(&mut self.partial);
+        let mut bytes = Vec::new();
         // SAFETY: the scan's open index.
         let (records_end, terms_end) = unsafe {
             let records_end = read_records_from(index, records_from, meta.generation, 0, |b| {
@@ -158,15 +155,18 @@ impl TailCache {
             (records_end, terms_end)
         };
         let mut rows = Vec::new();
-        let took = decode_entries(&bytes, &mut rows).unwrap_or_else(|e| {
+        let corrupted = |e: &dyn std::fmt::Display| -> ! {
             raise(
                 PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
                 format!("bm25 index: {e}"),
                 Some("REINDEX the index."),
             )
-        });
-        bytes.drain(..took);
-        self.partial = bytes;
+        };
+        let took = decode_entries(&bytes, &mut rows).unwrap_or_else(|e| corrupted(&e));
+        // Appends are whole (see `chain::append_terms`): the chain never ends inside an entry.
+        if took != bytes.len() {
+            corrupted(&"the terms chain ends inside an entry");
+        }
         self.entries
             .extend(rows.into_iter().map(|r| ((r.id, r.text_hash), r.lexemes)));
         self.terms_at = (terms_end.block != NO_BLOCK).then_some(terms_end);

@@ -277,15 +277,81 @@ pub fn append_marks<R: Relation>(
     append_entries(rel, meta_lock, Appended::Marks, &bytes, 4)
 }
 
-/// Appends bytes to the terms chain (a bm25 insert, before its record: a reader that sees the
-/// record finds its terms). The bytes may span pages, so a reader may see an entry's first part
-/// only until the append ends.
+/// Appends one entry to the terms chain (a bm25 insert, before its record: a reader that sees
+/// the record finds its terms). An entry may span pages, and GenericXLog logs at most four
+/// pages a record, so the pages after the tail are written first, each in its own WAL record
+/// and linked to the next, while nothing points to them; then one record puts the entry's first
+/// part on the tail page, links it to them and moves the metapage's tail. Readers, and crash
+/// recovery, see the whole entry or none of it: a crash before the last record leaves no torn
+/// entry for the next insert to append after (the pages written meanwhile are orphaned: taken
+/// from the free list, they are still listed free; added to the relation, unused until
+/// REINDEX).
 pub fn append_terms<R: Relation>(
     rel: &R,
     meta_lock: &mut MetaLock<'_, R>,
     bytes: &[u8],
 ) -> Result<(), LayoutError> {
-    append_entries(rel, meta_lock, Appended::Terms, bytes, 1)
+    let chain = Appended::Terms;
+    let kind = chain.kind();
+    let meta = &mut meta_lock.meta;
+    let generation = meta.generation;
+    let tail_block = *chain.ends(meta).1;
+    let tail = (tail_block != NO_BLOCK).then(|| Locked::new(rel, tail_block, Lock::Exclusive));
+    let tail_chain = match &tail {
+        Some(t) => Some(
+            special(t.page())
+                .ok_or_else(|| LayoutError::Corrupt(format!("the {kind:?} chain is damaged")))?,
+        ),
+        None => None,
+    };
+    let room = tail_chain.map_or(0, |c| PAGE_CAPACITY.saturating_sub(c.used as usize));
+    let (first, rest) = bytes.split_at(room.min(bytes.len()));
+    // The pages after the tail, last first, each pointing to the one written before it.
+    let (mut next, mut last) = (NO_BLOCK, NO_BLOCK);
+    for part in rest.chunks(PAGE_CAPACITY).rev() {
+        let page = allocate(rel, meta);
+        let block = page.block();
+        rel.log(&[(page.buffer, Image::Full)], &mut |pages| {
+            init_chain_page(pages[0], kind, generation, part, part.len() as u16);
+            let special = special(pages[0]).expect("just written");
+            set_special(pages[0], &ChainPage { next, ..special });
+        });
+        if last == NO_BLOCK {
+            last = block;
+        }
+        next = block;
+    }
+    let (head, tail_of_meta, count) = chain.ends(meta);
+    *count += bytes.len() as u64;
+    if next != NO_BLOCK {
+        if tail.is_none() {
+            *head = next;
+        }
+        *tail_of_meta = last;
+    }
+    let meta = &*meta;
+    let mut result = Ok(());
+    let mut buffers = vec![(meta_lock.buffer.buffer, Image::Delta)];
+    if let Some(tail) = &tail {
+        buffers.push((tail.buffer, Image::Delta));
+    }
+    rel.log(&buffers, &mut |pages| {
+        result = write_meta_page(pages[0], meta);
+        if let Some(page) = tail_chain {
+            let at = PAGE_HEADER + page.used as usize;
+            pages[1][at..at + first.len()].copy_from_slice(first);
+            set_lower(pages[1], at + first.len());
+            set_special(
+                pages[1],
+                &ChainPage {
+                    used: page.used + first.len() as u16,
+                    next: if next == NO_BLOCK { page.next } else { next },
+                    ..page
+                },
+            );
+        }
+    });
+    result
 }
 
 /// The outcome of reading a chain: it ended, or it was rewritten under the reader.
@@ -377,8 +443,8 @@ pub fn read_records_from<R: Relation>(
 
 /// Visits the bytes of `generation`'s terms chain from `from` (the head: block
 /// `meta.terms_head`, slot 0) to its end, or to `end` (exclusive), page by page, as
-/// [`read_records_from`] does; the position counts bytes. The last entry may be incomplete
-/// (see [`append_terms`]).
+/// [`read_records_from`] does; the position counts bytes. Entries come whole (see
+/// [`append_terms`]).
 pub fn read_terms<R: Relation>(
     rel: &R,
     from: ChainPos,

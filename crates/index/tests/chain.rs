@@ -21,6 +21,9 @@ struct MemoryRelation {
     pages: RefCell<Vec<Box<[u8; BLOCK_SIZE]>>>,
     wal_records: Cell<usize>,
     pinned: Cell<isize>,
+    /// A crash: the WAL record with this number, and every later one, is lost (`log` panics
+    /// before applying it).
+    crash_at: Cell<Option<usize>>,
 }
 
 impl Relation for MemoryRelation {
@@ -62,6 +65,9 @@ impl Relation for MemoryRelation {
             pages.len() <= 4,
             "GenericXLog takes at most 4 pages a record"
         );
+        if self.crash_at.get() == Some(self.wal_records.get()) {
+            panic!("crash");
+        }
         let mut copies: Vec<Box<[u8; BLOCK_SIZE]>> = pages
             .iter()
             .map(|&(b, image)| match image {
@@ -499,6 +505,42 @@ fn terms_from(rel: &MemoryRelation, meta: &Meta, from: Option<ChainPos>) -> (Vec
 /// An entry of `n` bytes, each the entry's number: entries are told apart by their bytes.
 fn terms_entry(i: usize, n: usize) -> Vec<u8> {
     vec![i as u8; n]
+}
+
+/// An insert whose terms entry spans pages, cut short by a crash at any of its WAL records,
+/// leaves no part of the entry behind: the next insert's entry follows the earlier ones, and
+/// the stream decodes.
+#[test]
+fn a_crash_never_leaves_a_torn_terms_entry() {
+    let entries: Vec<Vec<u8>> = (0..6).map(|i| terms_entry(i, 3000)).collect();
+    let torn = terms_entry(200, 2 * PAGE_CAPACITY + 500); // spans three or four pages
+    for crash_after in 0..5 {
+        let rel = MemoryRelation::default();
+        new_index(&rel);
+        let append = |entry: &[u8]| {
+            let mut lock = MetaLock::lock(&rel).unwrap();
+            chain::append_terms(&rel, &mut lock, entry).unwrap();
+        };
+        for entry in &entries[..5] {
+            append(entry);
+        }
+        rel.crash_at.set(Some(rel.wal_records.get() + crash_after));
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| append(&torn)));
+        rel.crash_at.set(None);
+        rel.pinned.set(0); // the crash released its buffers
+        append(&entries[5]);
+        let meta = read_meta(&rel).unwrap();
+        let mut want: Vec<u8> = entries.concat();
+        if crashed.is_ok() {
+            // Logged in fewer records than the crash point: the entry is whole.
+            want = [entries[..5].concat(), torn.clone(), entries[5].clone()].concat();
+        }
+        assert!(
+            terms_from(&rel, &meta, None).0 == want,
+            "crash after {crash_after} records: the stream holds a torn entry"
+        );
+        assert_eq!(meta.terms_bytes, want.len() as u64);
+    }
 }
 
 /// bm25 inserts' terms: a byte stream whose entries span pages, read on from where a reader

@@ -45,8 +45,8 @@ pub fn encode_entry(id: u64, text_hash: u64, lexemes: &[(String, u32)], out: &mu
 }
 
 /// Decodes the complete entries at the start of `bytes` into `out`; returns the bytes they
-/// took. What is left is the first part of an entry still being appended, or damage (a caller
-/// that read a finished chain checks that nothing is left).
+/// took. What is left is the first part of an entry (damage, in a chain read to its end:
+/// appends are whole).
 pub fn decode_entries(bytes: &[u8], out: &mut Vec<AnalysedRow>) -> Result<usize, SnapshotError> {
     let damaged = || SnapshotError::Damaged("a terms entry is malformed");
     let mut at = 0;
