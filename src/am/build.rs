@@ -74,7 +74,7 @@ struct BuildState {
 impl BuildState {
     fn push(&mut self, key: &RecordKey, vector: Vec<f32>) {
         if self.meta.dim == 0 {
-            check_dimension(vector.len());
+            check_dimension(&self.meta, vector.len());
             self.meta.dim = vector.len() as u32;
         }
         let vector = prepare(&self.meta, vector);
@@ -299,19 +299,13 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
                 meta.fingerprint = fingerprint;
                 meta
             }
-            ColumnKind::Vector => {
-                if let Some(declared) = declared_dimension(index) {
-                    // Refused now rather than at every INSERT: no row could enter the index.
-                    check_dimension(declared);
-                }
-                Meta::new(
-                    ColumnKind::Vector,
-                    vector_metric(index, options.metric),
-                    options.long_text,
-                    0,
-                    &options.factory,
-                )
-            }
+            ColumnKind::Vector => Meta::new(
+                ColumnKind::Vector,
+                vector_metric(index, options.metric),
+                options.long_text,
+                0,
+                &options.factory,
+            ),
         };
         meta.ef_construction = options.ef_construction;
         if !meta.metric.supports_factory(&meta.factory) {
@@ -337,6 +331,10 @@ pub unsafe fn initial_meta(index: pg_sys::Relation) -> Meta {
                 ),
                 Some("Use a FAISS index factory string such as Flat, HNSW32 or IVF100,Flat."),
             );
+        }
+        if let Some(declared) = declared_dimension(index) {
+            // Refused now rather than at every INSERT: no row could enter the index.
+            check_dimension(&meta, declared);
         }
         meta.generation = 0;
         meta
@@ -584,7 +582,7 @@ pub unsafe extern "C-unwind" fn ambuild(
     unsafe {
         let meta = initial_meta(index);
         if meta.dim != 0 {
-            check_dimension(meta.dim as usize);
+            check_dimension(&meta, meta.dim as usize);
         }
         let mut state = BuildState {
             meta,

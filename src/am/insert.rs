@@ -47,7 +47,7 @@ pub unsafe extern "C-unwind" fn aminsert(
             }
             ColumnKind::Vector => {
                 let v = column_vector(index, *values);
-                check_dimension(v.len());
+                check_dimension(&meta, v.len());
                 (
                     vec![v],
                     RecordKey {

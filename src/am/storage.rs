@@ -110,8 +110,12 @@ fn corrupted(e: LayoutError) -> ! {
     raise(code, e.to_string(), None)
 }
 
-pub fn check_dimension(dim: usize) {
-    if dim == 0 || chain::records_per_page(dim) == 0 {
+/// Refuses vectors of `dim` dimensions that an index of `meta`'s factory cannot hold: 1 to
+/// `chain::MAX_DIMENSION`; past `chain::PAGE_DIMENSION` (records that span pages), only
+/// factories that keep their vectors exactly (Flat, HNSW), whose records chain holds the rows
+/// appended since the snapshot only.
+pub fn check_dimension(meta: &Meta, dim: usize) {
+    if dim == 0 || dim > chain::MAX_DIMENSION {
         raise(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             format!(
@@ -120,6 +124,22 @@ pub fn check_dimension(dim: usize) {
                 chain::MAX_DIMENSION
             ),
             Some("Index a column (or use a model) of fewer dimensions."),
+        );
+    }
+    if chain::records_span_pages(dim)
+        && !meta
+            .empty_index(8)
+            .is_ok_and(|index| index.stores_exact_vectors())
+    {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "vectors of {dim} dimensions cannot be indexed with factory \"{}\": past {} \
+                 dimensions faiss indexes need a factory that keeps vectors exactly",
+                meta.factory,
+                chain::PAGE_DIMENSION
+            ),
+            Some("Use factory 'Flat' or an HNSW one such as 'HNSW16'."),
         );
     }
 }

@@ -289,24 +289,121 @@ fn pgvector_columns_rank_as_pgvector_does() {
         &SqlState::DATA_EXCEPTION,
         "dimensions",
     );
-    // A column whose declared dimension no index record can hold is refused at CREATE INDEX,
-    // empty table or not, rather than at every INSERT afterwards.
-    for column in ["vector(3072)", "halfvec(3072)"] {
+    // A column whose declared dimension the index cannot hold is refused at CREATE INDEX,
+    // empty table or not, rather than at every INSERT afterwards: past 2,034 dimensions a
+    // record spans pages, which only factories that keep vectors exactly take.
+    c.batch_execute("CREATE TABLE wide (v vector(3072))")
+        .unwrap();
+    expect_error(
+        &mut c,
+        "CREATE INDEX ON wide USING faiss (v) WITH (factory = 'IVF4,Flat')",
+        &SqlState::PROGRAM_LIMIT_EXCEEDED,
+        "3072 dimensions cannot be indexed with factory \"IVF4,Flat\"",
+    );
+}
+
+/// Vectors of 3,072 and 16,000 dimensions (pgvector's largest), vector and halfvec alike:
+/// their records span pages. Searches through the index give the order of an exact scan, with
+/// the rows appended since the build, after VACUUM flags some of them dead, and after a fold;
+/// a wider real[] row is refused with the limit in the message.
+#[test]
+fn vectors_of_up_to_16000_dimensions_are_indexed() {
+    let (_cluster, mut c) = setup("pgvector_wide");
+    require_pgvector(&mut c);
+    c.batch_execute("CREATE EXTENSION vector; CREATE EXTENSION semantic_pgvector")
+        .unwrap();
+    for (column, factory) in [
+        ("vector(3072)", "Flat"),
+        ("halfvec(3072)", "Flat"),
+        ("vector(16000)", "Flat"),
+        ("halfvec(16000)", "HNSW16"),
+    ] {
+        let dim: i32 = column[column.find('(').unwrap() + 1..column.len() - 1]
+            .parse()
+            .unwrap();
+        let ty = &column[..column.find('(').unwrap()];
         c.batch_execute(&format!(
-            "DROP TABLE IF EXISTS wide; CREATE TABLE wide (v {column})"
+            "DROP TABLE IF EXISTS wide;
+             CREATE TABLE wide (id int PRIMARY KEY, v {column}) WITH (autovacuum_enabled = off);
+             SELECT setseed(0.25);"
         ))
         .unwrap();
-        expect_error(
-            &mut c,
-            "CREATE INDEX ON wide USING faiss (v)",
-            &SqlState::PROGRAM_LIMIT_EXCEEDED,
-            "3072 dimensions cannot be indexed: faiss indexes take 1 to 2034",
-        );
+        let insert = |c: &mut Client, ids: std::ops::Range<i32>| {
+            c.execute(
+                &format!(
+                    "INSERT INTO wide SELECT i, (SELECT array_agg(random() - 0.5 + i * 0 + d * 0)
+                       FROM generate_series(1, $1::int) d)::{ty} FROM generate_series($2::int, $3::int) i"
+                ),
+                &[&dim, &ids.start, &(ids.end - 1)],
+            )
+            .unwrap();
+        };
+        insert(&mut c, 0..30);
+        c.batch_execute(&format!(
+            "CREATE INDEX wide_idx ON wide USING faiss (v) WITH (factory = '{factory}')"
+        ))
+        .unwrap();
+        insert(&mut c, 30..60);
+        let check = |c: &mut Client, what: &str| {
+            for q in [3, 42, 58] {
+                let sql = format!(
+                    "SELECT id FROM wide ORDER BY v <-> (SELECT v FROM wide WHERE id = {q}) LIMIT 5"
+                );
+                c.batch_execute("SET enable_seqscan = on; SET enable_indexscan = off")
+                    .unwrap();
+                let exact: Vec<i32> = c
+                    .query(&sql, &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                c.batch_execute("SET enable_seqscan = off; SET enable_indexscan = on")
+                    .unwrap();
+                let plan: String = c
+                    .query(&format!("EXPLAIN {sql}"), &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect();
+                assert!(plan.contains("wide_idx"), "{column} {what}: {plan}");
+                let got: Vec<i32> = c
+                    .query(&sql, &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if factory == "Flat" {
+                    assert_eq!(got, exact, "{column} {what}: query {q}");
+                } else {
+                    assert_eq!(got[0], q, "{column} {what}: a vector finds itself");
+                }
+            }
+        };
+        check(&mut c, "built, 30 appended");
+        c.batch_execute("DELETE FROM wide WHERE id % 4 = 1")
+            .unwrap();
+        c.batch_execute("VACUUM (INDEX_CLEANUP ON) wide").unwrap();
+        check(&mut c, "after VACUUM");
+        let rows: i64 = c
+            .query_one("SELECT count(*) FROM (SELECT id FROM wide ORDER BY v <-> (SELECT v FROM wide WHERE id = 0)) s", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 45, "{column}: every live row once");
+        c.batch_execute("SELECT semantic_index_fold('wide_idx')")
+            .unwrap();
+        check(&mut c, "folded");
     }
-    c.batch_execute("DROP TABLE wide; CREATE TABLE wide (v vector(2034))")
-        .unwrap();
-    c.batch_execute("CREATE INDEX ON wide USING faiss (v)")
-        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE reals (v real[]);
+         CREATE INDEX ON reals USING faiss (v) WITH (factory = 'Flat');",
+    )
+    .unwrap();
+    expect_error(
+        &mut c,
+        "INSERT INTO reals SELECT array_agg(1::real) FROM generate_series(1, 16001)",
+        &SqlState::PROGRAM_LIMIT_EXCEEDED,
+        "16001 dimensions cannot be indexed: faiss indexes take 1 to 16000",
+    );
 }
 
 #[test]

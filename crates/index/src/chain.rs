@@ -20,13 +20,23 @@ pub const META_BLOCK: u32 = 0;
 /// Bytes of payload a chain page holds.
 pub const PAGE_CAPACITY: usize = BLOCK_SIZE - PAGE_HEADER - CHAIN_SPECIAL_SIZE;
 
-/// Records of `dim` floats that fit on one page (0 if the dimension is too large).
+/// Records of `dim` floats that fit on one page (0 when they span pages).
 pub fn records_per_page(dim: usize) -> usize {
     PAGE_CAPACITY / record_size(dim)
 }
 
 /// The largest dimension a record of which fits on a page.
-pub const MAX_DIMENSION: usize = (PAGE_CAPACITY - 16) / 4;
+pub const PAGE_DIMENSION: usize = (PAGE_CAPACITY - 16) / 4;
+
+/// The largest dimension indexed (pgvector's vector and halfvec types take as many).
+pub const MAX_DIMENSION: usize = 16_000;
+
+/// Whether records of `dim` floats span pages. The records chain is then a byte stream, as the
+/// terms chain is: positions count bytes, each record is appended whole (see
+/// [`append_terms`]), and readers put records back together across pages.
+pub fn records_span_pages(dim: usize) -> bool {
+    record_size(dim) > PAGE_CAPACITY
+}
 
 fn contents(page: &[u8]) -> &[u8] {
     &page[PAGE_HEADER..]
@@ -264,6 +274,9 @@ pub fn append_record<R: Relation>(
 ) -> Result<(), LayoutError> {
     let mut record = Vec::with_capacity(record_size(vector.len()));
     encode_record(key, vector, &mut record);
+    if records_span_pages(vector.len()) {
+        return append_whole(rel, meta_lock, Appended::Records, &record, 1);
+    }
     append_entries(rel, meta_lock, Appended::Records, &record, record.len())
 }
 
@@ -291,7 +304,18 @@ pub fn append_terms<R: Relation>(
     meta_lock: &mut MetaLock<'_, R>,
     bytes: &[u8],
 ) -> Result<(), LayoutError> {
-    let chain = Appended::Terms;
+    append_whole(rel, meta_lock, Appended::Terms, bytes, bytes.len() as u64)
+}
+
+/// Appends `bytes` to the byte-stream `chain` in one piece, as [`append_terms`] says; the
+/// chain's count grows by `entries`.
+fn append_whole<R: Relation>(
+    rel: &R,
+    meta_lock: &mut MetaLock<'_, R>,
+    chain: Appended,
+    bytes: &[u8],
+    entries: u64,
+) -> Result<(), LayoutError> {
     let kind = chain.kind();
     let meta = &mut meta_lock.meta;
     let generation = meta.generation;
@@ -322,7 +346,7 @@ pub fn append_terms<R: Relation>(
         next = block;
     }
     let (head, tail_of_meta, count) = chain.ends(meta);
-    *count += bytes.len() as u64;
+    *count += entries;
     if next != NO_BLOCK {
         if tail.is_none() {
             *head = next;
@@ -430,15 +454,46 @@ pub fn read_records_from<R: Relation>(
     dim: usize,
     visit: impl FnMut(&[u8]),
 ) -> Option<ChainPos> {
+    read_record_entries(rel, from, None, generation, dim, visit)
+}
+
+/// The records of `generation`'s chain from `from` (to `end`, exclusive), whole: page by page,
+/// or, when they span pages, each put back together (`visit` then gets whole records, copied
+/// out of the pages).
+fn read_record_entries<R: Relation>(
+    rel: &R,
+    from: ChainPos,
+    end: Option<ChainPos>,
+    generation: u64,
+    dim: usize,
+    mut visit: impl FnMut(&[u8]),
+) -> Option<ChainPos> {
+    let size = record_size(dim);
+    if !records_span_pages(dim) {
+        return read_entries(rel, PageKind::Records, from, end, generation, size, visit);
+    }
+    let mut record = Vec::with_capacity(size);
     read_entries(
         rel,
         PageKind::Records,
         from,
-        None,
+        end,
         generation,
-        record_size(dim),
-        visit,
+        1,
+        |mut bytes| {
+            while !bytes.is_empty() {
+                let take = (size - record.len()).min(bytes.len());
+                record.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if record.len() == size {
+                    visit(&record);
+                    record.clear();
+                }
+            }
+        },
     )
+    // Appends are whole: a chain that ends inside a record is damaged, and that part is left
+    // out, as the decoders leave out a trailing partial record.
 }
 
 /// Visits the bytes of `generation`'s terms chain from `from` (the head: block
@@ -470,14 +525,12 @@ pub fn read_records_to<R: Relation>(
     if end.block == NO_BLOCK {
         return ChainRead::Done; // the chain was empty at the cut
     }
-    let size = record_size(dim);
-    outcome(read_entries(
+    outcome(read_record_entries(
         rel,
-        PageKind::Records,
         from,
         Some(end),
         generation,
-        size,
+        dim,
         visit,
     ))
 }
@@ -517,6 +570,9 @@ pub fn flag_dead_records<R: Relation>(
     dim: usize,
     mut dead: impl FnMut(&RecordKey) -> bool,
 ) -> Result<(u64, u64), LayoutError> {
+    if records_span_pages(dim) {
+        return flag_dead_spanning_records(rel, meta, dim, dead);
+    }
     let size = record_size(dim);
     let (mut flagged, mut appended) = (0u64, 0u64);
     // Records before the snapshot's end are in the snapshot too (when it keeps no vectors).
@@ -553,6 +609,79 @@ pub fn flag_dead_records<R: Relation>(
         rel.check_interrupts();
     }
     Ok((flagged, appended))
+}
+
+/// [`flag_dead_records`] for records that span pages: the chain is read first (share locks, a
+/// page at a time) and each record's key checked; then the flag byte of each dead one is set on
+/// the page that holds it, a page per WAL record. Records appended meanwhile are left for the
+/// next VACUUM.
+fn flag_dead_spanning_records<R: Relation>(
+    rel: &R,
+    meta: &Meta,
+    dim: usize,
+    mut dead: impl FnMut(&RecordKey) -> bool,
+) -> Result<(u64, u64), LayoutError> {
+    let size = record_size(dim);
+    let changed = || LayoutError::Corrupt("the records chain changed under VACUUM".into());
+    // Each page's block and where its bytes start in the stream; the stream offset of the
+    // snapshot's end (records before it are in the snapshot too, when it keeps no vectors).
+    let mut pages: Vec<(u32, u64)> = Vec::new();
+    let mut snapshot_end = 0u64;
+    let mut stream = 0u64;
+    let mut record = Vec::with_capacity(size);
+    let mut flags: Vec<u64> = Vec::new();
+    let mut appended = 0u64;
+    let mut block = meta.records_head;
+    while block != NO_BLOCK {
+        let buffer = Locked::new(rel, block, Lock::Share);
+        let page = special(buffer.page())
+            .filter(|c| c.kind == PageKind::Records && c.generation == meta.generation)
+            .ok_or_else(changed)?;
+        if block == meta.snapshot_end.block {
+            snapshot_end = stream + meta.snapshot_end.slot as u64;
+        }
+        pages.push((block, stream));
+        let mut bytes = &contents(buffer.page())[..(page.used as usize).min(PAGE_CAPACITY)];
+        while !bytes.is_empty() {
+            let take = (size - record.len()).min(bytes.len());
+            record.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            stream += take as u64;
+            if record.len() == size {
+                let start = stream - size as u64;
+                if !crate::records::live_slots_where(&record, dim, &mut dead).is_empty() {
+                    flags.push(start + crate::records::FLAGS_AT as u64);
+                    appended += u64::from(start >= snapshot_end);
+                }
+                record.clear();
+            }
+        }
+        block = page.next;
+        drop(buffer);
+        rel.check_interrupts();
+    }
+    let mut at = 0;
+    while at < flags.len() {
+        let page = pages.partition_point(|&(_, start)| start <= flags[at]) - 1;
+        let (block, start) = pages[page];
+        let end = pages.get(page + 1).map_or(u64::MAX, |&(_, s)| s);
+        let on_page: Vec<usize> = flags[at..]
+            .iter()
+            .take_while(|&&f| f < end)
+            .map(|&f| (f - start) as usize)
+            .collect();
+        at += on_page.len();
+        let buffer = Locked::new(rel, block, Lock::Exclusive);
+        special(buffer.page())
+            .filter(|c| c.kind == PageKind::Records && c.generation == meta.generation)
+            .ok_or_else(changed)?;
+        rel.log(&[(buffer.buffer, Image::Delta)], &mut |pages| {
+            for &offset in &on_page {
+                crate::records::set_dead_flag(&mut pages[0][PAGE_HEADER + offset]);
+            }
+        });
+    }
+    Ok((flags.len() as u64, appended))
 }
 
 /// Passes the bytes of the snapshot `chain` to `visit`, page by page (each copied out of its
@@ -808,6 +937,22 @@ pub struct Generation<'a> {
     pub kept: Vec<Segment>,
 }
 
+/// `records` cut into pages, each with its `used` count: whole records a page, or, when they
+/// span pages, full pages of the byte stream (`used` counts bytes).
+fn record_pages(records: &[u8], dim: usize) -> impl Iterator<Item = (&[u8], u16)> {
+    let size = record_size(dim);
+    let spans = records_span_pages(dim);
+    let chunk = if spans {
+        PAGE_CAPACITY
+    } else {
+        records_per_page(dim) * size
+    };
+    records.chunks(chunk).map(move |page| {
+        let used = if spans { page.len() } else { page.len() / size };
+        (page, used as u16)
+    })
+}
+
 /// Replaces the index's contents by a new generation built from `cut`: new chains are written
 /// first while inserts go on, then, under the metapage lock (inserts wait for it: a few pages'
 /// worth of work), the records appended since the cut are copied into the new records chain,
@@ -828,18 +973,16 @@ pub fn rewrite<R: Relation>(
     let mut pool = Pool(pool);
     let generation = at_cut.generation + 1;
 
-    let size = record_size(dim);
-    let per_page = records_per_page(dim).max(1);
     let mut writer = ChainWriter::new(rel, PageKind::Records, generation);
     let mut end = ChainPos {
         block: NO_BLOCK,
         slot: 0,
     };
-    for page in new.records.chunks(per_page * size) {
-        let block = writer.push(&mut pool, page, (page.len() / size) as u16);
+    for (page, used) in record_pages(new.records, dim) {
+        let block = writer.push(&mut pool, page, used);
         end = ChainPos {
             block,
-            slot: (page.len() / size) as u32,
+            slot: used as u32,
         };
     }
     let (records_head, records_tail) = writer.finish();
@@ -918,7 +1061,6 @@ pub fn rewrite<R: Relation>(
         ));
     }
     let size = record_size(dim);
-    let per_page = records_per_page(dim).max(1);
     let mut writer = ChainWriter::resume(
         rel,
         PageKind::Records,
@@ -926,8 +1068,8 @@ pub fn rewrite<R: Relation>(
         records_head,
         records_tail,
     )?;
-    for page in carried.chunks(per_page * size) {
-        writer.push(&mut pool, page, (page.len() / size) as u16);
+    for (page, used) in record_pages(&carried, dim) {
+        writer.push(&mut pool, page, used);
     }
     let (records_head, records_tail) = writer.finish();
 

@@ -31,7 +31,7 @@ pub struct RecordKey {
 
 const HEADER: usize = 16;
 /// Where the flags are, and the flag of a dead record.
-const FLAGS_AT: usize = 6;
+pub(crate) const FLAGS_AT: usize = 6;
 const DEAD: u16 = 1;
 
 fn is_dead(record: &[u8]) -> bool {
@@ -62,6 +62,12 @@ pub fn flag_dead(bytes: &mut [u8], dim: usize, slot: usize) {
     let at = slot * record_size(dim) + FLAGS_AT;
     let flags = u16::from_le_bytes([bytes[at], bytes[at + 1]]) | DEAD;
     bytes[at..at + 2].copy_from_slice(&flags.to_le_bytes());
+}
+
+/// Flags dead the record whose flags start at `flags` (its first, low byte: where the DEAD bit
+/// is; for records that span pages, which VACUUM flags a byte at a time).
+pub(crate) fn set_dead_flag(flags: &mut u8) {
+    *flags |= DEAD as u8;
 }
 
 /// Size in bytes of one record for vectors of `dim` floats.

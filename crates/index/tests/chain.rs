@@ -689,3 +689,108 @@ fn kept_segments_survive_rewrites_until_dropped() {
     assert!(dropped(0), "a reader of a freed segment did not notice");
     assert_eq!(rel.pinned.get(), 0);
 }
+
+/// Records of more than a page's worth of floats (3,072 and 16,000 dimensions) span pages:
+/// appended whole, read back whole from any position a reader stopped at, flagged dead in place,
+/// torn by no crash, and carried by a rewrite.
+#[test]
+fn records_that_span_pages() {
+    for dim in [3072usize, 16_000] {
+        assert!(chain::records_span_pages(dim) && !chain::records_span_pages(24));
+        let rel = MemoryRelation::default();
+        let meta = Meta::new(
+            ColumnKind::Vector,
+            IndexMetric::L2,
+            LongText::Truncate,
+            dim as u32,
+            "Flat",
+        );
+        create_meta(&rel, &meta).unwrap();
+        let vector = |i: usize| -> Vec<f32> { (0..dim).map(|d| (i * 7 + d % 13) as f32).collect() };
+        let append = |i: usize| {
+            let mut lock = MetaLock::lock(&rel).unwrap();
+            append_record(&rel, &mut lock, &key(i), &vector(i)).unwrap();
+        };
+        let read_from = |meta: &Meta, from: ChainPos| {
+            let mut got = Vec::new();
+            let end = chain::read_records_from(&rel, from, meta.generation, dim, |b| {
+                got.extend(decode_records(b, dim))
+            })
+            .expect("not rewritten");
+            (got, end)
+        };
+        for i in 0..3 {
+            append(i);
+        }
+        let meta = read_meta(&rel).unwrap();
+        let head = ChainPos {
+            block: meta.records_head,
+            slot: 0,
+        };
+        let (got, at) = read_from(&meta, head);
+        assert_eq!(got.len(), 3);
+        // A crash in the middle of an append leaves nothing of the record.
+        rel.crash_at.set(Some(rel.wal_records.get() + 1));
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| append(99)));
+        assert!(crashed.is_err());
+        rel.crash_at.set(None);
+        rel.pinned.set(0);
+        for i in 3..5 {
+            append(i);
+        }
+        let meta = read_meta(&rel).unwrap();
+        assert_eq!(meta.record_count, 5);
+        // A reader goes on from where it stopped.
+        let (more, _) = read_from(&meta, at);
+        let (all, _) = read_from(&meta, head);
+        assert_eq!(all.len(), 5);
+        assert_eq!(more.len(), 2);
+        for (i, (k, v)) in all.iter().enumerate() {
+            assert!(*k == key(i) && *v == vector(i), "record {i} of {dim}");
+        }
+        // VACUUM flags records 1 and 4 dead where they lie.
+        let (flagged, appended) =
+            flag_dead_records(&rel, &meta, dim, |k| *k == key(1) || *k == key(4)).unwrap();
+        assert_eq!((flagged, appended), (2, 2));
+        let live: Vec<RecordKey> = read_from(&meta, head)
+            .0
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(live, vec![key(0), key(2), key(3)]);
+        assert_eq!(flag_dead_records(&rel, &meta, dim, |_| true).unwrap().0, 3);
+        // A rewrite carries the records appended after its cut, whole.
+        let cut = chain::cut(&rel).unwrap();
+        append(5);
+        append(6);
+        let new = rewrite(
+            &rel,
+            cut,
+            dim,
+            Generation {
+                records: &[],
+                rows: 0,
+                snapshot: &mut &b"snapshot"[..],
+                snapshot_bytes: 8,
+                cache_key: [1; 16],
+                snapshot_vectors: 0,
+                snapshot_has_vectors: true,
+                marks: &[],
+                kept: Vec::new(),
+            },
+        )
+        .unwrap();
+        let (carried, _) = read_from(
+            &new,
+            ChainPos {
+                block: new.records_head,
+                slot: 0,
+            },
+        );
+        let keys: Vec<RecordKey> = carried.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, vec![key(5), key(6)]);
+        assert!(carried[1].1 == vector(6));
+        assert_eq!(new.record_count, 2);
+        assert_eq!(rel.pinned.get(), 0);
+    }
+}
