@@ -8,15 +8,15 @@ DIM, CENTRES = 384, 2000
 
 
 class Clustered:
-    def __init__(self, seed):
+    def __init__(self, seed, dim=DIM):
         self.rng = np.random.default_rng(seed)
-        self.centres = self.rng.standard_normal((CENTRES, DIM), dtype=np.float32)
+        self.centres = self.rng.standard_normal((CENTRES, dim), dtype=np.float32)
 
     def draw(self, count):
-        out = np.empty((count, DIM), dtype=np.float32)
+        out = np.empty((count, self.centres.shape[1]), dtype=np.float32)
         for s in range(0, count, 100_000):
             m = min(100_000, count - s)
-            x = self.centres[self.rng.integers(0, CENTRES, m)] + 0.5 * self.rng.standard_normal((m, DIM), dtype=np.float32)
+            x = self.centres[self.rng.integers(0, CENTRES, m)] + 0.5 * self.rng.standard_normal((m, self.centres.shape[1]), dtype=np.float32)
             out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out
 
@@ -35,21 +35,25 @@ def exact_top_k(base, queries, k):
     return [set(ids[i].tolist()) for i in range(len(queries))]
 
 
-# binary COPY rows: int16 nfields, int4 id, real[] (ndim, hasnull, elemtype 700, dim, lbound, elements)
-ROW = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i4"), ("l2", ">i4"), ("ndim", ">i4"),
-                ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"), ("lb", ">i4"),
-                ("els", [("len", ">i4"), ("v", ">f4")], (DIM,))])
+def row_type(dim):
+    """A binary COPY row: int16 nfields, int4 id, real[] (ndim, hasnull, elemtype 700, dim,
+    lbound, elements)."""
+    return np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i4"), ("l2", ">i4"), ("ndim", ">i4"),
+                     ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"), ("lb", ">i4"),
+                     ("els", [("len", ">i4"), ("v", ">f4")], (dim,))])
 
 
 def copy_real_arrays(conn, table, base):
     """COPY base into `table (id, vec)` with ids 1..len(base), in PostgreSQL's binary format."""
+    dim = base.shape[1]
+    row = row_type(dim)
     with conn.cursor().copy(f"COPY {table} (id, vec) FROM STDIN (FORMAT binary)") as cp:
         cp.write(b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8)
         for s in range(0, len(base), 20_000):
             m = min(20_000, len(base) - s)
-            r = np.zeros(m, dtype=ROW)
-            r["nf"], r["l1"], r["id"], r["l2"] = 2, 4, np.arange(s + 1, s + m + 1), 20 + 8 * DIM
-            r["ndim"], r["oid"], r["dim"], r["lb"] = 1, 700, DIM, 1
+            r = np.zeros(m, dtype=row)
+            r["nf"], r["l1"], r["id"], r["l2"] = 2, 4, np.arange(s + 1, s + m + 1), 20 + 8 * dim
+            r["ndim"], r["oid"], r["dim"], r["lb"] = 1, 700, dim, 1
             r["els"]["len"], r["els"]["v"] = 4, base[s:s + m]
             cp.write(r.tobytes())
         cp.write(b"\xff\xff")
