@@ -21,9 +21,21 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
     p.batch_execute(
         "CREATE EXTENSION semantic;
          CREATE TABLE v (id int PRIMARY KEY, vec real[]);
-         CREATE TABLE docs (id int PRIMARY KEY, body text);",
+         CREATE TABLE docs (id int PRIMARY KEY, body text);
+         CREATE TABLE wide (id int PRIMARY KEY, vec real[]);
+         CREATE INDEX wide_flat ON wide USING faiss (vec) WITH (factory = 'Flat');",
     )
     .unwrap();
+    // Records of 3,072 floats span pages: appended whole, flagged dead a byte at a time.
+    let wide = |p: &mut Client, from: i32, to: i32| {
+        p.execute(
+            "INSERT INTO wide SELECT i, (SELECT array_agg(sin(i * 7 + d)::real)
+               FROM generate_series(1, 3072) d) FROM generate_series($1::int, $2::int) i",
+            &[&from, &to],
+        )
+        .unwrap();
+    };
+    wide(&mut p, 1, 20);
     copy_vectors(&mut p, "v", 1, &clustered(2000, 1));
     p.batch_execute(
         "CREATE INDEX v_flat ON v USING faiss (vec);
@@ -64,6 +76,13 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
     p.batch_execute("VACUUM v").unwrap();
     p.batch_execute("VACUUM docs").unwrap();
     copy_vectors(&mut p, "v", 9001, &clustered(100, 3));
+    wide(&mut p, 21, 40);
+    p.batch_execute("DELETE FROM wide WHERE id % 3 = 0")
+        .unwrap();
+    p.batch_execute("VACUUM (INDEX_CLEANUP ON) wide").unwrap();
+    p.batch_execute("SELECT semantic_index_fold('wide_flat')")
+        .unwrap();
+    wide(&mut p, 41, 50);
     // Folds: the faiss records and the bm25 rows (with their terms) appended since.
     p.batch_execute(
         "INSERT INTO docs SELECT i, 'last note ' || i || ' on subject ' || (i % 3) FROM generate_series(300, 340) i;
@@ -84,8 +103,18 @@ fn a_standby_answers_like_the_primary_with_wal_consistency_checking() {
         let sql = "SELECT id FROM docs ORDER BY body <@> $1 LIMIT 10";
         assert_eq!(ids(&mut p, sql, &[&q]), ids(&mut s, sql, &[&q]), "bm25 {q}");
     }
+    p.batch_execute("SET enable_seqscan = off").unwrap();
+    s.batch_execute("SET enable_seqscan = off").unwrap();
+    for q in [1, 22, 47] {
+        let sql =
+            "SELECT id FROM wide ORDER BY vec <-> (SELECT vec FROM wide WHERE id = $1) LIMIT 50";
+        let on_primary = ids(&mut p, sql, &[&q]);
+        assert_eq!(on_primary.len(), 37, "every live wide row once");
+        assert_eq!(on_primary[0], q);
+        assert_eq!(on_primary, ids(&mut s, sql, &[&q]), "wide {q}");
+    }
     // One file a faiss index, one a bm25 segment: the fold wrote a second one.
-    assert_eq!(snapshot_files(&standby), 4);
+    assert_eq!(snapshot_files(&standby), 5);
     let shared: bool = s
         .query_one("SELECT shared FROM semantic_index_info('v_flat')", &[])
         .unwrap()
