@@ -9,6 +9,7 @@ use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ColumnKind, Meta, Segment};
 use semantic_index::records::{encode_record, text_hash, RecordKey};
 use semantic_index::snapshot::encode_snapshot_into;
+use semantic_index::tiers::segments_to_merge;
 use semantic_index::IndexMetric;
 use semantic_index::{tid_to_id, CacheKey, IndexError, VectorIndex};
 
@@ -365,6 +366,8 @@ pub struct NewSnapshot {
     hashes: Vec<u64>,
     /// Its positions that stay marked dead (a fold's, carried from the snapshot it extends).
     pub marks: Vec<u32>,
+    /// Whether it extends the current snapshot (a fold), whose vectors it then starts with.
+    pub extends: bool,
 }
 
 /// The snapshot of a FAISS index over `ids`/`vectors` with the rows' text hashes: a new index
@@ -387,6 +390,7 @@ pub fn snapshot(
             index: None,
             hashes: Vec::new(),
             marks: Vec::new(),
+            extends: false,
         };
     }
     semantic_index::set_interrupt_check(cancel_or_terminate_pending);
@@ -444,6 +448,7 @@ pub fn snapshot(
         index: Some(index),
         hashes: all_hashes,
         marks: Vec::new(),
+        extends: false,
     }
 }
 
@@ -474,8 +479,12 @@ pub struct NewGeneration<'a, E> {
     /// Snapshot positions still marked dead.
     pub marks: &'a [u32],
     /// Snapshots of earlier generations that stay (bm25 segments), oldest first;
-    /// `snapshot_vectors` counts their documents too.
+    /// `snapshot_vectors` counts their documents too. With `split_vectors`: the segments that
+    /// hold the first of the snapshot's vectors.
     pub kept: Vec<Segment>,
+    /// Whether the snapshot's vectors go to segments of their own (a faiss index that keeps
+    /// them as flat codes), which later folds keep.
+    pub split_vectors: bool,
 }
 
 /// Writes a new generation of `index` (of `kind`) from `cut`, as build, fold and compaction do
@@ -504,11 +513,21 @@ pub unsafe fn write_generation<E, R>(
             .encode
             .map(|encode| super::cache::publish(index, &key, &kept, |w| encode(&key, w)));
         let records = records();
+        let dim = cut.meta.dim as usize;
+        let vectors = match &written {
+            Some(written) if new.split_vectors => written.flat_vectors_range(dim),
+            _ => None,
+        };
+        // Kept segments hold vectors only where the snapshot's vectors were found.
+        let kept = if vectors.is_none() && new.split_vectors {
+            Vec::new()
+        } else {
+            new.kept
+        };
         let (snapshot_bytes, mut snapshot) = match &mut written {
             Some(written) => written.reader(),
             None => (0, Box::new(std::io::empty()) as Box<dyn std::io::Read>),
         };
-        let dim = cut.meta.dim as usize;
         rewrite(
             index,
             cut,
@@ -522,7 +541,8 @@ pub unsafe fn write_generation<E, R>(
                 snapshot_vectors: new.snapshot_vectors,
                 snapshot_has_vectors: new.snapshot_has_vectors,
                 marks: new.marks,
-                kept: new.kept,
+                kept,
+                vectors,
             },
         );
         kind.forget_snapshot(index);
@@ -544,10 +564,22 @@ pub unsafe fn write_faiss_generation(
         index: faiss,
         hashes,
         marks,
+        extends,
     } = new;
     let (vectors, has_vectors) = faiss.as_ref().map_or((0, false), |faiss| {
         (faiss.len() as u64, faiss.stores_exact_vectors())
     });
+    // A fold keeps the vector segments of the snapshot it extends, but for the newest ones of
+    // the tier its own vectors fill (see semantic_index::tiers), which it writes again with
+    // them.
+    let kept = if extends && cut.meta.vectors_at.is_some() {
+        let sizes: Vec<u64> = cut.meta.segments.iter().map(|s| s.documents).collect();
+        let folded = vectors.saturating_sub(sizes.iter().sum());
+        let merged = segments_to_merge(&sizes, folded, crate::gucs::max_appended());
+        cut.meta.segments[..sizes.len() - merged].to_vec()
+    } else {
+        Vec::new()
+    };
     let new = NewGeneration {
         encode: faiss.map(|faiss| {
             move |key: &CacheKey, w: &mut dyn std::io::Write| {
@@ -558,7 +590,8 @@ pub unsafe fn write_faiss_generation(
         snapshot_has_vectors: has_vectors,
         rows,
         marks: &marks,
-        kept: Vec::new(),
+        kept,
+        split_vectors: has_vectors,
     };
     // SAFETY: the caller's contract.
     unsafe {

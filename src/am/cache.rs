@@ -17,7 +17,7 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::Lru;
 use semantic_index::cache_file::{CacheDir, CacheLock, Opened, SnapshotFile};
-use semantic_index::layout::{Meta, SnapshotChain};
+use semantic_index::layout::{Meta, SnapshotPages};
 use semantic_index::{CacheKey, DeadPositions, IndexError, Snapshot};
 
 use super::storage::read_snapshot_with;
@@ -231,6 +231,30 @@ pub enum Written {
 }
 
 impl Written {
+    /// Where the snapshot's vectors lie in it (see `snapshot::flat_vectors_range`), read
+    /// without moving the file's position.
+    pub fn flat_vectors_range(&self, dim: usize) -> Option<(u64, u64)> {
+        use std::os::unix::fs::FileExt;
+        match self {
+            Written::File(file) => {
+                let len = file.metadata().ok()?.len();
+                semantic_index::snapshot::flat_vectors_range(len, dim, |at, buf| {
+                    file.read_exact_at(buf, at)
+                })
+            }
+            Written::Memory(bytes) => {
+                semantic_index::snapshot::flat_vectors_range(bytes.len() as u64, dim, |at, buf| {
+                    let at = at as usize;
+                    let src = bytes
+                        .get(at..at + buf.len())
+                        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                    buf.copy_from_slice(src);
+                    Ok(())
+                })
+            }
+        }
+    }
+
     /// Its length and a reader of it from the start, for the rewrite that copies it to pages.
     pub fn reader(&mut self) -> (u64, Box<dyn Read + '_>) {
         match self {
@@ -336,23 +360,27 @@ pub unsafe fn snapshot(rel: pg_sys::Relation, meta: &Meta) -> Option<Rc<Snapshot
         unsafe {
             open.get(rel, meta, || {
                 let key = meta.cache_key()?;
-                let chain = meta.snapshot_chain();
-                open_or_build(rel, &chain, &key, &[], "faiss index", |bytes| {
-                    Snapshot::from_bytes(&bytes)
-                })
+                open_or_build(
+                    rel,
+                    &meta.snapshot_pages(),
+                    &key,
+                    &[],
+                    "faiss index",
+                    |bytes| Snapshot::from_bytes(&bytes),
+                )
             })
         }
     })
 }
 
-/// The snapshot file `key` of the `kind` index `rel` (whose pages are `chain`), mapped; built
+/// The snapshot file `key` of the `kind` index `rel` (whose pages are `pages`), mapped; built
 /// from the pages when missing or damaged, by one backend while the others wait (which removes
 /// older generations' files, but those of `kept`). Where no file can be written, a private copy
-/// made by `from_pages` from the pages' bytes, with a WARNING. None if the chain was freed
+/// made by `from_pages` from the pages' bytes, with a WARNING. None if a chain was freed
 /// while its pages were read. (faiss and bm25 indexes alike.)
 pub unsafe fn open_or_build<S: SnapshotFile>(
     rel: pg_sys::Relation,
-    chain: &SnapshotChain,
+    pages: &SnapshotPages,
     key: &CacheKey,
     kept: &[CacheKey],
     kind: &str,
@@ -371,7 +399,7 @@ pub unsafe fn open_or_build<S: SnapshotFile>(
                 "{kind} \"{}\": {why}; this session searches a private copy",
                 super::build::relation_name(rel)
             );
-            let bytes = super::storage::read_snapshot(rel, chain)?;
+            let bytes = super::storage::read_snapshot(rel, pages)?;
             Some(from_pages(bytes).unwrap_or_else(|e| index_error(kind, e)))
         };
         let lock = match lock(&dir, &owner, key) {
@@ -389,7 +417,7 @@ pub unsafe fn open_or_build<S: SnapshotFile>(
         }
         let mut rewritten = false;
         let written = dir.publish(&owner, key, kept, |w| {
-            rewritten = !read_snapshot_with(rel, chain, |page| w.write_all(page))?;
+            rewritten = !read_snapshot_with(rel, pages, |page| w.write_all(page))?;
             if rewritten {
                 return Err(std::io::Error::other("the index was rewritten meanwhile"));
             }

@@ -8,7 +8,7 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use semantic_index::chain::{self, MetaLock};
 pub use semantic_index::chain::{ChainRead, Cut, Generation};
-use semantic_index::layout::{ChainPos, LayoutError, Meta, SnapshotChain};
+use semantic_index::layout::{ChainPos, LayoutError, Meta, SnapshotPages};
 use semantic_index::records::RecordKey;
 use semantic_index::relation::{Image, Lock, Relation, BLOCK_SIZE};
 
@@ -236,15 +236,15 @@ pub unsafe fn read_records_to(
 /// See [`chain::read_snapshot_with`].
 pub unsafe fn read_snapshot_with(
     rel: pg_sys::Relation,
-    chain: &SnapshotChain,
+    pages: &SnapshotPages,
     visit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<bool> {
-    chain::read_snapshot_with(&Index(rel), chain, visit)
+    chain::read_snapshot_with(&Index(rel), pages, visit)
 }
 
-/// A snapshot's bytes, or None if its chain was freed and reused under the reader.
-pub unsafe fn read_snapshot(rel: pg_sys::Relation, chain: &SnapshotChain) -> Option<Vec<u8>> {
-    chain::read_snapshot(&Index(rel), chain)
+/// A snapshot's bytes, or None if a chain of it was freed and reused under the reader.
+pub unsafe fn read_snapshot(rel: pg_sys::Relation, pages: &SnapshotPages) -> Option<Vec<u8>> {
+    chain::read_snapshot(&Index(rel), pages)
 }
 
 /// Where a rewrite starts (see [`chain::cut`]): the caller keeps other rewrites out.

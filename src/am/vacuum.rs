@@ -74,7 +74,7 @@ unsafe fn read_rows(index: pg_sys::Relation, cut: &Cut) -> Rows {
         };
         if meta.snapshot_has_vectors && meta.cache_key().is_some() {
             let bytes =
-                read_snapshot(index, &meta.snapshot_chain()).unwrap_or_else(|| corrupt("snapshot"));
+                read_snapshot(index, &meta.snapshot_pages()).unwrap_or_else(|| corrupt("snapshot"));
             let base = VectorIndex::from_snapshot(&bytes).unwrap_or_else(|e| {
                 raise(
                     PgSqlErrorCode::ERRCODE_INDEX_CORRUPTED,
@@ -186,8 +186,10 @@ unsafe fn regenerate(index: pg_sys::Relation, compact: bool) {
         }
         live_rows.extend(base_rows);
         let live = live_rows.len() as u64;
+        let extends = base.is_some();
         let mut new = snapshot(meta, base, &ids, &hashes, &mut vectors);
         new.marks = carried;
+        new.extends = extends;
         write_faiss_generation(
             index,
             cut,

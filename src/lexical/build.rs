@@ -145,6 +145,7 @@ pub unsafe fn write_bm25_generation(
         rows,
         marks,
         kept,
+        split_vectors: false,
     };
     // SAFETY: the caller holds the index as a rewrite needs it.
     unsafe { write_generation(index, IndexKind::Bm25, cut, new, Vec::new) }

@@ -61,7 +61,7 @@ pub unsafe fn segments(index: pg_sys::Relation, meta: &Meta) -> Option<Rc<Sealed
                         let key = segment.key()?;
                         open_or_build(
                             index,
-                            &segment.chain(),
+                            &segment.pages(),
                             &key,
                             &keys,
                             "bm25 index",

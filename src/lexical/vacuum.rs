@@ -13,8 +13,8 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_index::layout::{ChainPos, Meta};
 use semantic_index::records::{decode_records_into, RecordKey};
+use semantic_index::tiers::segments_to_merge;
 use semantic_index::{tid_to_id, DeadPositions};
-use semantic_lexical::segments::segments_to_merge;
 use semantic_lexical::tail::decode_entries;
 use semantic_lexical::Segments;
 

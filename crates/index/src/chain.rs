@@ -8,8 +8,8 @@
 //! ([`ChainRead::Rewritten`]) and starts again from the metapage.
 
 use crate::layout::{
-    ChainPage, ChainPos, LayoutError, Meta, PageKind, Segment, SnapshotChain, CHAIN_SPECIAL_SIZE,
-    NO_BLOCK,
+    ChainPage, ChainPos, LayoutError, Meta, PageKind, Segment, SnapshotChain, SnapshotPages,
+    CHAIN_SPECIAL_SIZE, NO_BLOCK,
 };
 use crate::records::{encode_record, record_size, RecordKey};
 use crate::relation::{init_page, lower, set_lower, special_at, Image, Lock, Locked, Relation};
@@ -684,13 +684,13 @@ fn flag_dead_spanning_records<R: Relation>(
     Ok((flags.len() as u64, appended))
 }
 
-/// Passes the bytes of the snapshot `chain` to `visit`, page by page (each copied out of its
-/// buffer first, so no lock is held while `visit` works). Ok(false) if the chain was freed and
-/// reused under the reader.
-pub fn read_snapshot_with<R: Relation>(
+/// Passes the bytes of the snapshot chain `chain` to `visit`, page by page (each copied out of
+/// its buffer first, so no lock is held while `visit` works). Ok(false) if the chain was freed
+/// and reused under the reader.
+fn read_chain_with<R: Relation>(
     rel: &R,
     chain: &SnapshotChain,
-    mut visit: impl FnMut(&[u8]) -> std::io::Result<()>,
+    visit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<bool> {
     let mut page_bytes = Vec::with_capacity(PAGE_CAPACITY);
     let mut total = 0u64;
@@ -716,10 +716,43 @@ pub fn read_snapshot_with<R: Relation>(
     Ok(total == chain.bytes)
 }
 
-/// The bytes of the snapshot `chain`, or None if it was freed and reused under the reader.
-pub fn read_snapshot<R: Relation>(rel: &R, chain: &SnapshotChain) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(chain.bytes as usize);
-    let complete = read_snapshot_with(rel, chain, |page| {
+/// Passes the bytes of the snapshot in `pages` to `visit`, in order: its chain's, with its
+/// vectors' segments' put in where they go. Ok(false) if a chain was freed and reused under
+/// the reader.
+pub fn read_snapshot_with<R: Relation>(
+    rel: &R,
+    pages: &SnapshotPages,
+    mut visit: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<bool> {
+    if pages.vectors.is_empty() {
+        return read_chain_with(rel, &pages.chain, &mut visit);
+    }
+    // The chain's bytes before the vectors, the vectors, then the chain's other bytes.
+    let mut passed = 0u64;
+    let mut vectors_done = false;
+    let mut complete = true;
+    let whole = read_chain_with(rel, &pages.chain, &mut |mut bytes: &[u8]| {
+        if !vectors_done && passed + bytes.len() as u64 >= pages.vectors_at {
+            let before = (pages.vectors_at - passed) as usize;
+            visit(&bytes[..before])?;
+            passed += before as u64;
+            bytes = &bytes[before..];
+            for segment in &pages.vectors {
+                complete &= read_chain_with(rel, segment, &mut visit)?;
+            }
+            vectors_done = true;
+        }
+        passed += bytes.len() as u64;
+        visit(bytes)
+    })?;
+    Ok(whole && complete && vectors_done)
+}
+
+/// The bytes of the snapshot in `pages`, or None if a chain was freed and reused under the
+/// reader.
+pub fn read_snapshot<R: Relation>(rel: &R, pages: &SnapshotPages) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(pages.chain.bytes as usize);
+    let complete = read_snapshot_with(rel, pages, |page| {
         out.extend_from_slice(page);
         Ok(())
     })
@@ -933,8 +966,36 @@ pub struct Generation<'a> {
     pub marks: &'a [u32],
     /// Snapshots of earlier generations that stay, oldest first, before the new one (see
     /// [`Meta::segments`]): their chains are not freed. `snapshot_vectors` counts their
-    /// documents too.
+    /// documents too. With `vectors`: the segments that hold the first of the new snapshot's
+    /// vectors.
     pub kept: Vec<Segment>,
+    /// A faiss snapshot whose vectors are kept in segments: where they start in `snapshot`
+    /// and their bytes, of `dim` floats each. Those the `kept` segments hold are skipped; the
+    /// others go to a new segment, the rest of the snapshot to the generation's chain.
+    pub vectors: Option<(u64, u64)>,
+}
+
+/// Copies the next `len` bytes of `snapshot` to `writer`'s chain, a page at a time (with None:
+/// reads past them).
+fn copy_to_chain<R: Relation>(
+    snapshot: &mut dyn std::io::Read,
+    len: u64,
+    mut writer: Option<&mut ChainWriter<'_, R>>,
+    pool: &mut Pool,
+) -> Result<(), LayoutError> {
+    let mut page = vec![0u8; PAGE_CAPACITY];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(PAGE_CAPACITY as u64) as usize;
+        snapshot
+            .read_exact(&mut page[..n])
+            .map_err(|e| LayoutError::Io(format!("could not read the new snapshot back: {e}")))?;
+        if let Some(writer) = writer.as_deref_mut() {
+            writer.push(pool, &page[..n], n as u16);
+        }
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// `records` cut into pages, each with its `used` count: whole records a page, or, when they
@@ -988,17 +1049,40 @@ pub fn rewrite<R: Relation>(
     let (records_head, records_tail) = writer.finish();
 
     let mut writer = ChainWriter::new(rel, PageKind::Snapshot, generation);
-    let mut page = vec![0u8; PAGE_CAPACITY];
-    let mut left = new.snapshot_bytes;
-    while left > 0 {
-        let len = left.min(PAGE_CAPACITY as u64) as usize;
-        new.snapshot
-            .read_exact(&mut page[..len])
-            .map_err(|e| LayoutError::Io(format!("could not read the new snapshot back: {e}")))?;
-        writer.push(&mut pool, &page[..len], len as u16);
-        left -= len as u64;
+    let (vectors_at, vectors_len) = new.vectors.unwrap_or((new.snapshot_bytes, 0));
+    let kept_vectors: u64 = match new.vectors {
+        Some(_) => new.kept.iter().map(|s| s.bytes).sum(),
+        None => 0,
+    };
+    if kept_vectors > vectors_len || vectors_at + vectors_len > new.snapshot_bytes {
+        return Err(LayoutError::Corrupt(
+            "a new snapshot's vectors do not fit it".into(),
+        ));
     }
+    copy_to_chain(new.snapshot, vectors_at, Some(&mut writer), &mut pool)?;
+    copy_to_chain::<R>(new.snapshot, kept_vectors, None, &mut pool)?;
+    let mut vectors_writer = ChainWriter::new(rel, PageKind::Snapshot, generation);
+    let new_vectors = vectors_len - kept_vectors;
+    copy_to_chain(
+        new.snapshot,
+        new_vectors,
+        Some(&mut vectors_writer),
+        &mut pool,
+    )?;
+    let (vectors_head, _) = vectors_writer.finish();
+    let rest = new.snapshot_bytes - vectors_at - vectors_len;
+    copy_to_chain(new.snapshot, rest, Some(&mut writer), &mut pool)?;
     let (snapshot_head, _) = writer.finish();
+    let mut segments = new.kept.clone();
+    if new_vectors > 0 {
+        segments.push(Segment {
+            head: vectors_head,
+            bytes: new_vectors,
+            generation,
+            cache_key: String::new(),
+            documents: new_vectors / (4 * dim.max(1) as u64),
+        });
+    }
 
     let mut writer = ChainWriter::new(rel, PageKind::Marks, generation);
     let marks: Vec<u8> = new.marks.iter().flat_map(|p| p.to_le_bytes()).collect();
@@ -1123,7 +1207,6 @@ pub fn rewrite<R: Relation>(
         records_tail,
         record_count: new.snapshot_vectors + (carried.len() / size) as u64,
         snapshot_head,
-        snapshot_bytes: new.snapshot_bytes,
         snapshot_end: end,
         snapshot_records: new.snapshot_vectors,
         // Rows inserted since the cut are carried with their records.
@@ -1137,7 +1220,9 @@ pub fn rewrite<R: Relation>(
         terms_tail,
         terms_bytes: carried_terms.len() as u64,
         reserved: Vec::new(),
-        segments: new.kept,
+        snapshot_bytes: new.snapshot_bytes - vectors_len,
+        vectors_at: new.vectors.map(|(at, _)| at),
+        segments,
         ..now
     };
     lock.meta.release(

@@ -99,9 +99,21 @@ pub struct SnapshotChain {
     pub generation: u64,
 }
 
-/// A snapshot that a rewrite kept from an earlier generation: bm25 indexes fold appended rows
-/// into small segments beside the larger ones (see `semantic_lexical::segments`) instead of
-/// rewriting one snapshot. Its pages keep the generation they were written in.
+/// Where a snapshot's bytes lie in the pages: its chain and, for a faiss snapshot whose vectors
+/// are kept in segments (see [`Meta::vectors_at`]), the segments' chains, whose bytes go in at
+/// `vectors_at` of the chain's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotPages {
+    pub chain: SnapshotChain,
+    pub vectors: Vec<SnapshotChain>,
+    pub vectors_at: u64,
+}
+
+/// A chain of snapshot bytes that a rewrite kept from an earlier generation. bm25 indexes fold
+/// appended rows into small segments beside the larger ones (see `semantic_lexical::segments`)
+/// instead of rewriting one snapshot; faiss indexes whose FAISS index keeps its vectors exactly
+/// keep those vectors (FAISS's flat codes) in segments that a fold only adds to, so that it
+/// rewrites the graph, not the vectors. Its pages keep the generation they were written in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Segment {
@@ -114,6 +126,15 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Its pages, read as a snapshot of their own (a bm25 segment).
+    pub fn pages(&self) -> SnapshotPages {
+        SnapshotPages {
+            chain: self.chain(),
+            vectors: Vec::new(),
+            vectors_at: 0,
+        }
+    }
+
     pub fn chain(&self) -> SnapshotChain {
         SnapshotChain {
             head: self.head,
@@ -213,11 +234,17 @@ pub struct Meta {
     /// Set for lexical (bm25) indexes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lexical: Option<LexicalSettings>,
-    /// Snapshots kept from earlier generations, oldest first, which the generation's own
-    /// snapshot follows (bm25 segments; faiss indexes keep none). `snapshot_records` counts
-    /// the documents of all of them, and snapshot positions run through them in order.
+    /// bm25: snapshots kept from earlier generations, oldest first, which the generation's own
+    /// snapshot follows; `snapshot_records` counts the documents of all of them, and snapshot
+    /// positions run through them in order. faiss, with [`Meta::vectors_at`]: the snapshot's
+    /// vectors, in order (their `documents` count vectors).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<Segment>,
+    /// faiss: where in the snapshot its vectors (FAISS's flat codes, the last part of FAISS's
+    /// serialisation of a Flat or HNSW-over-Flat index) start, when they are kept in `segments`
+    /// and left out of the snapshot chain (`snapshot_bytes` then counts the chain's bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors_at: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +314,7 @@ impl Meta {
             reserved: Vec::new(),
             lexical: None,
             segments: Vec::new(),
+            vectors_at: None,
         }
     }
 
@@ -373,6 +401,23 @@ impl Meta {
             head: self.snapshot_head,
             bytes: self.snapshot_bytes,
             generation: self.generation,
+        }
+    }
+
+    /// Where the generation's snapshot lies in the pages: its chain, and its vectors' segments
+    /// when they are kept apart.
+    pub fn snapshot_pages(&self) -> SnapshotPages {
+        match self.vectors_at {
+            Some(at) => SnapshotPages {
+                chain: self.snapshot_chain(),
+                vectors: self.segments.iter().map(Segment::chain).collect(),
+                vectors_at: at,
+            },
+            None => SnapshotPages {
+                chain: self.snapshot_chain(),
+                vectors: Vec::new(),
+                vectors_at: 0,
+            },
         }
     }
 

@@ -43,6 +43,7 @@ pub mod relation;
 pub mod snapshot;
 pub mod tail;
 mod threads;
+pub mod tiers;
 
 pub use dead::DeadPositions;
 pub use error::IndexError;

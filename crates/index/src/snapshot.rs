@@ -243,6 +243,26 @@ pub fn encode_snapshot(
     Ok(out)
 }
 
+/// Where the vectors of a snapshot of `total_len` bytes lie in it, when its FAISS index keeps
+/// them as flat codes of `dim` floats (Flat, HNSW over Flat: FAISS's serialisation ends with
+/// them, after their count): (start, bytes). `read_at` reads the snapshot at an offset. None
+/// when the bytes there are not such codes (another kind of index).
+pub fn flat_vectors_range(
+    total_len: u64,
+    dim: usize,
+    read_at: impl Fn(u64, &mut [u8]) -> std::io::Result<()>,
+) -> Option<(u64, u64)> {
+    let mut footer = [0u8; FOOTER_LEN];
+    read_at(total_len.checked_sub(FOOTER_LEN as u64)?, &mut footer).ok()?;
+    let layout = Layout::parse(total_len, &footer).ok()?;
+    let floats = layout.vectors.checked_mul(dim as u64)?;
+    let len = floats.checked_mul(4)?;
+    let at = layout.faiss_len.checked_sub(len)?;
+    let mut count = [0u8; 8];
+    read_at(at.checked_sub(8)?, &mut count).ok()?;
+    (len > 0 && u64::from_le_bytes(count) == floats).then_some((at, len))
+}
+
 /// A snapshot of another kind of index (a lexical one): its own non-empty payload (the
 /// concatenation of `parts`) in place of FAISS's, no id or hash tables, the same footer, into
 /// `out`. The same pages, files, checks and file protocol then serve it.

@@ -220,6 +220,7 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
                 snapshot_has_vectors: false,
                 marks: &[],
                 kept: Vec::new(),
+                vectors: None,
             },
         )
         .unwrap();
@@ -227,7 +228,7 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
         assert_eq!(meta.generation, round as u64 + 1);
         assert_eq!(meta.cache_key(), Some(key));
         assert_eq!(
-            read_snapshot(&rel, &meta.snapshot_chain()).unwrap(),
+            read_snapshot(&rel, &meta.snapshot_pages()).unwrap(),
             snapshot
         );
         let (read, again) = all_records(&rel, &meta);
@@ -242,7 +243,7 @@ fn rewrites_switch_generations_reuse_pages_and_readers_notice() {
     // A reader still on the first generation finds out instead of reading reused pages.
     assert_eq!(all_records(&rel, &old).0, ChainRead::Rewritten);
     assert_eq!(
-        read_snapshot(&rel, &first_generation.unwrap().snapshot_chain()),
+        read_snapshot(&rel, &first_generation.unwrap().snapshot_pages()),
         None
     );
     // Appends after a rewrite land after the snapshot's end.
@@ -278,6 +279,7 @@ fn a_rewrite_without_records_starts_an_empty_chain() {
             snapshot_has_vectors: true,
             marks: &[],
             kept: Vec::new(),
+            vectors: None,
         },
     )
     .unwrap();
@@ -351,6 +353,7 @@ fn marks_and_dead_flags_survive_until_a_rewrite_carries_or_drops_them() {
             snapshot_has_vectors: false,
             marks: &[],
             kept: Vec::new(),
+            vectors: None,
         },
     )
     .unwrap();
@@ -404,6 +407,7 @@ fn marks_and_dead_flags_survive_until_a_rewrite_carries_or_drops_them() {
             snapshot_has_vectors: true,
             marks: &[4, 8],
             kept: Vec::new(),
+            vectors: None,
         },
     )
     .unwrap();
@@ -448,6 +452,7 @@ fn records_appended_during_a_rewrite_are_carried_over() {
             snapshot_has_vectors: true,
             marks: &[],
             kept: Vec::new(),
+            vectors: None,
         },
     )
     .unwrap();
@@ -602,6 +607,7 @@ fn terms_span_pages_are_read_on_incrementally_and_carried_by_rewrites() {
             snapshot_has_vectors: true,
             marks: &[],
             kept: Vec::new(),
+            vectors: None,
         },
     )
     .unwrap();
@@ -643,6 +649,7 @@ fn kept_segments_survive_rewrites_until_dropped() {
                 snapshot_has_vectors: true,
                 marks: &[],
                 kept,
+                vectors: None,
             },
         )
         .unwrap();
@@ -659,15 +666,15 @@ fn kept_segments_survive_rewrites_until_dropped() {
     for (i, segment) in segments.iter().enumerate() {
         assert_eq!(segment.documents, 10);
         assert_eq!(segment.key(), Some([i as u8 + 1; 16]));
-        assert!(read_snapshot(&rel, &segment.chain()) == Some(payload(i as u8 + 1)));
+        assert!(read_snapshot(&rel, &segment.pages()) == Some(payload(i as u8 + 1)));
     }
     assert_eq!(meta.free_blocks(), 0, "no snapshot page was freed");
     // A merge of the last two: the first two stay, the others' pages (two each) are freed,
     // and the next rewrite reuses them.
     write(&mut meta, 5, segments[..2].to_vec());
     assert_eq!(meta.all_segments().len(), 3);
-    assert!(read_snapshot(&rel, &segments[0].chain()) == Some(payload(1)));
-    assert!(read_snapshot(&rel, &segments[1].chain()) == Some(payload(2)));
+    assert!(read_snapshot(&rel, &segments[0].pages()) == Some(payload(1)));
+    assert!(read_snapshot(&rel, &segments[1].pages()) == Some(payload(2)));
     assert_eq!(meta.free_blocks(), 4);
     // Compaction keeps none.
     let pages = rel.pages.borrow().len();
@@ -677,7 +684,7 @@ fn kept_segments_survive_rewrites_until_dropped() {
         pages,
         "the freed pages were not reused"
     );
-    let dropped = |i: usize| read_snapshot(&rel, &segments[i].chain()).is_none();
+    let dropped = |i: usize| read_snapshot(&rel, &segments[i].pages()).is_none();
     assert!(
         dropped(2) || dropped(3),
         "a dropped segment's pages were not reused"
@@ -777,6 +784,7 @@ fn records_that_span_pages() {
                 snapshot_has_vectors: true,
                 marks: &[],
                 kept: Vec::new(),
+                vectors: None,
             },
         )
         .unwrap();
@@ -793,4 +801,82 @@ fn records_that_span_pages() {
         assert_eq!(new.record_count, 2);
         assert_eq!(rel.pinned.get(), 0);
     }
+}
+
+/// faiss snapshots whose vectors are kept in segments: a rewrite writes the snapshot without
+/// its vectors to the generation's chain and the vectors not yet in pages to a new segment, so a
+/// fold that adds vectors writes only those (and the rest of the snapshot); reading the pages
+/// gives the snapshot back byte for byte; a compaction (nothing kept) writes them all again and
+/// frees the old segments.
+#[test]
+fn vectors_kept_in_segments_are_written_once() {
+    let rel = MemoryRelation::default();
+    let mut meta = new_index(&rel);
+    // A made-up snapshot: a head, the vectors of `n` rows of DIM floats, a tail.
+    let snapshot = |n: usize, salt: u8| -> (Vec<u8>, u64, u64) {
+        let head: Vec<u8> = (0..3000).map(|i| (i as u8) ^ salt).collect();
+        let vectors: Vec<u8> = (0..n * DIM * 4).map(|i| (i % 251) as u8).collect();
+        let tail: Vec<u8> = (0..5000)
+            .map(|i| (i as u8).wrapping_mul(3) ^ salt)
+            .collect();
+        let at = head.len() as u64;
+        let len = vectors.len() as u64;
+        ([head, vectors, tail].concat(), at, len)
+    };
+    let write =
+        |meta: &mut Meta, n: usize, salt: u8, kept: Vec<semantic_index::layout::Segment>| {
+            let (bytes, at, len) = snapshot(n, salt);
+            rewrite_now(
+                &rel,
+                meta,
+                DIM,
+                Generation {
+                    records: &[],
+                    rows: n as u64,
+                    snapshot: &mut &bytes[..],
+                    snapshot_bytes: bytes.len() as u64,
+                    cache_key: [salt; 16],
+                    snapshot_vectors: n as u64,
+                    snapshot_has_vectors: true,
+                    marks: &[],
+                    kept,
+                    vectors: Some((at, len)),
+                },
+            )
+            .unwrap();
+            assert!(
+                read_snapshot(&rel, &meta.snapshot_pages()) == Some(bytes),
+                "the pages do not give the snapshot back"
+            );
+        };
+    let wal = |f: &mut dyn FnMut()| {
+        let before = rel.wal_records.get();
+        f();
+        rel.wal_records.get() - before
+    };
+    // Built: 4,000 rows' vectors (47 pages) in one segment.
+    let built = wal(&mut || write(&mut meta, 4000, 1, Vec::new()));
+    assert_eq!(meta.segments.len(), 1);
+    assert_eq!(meta.segments[0].documents, 4000);
+    // Folds of 200 rows keep the segments and add one each: a few pages, not the vectors again.
+    for (round, n) in [(2u8, 4200usize), (3, 4400)] {
+        let kept = meta.segments.clone();
+        let folded = wal(&mut || write(&mut meta, n, round, kept.clone()));
+        assert!(
+            folded * 4 < built,
+            "a fold wrote {folded} pages, the build {built}"
+        );
+        assert_eq!(meta.segments.len(), kept.len() + 1);
+        assert_eq!(meta.segments.last().unwrap().documents, 200);
+    }
+    let old = meta.segments.clone();
+    // A compaction keeps none: the vectors go to one new segment, the old ones are freed.
+    write(&mut meta, 3000, 4, Vec::new());
+    assert_eq!(meta.segments.len(), 1);
+    let freed: u64 = old
+        .iter()
+        .map(|s| s.bytes.div_ceil(PAGE_CAPACITY as u64))
+        .sum();
+    assert!(meta.free_blocks() >= freed);
+    assert_eq!(rel.pinned.get(), 0);
 }

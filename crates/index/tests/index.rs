@@ -1212,3 +1212,37 @@ fn filling_while_scanning_equals_adding_at_once() {
         Err(IndexError::InvalidArgument(_))
     ));
 }
+
+/// A Flat or HNSW-over-Flat snapshot's vectors are found where they lie (FAISS's flat codes
+/// end its serialisation), as the pages keep them apart; an IVF snapshot has no such range.
+#[test]
+fn flat_vectors_are_found_in_snapshots() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (n, dim) = (300, 12);
+    let data: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>()).collect();
+    let ids: Vec<i64> = (0..n as i64).map(|i| i * 3 + 1).collect();
+    for factory in ["Flat", "HNSW16", "IVF4,Flat"] {
+        let mut index = VectorIndex::new(dim, factory, Metric::L2).unwrap();
+        if index.needs_training() {
+            index.train(&data).unwrap();
+        }
+        index.add(&ids, &data).unwrap();
+        let bytes = encode_snapshot(&index, &[], &KEY).unwrap();
+        let range =
+            semantic_index::snapshot::flat_vectors_range(bytes.len() as u64, dim, |at, buf| {
+                buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]);
+                Ok(())
+            });
+        if factory.starts_with("IVF") {
+            assert_eq!(range, None, "{factory}");
+            continue;
+        }
+        let (at, len) = range.unwrap_or_else(|| panic!("{factory}: no vectors found"));
+        let expected: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(len as usize, expected.len(), "{factory}");
+        assert!(
+            bytes[at as usize..(at + len) as usize] == expected[..],
+            "{factory}: the range holds other bytes"
+        );
+    }
+}
