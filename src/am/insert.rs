@@ -47,7 +47,11 @@ pub unsafe extern "C-unwind" fn aminsert(
             }
             ColumnKind::Vector => {
                 let v = column_vector(index, *values);
-                check_dimension(&meta, v.len());
+                // The index's own dimension was checked when it was fixed (at the build or
+                // the first insert): no FAISS index made per insert to ask again.
+                if v.len() != meta.dim as usize {
+                    check_dimension(&meta, v.len());
+                }
                 (
                     vec![v],
                     RecordKey {

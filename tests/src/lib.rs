@@ -360,6 +360,35 @@ pub fn expect_error(
     assert_eq!(one, 1);
 }
 
+/// The bytes of WAL the server wrote while `sql` ran.
+pub fn wal_bytes(client: &mut postgres::Client, sql: &str) -> i64 {
+    let before: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    client.batch_execute(sql).unwrap();
+    client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::bigint",
+            &[&before],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// The ids `sql` (an ORDER BY ... LIMIT query) returns by an exact scan and through an
+/// index scan, in that order; the session is left with index scans on, sequential ones off.
+pub fn exact_and_indexed_ids(client: &mut postgres::Client, sql: &str) -> (Vec<i32>, Vec<i32>) {
+    client
+        .batch_execute("SET enable_seqscan = on; SET enable_indexscan = off")
+        .unwrap();
+    let exact = vectors::ids(client, sql, &[]);
+    client
+        .batch_execute("SET enable_seqscan = off; SET enable_indexscan = on")
+        .unwrap();
+    (exact, vectors::ids(client, sql, &[]))
+}
+
 /// real[] test data and the queries that compare an index with brute force.
 pub mod vectors {
     use std::io::Write;

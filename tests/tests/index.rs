@@ -6,7 +6,10 @@ use std::io::Write;
 
 use postgres::error::SqlState;
 use postgres::Client;
-use semantic_tests::{cluster_with_extension as setup, env, expect_error, shared_dir};
+use semantic_tests::{
+    cluster_with_extension as setup, env, exact_and_indexed_ids, expect_error, shared_dir,
+    wal_bytes,
+};
 
 const QUERIES: [&str; 8] = [
     "romance and separation",
@@ -1281,19 +1284,6 @@ fn pgvector_index_options_choose_the_factory() {
 #[test]
 fn folds_write_the_new_vectors_not_all_of_them() {
     let (cluster, mut c) = setup("index_vector_segments");
-    let wal = |c: &mut Client, sql: &str| -> i64 {
-        let before: String = c
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .unwrap()
-            .get(0);
-        c.batch_execute(sql).unwrap();
-        c.query_one(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::bigint",
-            &[&before],
-        )
-        .unwrap()
-        .get(0)
-    };
     let rows = |from: i32, to: i32| {
         format!(
             "INSERT INTO v SELECT i, (SELECT array_agg(sin(i * 0.37 + d * 1.3)::real)
@@ -1308,7 +1298,7 @@ fn folds_write_the_new_vectors_not_all_of_them() {
             rows(1, 4000)
         ))
         .unwrap();
-        let built = wal(
+        let built = wal_bytes(
             &mut c,
             &format!("CREATE INDEX v_idx ON v USING faiss (vec) WITH (factory = '{factory}')"),
         );
@@ -1321,7 +1311,7 @@ fn folds_write_the_new_vectors_not_all_of_them() {
         for round in 0..4 {
             let first = 4001 + round * 100;
             c.batch_execute(&rows(first, first + 99)).unwrap();
-            let folded = wal(&mut c, "SELECT semantic_index_fold('v_idx')");
+            let folded = wal_bytes(&mut c, "SELECT semantic_index_fold('v_idx')");
             let bound = if factory == "Flat" { 10 } else { 3 };
             assert!(
                 folded * bound < built,
@@ -1339,22 +1329,7 @@ fn folds_write_the_new_vectors_not_all_of_them() {
                 let sql = format!(
                     "SELECT id FROM v ORDER BY vec <-> (SELECT vec FROM v WHERE id = {q}) LIMIT 10"
                 );
-                c.batch_execute("SET enable_seqscan = on; SET enable_indexscan = off")
-                    .unwrap();
-                let exact: Vec<i32> = c
-                    .query(&sql, &[])
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                c.batch_execute("SET enable_seqscan = off; SET enable_indexscan = on")
-                    .unwrap();
-                let got: Vec<i32> = c
-                    .query(&sql, &[])
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                let (exact, got) = exact_and_indexed_ids(c, &sql);
                 if factory == "Flat" {
                     assert_eq!(got, exact, "{factory} {what}: query {q}");
                 } else {

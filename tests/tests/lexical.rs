@@ -9,7 +9,7 @@ use postgres::error::SqlState;
 use postgres::Client;
 use semantic_lexical::{Bm25, CorpusStats};
 use semantic_tests::vectors::wait_for_replay;
-use semantic_tests::{cluster_with_extension as setup, expect_error};
+use semantic_tests::{cluster_with_extension as setup, expect_error, wal_bytes};
 
 /// (id, minus the BM25 score) of `ORDER BY body <@> query LIMIT k` through the index.
 fn via_index(client: &mut Client, query: &str, k: i64) -> Vec<(i32, f64)> {
@@ -132,6 +132,18 @@ fn text(seed: u64, n: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Inserts rows `ids` into docs, one statement each, with texts of 5 to 44 words.
+fn insert_docs(client: &mut Client, ids: std::ops::Range<i32>) {
+    for i in ids {
+        client
+            .execute(
+                "INSERT INTO docs VALUES ($1, $2)",
+                &[&i, &text(i as u64, 5 + (i as usize % 40))],
+            )
+            .unwrap();
+    }
 }
 
 const QUERIES: [&str; 6] = [
@@ -393,21 +405,11 @@ fn vacuum_marks_dead_documents_and_compacts_past_the_threshold() {
             "CREATE TABLE docs (id int PRIMARY KEY, body text) WITH (autovacuum_enabled = off)",
         )
         .unwrap();
-    let insert = |client: &mut Client, ids: std::ops::Range<i32>| {
-        for i in ids {
-            client
-                .execute(
-                    "INSERT INTO docs VALUES ($1, $2)",
-                    &[&i, &text(i as u64, 5 + (i as usize % 40))],
-                )
-                .unwrap();
-        }
-    };
-    insert(&mut client, 0..1000);
+    insert_docs(&mut client, 0..1000);
     client
         .batch_execute("CREATE INDEX docs_bm25 ON docs USING bm25 (body)")
         .unwrap();
-    insert(&mut client, 1000..1100);
+    insert_docs(&mut client, 1000..1100);
     // This backend now holds the appended rows it analysed; VACUUM must not leave it scoring
     // a dead row's terms for the row that takes its TID.
     check_all(&mut client, "appended");
@@ -470,32 +472,8 @@ fn folds_write_segments_not_the_whole_index() {
             "CREATE TABLE docs (id int PRIMARY KEY, body text) WITH (autovacuum_enabled = off)",
         )
         .unwrap();
-    let insert = |client: &mut Client, ids: std::ops::Range<i32>| {
-        for i in ids {
-            client
-                .execute(
-                    "INSERT INTO docs VALUES ($1, $2)",
-                    &[&i, &text(i as u64, 5 + (i as usize % 40))],
-                )
-                .unwrap();
-        }
-    };
-    insert(&mut client, 0..3000);
-    let wal = |client: &mut Client, sql: &str| -> i64 {
-        let before: String = client
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .unwrap()
-            .get(0);
-        client.batch_execute(sql).unwrap();
-        client
-            .query_one(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::bigint",
-                &[&before],
-            )
-            .unwrap()
-            .get(0)
-    };
-    let built = wal(
+    insert_docs(&mut client, 0..3000);
+    let built = wal_bytes(
         &mut client,
         "CREATE INDEX docs_bm25 ON docs USING bm25 (body)",
     );
@@ -511,9 +489,9 @@ fn folds_write_segments_not_the_whole_index() {
     // and its own into one of 400, and the built one (3,000 rows, tier 2) stays.
     let mut next = 3000;
     for round in 0..12 {
-        insert(&mut client, next..next + 50);
+        insert_docs(&mut client, next..next + 50);
         next += 50;
-        let logged = wal(
+        let logged = wal_bytes(
             &mut client,
             "SET semantic.max_appended = 10;
              SELECT semantic_index_fold('docs_bm25');
@@ -541,7 +519,7 @@ fn folds_write_segments_not_the_whole_index() {
         .unwrap();
     client.batch_execute("VACUUM docs").unwrap();
     let deleted_below = next;
-    insert(&mut client, next..next + 50);
+    insert_docs(&mut client, next..next + 50);
     client
         .batch_execute(
             "SET semantic.max_appended = 10;

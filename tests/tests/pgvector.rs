@@ -7,7 +7,7 @@
 use postgres::error::SqlState;
 use postgres::Client;
 use semantic_tests::vectors::uniform;
-use semantic_tests::{cluster_with_extension as setup, env, expect_error};
+use semantic_tests::{cluster_with_extension as setup, env, exact_and_indexed_ids, expect_error};
 
 /// The four operators, the metric option that ranks by each, and pgvector's opclass suffix.
 const OPERATORS: [(&str, &str, &str); 4] = [
@@ -349,16 +349,7 @@ fn vectors_of_up_to_16000_dimensions_are_indexed() {
                 let sql = format!(
                     "SELECT id FROM wide ORDER BY v <-> (SELECT v FROM wide WHERE id = {q}) LIMIT 5"
                 );
-                c.batch_execute("SET enable_seqscan = on; SET enable_indexscan = off")
-                    .unwrap();
-                let exact: Vec<i32> = c
-                    .query(&sql, &[])
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                c.batch_execute("SET enable_seqscan = off; SET enable_indexscan = on")
-                    .unwrap();
+                let (exact, got) = exact_and_indexed_ids(c, &sql);
                 let plan: String = c
                     .query(&format!("EXPLAIN {sql}"), &[])
                     .unwrap()
@@ -366,12 +357,6 @@ fn vectors_of_up_to_16000_dimensions_are_indexed() {
                     .map(|r| r.get::<_, String>(0))
                     .collect();
                 assert!(plan.contains("wide_idx"), "{column} {what}: {plan}");
-                let got: Vec<i32> = c
-                    .query(&sql, &[])
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
                 if factory == "Flat" {
                     assert_eq!(got, exact, "{column} {what}: query {q}");
                 } else {

@@ -175,6 +175,24 @@ impl Appended {
     }
 }
 
+/// The tail page of `chain`, locked exclusively for an append, with its special area; none
+/// while the chain is empty.
+#[allow(clippy::type_complexity)]
+fn lock_tail<'r, R: Relation>(
+    rel: &'r R,
+    meta: &mut Meta,
+    chain: Appended,
+) -> Result<(Option<Locked<'r, R>>, Option<ChainPage>), LayoutError> {
+    let tail_block = *chain.ends(meta).1;
+    if tail_block == NO_BLOCK {
+        return Ok((None, None));
+    }
+    let tail = Locked::new(rel, tail_block, Lock::Exclusive);
+    let page = special(tail.page())
+        .ok_or_else(|| LayoutError::Corrupt(format!("the {:?} chain is damaged", chain.kind())))?;
+    Ok((Some(tail), Some(page)))
+}
+
 /// Appends `entries` (whole entries of `size` bytes) to `chain`: as many as fit on its tail
 /// page, then new pages. Each page changed is logged in one WAL record with the metapage.
 fn append_entries<R: Relation>(
@@ -185,17 +203,11 @@ fn append_entries<R: Relation>(
     size: usize,
 ) -> Result<(), LayoutError> {
     let per_page = PAGE_CAPACITY / size;
-    let damaged = || LayoutError::Corrupt(format!("the {:?} chain is damaged", chain.kind()));
     let mut rest = entries;
     while !rest.is_empty() {
         let meta = &mut meta_lock.meta;
         let generation = meta.generation;
-        let tail_block = *chain.ends(meta).1;
-        let tail = (tail_block != NO_BLOCK).then(|| Locked::new(rel, tail_block, Lock::Exclusive));
-        let tail_chain = match &tail {
-            Some(t) => Some(special(t.page()).ok_or_else(damaged)?),
-            None => None,
-        };
+        let (tail, tail_chain) = lock_tail(rel, meta, chain)?;
         let mut result = Ok(());
         match (&tail, tail_chain) {
             (Some(tail), Some(page)) if (page.used as usize) < per_page => {
@@ -319,15 +331,7 @@ fn append_whole<R: Relation>(
     let kind = chain.kind();
     let meta = &mut meta_lock.meta;
     let generation = meta.generation;
-    let tail_block = *chain.ends(meta).1;
-    let tail = (tail_block != NO_BLOCK).then(|| Locked::new(rel, tail_block, Lock::Exclusive));
-    let tail_chain = match &tail {
-        Some(t) => Some(
-            special(t.page())
-                .ok_or_else(|| LayoutError::Corrupt(format!("the {kind:?} chain is damaged")))?,
-        ),
-        None => None,
-    };
+    let (tail, tail_chain) = lock_tail(rel, meta, chain)?;
     let room = tail_chain.map_or(0, |c| PAGE_CAPACITY.saturating_sub(c.used as usize));
     let (first, rest) = bytes.split_at(room.min(bytes.len()));
     // The pages after the tail, last first, each pointing to the one written before it.
