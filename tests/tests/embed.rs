@@ -96,7 +96,7 @@ fn null_empty_and_long_inputs() {
 fn semantic_models_lists_installed_models() {
     let (_cluster, mut client) = setup("embed_models");
     let rows = client
-        .query("SELECT name, dimension, similarity, max_seq_length, pooling, normalize, fingerprint, loaded FROM semantic_models()", &[])
+        .query("SELECT name, dimension, similarity, max_seq_length, pooling, normalize, fingerprint, loaded, precision FROM semantic_models()", &[])
         .unwrap();
     let row = rows
         .iter()
@@ -109,6 +109,7 @@ fn semantic_models_lists_installed_models() {
     assert!(row.get::<_, bool>(5));
     assert!(row.get::<_, String>(6).starts_with("sha256:"));
     assert!(!row.get::<_, bool>(7), "not loaded before first use");
+    assert_eq!(row.get::<_, String>(8), "fp32");
     embed(&mut client, "x");
     let loaded: bool = client
         .query_one(

@@ -118,7 +118,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         texts.len() as f64 / seconds,
         tokens as f64 / seconds,
         args.threads,
-        args.batch_size,
+        encoder.batch_size(),
         args.provider
     );
     if let Some(output) = args.output {

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use semantic_encoder::{
     compute_fingerprint, validate_model_name, write_dense_file, DenseModule, Manifest, Pooling,
-    SentenceTransformersPipeline, Similarity, MODEL_FILE, TOKENIZER_FILE,
+    Precision, SentenceTransformersPipeline, Similarity, MODEL_FILE, TOKENIZER_FILE,
 };
 use serde::Deserialize;
 
@@ -45,6 +45,11 @@ pub struct ImportArgs {
     /// Text put before every document (e.g. "passage: ").
     #[arg(long, default_value = "")]
     passage_prefix: String,
+    /// Quantise the graph's weight multiplications to int8 (one scale per output column,
+    /// inputs quantised at run time): about twice the CPU throughput; vectors close to the
+    /// float model's but not equal, so indexes built with one do not take the other.
+    #[arg(long, value_parser = ["int8"])]
+    quantize: Option<String>,
     /// Replace an installed model of the same name.
     #[arg(long)]
     force: bool,
@@ -290,7 +295,16 @@ pub fn run(args: ImportArgs) -> Result<()> {
         bail!("config.json has no max_position_embeddings: give --max-seq-length");
     }
     let graph = ready_made_graph(&args, &source, &config.model_type)?;
-    let (onnx, output) = load_graph(graph.as_deref(), &source)?;
+    let (mut onnx, output) = load_graph(graph.as_deref(), &source)?;
+    let precision = match args.quantize.as_deref() {
+        Some(_) => {
+            eprintln!("quantising the weight multiplications to int8");
+            onnx =
+                semantic_bert_export::quantize_int8(&onnx).context("cannot quantise the graph")?;
+            Precision::Int8
+        }
+        None => Precision::Fp32,
+    };
     let pooling = choose_pooling(&args, &source, &output)?;
     let graph_width = output
         .width
@@ -354,6 +368,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
             similarity,
             query_prefix: args.query_prefix.clone(),
             passage_prefix: args.passage_prefix.clone(),
+            precision,
             fingerprint: String::new(),
         };
         manifest.fingerprint = compute_fingerprint(&staging, &manifest)?;
@@ -382,9 +397,10 @@ pub fn run(args: ImportArgs) -> Result<()> {
         })
         .collect();
     eprintln!(
-        "installed {} ({}-d, {} pooling{dense}, max {} tokens, {:?}) in {}",
+        "installed {} ({}-d, {}, {} pooling{dense}, max {} tokens, {:?}) in {}",
         manifest.name,
         manifest.dimension,
+        manifest.precision.name(),
         manifest.pooling_name(),
         manifest.max_seq_length,
         manifest.similarity,

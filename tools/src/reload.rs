@@ -39,6 +39,10 @@ pub struct ReloadArgs {
     /// The faiss index to move to the new version.
     #[arg(long)]
     index: String,
+    /// Quantise the new version to int8 as it is imported (import-model --quantize); for a
+    /// sentence-transformers folder, such as finetune's output.
+    #[arg(long, value_parser = ["int8"])]
+    quantize: Option<String>,
 }
 
 pub fn connect(db: &str) -> Result<Client> {
@@ -165,6 +169,13 @@ fn copy_model_dir(source: &Path, model_dir: &Path, name: &str) -> Result<()> {
 /// Installs `--source` as `--name`; returns whether this run installed it (and so may remove
 /// it again on failure).
 fn install(args: &ReloadArgs) -> Result<bool> {
+    let installed = args.source.join(MANIFEST_FILE).exists();
+    if installed && args.quantize.is_some() {
+        bail!(
+            "{} is an installed model directory, which --quantize does not rewrite: give the sentence-transformers folder it came from, or install an int8 version with import-model --quantize int8 and reload that",
+            args.source.display()
+        );
+    }
     let target = args.model_dir.join(&args.name);
     if target.exists() {
         if args.source.canonicalize().ok() == target.canonicalize().ok() {
@@ -181,11 +192,11 @@ fn install(args: &ReloadArgs) -> Result<bool> {
             args.model_dir.display()
         );
     }
-    if args.source.join(MANIFEST_FILE).exists() {
+    if installed {
         eprintln!("copying the model directory {}", args.source.display());
         copy_model_dir(&args.source, &args.model_dir, &args.name)?;
     } else {
-        let argv = [
+        let mut argv: Vec<std::ffi::OsString> = vec![
             "import-model".into(),
             args.source.clone().into_os_string(),
             "--name".into(),
@@ -193,6 +204,9 @@ fn install(args: &ReloadArgs) -> Result<bool> {
             "--model-dir".into(),
             args.model_dir.clone().into_os_string(),
         ];
+        if let Some(precision) = &args.quantize {
+            argv.extend(["--quantize".into(), precision.into()]);
+        }
         let command = import::ImportArgs::augment_args(clap::Command::new("import-model"));
         import::run(import::ImportArgs::from_arg_matches(
             &command.try_get_matches_from(argv)?,

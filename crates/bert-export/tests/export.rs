@@ -19,7 +19,9 @@ use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use semantic_bert_export::onnx_proto::{self, ModelProto};
-use semantic_bert_export::{export_onnx, BertConfig, ExportError};
+use semantic_bert_export::{
+    export_onnx, quantize_int8, BertConfig, ExportError, ORT_DOMAIN, QUANTIZED_MATMUL,
+};
 
 // ---------------------------------------------------------------- helpers --
 
@@ -1049,6 +1051,287 @@ fn graph_structure_follows_the_contract() {
         |r: usize, c: usize| f32::from_le_bytes(raw[(r * 64 + c) * 4..][..4].try_into().unwrap());
     assert_eq!(at(3, 17), w[17 * 32 + 3]);
     assert_eq!(at(31, 63), w[63 * 32 + 31]);
+}
+
+// ------------------------------------------------------- int8 quantisation --
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn int8_graphs_of_each_family_run_close_to_float() {
+    for (cfg, seed) in [
+        (&TINY, 31),
+        (&TINY_MPNET, 32),
+        (&TINY_DISTILBERT, 33),
+        (&TINY_ROBERTA, 34),
+    ] {
+        let dir = temp_dir("int8");
+        let t = random_bert(cfg, seed);
+        write_model(dir.path(), cfg, &t, Dtype::F32);
+        let float = export_onnx(dir.path()).unwrap();
+        let int8 = quantize_int8(&float).unwrap();
+        let model = ModelProto::decode(int8.as_slice()).unwrap();
+        assert!(model
+            .opset_import
+            .iter()
+            .any(|o| o.domain.as_deref() == Some(ORT_DOMAIN)));
+        let graph = model.graph.unwrap();
+        let quantized = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some(QUANTIZED_MATMUL))
+            .count();
+        // Query, key, value, attention output, FFN in and out: six weight matrices a layer.
+        assert_eq!(quantized, 6 * cfg.layers, "{:?}", cfg.family);
+        // The MatMuls left multiply activations by activations (attention).
+        let initializers: Vec<&str> = graph
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .collect();
+        for node in graph
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("MatMul"))
+        {
+            assert!(
+                node.input
+                    .iter()
+                    .all(|i| !initializers.contains(&i.as_str())),
+                "{node:?}"
+            );
+        }
+        assert!(
+            int8.len() < float.len(),
+            "{} >= {}",
+            int8.len(),
+            float.len()
+        );
+
+        let (mut float, mut int8) = (session(&float), session(&int8));
+        let (mut sum, mut count, mut worst) = (0.0, 0, 1.0f64);
+        for (n, batch) in test_batches(cfg, 7).into_iter().enumerate() {
+            let pad = (n % 2) as i64;
+            let ((shape, f), (shape8, q)) =
+                (run(&mut float, &batch, pad), run(&mut int8, &batch, pad));
+            assert_eq!(shape, shape8);
+            let s = batch.max_len();
+            for (b, ids) in batch.ids.iter().enumerate() {
+                for pos in 0..ids.len() {
+                    let at = (b * s + pos) * cfg.hidden;
+                    let c = cosine(&f[at..at + cfg.hidden], &q[at..at + cfg.hidden]);
+                    (sum, count, worst) = (sum + c, count + 1, worst.min(c));
+                }
+            }
+        }
+        let mean = sum / count as f64;
+        println!(
+            "{:?}: token vectors' cosine int8 to float: mean {mean:.5}, lowest {worst:.5}",
+            cfg.family
+        );
+        assert!(
+            mean >= 0.99 && worst >= 0.95,
+            "{:?}: mean {mean}, lowest {worst}",
+            cfg.family
+        );
+    }
+}
+
+fn tensor_info(name: &str, dims: &[i64]) -> onnx_proto::ValueInfoProto {
+    use onnx_proto::{tensor_shape_proto::dimension::Value, tensor_shape_proto::Dimension};
+    onnx_proto::ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(onnx_proto::TypeProto {
+            value: Some(onnx_proto::type_proto::Value::TensorType(
+                onnx_proto::type_proto::Tensor {
+                    elem_type: Some(onnx_proto::data_type::FLOAT),
+                    shape: Some(onnx_proto::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                value: Some(Value::DimValue(d)),
+                                denotation: None,
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+            denotation: None,
+        }),
+        doc_string: None,
+    }
+}
+
+fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> onnx_proto::TensorProto {
+    onnx_proto::TensorProto {
+        dims: dims.to_vec(),
+        data_type: Some(onnx_proto::data_type::FLOAT),
+        name: Some(name.into()),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// `nodes` over input X [rows, cols] giving Y, as a serialised model.
+fn small_model(
+    nodes: Vec<onnx_proto::NodeProto>,
+    initializers: Vec<onnx_proto::TensorProto>,
+    x: [i64; 2],
+    y: [i64; 2],
+) -> Vec<u8> {
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![onnx_proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(onnx_proto::GraphProto {
+            node: nodes,
+            name: Some("small".into()),
+            initializer: initializers,
+            input: vec![tensor_info("X", &x)],
+            output: vec![tensor_info("Y", &y)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<onnx_proto::AttributeProto>,
+) -> onnx_proto::NodeProto {
+    onnx_proto::NodeProto {
+        input: inputs.iter().map(|i| i.to_string()).collect(),
+        output: vec![output.into()],
+        op_type: Some(op.into()),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn attribute(name: &str, i: Option<i64>, f: Option<f32>) -> onnx_proto::AttributeProto {
+    use onnx_proto::attribute_type::{FLOAT, INT};
+    onnx_proto::AttributeProto {
+        name: Some(name.into()),
+        i,
+        f,
+        r#type: Some(if i.is_some() { INT } else { FLOAT }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn gemm_weights_and_bias_are_quantised_and_the_rest_kept_byte_for_byte() {
+    // Y = Relu(X W^T + 0.5 C): a Gemm with transB and beta, as some exporters write Linear.
+    let (rows, k, n) = (3, 8, 5);
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut draw =
+        |count: usize| -> Vec<f32> { (0..count).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+    let (w, c, x) = (draw(n * k), draw(n), draw(rows * k));
+    let gemm = node(
+        "Gemm",
+        &["X", "W", "C"],
+        "G",
+        vec![
+            attribute("transB", Some(1), None),
+            attribute("beta", None, Some(0.5)),
+        ],
+    );
+    let mut float = small_model(
+        vec![gemm, node("Relu", &["G"], "Y", vec![])],
+        vec![
+            float_tensor("W", &[n as i64, k as i64], &w),
+            float_tensor("C", &[n as i64], &c),
+        ],
+        [rows as i64, k as i64],
+        [rows as i64, n as i64],
+    );
+    // A field the exporter's schema does not declare: GraphProto.quantization_annotation
+    // (14), a TensorAnnotation naming Y. It must come through untouched.
+    let annotation = [0x72, 3, 0x0a, 1, b'Y'];
+    let model = ModelProto::decode(float.as_slice()).unwrap();
+    let mut graph = model.graph.clone().unwrap().encode_to_vec();
+    graph.extend_from_slice(&annotation);
+    float = ModelProto {
+        graph: None,
+        ..model
+    }
+    .encode_to_vec();
+    float.push(0x3a); // field 7 (graph), length-delimited
+    prost::encoding::encode_varint(graph.len() as u64, &mut float);
+    float.extend_from_slice(&graph);
+
+    let int8 = quantize_int8(&float).unwrap();
+    assert!(int8.windows(annotation.len()).any(|w| w == annotation));
+    let decoded = ModelProto::decode(int8.as_slice()).unwrap().graph.unwrap();
+    let names: Vec<&str> = decoded
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    assert!(!names.contains(&"W") && !names.contains(&"C"), "{names:?}");
+
+    let expected: Vec<f64> = (0..rows * n)
+        .map(|at| {
+            let (r, j) = (at / n, at % n);
+            let dot: f64 = (0..k)
+                .map(|i| f64::from(x[r * k + i]) * f64::from(w[j * k + i]))
+                .sum();
+            (dot + 0.5 * f64::from(c[j])).max(0.0)
+        })
+        .collect();
+    for (model, tolerance) in [(&float, 1e-5), (&int8, 0.05)] {
+        let mut s = session(model);
+        let outputs = s
+            .run(ort::inputs!["X" => Tensor::from_array(([rows as i64, k as i64], x.clone())).unwrap()])
+            .unwrap();
+        let (_, y) = outputs["Y"].try_extract_tensor::<f32>().unwrap();
+        for (got, want) in y.iter().zip(&expected) {
+            assert!(
+                (f64::from(*got) - want).abs() < tolerance,
+                "{got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn graphs_that_cannot_be_quantised_are_refused() {
+    let refusal = |onnx: &[u8]| match quantize_int8(onnx) {
+        Ok(_) => panic!("quantised"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refusal(b"not an onnx model").contains("not an ONNX model"));
+    // No weights: both sides of the MatMul come at run time.
+    let activations = small_model(
+        vec![node("MatMul", &["X", "X"], "Y", vec![])],
+        vec![],
+        [4, 4],
+        [4, 4],
+    );
+    let e = refusal(&activations);
+    assert!(e.contains("nothing to quantise"), "{e}");
+    // Quantised already.
+    let dir = temp_dir("int8-twice");
+    write_model(dir.path(), &TINY, &random_bert(&TINY, 35), Dtype::F32);
+    let once = quantize_int8(&export_onnx(dir.path()).unwrap()).unwrap();
+    let e = refusal(&once);
+    assert!(
+        e.contains("quantised already") && e.contains(QUANTIZED_MATMUL),
+        "{e}"
+    );
 }
 
 // ------------------------------------------------------------- error tests --

@@ -11,7 +11,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 use crate::batching::plan_batches;
 use crate::dense::DenseLayers;
 use crate::error::EncoderError;
-use crate::manifest::{Manifest, MODEL_FILE, TOKENIZER_FILE};
+use crate::manifest::{Manifest, Precision, MODEL_FILE, TOKENIZER_FILE};
 use crate::model_cache::{
     copy_settings, model_file_identities, ModelCache, COPY_GRAPH_FILE, COPY_WEIGHTS_FILE,
 };
@@ -207,6 +207,13 @@ impl Encoder {
         let (tokenizer, pad_id) = tokenizer
             .join()
             .map_err(|_| EncoderError::Tokenizer("loading tokenizer.json panicked".into()))??;
+        // Dynamic quantisation scales each run's inputs as a whole, so an int8 model runs one
+        // text at a time: a text's vector must not depend on the texts encoded with it (and
+        // sorted batches gain little over single texts, which need no padding).
+        let batch_size = match manifest.precision {
+            Precision::Int8 => 1,
+            Precision::Fp32 => options.batch_size.max(1),
+        };
         Ok(Encoder {
             manifest,
             dir: dir.to_path_buf(),
@@ -219,7 +226,7 @@ impl Encoder {
             output_index,
             pad_id: i64::from(pad_id),
             dense,
-            batch_size: options.batch_size.max(1),
+            batch_size,
             load_report: LoadReport {
                 fingerprint,
                 graph,
@@ -235,6 +242,11 @@ impl Encoder {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Texts a run of the graph takes at most (1 for int8 models, see [`Encoder::load`]).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     pub fn dir(&self) -> &Path {

@@ -20,7 +20,7 @@ pub use encoder::{Encoder, EncoderOptions, FingerprintCheck, GraphSource, LoadRe
 pub use error::EncoderError;
 pub use lru::Lru;
 pub use manifest::{
-    compute_fingerprint, validate_model_name, Activation, DenseLayer, Manifest, Pooling,
+    compute_fingerprint, validate_model_name, Activation, DenseLayer, Manifest, Pooling, Precision,
     Similarity, DENSE_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE,
 };
 pub use pooling::{cosine_similarity, l2_normalize, mean_of_windows, pool};

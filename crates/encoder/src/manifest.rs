@@ -86,6 +86,27 @@ pub enum Similarity {
     Dot,
 }
 
+/// The number format of the graph's weight multiplications.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Float weights, as the model was published.
+    #[default]
+    Fp32,
+    /// int8 weights, one scale per output column, inputs quantised at run time
+    /// (`import-model --quantize int8`).
+    Int8,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
 /// The description of one installed model version, stored as `manifest.json` next to
 /// `model.onnx` and `tokenizer.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +137,10 @@ pub struct Manifest {
     /// Prepended to documents.
     #[serde(default)]
     pub passage_prefix: String,
+    /// The graph's weights: fp32 unless imported with `--quantize int8`. Not part of the
+    /// fingerprint's fields: the graph file, which the fingerprint hashes, differs already.
+    #[serde(default)]
+    pub precision: Precision,
     /// `sha256:` of the files and of every field that changes the vectors; see
     /// [`compute_fingerprint`].
     pub fingerprint: String,
@@ -301,6 +326,7 @@ mod tests {
             similarity: Similarity::Cosine,
             query_prefix: String::new(),
             passage_prefix: String::new(),
+            precision: Precision::Fp32,
             fingerprint: String::new(),
         }
     }

@@ -1,0 +1,484 @@
+//! Dynamic int8 quantisation of a float ONNX graph, the kind ONNX Runtime's Python
+//! `quantize_dynamic` writes with per-channel weights: every MatMul and Gemm whose weights are
+//! a float initializer gets int8 weights with one scale per output column (symmetric, zero
+//! point 0) and becomes ONNX Runtime's `com.microsoft.DynamicQuantizeMatMul`, which quantises
+//! its input to uint8 at run time and multiplies with the integer GEMM kernels of ONNX
+//! Runtime's CPU library (VNNI and AMX where the CPU has them). Everything else stays float.
+//!
+//! The graph is edited at the level of its protobuf fields: only the nodes and initializers
+//! that change are decoded and written again, and every other byte is kept as it was. The
+//! schema in [`crate::onnx_proto`] declares only what the exporter writes, so a round trip of
+//! a ready-made graph through it would drop whatever else the graph holds.
+
+use std::collections::{HashMap, HashSet};
+
+use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
+use prost::Message;
+
+use crate::onnx_proto::{
+    attribute_type, data_type, AttributeProto, NodeProto, OperatorSetIdProto, TensorProto,
+    ValueInfoProto,
+};
+use crate::ExportError;
+
+/// The operator domain of ONNX Runtime's own operators.
+pub const ORT_DOMAIN: &str = "com.microsoft";
+/// The operator quantised MatMuls and Gemms become.
+pub const QUANTIZED_MATMUL: &str = "DynamicQuantizeMatMul";
+/// Operators that mean the graph is quantised already.
+const QUANTIZED_OPS: [&str; 6] = [
+    QUANTIZED_MATMUL,
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "QLinearMatMul",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+];
+
+/// Field numbers of `onnx.proto` used here.
+mod field {
+    pub const MODEL_GRAPH: u32 = 7;
+    pub const MODEL_OPSET_IMPORT: u32 = 8;
+    pub const GRAPH_NODE: u32 = 1;
+    pub const GRAPH_INITIALIZER: u32 = 5;
+    pub const GRAPH_INPUT: u32 = 11;
+    pub const GRAPH_OUTPUT: u32 = 12;
+    pub const GRAPH_VALUE_INFO: u32 = 13;
+}
+
+/// One field of an encoded message, as it was written.
+struct Field<'a> {
+    number: u32,
+    /// The whole field, key included.
+    raw: &'a [u8],
+    /// A length-delimited field's contents; empty for the other wire types.
+    payload: &'a [u8],
+}
+
+fn invalid(what: impl std::fmt::Display) -> ExportError {
+    ExportError::InvalidOnnx(format!("not an ONNX model: {what}"))
+}
+
+/// The fields of an encoded protobuf message, in order.
+fn split_fields(message: &[u8]) -> Result<Vec<Field<'_>>, ExportError> {
+    let mut rest = message;
+    let mut fields = Vec::new();
+    while !rest.is_empty() {
+        let start = rest;
+        let (number, wire_type) = decode_key(&mut rest).map_err(invalid)?;
+        let mut payload: &[u8] = &[];
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut rest).map_err(invalid)?;
+            }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let width = if wire_type == WireType::SixtyFourBit {
+                    8
+                } else {
+                    4
+                };
+                rest = rest
+                    .get(width..)
+                    .ok_or_else(|| invalid("truncated field"))?;
+            }
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut rest).map_err(invalid)?;
+                let len = usize::try_from(len).map_err(invalid)?;
+                if len > rest.len() {
+                    return Err(invalid("truncated field"));
+                }
+                (payload, rest) = rest.split_at(len);
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err(invalid("protobuf groups, which ONNX does not use"))
+            }
+        }
+        fields.push(Field {
+            number,
+            raw: &start[..start.len() - rest.len()],
+            payload,
+        });
+    }
+    Ok(fields)
+}
+
+fn push_message(number: u32, payload: &[u8], out: &mut Vec<u8>) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+/// Weights quantised per output column: `values` in the layout of the float weights they
+/// replace, `rows` x `columns` (MatMul's B), and one scale per column.
+#[derive(Debug)]
+pub struct Int8Weights {
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+/// Quantises row-major `rows` x `columns` weights symmetrically, one scale per column: the
+/// column's largest magnitude maps to 127. The full signed range is used, as ONNX Runtime's
+/// `quantize_dynamic` does by default; CPUs without VNNI may saturate in the u8 x s8 kernels
+/// (ONNX Runtime's `reduce_range` note), which README.md points out.
+pub fn quantize_columns(weights: &[f32], rows: usize, columns: usize) -> Int8Weights {
+    assert_eq!(weights.len(), rows * columns, "weights are rows x columns");
+    let mut scales = vec![0f32; columns];
+    for row in weights.chunks_exact(columns) {
+        for (scale, w) in scales.iter_mut().zip(row) {
+            *scale = scale.max(w.abs());
+        }
+    }
+    for scale in &mut scales {
+        // An all-zero column quantises to zeros under any scale.
+        *scale = if *scale > 0.0 { *scale / 127.0 } else { 1.0 };
+    }
+    let values = weights
+        .chunks_exact(columns)
+        .flat_map(|row| {
+            row.iter()
+                .zip(&scales)
+                .map(|(w, s)| (w / s).round().clamp(-127.0, 127.0) as i8)
+        })
+        .collect();
+    Int8Weights { values, scales }
+}
+
+/// The float values of an initializer held in the graph, with its dimensions.
+fn float_values(tensor: &TensorProto) -> Option<(Vec<usize>, Vec<f32>)> {
+    if tensor.data_type != Some(data_type::FLOAT) || tensor.data_location == Some(1) {
+        return None;
+    }
+    let dims = tensor
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect::<Option<Vec<_>>>()?;
+    let values = match &tensor.raw_data {
+        Some(raw) => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect(),
+        None => tensor.float_data.clone(),
+    };
+    (values.len() == dims.iter().product::<usize>()).then_some((dims, values))
+}
+
+fn attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+}
+
+/// The rewrite being planned: new initializers, and the nodes that change.
+struct Plan<'a> {
+    initializers: HashMap<&'a str, TensorProto>,
+    /// Every name the graph uses, so that new ones do not collide.
+    taken: HashSet<String>,
+    added: Vec<TensorProto>,
+    /// Quantised weights already added, by (float weights, transposed): (values, scales).
+    quantized: HashMap<(String, bool), (String, String)>,
+    /// Float initializers a replaced node read.
+    released: HashSet<String>,
+}
+
+impl Plan<'_> {
+    fn fresh_name(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut n = 1;
+        while self.taken.contains(&name) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        self.taken.insert(name.clone());
+        name
+    }
+
+    fn add(&mut self, name: &str, dims: &[usize], dtype: i32, raw: Vec<u8>) -> String {
+        let name = self.fresh_name(name);
+        self.added.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(dtype),
+            name: Some(name.clone()),
+            raw_data: Some(raw),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// The int8 weights and scales standing for float initializer `name`, `[K, N]` as a
+    /// MatMul reads it (`transposed`: stored `[N, K]`, as a Gemm with transB reads it).
+    fn int8_weights(&mut self, name: &str, transposed: bool) -> Option<(String, String)> {
+        let (dims, values) = float_values(self.initializers.get(name)?)?;
+        let [rows, columns] = dims[..] else {
+            return None;
+        };
+        let (k, n, values) = if transposed {
+            let mut t = vec![0f32; values.len()];
+            for r in 0..rows {
+                for c in 0..columns {
+                    t[c * rows + r] = values[r * columns + c];
+                }
+            }
+            (columns, rows, t)
+        } else {
+            (rows, columns, values)
+        };
+        self.released.insert(name.to_string());
+        let key = (name.to_string(), transposed);
+        if let Some((values, scales)) = self.quantized.get(&key) {
+            return Some((values.clone(), scales.clone()));
+        }
+        let q = quantize_columns(&values, k, n);
+        let suffix = if transposed { "_transposed" } else { "" };
+        let values = self.add(
+            &format!("{name}{suffix}_int8"),
+            &[k, n],
+            data_type::INT8,
+            q.values.iter().map(|&v| v as u8).collect(),
+        );
+        let scales = self.add(
+            &format!("{name}{suffix}_scale"),
+            &[n],
+            data_type::FLOAT,
+            q.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        );
+        self.quantized.insert(key, (values.clone(), scales.clone()));
+        Some((values, scales))
+    }
+
+    /// The DynamicQuantizeMatMul that stands for `node`, when `node` is a MatMul or Gemm whose
+    /// weights this can quantise.
+    fn replace(&mut self, node: &NodeProto) -> Option<NodeProto> {
+        let op = node.op_type.as_deref()?;
+        if node.domain.as_deref().is_some_and(|d| !d.is_empty()) || node.output.len() != 1 {
+            return None;
+        }
+        let (input, weights) = match &node.input[..] {
+            [a, b] if op == "MatMul" => (a, b),
+            [a, b, ..] if op == "Gemm" => (a, b),
+            _ => return None,
+        };
+        let int = |name| attribute(node, name).and_then(|a| a.i).unwrap_or(0);
+        let float = |name| attribute(node, name).and_then(|a| a.f).unwrap_or(1.0);
+        let gemm = op == "Gemm";
+        // Y = alpha A' B' + beta C: only A untransposed and alpha 1 map onto the operator.
+        if gemm && (int("transA") != 0 || float("alpha") != 1.0) {
+            return None;
+        }
+        let transposed = gemm && int("transB") != 0;
+        let columns = match self.initializers.get(weights.as_str())?.dims[..] {
+            [rows, columns] => usize::try_from(if transposed { rows } else { columns }).ok()?,
+            _ => return None,
+        };
+        // A bias must be one float per output column, held in the graph.
+        let bias = match node.input.get(2).filter(|c| gemm && !c.is_empty()) {
+            Some(c) => {
+                let (_, values) = float_values(self.initializers.get(c.as_str())?)?;
+                if values.len() != columns {
+                    return None;
+                }
+                Some((c.clone(), values))
+            }
+            None => None,
+        };
+        let (values, scales) = self.int8_weights(weights, transposed)?;
+        let mut inputs = vec![input.clone(), values, scales];
+        if let Some((c, bias)) = bias {
+            let beta = float("beta");
+            let raw = bias.iter().flat_map(|b| (beta * b).to_le_bytes()).collect();
+            self.released.insert(c.clone());
+            inputs.push(String::new()); // no zero point: the weights are symmetric
+            inputs.push(self.add(&format!("{c}_bias"), &[columns], data_type::FLOAT, raw));
+        }
+        Some(NodeProto {
+            input: inputs,
+            output: node.output.clone(),
+            name: node.name.clone(),
+            op_type: Some(QUANTIZED_MATMUL.to_string()),
+            domain: Some(ORT_DOMAIN.to_string()),
+            ..Default::default()
+        })
+    }
+}
+
+/// Rewrites the serialised ONNX model `onnx` with int8 weights for its MatMuls and Gemms
+/// (see the module's documentation). Refuses a graph that is quantised already, one with
+/// control-flow subgraphs, and one with no weights to quantise.
+pub fn quantize_int8(onnx: &[u8]) -> Result<Vec<u8>, ExportError> {
+    let model = split_fields(onnx)?;
+    let mut graphs = model.iter().filter(|f| f.number == field::MODEL_GRAPH);
+    let graph = match (graphs.next(), graphs.next()) {
+        (Some(graph), None) => graph,
+        _ => return Err(invalid("a model has exactly one graph")),
+    };
+    let graph = split_fields(graph.payload)?;
+    let decode_each = |number| {
+        graph
+            .iter()
+            .filter(move |f| f.number == number)
+            .map(|f| f.payload)
+    };
+    let nodes = decode_each(field::GRAPH_NODE)
+        .map(NodeProto::decode)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let initializers = decode_each(field::GRAPH_INITIALIZER)
+        .map(TensorProto::decode)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    for node in &nodes {
+        let op = node.op_type.as_deref().unwrap_or_default();
+        if QUANTIZED_OPS.contains(&op) {
+            return Err(ExportError::InvalidOnnx(format!(
+                "the graph is quantised already (it has a {op} node): give the float graph"
+            )));
+        }
+        let subgraph = [attribute_type::GRAPH, attribute_type::GRAPHS];
+        if node
+            .attribute
+            .iter()
+            .any(|a| subgraph.contains(&a.r#type.unwrap_or(0)))
+        {
+            return Err(ExportError::InvalidOnnx(format!(
+                "node {:?} ({op}) has subgraphs, which quantisation does not handle",
+                node.name.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+
+    let mut plan = Plan {
+        taken: initializers
+            .iter()
+            .filter_map(|t| t.name.clone())
+            .chain(nodes.iter().flat_map(|n| n.output.iter().cloned()))
+            .collect(),
+        initializers: initializers
+            .iter()
+            .filter_map(|t| Some((t.name.as_deref()?, t.clone())))
+            .collect(),
+        added: Vec::new(),
+        quantized: HashMap::new(),
+        released: HashSet::new(),
+    };
+    let replacements: Vec<Option<NodeProto>> = nodes.iter().map(|n| plan.replace(n)).collect();
+    if replacements.iter().all(Option::is_none) {
+        return Err(ExportError::InvalidOnnx(
+            "nothing to quantise: no MatMul or Gemm of the graph multiplies by float weights held in the graph".into(),
+        ));
+    }
+    // A float initializer goes when no node left reads it (nor the graph gives it out).
+    let still_read: HashSet<&str> = nodes
+        .iter()
+        .zip(&replacements)
+        .flat_map(|(node, new)| new.as_ref().unwrap_or(node).input.iter())
+        .map(String::as_str)
+        .collect();
+    let outputs: HashSet<String> = decode_each(field::GRAPH_OUTPUT)
+        .filter_map(|o| ValueInfoProto::decode(o).ok()?.name)
+        .collect();
+    let dropped: HashSet<&str> = plan
+        .released
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !still_read.contains(name) && !outputs.contains(*name))
+        .collect();
+
+    let mut new_graph = Vec::with_capacity(onnx.len() / 3);
+    let mut replacements = replacements.into_iter();
+    for f in &graph {
+        let keep = match f.number {
+            field::GRAPH_NODE => match replacements.next().flatten() {
+                Some(node) => {
+                    push_message(f.number, &node.encode_to_vec(), &mut new_graph);
+                    false
+                }
+                None => true,
+            },
+            field::GRAPH_INITIALIZER => TensorProto::decode(f.payload).map_or(true, |t| {
+                !dropped.contains(t.name.as_deref().unwrap_or_default())
+            }),
+            field::GRAPH_INPUT | field::GRAPH_VALUE_INFO => ValueInfoProto::decode(f.payload)
+                .map_or(true, |v| {
+                    !dropped.contains(v.name.as_deref().unwrap_or_default())
+                }),
+            _ => true,
+        };
+        if keep {
+            new_graph.extend_from_slice(f.raw);
+        }
+    }
+    for tensor in &plan.added {
+        push_message(
+            field::GRAPH_INITIALIZER,
+            &tensor.encode_to_vec(),
+            &mut new_graph,
+        );
+    }
+
+    let mut out = Vec::with_capacity(new_graph.len() + 64);
+    let mut imports_ort = false;
+    for f in &model {
+        if f.number == field::MODEL_GRAPH {
+            push_message(f.number, &new_graph, &mut out);
+            continue;
+        }
+        if f.number == field::MODEL_OPSET_IMPORT {
+            let opset = OperatorSetIdProto::decode(f.payload).map_err(invalid)?;
+            imports_ort |= opset.domain.as_deref() == Some(ORT_DOMAIN);
+        }
+        out.extend_from_slice(f.raw);
+    }
+    if !imports_ort {
+        let opset = OperatorSetIdProto {
+            domain: Some(ORT_DOMAIN.to_string()),
+            version: Some(1),
+        };
+        push_message(field::MODEL_OPSET_IMPORT, &opset.encode_to_vec(), &mut out);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_scaled_to_their_largest_magnitude() {
+        // 2 x 3, row-major: columns (1, -4), (0.5, 0.25), (0, 0).
+        let q = quantize_columns(&[1.0, 0.5, 0.0, -4.0, 0.25, 0.0], 2, 3);
+        assert_eq!(q.scales, [4.0 / 127.0, 0.5 / 127.0, 1.0]);
+        assert_eq!(q.values, [32, 127, 0, -127, 64, 0]);
+    }
+
+    #[test]
+    fn fields_split_and_join_back_byte_for_byte() {
+        let opset = OperatorSetIdProto {
+            domain: Some("ai.onnx".into()),
+            version: Some(17),
+        };
+        let mut bytes = Vec::new();
+        push_message(8, &opset.encode_to_vec(), &mut bytes);
+        encode_key(1, WireType::Varint, &mut bytes);
+        encode_varint(300, &mut bytes);
+        encode_key(9, WireType::ThirtyTwoBit, &mut bytes);
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        let fields = split_fields(&bytes).unwrap();
+        assert_eq!(
+            fields.iter().map(|f| f.number).collect::<Vec<_>>(),
+            [8, 1, 9]
+        );
+        assert_eq!(
+            fields
+                .iter()
+                .flat_map(|f| f.raw)
+                .copied()
+                .collect::<Vec<_>>(),
+            bytes
+        );
+        assert_eq!(
+            OperatorSetIdProto::decode(fields[0].payload).unwrap(),
+            opset
+        );
+        assert!(split_fields(&bytes[..bytes.len() - 1]).is_err());
+    }
+}
