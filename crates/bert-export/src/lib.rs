@@ -22,7 +22,9 @@ pub use family::{
     mpnet_bucket, sinusoidal_positions, Arch, LayerNames, Positions, TokenTypes, MPNET_NUM_BUCKETS,
 };
 pub use graph_io::{read_graph_io, GraphIo, GraphOutput};
-pub use quantize::{quantize_columns, quantize_int8, Int8Weights, ORT_DOMAIN, QUANTIZED_MATMUL};
+pub use quantize::{
+    quantize_columns, quantize_int8, Int8Scope, Int8Weights, ORT_DOMAIN, QUANTIZED_MATMUL,
+};
 
 /// The little-endian elements of a safetensors tensor as float32, for the float types
 /// checkpoints are published in (F32, F16, BF16, F64); `None` for any other type.

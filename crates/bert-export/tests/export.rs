@@ -20,7 +20,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use semantic_bert_export::onnx_proto::{self, ModelProto};
 use semantic_bert_export::{
-    export_onnx, quantize_int8, BertConfig, ExportError, ORT_DOMAIN, QUANTIZED_MATMUL,
+    export_onnx, quantize_int8, BertConfig, ExportError, Int8Scope, ORT_DOMAIN, QUANTIZED_MATMUL,
 };
 
 // ---------------------------------------------------------------- helpers --
@@ -1065,6 +1065,29 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (norm(a) * norm(b))
 }
 
+fn count_ops(graph: &onnx_proto::GraphProto, op: &str) -> usize {
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some(op))
+        .count()
+}
+
+/// MatMuls whose right-hand side is an initializer (weights).
+fn weight_matmuls(graph: &onnx_proto::GraphProto) -> usize {
+    let initializers: Vec<&str> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("MatMul"))
+        .filter(|n| n.input.iter().any(|i| initializers.contains(&i.as_str())))
+        .count()
+}
+
 #[test]
 fn int8_graphs_of_each_family_run_close_to_float() {
     for (cfg, seed) in [
@@ -1077,38 +1100,30 @@ fn int8_graphs_of_each_family_run_close_to_float() {
         let t = random_bert(cfg, seed);
         write_model(dir.path(), cfg, &t, Dtype::F32);
         let float = export_onnx(dir.path()).unwrap();
-        let int8 = quantize_int8(&float).unwrap();
+        // Keeping the narrowing multiplications float leaves the FFN's down-projection.
+        let narrowing = quantize_int8(&float, Int8Scope::KeepNarrowingFloat).unwrap();
+        let graph = ModelProto::decode(narrowing.as_slice())
+            .unwrap()
+            .graph
+            .unwrap();
+        assert_eq!(count_ops(&graph, QUANTIZED_MATMUL), 5 * cfg.layers);
+        assert_eq!(weight_matmuls(&graph), cfg.layers);
+        let int8 = quantize_int8(&float, Int8Scope::AllWeights).unwrap();
         let model = ModelProto::decode(int8.as_slice()).unwrap();
         assert!(model
             .opset_import
             .iter()
             .any(|o| o.domain.as_deref() == Some(ORT_DOMAIN)));
         let graph = model.graph.unwrap();
-        let quantized = graph
-            .node
-            .iter()
-            .filter(|n| n.op_type.as_deref() == Some(QUANTIZED_MATMUL))
-            .count();
         // Query, key, value, attention output, FFN in and out: six weight matrices a layer.
-        assert_eq!(quantized, 6 * cfg.layers, "{:?}", cfg.family);
+        assert_eq!(
+            count_ops(&graph, QUANTIZED_MATMUL),
+            6 * cfg.layers,
+            "{:?}",
+            cfg.family
+        );
         // The MatMuls left multiply activations by activations (attention).
-        let initializers: Vec<&str> = graph
-            .initializer
-            .iter()
-            .filter_map(|t| t.name.as_deref())
-            .collect();
-        for node in graph
-            .node
-            .iter()
-            .filter(|n| n.op_type.as_deref() == Some("MatMul"))
-        {
-            assert!(
-                node.input
-                    .iter()
-                    .all(|i| !initializers.contains(&i.as_str())),
-                "{node:?}"
-            );
-        }
+        assert_eq!(weight_matmuls(&graph), 0);
         assert!(
             int8.len() < float.len(),
             "{} >= {}",
@@ -1273,7 +1288,10 @@ fn gemm_weights_and_bias_are_quantised_and_the_rest_kept_byte_for_byte() {
     prost::encoding::encode_varint(graph.len() as u64, &mut float);
     float.extend_from_slice(&graph);
 
-    let int8 = quantize_int8(&float).unwrap();
+    // The Gemm narrows (8 inputs, 5 outputs): only AllWeights takes it.
+    let e = quantize_int8(&float, Int8Scope::KeepNarrowingFloat).unwrap_err();
+    assert!(e.to_string().contains("nothing to quantise"), "{e}");
+    let int8 = quantize_int8(&float, Int8Scope::AllWeights).unwrap();
     assert!(int8.windows(annotation.len()).any(|w| w == annotation));
     let decoded = ModelProto::decode(int8.as_slice()).unwrap().graph.unwrap();
     let names: Vec<&str> = decoded
@@ -1309,7 +1327,7 @@ fn gemm_weights_and_bias_are_quantised_and_the_rest_kept_byte_for_byte() {
 
 #[test]
 fn graphs_that_cannot_be_quantised_are_refused() {
-    let refusal = |onnx: &[u8]| match quantize_int8(onnx) {
+    let refusal = |onnx: &[u8]| match quantize_int8(onnx, Int8Scope::AllWeights) {
         Ok(_) => panic!("quantised"),
         Err(e) => e.to_string(),
     };
@@ -1326,7 +1344,7 @@ fn graphs_that_cannot_be_quantised_are_refused() {
     // Quantised already.
     let dir = temp_dir("int8-twice");
     write_model(dir.path(), &TINY, &random_bert(&TINY, 35), Dtype::F32);
-    let once = quantize_int8(&export_onnx(dir.path()).unwrap()).unwrap();
+    let once = quantize_int8(&export_onnx(dir.path()).unwrap(), Int8Scope::AllWeights).unwrap();
     let e = refusal(&once);
     assert!(
         e.contains("quantised already") && e.contains(QUANTIZED_MATMUL),
