@@ -9,6 +9,8 @@
 # 2. `semantic-tools eval` on BEIR SciFact's test queries, fp32 (--model) against int8
 #    (--model-b), for each model named in SCIFACT (default "minilm mpnet"): nDCG@10 alone
 #    and hybrid, Recall@100, index build time of the 5,183 documents, queries/s.
+# Between the two, `semantic-tools encode` of 256 plots per model: fp32 in batches of 32 and
+# of 1 against int8, to show how much of the ratio comes from batching.
 # Starts a private cluster in target/bench-cluster/int8q on 127.0.0.1:$PORT with its own
 # model directory (target/bench-models), removed at the end. Needs ../shared/data.
 # Usage: benchmarks/int8.sh [N=512] [THREADS=2] [SCIFACT="minilm mpnet"]
@@ -22,6 +24,7 @@ TOOLS="$BENCH_ROOT/target/release/semantic-tools"
 MODELS="$BENCH_ROOT/target/bench-models"
 MINILM="$BENCH_ROOT/.semantic/src-models/all-MiniLM-L6-v2"
 MPNET="$("$BENCH_ROOT/benchmarks/fetch_mpnet.sh")"
+export ORT_DYLIB_PATH="$BENCH_ROOT/.semantic/lib/libonnxruntime.so.1.32.0"  # --quantize checks with it
 bench_venv
 bench_machine
 rm -rf "$MODELS" && mkdir -p "$MODELS"
@@ -35,6 +38,16 @@ bench_cluster_start int8q "$PORT" "shared_buffers = 1GB" "semantic.threads = $TH
   "semantic.model_dir = '$MODELS'"
 "$VENV/bin/python" "$BENCH_ROOT/benchmarks/bench_int8.py" "$PORT" "$CSV" "$N" "$THREADS" \
   "minilm:$MINILM" "mpnet:$MPNET"
+# How much of the ratio is batching: the encoder outside the server on the first 256 plots,
+# fp32 in batches of 32 (what CREATE INDEX uses) and of 1, int8 (one text a run).
+for name in minilm mpnet; do
+  for run in "$name-fp32 32" "$name-fp32 1" "$name-int8 32"; do
+    set -- $run
+    printf '%s, --batch-size %s: ' "$1" "$2"
+    "$TOOLS" encode "$CSV" --field Plot --limit 256 --model-dir "$MODELS" --model "$1" \
+      --threads "$THREADS" --batch-size "$2" 2>&1 >/dev/null | tail -1
+  done
+done
 for name in $SCIFACT; do
   echo "--- SciFact, $name: fp32 (model A) against int8 (model B)"
   "$TOOLS" eval --beir "$DATA" --db "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" \

@@ -1389,10 +1389,40 @@ fn import_model_quantizes_to_int8() {
     );
     assert!(agreement > 0.9999, "{agreement}");
 
-    // A ready-made float graph quantises to the same graph; an int8 one is refused.
+    // What finetune writes (a sentence-transformers folder) quantises too.
     let work = models
         .join("..")
         .join(format!("import-int8-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let pairs = work.join("pairs.jsonl");
+    let lines: Vec<String> = QUERIES[..4]
+        .iter()
+        .zip(DOCS)
+        .map(|((_, q), (_, _, p))| serde_json::json!({"query": q, "positive": p}).to_string())
+        .collect();
+    std::fs::write(&pairs, lines.join("\n") + "\n").unwrap();
+    let tuned = work.join("tuned");
+    let out = tools(&[
+        "finetune",
+        "--base",
+        st_folder().to_str().unwrap(),
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--output",
+        tuned.to_str().unwrap(),
+        "--batch-size",
+        "2",
+        "--max-seq-length",
+        "32",
+    ]);
+    assert!(out.status.success(), "finetune failed");
+    assert!(import(&tuned, "tuned-int8", true).status.success());
+    assert_eq!(
+        manifest("tuned-int8").precision,
+        semantic_encoder::Precision::Int8
+    );
+
+    // A ready-made float graph quantises to the same graph; an int8 one is refused.
     let folder = onnx_folder(&work.join("fp32"), &graph("minilm-fp32"));
     let out = import(&folder, "from-graph", true);
     assert!(out.status.success());
