@@ -124,6 +124,12 @@ if [ ! -f "$MODELS/$MODEL_NAME/manifest.json" ]; then
   log "importing $MODEL_NAME"
   "$TOOLS" import-model "$SOURCE_MODEL" --name "$MODEL_NAME" --model-dir "$MODELS" >/dev/null
 fi
+# Its int8 twin (README, "int8 models"): twice the CPU throughput, SciFact's nDCG@10 held.
+if [ ! -f "$MODELS/$MODEL_NAME-int8/manifest.json" ]; then
+  log "importing $MODEL_NAME-int8"
+  "$TOOLS" import-model "$SOURCE_MODEL" --name "$MODEL_NAME-int8" --model-dir "$MODELS" \
+    --quantize int8 --onnxruntime "$ORT_LIB" >/dev/null
+fi
 
 # 5. The extension: packaged, then copied file by file with `install`, which replaces each
 #    file by a new one instead of overwriting it in place (a running server that has the old
@@ -159,4 +165,4 @@ while [ "$dir" != "/" ]; do
   fi
   dir=$(dirname "$dir")
 done
-log "ready: extension installed for PostgreSQL $PG_VERSIONS, model $MODEL_NAME in $MODELS"
+log "ready: extension installed for PostgreSQL $PG_VERSIONS, models $MODEL_NAME and $MODEL_NAME-int8 in $MODELS"
