@@ -1341,6 +1341,23 @@ fn graphs_that_cannot_be_quantised_are_refused() {
     );
     let e = refusal(&activations);
     assert!(e.contains("nothing to quantise"), "{e}");
+    // Control flow: a node with a subgraph attribute (If's then_branch), beside weights.
+    let branch = onnx_proto::AttributeProto {
+        name: Some("then_branch".into()),
+        r#type: Some(onnx_proto::attribute_type::GRAPH),
+        ..Default::default()
+    };
+    let control_flow = small_model(
+        vec![
+            node("If", &["X"], "B", vec![branch]),
+            node("MatMul", &["X", "W"], "Y", vec![]),
+        ],
+        vec![float_tensor("W", &[4, 4], &[0.5; 16])],
+        [4, 4],
+        [4, 4],
+    );
+    let e = refusal(&control_flow);
+    assert!(e.contains("subgraphs"), "{e}");
     // Quantised already.
     let dir = temp_dir("int8-twice");
     write_model(dir.path(), &TINY, &random_bert(&TINY, 35), Dtype::F32);
