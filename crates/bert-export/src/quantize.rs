@@ -185,7 +185,7 @@ pub enum Int8Scope {
 /// The rewrite being planned: new initializers, and the nodes that change.
 struct Plan<'a> {
     scope: Int8Scope,
-    initializers: HashMap<&'a str, TensorProto>,
+    initializers: HashMap<&'a str, &'a TensorProto>,
     /// Every name the graph uses, so that new ones do not collide.
     taken: HashSet<String>,
     added: Vec<TensorProto>,
@@ -222,6 +222,10 @@ impl Plan<'_> {
     /// The int8 weights and scales standing for float initializer `name`, `[K, N]` as a
     /// MatMul reads it (`transposed`: stored `[N, K]`, as a Gemm with transB reads it).
     fn int8_weights(&mut self, name: &str, transposed: bool) -> Option<(String, String)> {
+        let key = (name.to_string(), transposed);
+        if let Some((values, scales)) = self.quantized.get(&key) {
+            return Some((values.clone(), scales.clone()));
+        }
         let (dims, values) = float_values(self.initializers.get(name)?)?;
         let [rows, columns] = dims[..] else {
             return None;
@@ -238,10 +242,6 @@ impl Plan<'_> {
             (rows, columns, values)
         };
         self.released.insert(name.to_string());
-        let key = (name.to_string(), transposed);
-        if let Some((values, scales)) = self.quantized.get(&key) {
-            return Some((values.clone(), scales.clone()));
-        }
         let q = quantize_columns(&values, k, n);
         let suffix = if transposed { "_transposed" } else { "" };
         let values = self.add(
@@ -374,7 +374,7 @@ pub fn quantize_int8(onnx: &[u8], scope: Int8Scope) -> Result<Vec<u8>, ExportErr
             .collect(),
         initializers: initializers
             .iter()
-            .filter_map(|t| Some((t.name.as_deref()?, t.clone())))
+            .filter_map(|t| Some((t.name.as_deref()?, t)))
             .collect(),
         added: Vec::new(),
         quantized: HashMap::new(),
@@ -405,6 +405,7 @@ pub fn quantize_int8(onnx: &[u8], scope: Int8Scope) -> Result<Vec<u8>, ExportErr
 
     let mut new_graph = Vec::with_capacity(onnx.len() / 3);
     let mut replacements = replacements.into_iter();
+    let mut initializer_names = initializers.iter().map(|t| t.name.as_deref());
     for f in &graph {
         let keep = match f.number {
             field::GRAPH_NODE => match replacements.next().flatten() {
@@ -414,9 +415,9 @@ pub fn quantize_int8(onnx: &[u8], scope: Int8Scope) -> Result<Vec<u8>, ExportErr
                 }
                 None => true,
             },
-            field::GRAPH_INITIALIZER => TensorProto::decode(f.payload).map_or(true, |t| {
-                !dropped.contains(t.name.as_deref().unwrap_or_default())
-            }),
+            field::GRAPH_INITIALIZER => {
+                !dropped.contains(initializer_names.next().flatten().unwrap_or_default())
+            }
             field::GRAPH_INPUT | field::GRAPH_VALUE_INFO => ValueInfoProto::decode(f.payload)
                 .map_or(true, |v| {
                     !dropped.contains(v.name.as_deref().unwrap_or_default())
