@@ -1326,23 +1326,42 @@ fn import_model_quantizes_to_int8() {
     assert_eq!(int8.precision, semantic_encoder::Precision::Int8);
     assert_ne!(fp32.fingerprint, int8.fingerprint);
     let graph = |name: &str| std::fs::read(models.join(name).join("model.onnx")).unwrap();
-    let quantized = {
+    let (quantized, smoothed) = {
         use prost::Message;
         let model =
             semantic_bert_export::onnx_proto::ModelProto::decode(graph("minilm-int8").as_slice())
                 .unwrap();
         let nodes = model.graph.unwrap().node;
-        let op = semantic_bert_export::QUANTIZED_MATMUL;
-        nodes
-            .iter()
-            .filter(|n| n.op_type.as_deref() == Some(op))
-            .count()
+        let count = |op: &str| {
+            nodes
+                .iter()
+                .filter(|n| n.op_type.as_deref() == Some(op))
+                .count()
+        };
+        let fp32_muls = {
+            let model = semantic_bert_export::onnx_proto::ModelProto::decode(
+                graph("minilm-fp32").as_slice(),
+            )
+            .unwrap();
+            let nodes = model.graph.unwrap().node;
+            nodes
+                .iter()
+                .filter(|n| n.op_type.as_deref() == Some("Mul"))
+                .count()
+        };
+        (
+            count(semantic_bert_export::QUANTIZED_MATMUL),
+            count("Mul") - fp32_muls,
+        )
     };
     assert_eq!(
         quantized,
         6 * 6,
         "six weight matrices in each of six layers"
     );
+    // Query, key, value, attention output and feed-forward up: their inputs are smoothed with
+    // what the float graph measured at import; the feed-forward down-projection's are not.
+    assert_eq!(smoothed, 5 * 6, "smoothed inputs");
 
     let texts: Vec<String> = match reference_rows() {
         Some(rows) => rows.into_iter().map(|(text, _)| text).collect(),

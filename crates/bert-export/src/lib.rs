@@ -23,7 +23,8 @@ pub use family::{
 };
 pub use graph_io::{read_graph_io, GraphIo, GraphOutput};
 pub use quantize::{
-    quantize_columns, quantize_int8, Int8Scope, Int8Weights, ORT_DOMAIN, QUANTIZED_MATMUL,
+    activation_probe, quantize_columns, quantize_int8, InputRanges, Int8Scope, Int8Weights,
+    ORT_DOMAIN, QUANTIZED_MATMUL,
 };
 
 /// The little-endian elements of a safetensors tensor as float32, for the float types

@@ -20,7 +20,8 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use semantic_bert_export::onnx_proto::{self, ModelProto};
 use semantic_bert_export::{
-    export_onnx, quantize_int8, BertConfig, ExportError, Int8Scope, ORT_DOMAIN, QUANTIZED_MATMUL,
+    activation_probe, export_onnx, quantize_int8, BertConfig, ExportError, InputRanges, Int8Scope,
+    ORT_DOMAIN, QUANTIZED_MATMUL,
 };
 
 // ---------------------------------------------------------------- helpers --
@@ -1101,14 +1102,14 @@ fn int8_graphs_of_each_family_run_close_to_float() {
         write_model(dir.path(), cfg, &t, Dtype::F32);
         let float = export_onnx(dir.path()).unwrap();
         // Keeping the narrowing multiplications float leaves the FFN's down-projection.
-        let narrowing = quantize_int8(&float, Int8Scope::KeepNarrowingFloat).unwrap();
+        let narrowing = quantize_int8(&float, Int8Scope::KeepNarrowingFloat, &no_ranges()).unwrap();
         let graph = ModelProto::decode(narrowing.as_slice())
             .unwrap()
             .graph
             .unwrap();
         assert_eq!(count_ops(&graph, QUANTIZED_MATMUL), 5 * cfg.layers);
         assert_eq!(weight_matmuls(&graph), cfg.layers);
-        let int8 = quantize_int8(&float, Int8Scope::AllWeights).unwrap();
+        let int8 = quantize_int8(&float, Int8Scope::AllWeights, &no_ranges()).unwrap();
         let model = ModelProto::decode(int8.as_slice()).unwrap();
         assert!(model
             .opset_import
@@ -1289,9 +1290,9 @@ fn gemm_weights_and_bias_are_quantised_and_the_rest_kept_byte_for_byte() {
     float.extend_from_slice(&graph);
 
     // The Gemm narrows (8 inputs, 5 outputs): only AllWeights takes it.
-    let e = quantize_int8(&float, Int8Scope::KeepNarrowingFloat).unwrap_err();
+    let e = quantize_int8(&float, Int8Scope::KeepNarrowingFloat, &no_ranges()).unwrap_err();
     assert!(e.to_string().contains("nothing to quantise"), "{e}");
-    let int8 = quantize_int8(&float, Int8Scope::AllWeights).unwrap();
+    let int8 = quantize_int8(&float, Int8Scope::AllWeights, &no_ranges()).unwrap();
     assert!(int8.windows(annotation.len()).any(|w| w == annotation));
     let decoded = ModelProto::decode(int8.as_slice()).unwrap().graph.unwrap();
     let names: Vec<&str> = decoded
@@ -1325,9 +1326,114 @@ fn gemm_weights_and_bias_are_quantised_and_the_rest_kept_byte_for_byte() {
     }
 }
 
+fn no_ranges() -> InputRanges {
+    InputRanges::new()
+}
+
+/// The largest magnitude of each of the `width` features in `values` (rows of `width`).
+fn feature_ranges(values: &[f32], width: usize) -> Vec<f32> {
+    let mut ranges = vec![0f32; width];
+    for row in values.chunks_exact(width) {
+        for (r, v) in ranges.iter_mut().zip(row) {
+            *r = r.max(v.abs());
+        }
+    }
+    ranges
+}
+
+#[test]
+fn inputs_with_an_outlying_feature_are_smoothed() {
+    // Y = (X + B) W, where feature 0 of X + B is about 40 times the others: one scale for
+    // the whole input leaves the other features a few levels each, unless smoothed.
+    let (rows, k, n) = (40, 16, 16);
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut draw = |count: usize, scale: f32| -> Vec<f32> {
+        (0..count)
+            .map(|_| scale * rng.random_range(-1.0f32..1.0))
+            .collect()
+    };
+    let w = draw(k * n, 0.5);
+    let mut b = vec![0f32; k];
+    b[0] = 40.0;
+    let float = small_model(
+        vec![
+            node("Add", &["X", "B"], "H", vec![]),
+            node("MatMul", &["H", "W"], "Y", vec![]),
+        ],
+        vec![
+            float_tensor("B", &[k as i64], &b),
+            float_tensor("W", &[k as i64, n as i64], &w),
+        ],
+        [rows as i64, k as i64],
+        [rows as i64, n as i64],
+    );
+    let (calibration, check) = (draw(rows * k, 1.0), draw(rows * k, 1.0));
+
+    // The probe graph gives out the MatMul's input, which the caller measures.
+    let (probe, names) = activation_probe(&float).unwrap();
+    assert_eq!(names, ["H"]);
+    let mut s = session(&probe);
+    let outputs = s
+        .run(ort::inputs!["X" => Tensor::from_array(([rows as i64, k as i64], calibration.clone())).unwrap()])
+        .unwrap();
+    let (_, h) = outputs["H"].try_extract_tensor::<f32>().unwrap();
+    let ranges: InputRanges = [("H".to_string(), feature_ranges(h, k))].into();
+    assert!(
+        ranges["H"][0] > 39.0 && ranges["H"][1] <= 1.0,
+        "{:?}",
+        ranges["H"]
+    );
+    drop(outputs);
+
+    let smoothed = quantize_int8(&float, Int8Scope::AllWeights, &ranges).unwrap();
+    let graph = ModelProto::decode(smoothed.as_slice())
+        .unwrap()
+        .graph
+        .unwrap();
+    assert_eq!(count_ops(&graph, "Mul"), 1);
+    assert_eq!(count_ops(&graph, QUANTIZED_MATMUL), 1);
+    let plain = quantize_int8(&float, Int8Scope::AllWeights, &no_ranges()).unwrap();
+    assert_eq!(
+        count_ops(
+            &ModelProto::decode(plain.as_slice()).unwrap().graph.unwrap(),
+            "Mul"
+        ),
+        0
+    );
+
+    // On rows the ranges were not measured on: the same product as float, with a smaller
+    // error than without smoothing.
+    let y_of = |model: &[u8]| -> Vec<f32> {
+        let mut s = session(model);
+        let outputs = s
+            .run(ort::inputs!["X" => Tensor::from_array(([rows as i64, k as i64], check.clone())).unwrap()])
+            .unwrap();
+        outputs["Y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+    };
+    let exact = y_of(&float);
+    let error = |model: &[u8]| -> f64 {
+        y_of(model)
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / exact
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt()
+    };
+    let (smoothed_error, plain_error) = (error(&smoothed), error(&plain));
+    assert!(
+        smoothed_error < plain_error / 2.0 && smoothed_error < 0.01,
+        "relative error smoothed {smoothed_error}, plain {plain_error}"
+    );
+}
+
 #[test]
 fn graphs_that_cannot_be_quantised_are_refused() {
-    let refusal = |onnx: &[u8]| match quantize_int8(onnx, Int8Scope::AllWeights) {
+    let refusal = |onnx: &[u8]| match quantize_int8(onnx, Int8Scope::AllWeights, &no_ranges()) {
         Ok(_) => panic!("quantised"),
         Err(e) => e.to_string(),
     };
@@ -1361,7 +1467,12 @@ fn graphs_that_cannot_be_quantised_are_refused() {
     // Quantised already.
     let dir = temp_dir("int8-twice");
     write_model(dir.path(), &TINY, &random_bert(&TINY, 35), Dtype::F32);
-    let once = quantize_int8(&export_onnx(dir.path()).unwrap(), Int8Scope::AllWeights).unwrap();
+    let once = quantize_int8(
+        &export_onnx(dir.path()).unwrap(),
+        Int8Scope::AllWeights,
+        &no_ranges(),
+    )
+    .unwrap();
     let e = refusal(&once);
     assert!(
         e.contains("quantised already") && e.contains(QUANTIZED_MATMUL),

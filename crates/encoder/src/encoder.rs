@@ -1,10 +1,12 @@
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use ort::ep::{ExecutionProvider as _, CPU, CUDA};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::{RunOptions, Session};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::Tensor;
 use tokenizers::{Tokenizer, TruncationParams};
 
@@ -393,7 +395,61 @@ impl Encoder {
         Ok(out)
     }
 
-    fn run_batch(&mut self, rows: &[&[u32]], last: bool) -> Result<Vec<Vec<f32>>, EncoderError> {
+    /// The largest magnitude each feature of the graph's tensors `names` reaches on `texts`
+    /// (passages, one at a time), by name: what int8 quantisation smooths with (see
+    /// `semantic_bert_export::activation_probe`, which writes a graph that gives them out).
+    pub fn input_ranges<S: AsRef<str>>(
+        &mut self,
+        texts: &[S],
+        names: &[String],
+    ) -> Result<HashMap<String, Vec<f32>>, EncoderError> {
+        let failed = |e: ort::Error| EncoderError::Inference(e.to_string());
+        let mut ranges: HashMap<String, Vec<f32>> = HashMap::new();
+        for text in texts {
+            let ids = self.tokenize(text.as_ref(), TextKind::Passage)?;
+            let (inputs, _, _) = self.batch_inputs(&[&ids])?;
+            let outputs = self
+                .session
+                .run_with_options(inputs, &self.shrink_arena)
+                .map_err(failed)?;
+            for name in names {
+                let value = outputs.get(name.as_str()).ok_or_else(|| {
+                    EncoderError::Inference(format!("the graph gives out no tensor {name}"))
+                })?;
+                let (shape, values) = value.try_extract_tensor::<f32>().map_err(failed)?;
+                let width = shape.last().map_or(1, |&d| d.max(1) as usize);
+                let range = ranges
+                    .entry(name.clone())
+                    .or_insert_with(|| vec![0.0; width]);
+                if range.len() != width {
+                    return Err(EncoderError::Inference(format!(
+                        "tensor {name} changed width between texts"
+                    )));
+                }
+                for row in values.chunks_exact(width) {
+                    for (r, v) in range.iter_mut().zip(row) {
+                        *r = r.max(v.abs());
+                    }
+                }
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// The graph's inputs for `rows` of token ids, padded to the longest, with the attention
+    /// mask and the padded length.
+    #[allow(clippy::type_complexity)]
+    fn batch_inputs(
+        &self,
+        rows: &[&[u32]],
+    ) -> Result<
+        (
+            Vec<(Cow<'static, str>, SessionInputValue<'static>)>,
+            Vec<i64>,
+            usize,
+        ),
+        EncoderError,
+    > {
         let batch = rows.len();
         let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
         let mut input_ids = vec![self.pad_id; batch * seq];
@@ -415,6 +471,13 @@ impl Encoder {
                 Tensor::from_array((shape, vec![0i64; batch * seq])).map_err(failed)?;
             inputs.push(("token_type_ids".into(), token_types.into()));
         }
+        Ok((inputs, mask, seq))
+    }
+
+    fn run_batch(&mut self, rows: &[&[u32]], last: bool) -> Result<Vec<Vec<f32>>, EncoderError> {
+        let batch = rows.len();
+        let (inputs, mask, seq) = self.batch_inputs(rows)?;
+        let failed = |e: ort::Error| EncoderError::Inference(e.to_string());
         let run_options = if last {
             &self.shrink_arena
         } else {
