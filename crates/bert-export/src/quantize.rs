@@ -6,8 +6,8 @@
 //! Runtime's CPU library (VNNI and AMX where the CPU has them). Everything else stays float.
 //!
 //! One scale for a whole input is what the operator offers, and in some models a few features
-//! of an input reach values far above the rest (the activations of the feed-forward layers of
-//! all-mpnet-base-v2), which leaves the others a few levels each. Given each input feature's
+//! of an input reach values far above the rest (in all-mpnet-base-v2, those of the normalised
+//! hidden states that feed the feed-forward layers), which leaves the others a few levels each. Given each input feature's
 //! largest magnitude on sample texts ([`activation_probe`] writes the graph that measures
 //! them), the inputs are smoothed first (SmoothQuant, Xiao et al. 2022, with alpha 0.5): feature
 //! `j` is divided by `s_j = sqrt(a_j / w_j)` (`a_j` its largest magnitude, `w_j` that of the
@@ -205,7 +205,7 @@ struct WeightProduct<'n> {
     transposed: bool,
     inputs: usize,
     columns: usize,
-    /// A Gemm's bias, scaled by its beta.
+    /// A Gemm's bias and the beta it is scaled by.
     bias: Option<(&'n str, f32)>,
 }
 
