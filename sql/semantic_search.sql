@@ -1,6 +1,8 @@
 -- The distance operators and semantic_search(), included in the extension's install script
 -- (src/search.rs: extension_sql_file!). real[] has pgvector's four, with pgvector's meanings.
 CREATE OPERATOR <=> (LEFTARG = text, RIGHTARG = text, PROCEDURE = semantic_text_distance);
+CREATE OPERATOR <=> (LEFTARG = text, RIGHTARG = real[], PROCEDURE = semantic_text_vector_distance);
+COMMENT ON OPERATOR <=> (text, real[]) IS 'cosine distance of the text''s embedding to a query vector';
 CREATE OPERATOR <=> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_distance, COMMUTATOR = <=>);
 CREATE OPERATOR <-> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_l2_distance, COMMUTATOR = <->);
 CREATE OPERATOR <#> (LEFTARG = real[], RIGHTARG = real[], PROCEDURE = semantic_vector_negative_inner_product, COMMUTATOR = <#>);

@@ -7,8 +7,9 @@ use pgrx::PgSqlErrorCode;
 use semantic_encoder::TextKind;
 use semantic_index::IndexMetric;
 
+use crate::am::ordered::QueryRef;
 use crate::am::scan::returned_row_distance;
-use crate::am::vectors::array_vector;
+use crate::am::vectors::{array_vector, check_finite};
 use crate::errors::raise;
 use crate::gucs;
 use crate::models::embed_text;
@@ -42,14 +43,45 @@ fn semantic_text_distance(document: &str, query: &str) -> f64 {
     // On a row a faiss index scan just returned (PostgreSQL evaluates the ORDER BY expression
     // again for it), the index's own distance: no embedding of the row, and the same value the
     // rows were ordered by.
-    if let Some(distance) =
-        returned_row_distance(semantic_index::records::text_hash(document), query)
-    {
+    if let Some(distance) = returned_row_distance(
+        semantic_index::records::text_hash(document),
+        QueryRef::Text(query),
+    ) {
         return distance;
     }
     let model = gucs::default_model();
     let q = embed_query(&model, query);
     let d = embed_text(&model, document, TextKind::Passage).vector;
+    1.0 - semantic_encoder::cosine_similarity(&d, &q)
+}
+
+/// `document <=> query` for a text and a query vector the caller embedded (with
+/// `embed(query, model)`, or kept from an earlier search): the cosine distance of the
+/// document's embedding under `semantic.default_model` to it. A faiss index on the column
+/// answers the same ORDER BY with its own model and metric, embedding nothing.
+#[pg_extern(stable, parallel_safe, cost = 10000)]
+fn semantic_text_vector_distance(document: &str, query: Array<f32>) -> f64 {
+    let q = array_vector(query);
+    check_finite(&q);
+    if let Some(distance) = returned_row_distance(
+        semantic_index::records::text_hash(document),
+        QueryRef::Vector(&q),
+    ) {
+        return distance;
+    }
+    let model = gucs::default_model();
+    let d = embed_text(&model, document, TextKind::Passage).vector;
+    if d.len() != q.len() {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!(
+                "model \"{model}\" (semantic.default_model) gives {}-dimensional vectors, and the query vector has {} dimensions",
+                d.len(),
+                q.len()
+            ),
+            Some("Embed the query with the same model, or search through a faiss index on the column (it uses its own model)."),
+        );
+    }
     1.0 - semantic_encoder::cosine_similarity(&d, &q)
 }
 
@@ -122,6 +154,7 @@ extension_sql_file!(
     name = "semantic_operators",
     requires = [
         semantic_text_distance,
+        semantic_text_vector_distance,
         semantic_vector_cosine_distance,
         semantic_vector_l2_distance,
         semantic_vector_negative_inner_product,

@@ -94,7 +94,8 @@ pub unsafe extern "C-unwind" fn amvalidate(_opclass: pg_sys::Oid) -> bool {
 extension_sql!(
     "
 CREATE OPERATOR CLASS faiss_text_ops DEFAULT FOR TYPE text USING faiss AS
-    OPERATOR 1 <=> (text, text) FOR ORDER BY float_ops;
+    OPERATOR 1 <=> (text, text) FOR ORDER BY float_ops,
+    OPERATOR 2 <=> (text, real[]) FOR ORDER BY float_ops;
 CREATE OPERATOR CLASS faiss_real_ops DEFAULT FOR TYPE real[] USING faiss AS
     OPERATOR 1 <=> (real[], real[]) FOR ORDER BY float_ops,
     OPERATOR 2 <-> (real[], real[]) FOR ORDER BY float_ops,

@@ -101,6 +101,11 @@ pub unsafe fn vector_metric(index: pg_sys::Relation, option: Option<IndexMetric>
     metric
 }
 
+/// The strategy of `text <=> real[]` in faiss_text_ops: a query vector the caller embedded
+/// (with `embed(query, model)`, or kept from an earlier search) against a text index, which
+/// then embeds nothing (`text <=> text` is strategy 1).
+pub const TEXT_BY_VECTOR_STRATEGY: u16 = 2;
+
 /// Whether an index with `meta` and operator class `class` ranks in the order of the ORDER BY
 /// operator of `strategy`.
 pub fn serves(meta: &Meta, class: &OperatorClass, strategy: u16) -> bool {

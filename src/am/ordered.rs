@@ -93,10 +93,37 @@ pub struct Candidate {
     pub text_hash: Option<u64>,
 }
 
+/// The query of a scan of a text column: a text, or a vector given for it (`text <=> real[]`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Query {
+    Text(String),
+    Vector(Vec<f32>),
+}
+
+/// A [`Query`] as an operator receives it.
+#[derive(Clone, Copy, Debug)]
+pub enum QueryRef<'a> {
+    Text(&'a str),
+    Vector(&'a [f32]),
+}
+
+impl Query {
+    fn is(&self, other: QueryRef) -> bool {
+        match (self, other) {
+            (Query::Text(a), QueryRef::Text(b)) => a == b,
+            // Bit for bit: the scan's own vector, not a close one.
+            (Query::Vector(a), QueryRef::Vector(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            _ => false,
+        }
+    }
+}
+
 struct ReturnedRow {
     scan: u64,
     by: OrderedBy,
-    query: String,
+    query: Query,
     text_hash: u64,
     distance: f64,
 }
@@ -108,11 +135,11 @@ thread_local! {
 
 /// The distance the last row returned by a scan of `by` had, when `text_hash` and `query` are
 /// that row's text and the scan's query.
-pub fn returned_row_distance(by: OrderedBy, text_hash: u64, query: &str) -> Option<f64> {
+pub fn returned_row_distance(by: OrderedBy, text_hash: u64, query: QueryRef) -> Option<f64> {
     RETURNED.with(|r| {
         r.borrow()
             .as_ref()
-            .filter(|r| r.by == by && r.text_hash == text_hash && r.query == query)
+            .filter(|r| r.by == by && r.text_hash == text_hash && r.query.is(query))
             .map(|r| r.distance)
     })
 }
@@ -122,8 +149,8 @@ pub struct RowQueue {
     /// Tells this scan's returned row from another scan's.
     scan: u64,
     by: OrderedBy,
-    /// Text queries: the query, for [`returned_row_distance`].
-    query_text: Option<String>,
+    /// Scans of text columns: the query, for [`returned_row_distance`].
+    query: Option<Query>,
     pending: VecDeque<Candidate>,
     returned: HashSet<i64>,
     /// Whether emitted rows go to `returned` (see [`RowQueue::stop_recording`]).
@@ -139,7 +166,7 @@ impl RowQueue {
         RowQueue {
             scan,
             by,
-            query_text: None,
+            query: None,
             pending: VecDeque::new(),
             returned: HashSet::new(),
             recording: true,
@@ -147,11 +174,11 @@ impl RowQueue {
     }
 
     /// Starts over for a new query (amrescan).
-    pub fn restart(&mut self, query_text: Option<String>) {
+    pub fn restart(&mut self, query: Option<Query>) {
         self.pending.clear();
         self.returned.clear();
         self.recording = true;
-        self.query_text = query_text;
+        self.query = query;
         self.release_returned();
     }
 
@@ -192,7 +219,7 @@ impl RowQueue {
                 *(*scan).xs_orderbyvals = candidate.distance.into_datum().expect("a float8");
                 *(*scan).xs_orderbynulls = false;
             }
-            let returned = match (&self.query_text, candidate.text_hash) {
+            let returned = match (&self.query, candidate.text_hash) {
                 (Some(query), Some(text_hash)) => Some(ReturnedRow {
                     scan: self.scan,
                     by: self.by,

@@ -19,10 +19,10 @@ use semantic_index::tail::TailVectors;
 use semantic_index::{best_per_id, tid_to_id, SearchParams};
 
 use super::appended::AppendedCaches;
-use super::operators::check_serves;
-use super::ordered::{self, retry_while_changing, Candidate, OrderedBy, Rescan, RowQueue};
+use super::operators::{check_serves, TEXT_BY_VECTOR_STRATEGY};
+use super::ordered::{self, retry_while_changing, Candidate, OrderedBy, Query, Rescan, RowQueue};
 use super::storage::{read_meta, read_records_from};
-use super::vectors::{datum_text, query_vector};
+use super::vectors::{datum_text, given_query_vector, query_vector};
 use crate::errors::raise;
 use crate::gucs;
 
@@ -36,7 +36,7 @@ struct ScanState {
 
 /// The index distance of the row a faiss scan just returned, when `text_hash`/`query` are
 /// that row's text and the scan's query.
-pub fn returned_row_distance(text_hash: u64, query: &str) -> Option<f64> {
+pub fn returned_row_distance(text_hash: u64, query: ordered::QueryRef) -> Option<f64> {
     ordered::returned_row_distance(OrderedBy::Vector, text_hash, query)
 }
 
@@ -104,11 +104,17 @@ pub unsafe extern "C-unwind" fn amrescan(
         };
         let index = (*scan).indexRelation;
         let meta = read_meta(index);
-        if meta.kind == ColumnKind::Text {
-            state.queue.restart(Some(datum_text(argument)));
-        }
         check_serves(&meta, index, strategy);
-        state.query = Some(query_vector(&meta, index, argument));
+        state.query = Some(if meta.kind != ColumnKind::Text {
+            query_vector(&meta, index, argument)
+        } else if strategy == TEXT_BY_VECTOR_STRATEGY {
+            let (given, prepared) = given_query_vector(&meta, index, argument);
+            state.queue.restart(Some(Query::Vector(given)));
+            prepared
+        } else {
+            state.queue.restart(Some(Query::Text(datum_text(argument))));
+            query_vector(&meta, index, argument)
+        });
         state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
         state.exhausted = false;
     }

@@ -136,7 +136,7 @@ impl VectorType {
     }
 }
 
-fn check_finite(v: &[f32]) {
+pub fn check_finite(v: &[f32]) {
     if v.iter().any(|x| !x.is_finite()) {
         raise(
             PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
@@ -164,6 +164,42 @@ pub fn prepare(meta: &Meta, mut v: Vec<f32>) -> Vec<f32> {
         l2_normalize(&mut v);
     }
     v
+}
+
+/// The query vector of `text <=> real[]` on a text index, as given (what the operator compares
+/// with the scan's) and prepared for searching: it must have the dimension of the index's
+/// model, and is normalised as the index's metric wants.
+///
+/// # Safety
+/// `datum` is a non-null real[] value and `index` the open index of `meta`.
+pub unsafe fn given_query_vector(
+    meta: &Meta,
+    index: pg_sys::Relation,
+    datum: pg_sys::Datum,
+) -> (Vec<f32>, Vec<f32>) {
+    // SAFETY: the caller's contract.
+    let given = unsafe {
+        array_vector(pgrx::Array::<f32>::from_datum(datum, false).expect("a non-null real[]"))
+    };
+    if meta.dim != 0 && given.len() != meta.dim as usize {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!(
+                "faiss index \"{}\" holds {}-dimensional vectors of model \"{}\", and the query vector has {} dimensions",
+                // SAFETY: the caller's open index.
+                unsafe { relation_name(index) },
+                meta.dim,
+                meta.model,
+                given.len()
+            ),
+            Some(&format!(
+                "Embed the query with the index's model: embed(query, '{}').",
+                meta.model
+            )),
+        );
+    }
+    let prepared = prepare(meta, given.clone());
+    (given, prepared)
 }
 
 /// Fails unless the model installed under the index's model name is the one it was built with.

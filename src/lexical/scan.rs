@@ -46,7 +46,7 @@ struct ScanState {
 /// The distance (minus the BM25 score) of the row a bm25 scan just returned, when `text_hash`
 /// and `query` are that row's text and the scan's query.
 pub fn returned_row_distance(text_hash: u64, query: &str) -> Option<f64> {
-    ordered::returned_row_distance(OrderedBy::Bm25, text_hash, query)
+    ordered::returned_row_distance(OrderedBy::Bm25, text_hash, ordered::QueryRef::Text(query))
 }
 
 #[pg_guard]
@@ -103,7 +103,9 @@ pub unsafe extern "C-unwind" fn amrescan(
         // A query of stop words only (or no words) matches nothing: every row is at distance 0.
         state.exhausted = terms.is_empty();
         state.rest_pending = true;
-        state.queue.restart(Some(text.clone()));
+        state
+            .queue
+            .restart(Some(ordered::Query::Text(text.clone())));
         state.query = Some((text, terms));
         state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
     }

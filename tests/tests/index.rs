@@ -731,6 +731,99 @@ fn long_texts_as_the_mean_of_their_windows() {
     }
 }
 
+/// `text <=> real[]`: a query vector the caller embedded searches a text index as the query
+/// text does (same rows, same distances), and the index embeds nothing for it; without the
+/// index, the operator embeds the rows with the default model; a vector of another dimension
+/// is refused, with or without the index.
+#[test]
+fn a_query_vector_searches_a_text_index_without_embedding() {
+    let (cluster, mut c) = setup("query_vector");
+    load_demo(&mut c);
+    c.batch_execute("CREATE INDEX movies_plot ON movies USING faiss (plot)")
+        .unwrap();
+    let vectors: Vec<Vec<f32>> = QUERIES
+        .iter()
+        .map(|q| c.query_one("SELECT embed($1)", &[q]).unwrap().get(0))
+        .collect();
+    let top = |client: &mut Client, sql: &str, query: &(dyn postgres::types::ToSql + Sync)| {
+        client
+            .query(sql, &[query])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, f64>(1)))
+            .collect::<Vec<_>>()
+    };
+    let sql = "SELECT id, plot <=> $1 FROM movies ORDER BY plot <=> $1 LIMIT 5";
+    // An untyped parameter is taken as text (the operator of text and text matches exactly).
+    let sql_vector =
+        "SELECT id, plot <=> $1::real[] FROM movies ORDER BY plot <=> $1::real[] LIMIT 5";
+
+    // A new session that searches with vectors only.
+    let mut fresh = cluster.connect();
+    fresh.batch_execute("SET enable_seqscan = off").unwrap();
+    uses_index(
+        &mut fresh,
+        "SELECT id FROM movies ORDER BY plot <=> '{0.1,0.2}'::real[] LIMIT 5",
+        "movies_plot",
+    );
+    let by_vector: Vec<_> = vectors
+        .iter()
+        .map(|v| top(&mut fresh, sql_vector, v))
+        .collect();
+    let loaded = "SELECT loaded FROM semantic_models() WHERE name = current_setting('semantic.default_model')";
+    let embedded: bool = fresh.query_one(loaded, &[]).unwrap().get(0);
+    assert!(!embedded, "the vector searches loaded the model");
+
+    for ((query, v), found) in QUERIES.iter().zip(&vectors).zip(&by_vector) {
+        let by_text = top(&mut fresh, sql, query);
+        assert_eq!(found.len(), 5);
+        assert_eq!(
+            found.iter().map(|r| r.0).collect::<Vec<_>>(),
+            by_text.iter().map(|r| r.0).collect::<Vec<_>>(),
+            "{query}"
+        );
+        for (a, b) in found.iter().zip(&by_text) {
+            assert!((a.1 - b.1).abs() < 1e-5, "{query}: {} vs {}", a.1, b.1);
+        }
+        // Without the index the rows are embedded by the operator: the same order.
+        c.batch_execute("SET enable_indexscan = off").unwrap();
+        let unindexed = top(&mut c, sql_vector, v);
+        c.batch_execute("RESET enable_indexscan").unwrap();
+        assert_eq!(
+            unindexed.iter().map(|r| r.0).collect::<Vec<_>>(),
+            found.iter().map(|r| r.0).collect::<Vec<_>>(),
+            "{query}: without the index"
+        );
+        for (a, b) in unindexed.iter().zip(found) {
+            assert!((a.1 - b.1).abs() < 1e-5, "{query}: {} vs {}", a.1, b.1);
+        }
+    }
+    // The text searches did embed: the check above can see it.
+    let embedded: bool = fresh.query_one(loaded, &[]).unwrap().get(0);
+    assert!(embedded);
+
+    let wrong = "SELECT id FROM movies ORDER BY plot <=> '{0.1,0.2,0.3}'::real[] LIMIT 5";
+    expect_error(
+        &mut fresh,
+        wrong,
+        &SqlState::DATA_EXCEPTION,
+        "the query vector has 3 dimensions",
+    );
+    c.batch_execute("SET enable_indexscan = off").unwrap();
+    expect_error(
+        &mut c,
+        wrong,
+        &SqlState::DATA_EXCEPTION,
+        "the query vector has 3 dimensions",
+    );
+    expect_error(
+        &mut c,
+        "SELECT plot <=> '{1,NaN}'::real[] FROM movies LIMIT 1",
+        &SqlState::DATA_EXCEPTION,
+        "NaN",
+    );
+}
+
 #[test]
 fn semantic_search_checks_privileges_and_row_security() {
     let (cluster, mut client) = setup("index_privileges");
