@@ -44,6 +44,7 @@ DECLARE
     depth integer;
     semantic_list text;
     lexical_list text;
+    query_vector real[];
     seqscan text := current_setting('enable_seqscan');
 BEGIN
     IF query IS NULL OR k IS NULL THEN
@@ -167,6 +168,9 @@ BEGIN
     END IF;
     IF mode <> 'lexical' THEN
         SELECT i.metric INTO metric FROM semantic_index_info(idx) i;
+        -- The query is embedded here, once, and searched for as a vector: a distributed table
+        -- (Citus) passes the vector to every shard instead of each shard embedding the text.
+        query_vector := semantic_query_vector(idx, query);
     END IF;
     -- The ranking must come from the indexes (the model, metric and chunks of the faiss index,
     -- the corpus statistics of the bm25 one), never from a sequential scan: for this one query,
@@ -177,8 +181,8 @@ BEGIN
     -- the rows that hold a query term (the others follow its matches at distance 0).
     semantic_list := format(
         'SELECT s.ctid, row_number() OVER () AS r, %s AS sc, s.r AS j FROM ('
-        '  SELECT t.ctid, (%s) <=> $1 AS d, to_jsonb(t) AS r'
-        '  FROM %s t ORDER BY (%s) <=> $1 LIMIT $3) s',
+        '  SELECT t.ctid, (%s) <=> $8 AS d, to_jsonb(t) AS r'
+        '  FROM %s t ORDER BY (%s) <=> $8 LIMIT $3) s',
         format('semantic_distance_score(%L, s.d)', metric), expr, tbl, expr);
     lexical_list := format(
         'SELECT s.ctid, row_number() OVER () AS r, -s.d AS sc, s.r AS j FROM ('
@@ -188,7 +192,8 @@ BEGIN
     IF mode <> 'hybrid' THEN
         RETURN QUERY EXECUTE format('SELECT l.r, l.sc, l.ctid, l.j FROM (%s) l',
             CASE mode WHEN 'semantic' THEN semantic_list ELSE lexical_list END)
-        USING query, k, depth;
+        USING query, k, depth, fusion, semantic_weight, lexical_weight, rrf_k::double precision,
+            query_vector;
     ELSE
         RETURN QUERY EXECUTE format(
             'WITH sem AS (%s), lex AS (%s),'
@@ -208,7 +213,8 @@ BEGIN
             ' SELECT row_number() OVER (ORDER BY f.score DESC, f.ctid), f.score::double precision, f.ctid, f.j'
             ' FROM fused f ORDER BY f.score DESC, f.ctid LIMIT $2',
             semantic_list, lexical_list)
-        USING query, k, depth, fusion, semantic_weight, lexical_weight, rrf_k::double precision;
+        USING query, k, depth, fusion, semantic_weight, lexical_weight, rrf_k::double precision,
+            query_vector;
     END IF;
     PERFORM set_config('enable_seqscan', seqscan, true);
 END

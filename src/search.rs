@@ -5,11 +5,14 @@ use std::cell::RefCell;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use semantic_encoder::TextKind;
+use semantic_index::layout::ColumnKind;
 use semantic_index::IndexMetric;
 
 use crate::am::ordered::QueryRef;
 use crate::am::scan::returned_row_distance;
-use crate::am::vectors::{array_vector, check_finite};
+use crate::am::storage::read_meta;
+use crate::am::vectors::{array_vector, check_finite, text_query_vector};
+use crate::am::IndexKind;
 use crate::errors::raise;
 use crate::gucs;
 use crate::models::embed_text;
@@ -53,6 +56,31 @@ fn semantic_text_distance(document: &str, query: &str) -> f64 {
     let q = embed_query(&model, query);
     let d = embed_text(&model, document, TextKind::Passage).vector;
     1.0 - semantic_encoder::cosine_similarity(&d, &q)
+}
+
+/// The vector a faiss index on text searches for `query`: the query embedded by the index's
+/// model as a query (with the model's query prefix), the model checked against the one the
+/// index was built with. `col <=> semantic_query_vector('idx', 'q')` finds what `col <=> 'q'`
+/// finds, and the vector can be kept and searched with again, or embedded once for many
+/// searches (semantic_search does so for every shard of a distributed table).
+#[pg_extern(stable, parallel_safe, strict)]
+fn semantic_query_vector(index: pgrx::PgRelation, query: &str) -> Vec<f32> {
+    // SAFETY: pgrx opened the index for the call.
+    unsafe {
+        IndexKind::expect(&index, &[IndexKind::Faiss]);
+        let meta = read_meta(index.as_ptr());
+        if meta.kind != ColumnKind::Text {
+            raise(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!(
+                    "faiss index \"{}\" is on a vector column: its queries are vectors already",
+                    index.name()
+                ),
+                None,
+            );
+        }
+        text_query_vector(&meta, index.as_ptr(), query)
+    }
 }
 
 /// `document <=> query` for a text and a query vector the caller embedded (with
@@ -155,6 +183,7 @@ extension_sql_file!(
     requires = [
         semantic_text_distance,
         semantic_text_vector_distance,
+        semantic_query_vector,
         semantic_vector_cosine_distance,
         semantic_vector_l2_distance,
         semantic_vector_negative_inner_product,

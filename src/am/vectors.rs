@@ -272,17 +272,24 @@ pub fn embed_passages(
 pub unsafe fn query_vector(meta: &Meta, index: pg_sys::Relation, datum: pg_sys::Datum) -> Vec<f32> {
     // SAFETY: `datum` is a non-null query of the index column's type (the caller's contract).
     unsafe {
-        let index_name = relation_name(index);
         match meta.kind {
-            ColumnKind::Text => {
-                let text = datum_text(datum);
-                let embedding = embed_text(&meta.model, &text, TextKind::Query);
-                if let Err(e) = check_fingerprint(meta, &index_name, &embedding.fingerprint) {
-                    crate::errors::raise_encoder_error(e);
-                }
-                prepare(meta, embedding.vector)
-            }
+            ColumnKind::Text => prepare(meta, text_query_vector(meta, index, &datum_text(datum))),
             ColumnKind::Vector => prepare(meta, column_vector(index, datum)),
         }
     }
+}
+
+/// `text` embedded as a query by the model of `index`, a faiss index on text with `meta`,
+/// which must still be the model the index was built with.
+///
+/// # Safety
+/// `index` is the open index of `meta`.
+pub unsafe fn text_query_vector(meta: &Meta, index: pg_sys::Relation, text: &str) -> Vec<f32> {
+    let embedding = embed_text(&meta.model, text, TextKind::Query);
+    // SAFETY: the caller's open index.
+    let index_name = unsafe { relation_name(index) };
+    if let Err(e) = check_fingerprint(meta, &index_name, &embedding.fingerprint) {
+        crate::errors::raise_encoder_error(e);
+    }
+    embedding.vector
 }

@@ -733,8 +733,9 @@ fn long_texts_as_the_mean_of_their_windows() {
 
 /// `text <=> real[]`: a query vector the caller embedded searches a text index as the query
 /// text does (same rows, same distances), and the index embeds nothing for it; without the
-/// index, the operator embeds the rows with the default model; a vector of another dimension
-/// is refused, with or without the index.
+/// index, the operator embeds the rows with the default model; semantic_query_vector gives the
+/// vector the index searches for a text, and semantic_search, which searches with it, ranks as
+/// before; a vector of another dimension is refused, with or without the index.
 #[test]
 fn a_query_vector_searches_a_text_index_without_embedding() {
     let (cluster, mut c) = setup("query_vector");
@@ -801,6 +802,63 @@ fn a_query_vector_searches_a_text_index_without_embedding() {
     // The text searches did embed: the check above can see it.
     let embedded: bool = fresh.query_one(loaded, &[]).unwrap().get(0);
     assert!(embedded);
+
+    // semantic_query_vector embeds a query as the index does (the model's query prefix, the
+    // model checked): here the same vector as embed(), this model having no prefixes.
+    for (query, v) in QUERIES.iter().zip(&vectors) {
+        let own: Vec<f32> = c
+            .query_one("SELECT semantic_query_vector('movies_plot', $1)", &[query])
+            .unwrap()
+            .get(0);
+        assert_eq!(own.len(), v.len());
+        assert!(
+            own.iter().zip(v).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{query}"
+        );
+        // semantic_search searches with it: the text query's rows and distances.
+        let searched: Vec<(i32, f64)> = c
+            .query(
+                "SELECT (row->>'id')::int, score FROM semantic_search($1, 5, 'movies_plot')",
+                &[query],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let by_text = top(&mut fresh, sql, query);
+        assert_eq!(
+            searched.iter().map(|r| r.0).collect::<Vec<_>>(),
+            by_text.iter().map(|r| r.0).collect::<Vec<_>>(),
+            "{query}: semantic_search"
+        );
+        for (a, b) in searched.iter().zip(&by_text) {
+            assert!(
+                (a.1 - (1.0 - b.1)).abs() < 1e-5,
+                "{query}: score {} for distance {}",
+                a.1,
+                b.1
+            );
+        }
+    }
+    c.batch_execute(
+        "CREATE TABLE points (id int, vec real[]);
+         INSERT INTO points VALUES (1, '{1,0}'), (2, '{0,1}');
+         CREATE INDEX points_vec ON points USING faiss (vec);
+         CREATE INDEX movies_bm25 ON movies USING bm25 (plot);",
+    )
+    .unwrap();
+    expect_error(
+        &mut c,
+        "SELECT semantic_query_vector('points_vec', 'q')",
+        &SqlState::WRONG_OBJECT_TYPE,
+        "is on a vector column",
+    );
+    expect_error(
+        &mut c,
+        "SELECT semantic_query_vector('movies_bm25', 'q')",
+        &SqlState::WRONG_OBJECT_TYPE,
+        "is not a faiss index",
+    );
 
     let wrong = "SELECT id FROM movies ORDER BY plot <=> '{0.1,0.2,0.3}'::real[] LIMIT 5";
     expect_error(
