@@ -258,7 +258,9 @@ pub unsafe fn cut(rel: pg_sys::Relation) -> Cut {
 /// so a crash soon after could undo a rewrite whose snapshot file is already published.
 pub unsafe fn rewrite(rel: pg_sys::Relation, cut: Cut, dim: usize, new: Generation) -> Meta {
     let meta = chain::rewrite(&Index(rel), cut, dim, new).unwrap_or_else(|e| corrupted(e));
-    // SAFETY: flushes what this backend has inserted into the WAL so far.
-    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+    // SAFETY: flushes the WAL to the end of the last record this backend inserted. (Not to
+    // GetXLogInsertRecPtr(): on a WAL page boundary that names the next page's first record,
+    // not written yet, and XLogFlush fails with "xlog flush request ... is not satisfied".)
+    unsafe { pg_sys::XLogFlush(pg_sys::XactLastRecEnd) };
     meta
 }
