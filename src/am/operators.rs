@@ -102,7 +102,7 @@ pub unsafe fn vector_metric(index: pg_sys::Relation, option: Option<IndexMetric>
 }
 
 /// The strategy of `text <=> real[]` in faiss_text_ops: a query vector the caller embedded
-/// (with `embed(query, model)`, or kept from an earlier search) against a text index, which
+/// (with `semantic_query_vector`, or kept from an earlier search) against a text index, which
 /// then embeds nothing (`text <=> text` is strategy 1).
 pub const TEXT_BY_VECTOR_STRATEGY: u16 = 2;
 

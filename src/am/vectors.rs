@@ -192,10 +192,7 @@ pub unsafe fn given_query_vector(
                 meta.model,
                 given.len()
             ),
-            Some(&format!(
-                "Embed the query with the index's model: embed(query, '{}').",
-                meta.model
-            )),
+            Some("Embed the query as the index does: semantic_query_vector(index, query)."),
         );
     }
     let prepared = prepare(meta, given.clone());
