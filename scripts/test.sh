@@ -2,7 +2,8 @@
 # The test command (what CI runs): installs what is missing, then runs every test: the
 # Postgres-free crates' tests and the integration tests, which start their own clusters.
 # The full suite runs on PostgreSQL 15; the access-method, crash, replica, bad-input, upgrade
-# and pgvector suites run again on every other version in SEMANTIC_PG_VERSIONS (default "15 18").
+# and pgvector suites run again on every other version in SEMANTIC_PG_VERSIONS (default "15 18"),
+# and on those the Citus suite, with Citus built from source (scripts/citus.sh).
 # Arguments go to every cargo test run, e.g. `scripts/test.sh -- --test-threads 1`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,5 +39,18 @@ for v in $SEMANTIC_PG_VERSIONS; do
     SEMANTIC_TEST_PG_BINDIR="$ROOT/.semantic/postgres/$v/bin" \
       cargo test --release -p semantic-tests --test index --test lexical --test crash \
       --test reliability --test embed --test shared --test upgrade --test pgvector "$@"
+    # The Citus suite (issue 23), with Citus built from ../shared's source tarball where it is
+    # there; its tests then must run (SEMANTIC_TEST_CITUS=required), not skip.
+    pg_config="$ROOT/.semantic/postgres/$v/bin/pg_config"
+    if [ ! -f "$("$pg_config" --pkglibdir)/citus.so" ] && [ -f "$ROOT/../shared/vendor/citus-14.0.1.tar.gz" ]; then
+      PG_CONFIG="$pg_config" "$ROOT/scripts/citus.sh" build
+    fi
+    if [ -f "$("$pg_config" --pkglibdir)/citus.so" ]; then
+      log "PostgreSQL $v: the Citus suite"
+      SEMANTIC_TEST_CITUS=required SEMANTIC_TEST_PG_BINDIR="$ROOT/.semantic/postgres/$v/bin" \
+        cargo test --release -p semantic-tests --test citus "$@"
+    else
+      log "PostgreSQL $v: no Citus source (../shared/vendor/citus-14.0.1.tar.gz) or build: the Citus suite is skipped"
+    fi
   fi
 done

@@ -12,6 +12,23 @@ COMMENT ON OPERATOR <-> (real[], real[]) IS 'Euclidean distance';
 COMMENT ON OPERATOR <#> (real[], real[]) IS 'negative inner product';
 COMMENT ON OPERATOR <+> (real[], real[]) IS 'L1 (taxicab) distance';
 
+-- SET LOCAL, run from inside a query. Citus forwards a SET LOCAL to the shards only when it
+-- runs inside a function called by a query or in a transaction block (its test of "in a
+-- function" counts nested executors, and a PL/pgSQL statement of semantic_search itself is
+-- not one), so semantic_search sets its search settings through this.
+CREATE FUNCTION semantic_set_local(setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $function$
+BEGIN
+    IF setting !~ '^[A-Za-z_][A-Za-z0-9_.]*$' THEN
+        RAISE EXCEPTION 'invalid setting name "%"', setting USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('SET LOCAL %s = %L', setting, value);
+END
+$function$;
+COMMENT ON FUNCTION semantic_set_local(text, text) IS
+    'SET LOCAL setting = value from inside a query, which Citus (citus.propagate_set_commands = local) forwards to the shards';
+
 -- The index is taken by name and resolved here, under a lock on its table: an OID resolved
 -- by the caller (regclass) can name an index that a concurrent REINDEX CONCURRENTLY has
 -- already swapped out and dropped, while a name resolved with the table locked stays valid
@@ -22,11 +39,15 @@ COMMENT ON OPERATOR <+> (real[], real[]) IS 'L1 (taxicab) distance';
 -- both top lists (each 5 x k deep, at least 50) over the same column: reciprocal rank fusion
 -- (fusion 'rrf': weight / (rrf_k + rank) per side), or a convex combination of the two sides'
 -- scores, each min-max normalised over its list (fusion 'convex').
+--
+-- A row is told apart by (relation, row_id): the table, partition or Citus shard that holds it,
+-- and its ctid there. ctid alone repeats across partitions and across the shards of a
+-- distributed table, so the hybrid fusion joins on both.
 CREATE FUNCTION semantic_search(
     query text, k integer, index text DEFAULT NULL, mode text DEFAULT 'semantic',
     fusion text DEFAULT 'rrf', semantic_weight double precision DEFAULT 1,
     lexical_weight double precision DEFAULT 1, rrf_k integer DEFAULT 60)
-RETURNS TABLE (rank bigint, score double precision, row_id tid, "row" jsonb)
+RETURNS TABLE (rank bigint, score double precision, row_id tid, "row" jsonb, relation text)
 LANGUAGE plpgsql VOLATILE
 AS $function$
 DECLARE
@@ -46,6 +67,8 @@ DECLARE
     lexical_list text;
     query_vector real[];
     seqscan text := current_setting('enable_seqscan');
+    citus_propagation text := current_setting('citus.propagate_set_commands', true);
+    setting text;
 BEGIN
     IF query IS NULL OR k IS NULL THEN
         RETURN;
@@ -176,21 +199,34 @@ BEGIN
     -- the corpus statistics of the bm25 one), never from a sequential scan: for this one query,
     -- sequential scans are off.
     PERFORM set_config('enable_seqscan', 'off', true);
+    IF citus_propagation IS NOT NULL THEN
+        -- Citus forwards SET LOCAL commands to the shards it queries (with
+        -- propagate_set_commands 'local'), and no other setting: the session's search settings,
+        -- set again here as SET LOCAL, then govern every shard's search as they do one node's.
+        PERFORM set_config('citus.propagate_set_commands', 'local', true);
+        FOREACH setting IN ARRAY ARRAY['enable_seqscan', 'semantic.hnsw_ef_search', 'semantic.ivf_nprobe',
+                                      'semantic.scan_candidates', 'semantic.max_scan_tuples'] LOOP
+            IF current_setting(setting, true) IS NOT NULL THEN
+                PERFORM semantic_set_local(setting, current_setting(setting));
+            END IF;
+        END LOOP;
+    END IF;
     depth := CASE mode WHEN 'hybrid' THEN greatest(5 * k, 50) ELSE k END;
-    -- Each side: (ctid, rank within its list, score, row), best first; the lexical side keeps
-    -- the rows that hold a query term (the others follow its matches at distance 0).
+    -- Each side: (relation, ctid, rank within its list, score, row), best first; the lexical
+    -- side keeps the rows that hold a query term (the others follow its matches at distance 0).
+    -- The relation is named where the row is read (on a Citus worker: the shard).
     semantic_list := format(
-        'SELECT s.ctid, row_number() OVER () AS r, %s AS sc, s.r AS j FROM ('
-        '  SELECT t.ctid, (%s) <=> $8 AS d, to_jsonb(t) AS r'
+        'SELECT s.rel, s.ctid, row_number() OVER () AS r, %s AS sc, s.r AS j FROM ('
+        '  SELECT t.tableoid::regclass::text AS rel, t.ctid, (%s) <=> $8 AS d, to_jsonb(t) AS r'
         '  FROM %s t ORDER BY (%s) <=> $8 LIMIT $3) s',
         format('semantic_distance_score(%L, s.d)', metric), expr, tbl, expr);
     lexical_list := format(
-        'SELECT s.ctid, row_number() OVER () AS r, -s.d AS sc, s.r AS j FROM ('
-        '  SELECT t.ctid, (%s) <@> $1 AS d, to_jsonb(t) AS r'
+        'SELECT s.rel, s.ctid, row_number() OVER () AS r, -s.d AS sc, s.r AS j FROM ('
+        '  SELECT t.tableoid::regclass::text AS rel, t.ctid, (%s) <@> $1 AS d, to_jsonb(t) AS r'
         '  FROM %s t ORDER BY (%s) <@> $1 LIMIT $3) s WHERE s.d < 0',
         expr, tbl, expr);
     IF mode <> 'hybrid' THEN
-        RETURN QUERY EXECUTE format('SELECT l.r, l.sc, l.ctid, l.j FROM (%s) l',
+        RETURN QUERY EXECUTE format('SELECT l.r, l.sc, l.ctid, l.j, l.rel FROM (%s) l',
             CASE mode WHEN 'semantic' THEN semantic_list ELSE lexical_list END)
         USING query, k, depth, fusion, semantic_weight, lexical_weight, rrf_k::double precision,
             query_vector;
@@ -200,7 +236,8 @@ BEGIN
             ' norm AS (SELECT min(sc) AS lo, max(sc) AS hi, ''s'' AS side FROM sem'
             '          UNION ALL SELECT min(sc), max(sc), ''l'' FROM lex),'
             ' fused AS ('
-            '  SELECT coalesce(sem.ctid, lex.ctid) AS ctid, coalesce(sem.j, lex.j) AS j,'
+            '  SELECT coalesce(sem.rel, lex.rel) AS rel, coalesce(sem.ctid, lex.ctid) AS ctid,'
+            '   coalesce(sem.j, lex.j) AS j,'
             '   CASE WHEN $4 = ''rrf'' THEN'
             '     coalesce($5 / ($7 + sem.r), 0) + coalesce($6 / ($7 + lex.r), 0)'
             '   ELSE'
@@ -209,25 +246,30 @@ BEGIN
             '     + coalesce($6 * (SELECT CASE WHEN n.hi > n.lo THEN (lex.sc - n.lo) / (n.hi - n.lo) ELSE 1 END'
             '                      FROM norm n WHERE n.side = ''l''), 0)'
             '   END AS score'
-            '  FROM sem FULL JOIN lex ON sem.ctid = lex.ctid)'
-            ' SELECT row_number() OVER (ORDER BY f.score DESC, f.ctid), f.score::double precision, f.ctid, f.j'
-            ' FROM fused f ORDER BY f.score DESC, f.ctid LIMIT $2',
+            '  FROM sem FULL JOIN lex ON sem.rel = lex.rel AND sem.ctid = lex.ctid)'
+            ' SELECT row_number() OVER (ORDER BY f.score DESC, f.rel, f.ctid), f.score::double precision,'
+            '   f.ctid, f.j, f.rel'
+            ' FROM fused f ORDER BY f.score DESC, f.rel, f.ctid LIMIT $2',
             semantic_list, lexical_list)
         USING query, k, depth, fusion, semantic_weight, lexical_weight, rrf_k::double precision,
             query_vector;
+    END IF;
+    IF citus_propagation IS NOT NULL THEN
+        PERFORM semantic_set_local('enable_seqscan', seqscan);
+        PERFORM set_config('citus.propagate_set_commands', citus_propagation, true);
     END IF;
     PERFORM set_config('enable_seqscan', seqscan, true);
 END
 $function$;
 COMMENT ON FUNCTION semantic_search(text, integer, text, text, text, double precision, double precision, integer) IS
-    'Top k rows of the table behind a faiss index (mode semantic), a bm25 index (lexical), or both fused (hybrid): rank, score, row id and the row as jsonb';
+    'Top k rows of the table behind a faiss index (mode semantic), a bm25 index (lexical), or both fused (hybrid): rank, score, row id, the row as jsonb, and the relation (table, partition or Citus shard) that holds it';
 
 -- The same for an index given as a regclass value.
 CREATE FUNCTION semantic_search(
     query text, k integer, index regclass, mode text DEFAULT 'semantic',
     fusion text DEFAULT 'rrf', semantic_weight double precision DEFAULT 1,
     lexical_weight double precision DEFAULT 1, rrf_k integer DEFAULT 60)
-RETURNS TABLE (rank bigint, score double precision, row_id tid, "row" jsonb)
+RETURNS TABLE (rank bigint, score double precision, row_id tid, "row" jsonb, relation text)
 LANGUAGE sql VOLATILE
 AS $function$
 SELECT * FROM semantic_search(query, k, index::text, mode, fusion, semantic_weight, lexical_weight, rrf_k)

@@ -242,6 +242,10 @@ impl Cluster {
     pub fn kill9(&self) {
         let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
         let pid = pid.lines().next().unwrap().trim().to_string();
+        // Stop the postmaster first: it forks background workers (the fold worker) at any
+        // moment, and a child forked between listing the children and killing them would
+        // outlive the crash, holding the shared memory a restart must find free.
+        let _ = Command::new("kill").args(["-STOP", &pid]).status();
         let children = Command::new("pgrep").args(["-P", &pid]).output().unwrap();
         let mut pids = vec![pid];
         pids.extend(
@@ -264,6 +268,8 @@ impl Cluster {
         }
     }
 
+    /// Runs pg_ctl on this cluster; a failure carries the end of the server log, which says
+    /// why (pg_ctl itself only says to look there).
     pub fn pg_ctl(&self, args: &[&str]) -> Result<()> {
         run(server_command(&env().bin_dir.join("pg_ctl"))
             .arg("-D")
@@ -271,6 +277,12 @@ impl Cluster {
             .arg("-l")
             .arg(self.data.join("server.log"))
             .args(args))
+        .map_err(|e| {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(format!("server log ends:\n{}", tail.join("\n")))
+        })
     }
 
     pub fn connect(&self) -> postgres::Client {

@@ -853,6 +853,19 @@ fn hybrid_search_fuses_both_lists() {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!((g.1 - w.1).abs() < 1e-9, "rank {i}: {g:?} vs {w:?}");
     }
+    // Each row names the table that holds it (a partition or a Citus shard where there is one).
+    for mode in ["semantic", "lexical", "hybrid"] {
+        let relations: Vec<String> = client
+            .query(
+                "SELECT DISTINCT relation FROM semantic_search('storm at the harbour', 10, mode => $1)",
+                &[&mode],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(relations, ["docs"], "{mode}");
+    }
     // Weights: with the lexical side at 0, hybrid ranks as semantic does.
     let only_semantic: Vec<String> = client
         .query(

@@ -1,0 +1,273 @@
+//! A table distributed with Citus (issue 23): a coordinator and two workers, each preloading
+//! citus and semantic, searched through the coordinator beside a plain table of the same rows
+//! on the coordinator (one node's answers).
+//!
+//! Citus supports PostgreSQL 16 to 18 and is built from source (scripts/citus.sh build). Where it
+//! is not installed for the PostgreSQL under test these tests say so and pass, unless
+//! SEMANTIC_TEST_CITUS=required (scripts/test.sh sets it where it builds Citus).
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+
+use postgres::Client;
+use semantic_tests::{env, Cluster};
+
+/// A coordinator and two workers; dropped (stopped and removed) together.
+struct CitusCluster {
+    coordinator: Cluster,
+    _workers: [Cluster; 2],
+}
+
+fn citus_installed() -> bool {
+    let out = Command::new(env().bin_dir.join("pg_config"))
+        .arg("--pkglibdir")
+        .output()
+        .expect("pg_config");
+    let lib = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::path::Path::new(&lib).join("citus.so").exists()
+}
+
+/// The cluster, or None (with a message) where Citus is not installed and not required.
+fn citus(name: &str) -> Option<CitusCluster> {
+    if !citus_installed() {
+        let required = std::env::var_os("SEMANTIC_TEST_CITUS").is_some_and(|v| v == "required");
+        assert!(
+            !required,
+            "SEMANTIC_TEST_CITUS=required, but Citus is not installed for {}: scripts/citus.sh build",
+            env().bin_dir.display()
+        );
+        eprintln!(
+            "skipped: Citus is not installed for {}",
+            env().bin_dir.display()
+        );
+        return None;
+    }
+    // Citus must come first in shared_preload_libraries; two-phase commit for its DDL.
+    let conf = [
+        "shared_preload_libraries = 'citus,semantic'",
+        "max_prepared_transactions = 20",
+    ];
+    let start = |role: &str| {
+        let node = Cluster::start(&format!("{name}_{role}"), &conf);
+        node.connect().batch_execute("CREATE EXTENSION citus").unwrap();
+        node
+    };
+    let coordinator = start("coordinator");
+    let workers = [start("worker1"), start("worker2")];
+    let mut c = coordinator.connect();
+    c.execute(
+        "SELECT citus_set_coordinator_host('127.0.0.1', $1)",
+        &[&i32::from(coordinator.port)],
+    )
+    .unwrap();
+    for w in &workers {
+        c.execute(
+            "SELECT citus_add_node('127.0.0.1', $1)",
+            &[&i32::from(w.port)],
+        )
+        .unwrap();
+    }
+    // Created on the coordinator, the extension reaches the workers.
+    c.batch_execute("CREATE EXTENSION semantic").unwrap();
+    Some(CitusCluster {
+        coordinator,
+        _workers: workers,
+    })
+}
+
+/// `docs` distributed over `shards` shards and `local_docs`, a plain table of the same rows on
+/// the coordinator, each with a faiss and a bm25 index on body.
+fn load_docs(c: &mut Client, shards: i32) {
+    for table in ["docs", "local_docs"] {
+        c.batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, body text)"
+        ))
+        .unwrap();
+    }
+    c.execute(
+        "SELECT create_distributed_table('docs', 'id', shard_count => $1)",
+        &[&shards],
+    )
+    .unwrap();
+    // One statement at a time: Citus runs a distributed DDL command only as a statement of
+    // its own.
+    for table in ["docs", "local_docs"] {
+        c.batch_execute(&format!(
+            "INSERT INTO {table} SELECT g, CASE g % 4
+                 WHEN 0 THEN 'a storm batters the harbour lighthouse, night ' || g
+                 WHEN 1 THEN 'two lovers part at a train station in winter ' || g
+                 WHEN 2 THEN 'a detective searches the island archive for letter ' || g
+                 ELSE 'the village holds a summer festival by the harbour, year ' || g END
+                 -- a length of its own, so that no two rows tie on a bm25 score (ties would
+                 -- leave the lists' order, and so the fusion, to the merge of the shards)
+                 || repeat(' page', g / 4)
+             FROM generate_series(1, 160) g"
+        ))
+        .unwrap();
+        for am in ["faiss", "bm25"] {
+            c.batch_execute(&format!(
+                "CREATE INDEX {table}_{am} ON {table} USING {am} (body)"
+            ))
+            .unwrap();
+        }
+    }
+}
+
+/// One result row: (relation, row_id, id, score).
+type Hit = (String, String, i32, f64);
+
+fn search(c: &mut Client, query: &str, k: i32, index: &str, mode: &str) -> Vec<Hit> {
+    c.query(
+        "SELECT relation, row_id::text, (row->>'id')::int, score
+         FROM semantic_search($1, $2, $3, mode => $4) ORDER BY rank",
+        &[&query, &k, &index, &mode],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+const QUERIES: [&str; 3] = [
+    "storm at the harbour",
+    "a love story at a railway station",
+    "searching old letters",
+];
+
+#[test]
+fn semantic_search_on_a_distributed_table_answers_as_one_node() {
+    let Some(cluster) = citus("citus_search") else {
+        return;
+    };
+    let mut c = cluster.coordinator.connect();
+    for shards in [4, 32] {
+        c.batch_execute("DROP TABLE IF EXISTS docs").unwrap();
+        c.batch_execute("DROP TABLE IF EXISTS local_docs").unwrap();
+        load_docs(&mut c, shards);
+        for query in QUERIES {
+            // Semantic: the rows, ranks and scores of one node (Flat indexes: exact).
+            let distributed = search(&mut c, query, 10, "docs_faiss", "semantic");
+            let local = search(&mut c, query, 10, "local_docs_faiss", "semantic");
+            assert_eq!(distributed.len(), 10);
+            for (d, l) in distributed.iter().zip(&local) {
+                assert_eq!(d.2, l.2, "{shards} shards, {query}: {distributed:?} vs {local:?}");
+                assert!((d.3 - l.3).abs() < 1e-5, "{shards} shards, {query}: {d:?} vs {l:?}");
+            }
+            // The same through plain SQL on the coordinator.
+            let ordered: Vec<i32> = c
+                .query(
+                    "SELECT id FROM docs ORDER BY body <=> $1 LIMIT 10",
+                    &[&query],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let want: Vec<i32> = local.iter().map(|h| h.2).collect();
+            assert_eq!(ordered, want, "{shards} shards, {query}: ORDER BY through Citus");
+            // With the query vector from the coordinator's (shell) index, as semantic_search.
+            let by_vector: Vec<i32> = c
+                .query(
+                    "SELECT id FROM docs ORDER BY body <=> semantic_query_vector('docs_faiss', $1) LIMIT 10",
+                    &[&query],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(by_vector, want, "{shards} shards, {query}: ORDER BY a query vector");
+
+            // Rows are told apart by (relation, row_id): ctids repeat across shards.
+            let semantic = search(&mut c, query, 50, "docs_faiss", "semantic");
+            let lexical = search(&mut c, query, 50, "docs_bm25", "lexical");
+            for list in [&semantic, &lexical] {
+                let keys: HashSet<(&str, &str)> =
+                    list.iter().map(|h| (h.0.as_str(), h.1.as_str())).collect();
+                assert_eq!(keys.len(), list.len(), "{shards} shards, {query}: {list:?}");
+                assert!(list.iter().all(|h| h.0 != "docs" && h.0.starts_with("docs_")));
+            }
+            let row_ids: HashSet<&str> = semantic.iter().map(|h| h.1.as_str()).collect();
+            assert!(
+                row_ids.len() < semantic.len(),
+                "{shards} shards, {query}: no ctid repeats across shards, so the fusion below proves nothing"
+            );
+            // Hybrid: reciprocal rank fusion (k 60) of those two lists (5 x 10 = 50 deep),
+            // joined on (relation, row_id), each row once.
+            let mut fused: HashMap<(String, String), (i32, f64)> = HashMap::new();
+            for list in [&semantic, &lexical] {
+                for (rank, h) in list.iter().enumerate() {
+                    let entry = fused.entry((h.0.clone(), h.1.clone())).or_insert((h.2, 0.0));
+                    assert_eq!(entry.0, h.2, "one (relation, row_id), two rows");
+                    entry.1 += 1.0 / (60.0 + rank as f64 + 1.0);
+                }
+            }
+            let mut want: Vec<(f64, (String, String), i32)> = fused
+                .into_iter()
+                .map(|(key, (id, score))| (score, key, id))
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let hybrid = search(&mut c, query, 10, "docs_faiss", "hybrid");
+            assert_eq!(hybrid.len(), 10);
+            for (i, (got, want)) in hybrid.iter().zip(&want).enumerate() {
+                assert!(
+                    (got.3 - want.0).abs() < 1e-9 && got.2 == want.2,
+                    "{shards} shards, {query}, rank {}: {got:?} vs {want:?}",
+                    i + 1
+                );
+            }
+            let ids: HashSet<i32> = hybrid.iter().map(|h| h.2).collect();
+            assert_eq!(ids.len(), 10, "each row once: {hybrid:?}");
+        }
+    }
+}
+
+#[test]
+fn search_settings_reach_the_shards() {
+    let Some(cluster) = citus("citus_settings") else {
+        return;
+    };
+    let mut c = cluster.coordinator.connect();
+    load_docs(&mut c, 4);
+    let count = |c: &mut Client, mode: &str| -> usize {
+        search(c, "storm at the harbour", 20, "docs_faiss", mode).len()
+    };
+    assert_eq!(count(&mut c, "semantic"), 20);
+    // Each shard's scan stops after 3 candidates: 4 shards give 12 rows, not 20, which they
+    // would if the shards searched with their own defaults.
+    c.batch_execute("SET semantic.max_scan_tuples = 3").unwrap();
+    assert_eq!(count(&mut c, "semantic"), 12);
+    assert_eq!(count(&mut c, "lexical"), 12);
+    // In a transaction block too, and the session's settings are as they were afterwards.
+    c.batch_execute("BEGIN").unwrap();
+    assert_eq!(count(&mut c, "semantic"), 12);
+    let after: (String, String) = {
+        let r = c
+            .query_one(
+                "SELECT current_setting('enable_seqscan'), current_setting('citus.propagate_set_commands')",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(after, ("on".to_string(), "none".to_string()));
+    c.batch_execute("COMMIT; RESET semantic.max_scan_tuples").unwrap();
+    assert_eq!(count(&mut c, "semantic"), 20);
+    // A plain ORDER BY through the coordinator: the README's pattern, SET LOCAL in a
+    // transaction block with Citus's propagation on.
+    let ordered = |c: &mut Client| -> usize {
+        c.query(
+            "SELECT id FROM docs ORDER BY body <=> 'storm at the harbour' LIMIT 20",
+            &[],
+        )
+        .unwrap()
+        .len()
+    };
+    c.batch_execute(
+        "BEGIN; SET LOCAL citus.propagate_set_commands = 'local';
+         SET LOCAL enable_seqscan = off; SET LOCAL semantic.max_scan_tuples = 3",
+    )
+    .unwrap();
+    assert_eq!(ordered(&mut c), 12);
+    c.batch_execute("COMMIT").unwrap();
+    assert_eq!(ordered(&mut c), 20);
+}
