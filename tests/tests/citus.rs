@@ -49,7 +49,9 @@ fn citus(name: &str) -> Option<CitusCluster> {
     ];
     let start = |role: &str| {
         let node = Cluster::start(&format!("{name}_{role}"), &conf);
-        node.connect().batch_execute("CREATE EXTENSION citus").unwrap();
+        node.connect()
+            .batch_execute("CREATE EXTENSION citus")
+            .unwrap();
         node
     };
     let coordinator = start("coordinator");
@@ -150,8 +152,14 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
             let local = search(&mut c, query, 10, "local_docs_faiss", "semantic");
             assert_eq!(distributed.len(), 10);
             for (d, l) in distributed.iter().zip(&local) {
-                assert_eq!(d.2, l.2, "{shards} shards, {query}: {distributed:?} vs {local:?}");
-                assert!((d.3 - l.3).abs() < 1e-5, "{shards} shards, {query}: {d:?} vs {l:?}");
+                assert_eq!(
+                    d.2, l.2,
+                    "{shards} shards, {query}: {distributed:?} vs {local:?}"
+                );
+                assert!(
+                    (d.3 - l.3).abs() < 1e-5,
+                    "{shards} shards, {query}: {d:?} vs {l:?}"
+                );
             }
             // The same through plain SQL on the coordinator.
             let ordered: Vec<i32> = c
@@ -164,7 +172,10 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
                 .map(|r| r.get(0))
                 .collect();
             let want: Vec<i32> = local.iter().map(|h| h.2).collect();
-            assert_eq!(ordered, want, "{shards} shards, {query}: ORDER BY through Citus");
+            assert_eq!(
+                ordered, want,
+                "{shards} shards, {query}: ORDER BY through Citus"
+            );
             // With the query vector from the coordinator's (shell) index, as semantic_search.
             let by_vector: Vec<i32> = c
                 .query(
@@ -175,7 +186,10 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            assert_eq!(by_vector, want, "{shards} shards, {query}: ORDER BY a query vector");
+            assert_eq!(
+                by_vector, want,
+                "{shards} shards, {query}: ORDER BY a query vector"
+            );
 
             // Rows are told apart by (relation, row_id): ctids repeat across shards.
             let semantic = search(&mut c, query, 50, "docs_faiss", "semantic");
@@ -184,7 +198,9 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
                 let keys: HashSet<(&str, &str)> =
                     list.iter().map(|h| (h.0.as_str(), h.1.as_str())).collect();
                 assert_eq!(keys.len(), list.len(), "{shards} shards, {query}: {list:?}");
-                assert!(list.iter().all(|h| h.0 != "docs" && h.0.starts_with("docs_")));
+                assert!(list
+                    .iter()
+                    .all(|h| h.0 != "docs" && h.0.starts_with("docs_")));
             }
             let row_ids: HashSet<&str> = semantic.iter().map(|h| h.1.as_str()).collect();
             assert!(
@@ -196,7 +212,9 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
             let mut fused: HashMap<(String, String), (i32, f64)> = HashMap::new();
             for list in [&semantic, &lexical] {
                 for (rank, h) in list.iter().enumerate() {
-                    let entry = fused.entry((h.0.clone(), h.1.clone())).or_insert((h.2, 0.0));
+                    let entry = fused
+                        .entry((h.0.clone(), h.1.clone()))
+                        .or_insert((h.2, 0.0));
                     assert_eq!(entry.0, h.2, "one (relation, row_id), two rows");
                     entry.1 += 1.0 / (60.0 + rank as f64 + 1.0);
                 }
@@ -250,7 +268,8 @@ fn search_settings_reach_the_shards() {
         (r.get(0), r.get(1))
     };
     assert_eq!(after, ("on".to_string(), "none".to_string()));
-    c.batch_execute("COMMIT; RESET semantic.max_scan_tuples").unwrap();
+    c.batch_execute("COMMIT; RESET semantic.max_scan_tuples")
+        .unwrap();
     assert_eq!(count(&mut c, "semantic"), 20);
     // A plain ORDER BY through the coordinator: the README's pattern, SET LOCAL in a
     // transaction block with Citus's propagation on.
