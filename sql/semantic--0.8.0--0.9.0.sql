@@ -1,12 +1,22 @@
 -- semantic 0.8.0 -> 0.9.0: semantic_search returns the relation (table, partition or Citus
 -- shard) that holds each row, and the hybrid fusion joins on (relation, ctid), where ctid alone
 -- repeats across partitions and shards; on Citus it sets its search settings again as SET LOCAL
--- (through the new semantic_set_local) so that they reach the shards. A new result column: the
--- functions are dropped and created.
+-- (through the new semantic_set_local) so that they reach the shards, and scores lexical and
+-- hybrid searches with the corpus statistics of every shard summed (semantic_lexical_statistics,
+-- semantic.bm25_statistics); semantic_index_shards reports each shard of a distributed index.
+-- A new result column: the functions are dropped and created.
 \echo Use "ALTER EXTENSION semantic UPDATE" to load this file. \quit
 
 DROP FUNCTION semantic_search(text, integer, regclass, text, text, double precision, double precision, integer);
 DROP FUNCTION semantic_search(text, integer, text, text, text, double precision, double precision, integer);
+
+CREATE FUNCTION "semantic_lexical_statistics"(
+	"index" regclass,
+	"query" TEXT
+) RETURNS jsonb
+STABLE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'semantic_lexical_statistics_wrapper';
 
 -- SET LOCAL, run from inside a query. Citus forwards a SET LOCAL to the shards only when it
 -- runs inside a function called by a query or in a transaction block (its test of "in a
@@ -64,7 +74,12 @@ DECLARE
     query_vector real[];
     seqscan text := current_setting('enable_seqscan');
     citus_propagation text := current_setting('citus.propagate_set_commands', true);
+    distributed boolean := false;
     setting text;
+    shard_command text;
+    shard_figures jsonb[];
+    failed text;
+    corpus jsonb;
 BEGIN
     IF query IS NULL OR k IS NULL THEN
         RETURN;
@@ -206,6 +221,37 @@ BEGIN
                 PERFORM semantic_set_local(setting, current_setting(setting));
             END IF;
         END LOOP;
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = $1)'
+            INTO distributed USING tbl;
+    END IF;
+    IF distributed AND mode <> 'semantic' THEN
+        -- Each shard's bm25 index knows its own rows only: gather every shard's corpus
+        -- figures for this query, sum them, and have every shard score with the sum (as
+        -- Elasticsearch's dfs_query_then_fetch), so that scores are one server's.
+        -- run_command_on_shards formats the command with the shard's name (%L here).
+        shard_command := replace(format(
+            'SELECT semantic_lexical_statistics(i.indexrelid::regclass, %L) FROM pg_index i'
+            ' JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam'
+            ' WHERE a.amname = ''bm25'' AND i.indisvalid AND pg_get_indexdef(i.indexrelid, 1, true) = %L'
+            ' AND i.indrelid = ', query, expr), '%', '%%') || '%L::regclass';
+        EXECUTE 'SELECT array_agg(r.result::jsonb) FILTER (WHERE r.success AND r.result <> ''''),'
+                '       min(r.shardid || '': '' || coalesce(nullif(r.result, ''''), ''no bm25 index''))'
+                '           FILTER (WHERE NOT r.success OR coalesce(r.result, '''') = '''')'
+                ' FROM run_command_on_shards($1, $2) r'
+            INTO shard_figures, failed USING tbl, shard_command;
+        IF failed IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot read the bm25 statistics of every shard of %', tbl
+                USING ERRCODE = 'connection_failure', DETAIL = format('shard %s', failed),
+                      HINT = 'Every shard needs its bm25 index and a reachable worker; retry once they are back.';
+        END IF;
+        SELECT jsonb_build_object(
+            'documents', coalesce(sum((f->>'documents')::bigint), 0),
+            'total_length', coalesce(sum((f->>'total_length')::bigint), 0),
+            'df', coalesce((SELECT jsonb_object_agg(t.term, t.n) FROM (
+                SELECT d.key AS term, sum(d.value::bigint) AS n
+                FROM unnest(shard_figures) g, jsonb_each_text(g->'df') d GROUP BY d.key) t), '{}'))
+        INTO corpus FROM unnest(shard_figures) f;
+        PERFORM semantic_set_local('semantic.bm25_statistics', corpus::text);
     END IF;
     depth := CASE mode WHEN 'hybrid' THEN greatest(5 * k, 50) ELSE k END;
     -- Each side: (relation, ctid, rank within its list, score, row), best first; the lexical
@@ -251,6 +297,9 @@ BEGIN
             query_vector;
     END IF;
     IF citus_propagation IS NOT NULL THEN
+        IF corpus IS NOT NULL THEN
+            PERFORM semantic_set_local('semantic.bm25_statistics', '');
+        END IF;
         PERFORM semantic_set_local('enable_seqscan', seqscan);
         PERFORM set_config('citus.propagate_set_commands', citus_propagation, true);
     END IF;
@@ -270,3 +319,67 @@ LANGUAGE sql VOLATILE
 AS $function$
 SELECT * FROM semantic_search(query, k, index::text, mode, fusion, semantic_weight, lexical_weight, rrf_k)
 $function$;
+
+-- What each shard's copy of a faiss or bm25 index holds, on a Citus table: semantic_index_info
+-- or semantic_lexical_info run on every shard placement (each index shard is named as Citus
+-- names it, shard_name), one row each; on any other table, one row for the index itself.
+CREATE FUNCTION semantic_index_shards(index regclass)
+RETURNS TABLE (shardid bigint, node text, port integer, info jsonb)
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    am text;
+    tbl regclass;
+    info_function text;
+    shard_ids bigint[];
+    nodes text[];
+    ports integer[];
+    commands text[];
+    placement record;
+BEGIN
+    SELECT a.amname, i.indrelid INTO am, tbl
+    FROM pg_class c JOIN pg_am a ON a.oid = c.relam JOIN pg_index i ON i.indexrelid = c.oid
+    WHERE c.oid = index;
+    IF am IS NULL OR am NOT IN ('faiss', 'bm25') THEN
+        RAISE EXCEPTION '"%" is not a faiss or bm25 index', index USING ERRCODE = 'wrong_object_type';
+    END IF;
+    info_function := CASE am WHEN 'faiss' THEN 'semantic_index_info' ELSE 'semantic_lexical_info' END;
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        EXECUTE 'SELECT array_agg(s.shardid ORDER BY s.shardid, n.nodename, n.nodeport),'
+                '       array_agg(n.nodename::text ORDER BY s.shardid, n.nodename, n.nodeport),'
+                '       array_agg(n.nodeport ORDER BY s.shardid, n.nodename, n.nodeport),'
+                '       array_agg(format(''SELECT to_jsonb(i) FROM %s(%L::regclass) i'', $2,'
+                '                        shard_name($1, s.shardid)) ORDER BY s.shardid, n.nodename, n.nodeport)'
+                ' FROM pg_dist_shard s JOIN pg_dist_placement p ON p.shardid = s.shardid'
+                ' JOIN pg_dist_node n ON n.groupid = p.groupid'
+                ' WHERE s.logicalrelid = $3'
+            INTO shard_ids, nodes, ports, commands USING index, info_function, tbl;
+    END IF;
+    IF shard_ids IS NULL THEN
+        RETURN QUERY EXECUTE format('SELECT NULL::bigint, NULL::text, NULL::integer, to_jsonb(i) FROM %s($1) i',
+                                    info_function) USING index;
+        RETURN;
+    END IF;
+    -- master_run_on_worker: what Citus's own run_command_on_* functions call, a command per
+    -- node. A shard that cannot be read fails the call: no partial answer.
+    FOR placement IN EXECUTE
+        'SELECT r.n, r.node_name, r.node_port, r.success, r.result'
+        ' FROM master_run_on_worker($1, $2, $3, true) WITH ORDINALITY r(node_name, node_port, success, result, n)'
+        ' ORDER BY r.n'
+        USING nodes, ports, commands
+    LOOP
+        IF NOT placement.success THEN
+            RAISE EXCEPTION 'cannot read shard % of index % on %:%', shard_ids[placement.n], index,
+                placement.node_name, placement.node_port
+                USING ERRCODE = 'connection_failure', DETAIL = placement.result;
+        END IF;
+        shardid := shard_ids[placement.n];
+        node := placement.node_name;
+        port := placement.node_port;
+        info := placement.result::jsonb;
+        RETURN NEXT;
+    END LOOP;
+END
+$function$;
+COMMENT ON FUNCTION semantic_index_shards(regclass) IS
+    'semantic_index_info (faiss) or semantic_lexical_info (bm25) of every shard of an index on a Citus table, one row per shard placement; of the index itself elsewhere';

@@ -12,6 +12,7 @@ pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
 pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-MiniLM-L6-v2"));
 pub static DEFAULT_INDEX: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static BM25_STATISTICS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MODEL_SERVER: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static SCAN_CANDIDATES: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -94,6 +95,15 @@ pub fn register() {
         &COMPACT_THRESHOLD,
         0.0,
         1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // Set by semantic_search on a distributed table (sql/semantic_search.sql), read by bm25 scans.
+    GucRegistry::define_string_guc(
+        c"semantic.bm25_statistics",
+        c"Corpus statistics bm25 index scans score with in place of their index's own.",
+        c"JSON: documents, total_length and df (each query term's document frequency), as semantic_lexical_statistics gives and semantic_search sums over a Citus table's shards, so that every shard scores as one server would. Empty: each index's own.",
+        &BM25_STATISTICS,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -235,6 +245,14 @@ pub fn max_cached_indexes() -> usize {
 
 pub fn scan_candidates() -> usize {
     SCAN_CANDIDATES.get().max(1) as usize
+}
+
+/// `semantic.bm25_statistics`, when set (not empty).
+pub fn bm25_statistics() -> Option<String> {
+    BM25_STATISTICS
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
 }
 
 pub fn max_scan_tuples() -> usize {

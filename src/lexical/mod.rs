@@ -16,6 +16,7 @@ mod heap;
 mod insert;
 mod options;
 mod scan;
+mod statistics;
 mod vacuum;
 
 pub(crate) use cache::forget as forget_snapshot;

@@ -18,12 +18,13 @@ use semantic_index::layout::{ChainPos, Meta, NO_BLOCK};
 use semantic_index::records::decode_records_into;
 use semantic_index::{tid_to_id, DeadPositions};
 use semantic_lexical::tail::decode_entries;
-use semantic_lexical::{Bm25, CorpusStats, QueryTerm, Tail};
+use semantic_lexical::{QueryTerm, Tail};
 
 use super::analyze::lexemes;
 use super::cache::SealedSegments;
 use super::heap::{appended_lexemes, Entries};
 use super::settings;
+use super::statistics::CorpusFigures;
 use super::storage::{read_meta, read_records_from, read_terms};
 use crate::am::appended::AppendedCaches;
 use crate::am::ordered::{self, retry_while_changing, Candidate, OrderedBy, Rescan, RowQueue};
@@ -41,6 +42,9 @@ struct ScanState {
     rest_pending: bool,
     /// Those rows, while they are being returned.
     rest: Option<Rest>,
+    /// The corpus to score against when `semantic.bm25_statistics` names one (a Citus table's,
+    /// summed over its shards); else the index's own.
+    corpus: Option<CorpusFigures>,
 }
 
 /// The distance (minus the BM25 score) of the row a bm25 scan just returned, when `text_hash`
@@ -65,6 +69,7 @@ pub unsafe extern "C-unwind" fn ambeginscan(
             exhausted: true,
             rest_pending: false,
             rest: None,
+            corpus: None,
         };
         let state = PgMemoryContexts::CurrentMemoryContext.leak_and_drop_on_delete(state);
         (*scan).opaque = state as *mut std::ffi::c_void;
@@ -107,6 +112,7 @@ pub unsafe extern "C-unwind" fn amrescan(
             .queue
             .restart(Some(ordered::Query::Text(text.clone())));
         state.query = Some((text, terms));
+        state.corpus = CorpusFigures::from_setting();
         state.k = gucs::scan_candidates().min(gucs::max_scan_tuples());
     }
 }
@@ -194,7 +200,7 @@ thread_local! {
 
 /// Calls `f` with the rows appended to `index` up to now; None if the index was rewritten
 /// under the reader.
-unsafe fn with_tail<T>(
+pub(super) unsafe fn with_tail<T>(
     index: pg_sys::Relation,
     heap: pg_sys::Relation,
     meta: &Meta,
@@ -221,6 +227,7 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
     let k = state.k;
     let last = k >= gucs::max_scan_tuples();
     let queue = &state.queue;
+    let corpus = state.corpus.as_ref();
     let (scored, snapshot_done) = retry_while_changing(OrderedBy::Bm25, || {
         // SAFETY: an open index.
         let meta = unsafe { read_meta(index) };
@@ -233,19 +240,19 @@ unsafe fn search_more(scan: pg_sys::IndexScanDesc, state: &mut ScanState) {
         // SAFETY: the scan's index and heap.
         unsafe {
             with_tail(index, heap, &meta, |tail| {
-                let (base, appended) = (segments.stats(), tail.stats());
-                let bm25 = Bm25 {
-                    k1: settings.k1,
-                    b: settings.b,
-                    stats: CorpusStats {
-                        documents: base.documents + appended.documents,
-                        total_length: base.total_length + appended.total_length,
-                    },
+                let own;
+                let corpus = match corpus {
+                    Some(shared) => shared,
+                    None => {
+                        own = CorpusFigures::of(&segments, tail, terms);
+                        &own
+                    }
                 };
+                let bm25 = corpus.bm25(settings.k1, settings.b);
                 let weights: Vec<QueryTerm> = terms
                     .iter()
                     .map(|(term, qtf)| {
-                        let df = segments.df(term) + tail.df(term);
+                        let df = corpus.df(term);
                         QueryTerm {
                             term: term.clone(),
                             weight: if df == 0 {

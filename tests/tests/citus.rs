@@ -147,20 +147,57 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
         c.batch_execute("DROP TABLE IF EXISTS local_docs").unwrap();
         load_docs(&mut c, shards);
         for query in QUERIES {
-            // Semantic: the rows, ranks and scores of one node (Flat indexes: exact).
-            let distributed = search(&mut c, query, 10, "docs_faiss", "semantic");
-            let local = search(&mut c, query, 10, "local_docs_faiss", "semantic");
-            assert_eq!(distributed.len(), 10);
-            for (d, l) in distributed.iter().zip(&local) {
-                assert_eq!(
-                    d.2, l.2,
-                    "{shards} shards, {query}: {distributed:?} vs {local:?}"
-                );
-                assert!(
-                    (d.3 - l.3).abs() < 1e-5,
-                    "{shards} shards, {query}: {d:?} vs {l:?}"
-                );
+            // Every mode: the rows, ranks and scores of one node (Flat indexes: exact; bm25
+            // with the shards' statistics summed).
+            for mode in ["semantic", "lexical", "hybrid"] {
+                let distributed = search(&mut c, query, 10, "docs_faiss", mode);
+                let local = search(&mut c, query, 10, "local_docs_faiss", mode);
+                assert_eq!(distributed.len(), 10);
+                assert_eq!(local.len(), 10);
+                for (d, l) in distributed.iter().zip(&local) {
+                    assert_eq!(
+                        d.2, l.2,
+                        "{shards} shards, {mode}, {query}: {distributed:?} vs {local:?}"
+                    );
+                    assert!(
+                        (d.3 - l.3).abs() < 1e-5,
+                        "{shards} shards, {mode}, {query}: {d:?} vs {l:?}"
+                    );
+                }
             }
+            // A plain ORDER BY <@> through the coordinator scores each shard with its own
+            // statistics (README): not one node's scores, which is what semantic_search fixes.
+            let plain_scores = |c: &mut Client, table: &str| -> Vec<f64> {
+                // Index scans on the shards too: their tables are small enough for a seqscan.
+                c.batch_execute(
+                    "BEGIN; SET LOCAL citus.propagate_set_commands = 'local';
+                     SET LOCAL enable_seqscan = off",
+                )
+                .unwrap();
+                let scores = c
+                    .query(
+                        &format!("SELECT body <@> $1 FROM {table} ORDER BY body <@> $1 LIMIT 10"),
+                        &[&query],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                c.batch_execute("COMMIT").unwrap();
+                scores
+            };
+            let (sharded, single) = (
+                plain_scores(&mut c, "docs"),
+                plain_scores(&mut c, "local_docs"),
+            );
+            assert!(
+                sharded
+                    .iter()
+                    .zip(&single)
+                    .any(|(a, b)| (a - b).abs() > 1e-3),
+                "{shards} shards, {query}: per-shard statistics score as one node: {sharded:?}"
+            );
+            let local = search(&mut c, query, 10, "local_docs_faiss", "semantic");
             // The same through plain SQL on the coordinator.
             let ordered: Vec<i32> = c
                 .query(
@@ -208,7 +245,7 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
                 "{shards} shards, {query}: no ctid repeats across shards, so the fusion below proves nothing"
             );
             // Hybrid: reciprocal rank fusion (k 60) of those two lists (5 x 10 = 50 deep),
-            // joined on (relation, row_id), each row once.
+            // joined on (relation, row_id), each row once (whatever the lists' scores).
             let mut fused: HashMap<(String, String), (i32, f64)> = HashMap::new();
             for list in [&semantic, &lexical] {
                 for (rank, h) in list.iter().enumerate() {
@@ -237,6 +274,44 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
             assert_eq!(ids.len(), 10, "each row once: {hybrid:?}");
         }
     }
+}
+
+#[test]
+fn semantic_index_shards_reports_every_shard() {
+    let Some(cluster) = citus("citus_info") else {
+        return;
+    };
+    let mut c = cluster.coordinator.connect();
+    load_docs(&mut c, 4);
+    for (index, rows_field) in [("docs_faiss", "rows"), ("docs_bm25", "documents")] {
+        let shards: Vec<(Option<i64>, Option<String>, i64)> = c
+            .query(
+                &format!(
+                    "SELECT shardid, node, (info->>'{rows_field}')::bigint
+                     FROM semantic_index_shards('{index}')"
+                ),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(shards.len(), 4, "{index}: {shards:?}");
+        assert!(shards.iter().all(|s| s.0.is_some() && s.1.is_some()));
+        assert_eq!(shards.iter().map(|s| s.2).sum::<i64>(), 160, "{shards:?}");
+        assert!(shards.iter().all(|s| s.2 > 0 && s.2 < 160), "{shards:?}");
+    }
+    // A plain table's index: one row, its own.
+    let local: (Option<i64>, i64) = {
+        let r = c
+            .query_one(
+                "SELECT shardid, (info->>'rows')::bigint FROM semantic_index_shards('local_docs_faiss')",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(local, (None, 160));
 }
 
 #[test]
@@ -289,4 +364,67 @@ fn search_settings_reach_the_shards() {
     assert_eq!(ordered(&mut c), 12);
     c.batch_execute("COMMIT").unwrap();
     assert_eq!(ordered(&mut c), 20);
+}
+
+#[test]
+fn a_tenants_search_goes_to_its_shard_and_gets_k_of_its_rows() {
+    let Some(cluster) = citus("citus_tenants") else {
+        return;
+    };
+    let mut c = cluster.coordinator.connect();
+    for table in ["tenant_docs", "local_tenant_docs"] {
+        c.batch_execute(&format!(
+            "CREATE TABLE {table} (tenant_id int, id int, body text, PRIMARY KEY (tenant_id, id))"
+        ))
+        .unwrap();
+    }
+    c.batch_execute(
+        "SELECT create_distributed_table('tenant_docs', 'tenant_id', shard_count => 4)",
+    )
+    .unwrap();
+    // 24 tenants of 30 rows: each shard holds several tenants, and most of a shard's rows
+    // belong to other tenants than the one searched.
+    for table in ["tenant_docs", "local_tenant_docs"] {
+        c.batch_execute(&format!(
+            "INSERT INTO {table} SELECT t, g, CASE (t + g) % 3
+                 WHEN 0 THEN 'invoice ' || g || ' for harbour cranes of customer ' || t
+                 WHEN 1 THEN 'complaint ' || g || ' about a late delivery to customer ' || t
+                 ELSE 'meeting notes ' || g || ' on the budget of customer ' || t END
+             FROM generate_series(1, 24) t, generate_series(1, 30) g"
+        ))
+        .unwrap();
+        c.batch_execute(&format!(
+            "CREATE INDEX {table}_body ON {table} USING faiss (body)"
+        ))
+        .unwrap();
+    }
+    let sql = |table: &str| {
+        format!(
+            "SELECT tenant_id, id FROM {table} WHERE tenant_id = 7
+             ORDER BY body <=> 'a delivery that came late' LIMIT 10"
+        )
+    };
+    // Citus routes it to the one shard that holds tenant 7.
+    let plan: String = c
+        .query(&format!("EXPLAIN {}", sql("tenant_docs")), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect();
+    assert!(plan.contains("Task Count: 1"), "{plan}");
+    let rows = |c: &mut Client, table: &str| -> Vec<(i32, i32)> {
+        c.query(&sql(table), &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let routed = rows(&mut c, "tenant_docs");
+    assert_eq!(routed.len(), 10, "{routed:?}");
+    assert!(routed.iter().all(|r| r.0 == 7), "{routed:?}");
+    // The tenant's exact top 10: a sequential scan of the plain table.
+    c.batch_execute("SET enable_indexscan = off").unwrap();
+    let exact = rows(&mut c, "local_tenant_docs");
+    c.batch_execute("RESET enable_indexscan").unwrap();
+    assert_eq!(routed, exact);
 }

@@ -203,6 +203,42 @@ fn scores_equal_a_hand_computation() {
     assert_eq!(got[0].1, got[1].1);
     // idf(dog) = ln(1.6), tf part (k1 = 2, b = 0, tf = 1) = 1 x 3 / (1 + 2) = 1
     assert!((got[0].1 + 0.470_004).abs() < 1e-5, "{got:?}");
+
+    // The corpus figures a distributed search gathers, and scores under figures set for it.
+    let figures: String = client
+        .query_one(
+            "SELECT semantic_lexical_statistics('docs_bm25', 'dogs and fish')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let figures: serde_json::Value = serde_json::from_str(&figures).unwrap();
+    assert_eq!(
+        figures,
+        serde_json::json!({"documents": 3, "total_length": 8, "df": {"dog": 2, "fish": 1}})
+    );
+    client
+        .batch_execute(
+            r#"SET semantic.bm25_statistics = '{"documents": 30, "total_length": 80, "df": {"dog": 2}}'"#,
+        )
+        .unwrap();
+    // idf(dog) = ln(1 + 28.5 / 2.5) = ln(12.4), tf part 1 as above.
+    let got = via_index(&mut client, "dog", 2);
+    assert!((got[0].1 + 12.4f64.ln()).abs() < 1e-5, "{got:?}");
+    client
+        .batch_execute("SET semantic.bm25_statistics = 'not json'")
+        .unwrap();
+    expect_error(
+        &mut client,
+        "SELECT id FROM docs ORDER BY body <@> 'dog' LIMIT 1",
+        &SqlState::INVALID_PARAMETER_VALUE,
+        "semantic.bm25_statistics is not valid",
+    );
+    client
+        .batch_execute("RESET semantic.bm25_statistics")
+        .unwrap();
+    let got = via_index(&mut client, "dog", 2);
+    assert!((got[0].1 + 0.470_004).abs() < 1e-5, "{got:?}");
 }
 
 #[test]
