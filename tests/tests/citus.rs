@@ -15,7 +15,7 @@ use semantic_tests::{env, Cluster};
 /// A coordinator and two workers; dropped (stopped and removed) together.
 struct CitusCluster {
     coordinator: Cluster,
-    _workers: [Cluster; 2],
+    workers: [Cluster; 2],
 }
 
 fn citus_installed() -> bool {
@@ -25,6 +25,23 @@ fn citus_installed() -> bool {
         .expect("pg_config");
     let lib = String::from_utf8_lossy(&out.stdout).trim().to_string();
     std::path::Path::new(&lib).join("citus.so").exists()
+}
+
+/// A server preloading citus (first: it refuses to load otherwise) and semantic, with Citus's
+/// extension created.
+fn citus_node(name: &str) -> Cluster {
+    let node = Cluster::start(
+        name,
+        &[
+            "shared_preload_libraries = 'citus,semantic'",
+            // two-phase commit for distributed DDL
+            "max_prepared_transactions = 20",
+        ],
+    );
+    node.connect()
+        .batch_execute("CREATE EXTENSION citus")
+        .unwrap();
+    node
 }
 
 /// The cluster, or None (with a message) where Citus is not installed and not required.
@@ -42,18 +59,7 @@ fn citus(name: &str) -> Option<CitusCluster> {
         );
         return None;
     }
-    // Citus must come first in shared_preload_libraries; two-phase commit for its DDL.
-    let conf = [
-        "shared_preload_libraries = 'citus,semantic'",
-        "max_prepared_transactions = 20",
-    ];
-    let start = |role: &str| {
-        let node = Cluster::start(&format!("{name}_{role}"), &conf);
-        node.connect()
-            .batch_execute("CREATE EXTENSION citus")
-            .unwrap();
-        node
-    };
+    let start = |role: &str| citus_node(&format!("{name}_{role}"));
     let coordinator = start("coordinator");
     let workers = [start("worker1"), start("worker2")];
     let mut c = coordinator.connect();
@@ -73,7 +79,7 @@ fn citus(name: &str) -> Option<CitusCluster> {
     c.batch_execute("CREATE EXTENSION semantic").unwrap();
     Some(CitusCluster {
         coordinator,
-        _workers: workers,
+        workers,
     })
 }
 
@@ -427,4 +433,126 @@ fn a_tenants_search_goes_to_its_shard_and_gets_k_of_its_rows() {
     let exact = rows(&mut c, "local_tenant_docs");
     c.batch_execute("RESET enable_indexscan").unwrap();
     assert_eq!(routed, exact);
+}
+
+#[test]
+fn moved_and_rebalanced_shards_answer_the_same_and_a_lost_worker_fails_the_search() {
+    let Some(cluster) = citus("citus_operations") else {
+        return;
+    };
+    let mut c = cluster.coordinator.connect();
+    load_docs(&mut c, 4);
+    let query = "storm at the harbour";
+    let answers = |c: &mut Client| -> Vec<Vec<Hit>> {
+        ["semantic", "lexical", "hybrid"]
+            .iter()
+            .map(|mode| {
+                search(c, query, 10, "docs_faiss", mode)
+                    .into_iter()
+                    // the shard's name stays, its node changes
+                    .map(|h| (String::new(), String::new(), h.2, h.3))
+                    .collect()
+            })
+            .collect()
+    };
+    let same = |got: &[Vec<Hit>], want: &[Vec<Hit>], what: &str| {
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.len(), w.len(), "{what}");
+            for (a, b) in g.iter().zip(w) {
+                assert!(
+                    a.2 == b.2 && (a.3 - b.3).abs() < 1e-5,
+                    "{what}: {g:?} vs {w:?}"
+                );
+            }
+        }
+    };
+    let before = answers(&mut c);
+    let ports: Vec<i32> = cluster.workers.iter().map(|w| i32::from(w.port)).collect();
+    // Every shard onto the first worker (the indexes are built again there), then a rebalance
+    // spreads them out again.
+    let on_second: Vec<i64> = c
+        .query(
+            "SELECT s.shardid FROM pg_dist_shard s JOIN pg_dist_shard_placement p USING (shardid)
+             WHERE s.logicalrelid = 'docs'::regclass AND p.nodeport = $1",
+            &[&ports[1]],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!on_second.is_empty());
+    for shard in &on_second {
+        c.execute(
+            "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3,
+                                               shard_transfer_mode => 'block_writes')",
+            &[shard, &ports[1], &ports[0]],
+        )
+        .unwrap();
+    }
+    same(
+        &answers(&mut c),
+        &before,
+        "after moving every shard to one worker",
+    );
+    c.batch_execute("SELECT rebalance_table_shards('docs', shard_transfer_mode => 'block_writes')")
+        .unwrap();
+    let spread: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT p.nodeport) FROM pg_dist_shard s
+             JOIN pg_dist_shard_placement p USING (shardid) WHERE s.logicalrelid = 'docs'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(spread, 2, "the rebalance moved shards back");
+    same(&answers(&mut c), &before, "after the rebalance");
+
+    // A worker that is gone fails the search: an error, not the other worker's rows alone.
+    cluster.workers[1]
+        .pg_ctl(&["stop", "-m", "immediate", "-w"])
+        .unwrap();
+    for mode in ["semantic", "lexical", "hybrid"] {
+        let failed = c.query(
+            "SELECT * FROM semantic_search($1, 10, 'docs_faiss', mode => $2)",
+            &[&query, &mode],
+        );
+        assert!(failed.is_err(), "{mode}: {failed:?}");
+    }
+    assert!(c
+        .query(
+            "SELECT id FROM docs ORDER BY body <=> $1 LIMIT 10",
+            &[&query]
+        )
+        .is_err());
+    cluster.workers[1]
+        .pg_ctl(&["start", "-w", "-t", "60"])
+        .unwrap();
+    let mut c = cluster.coordinator.connect();
+    same(&answers(&mut c), &before, "after the worker's restart");
+
+    // A worker added later gets the extension (and searches its shards after a rebalance).
+    let third = citus_node("citus_operations_worker3");
+    c.execute(
+        "SELECT citus_add_node('127.0.0.1', $1)",
+        &[&i32::from(third.port)],
+    )
+    .unwrap();
+    let versions: Vec<String> = third
+        .connect()
+        .query(
+            "SELECT extversion FROM pg_extension WHERE extname = 'semantic'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions.len(), 1, "the new worker has the extension");
+    c.batch_execute("SELECT rebalance_table_shards('docs', shard_transfer_mode => 'block_writes')")
+        .unwrap();
+    same(
+        &answers(&mut c),
+        &before,
+        "after a rebalance onto a third worker",
+    );
 }
