@@ -38,7 +38,10 @@ COMMENT ON FUNCTION semantic_set_local(text, text) IS
 -- mode: 'semantic' ranks with the faiss index, 'lexical' with the bm25 index, 'hybrid' fuses
 -- both top lists (each 5 x k deep, at least 50) over the same column: reciprocal rank fusion
 -- (fusion 'rrf': weight / (rrf_k + rank) per side), or a convex combination of the two sides'
--- scores, each min-max normalised over its list (fusion 'convex').
+-- scores, each min-max normalised over its list (fusion 'convex'). Rows of equal fused score
+-- (with RRF, a row ranked r by one side only ties with one ranked r by the other only) come in
+-- the order of their semantic rank, then their lexical rank: the order one server gives, and a
+-- Citus table too (a row's ctid, the last tie-break, differs between the two).
 --
 -- A row is told apart by (relation, row_id): the table, partition or Citus shard that holds it,
 -- and its ctid there. ctid alone repeats across partitions and across the shards of a
@@ -273,6 +276,7 @@ BEGIN
             '          UNION ALL SELECT min(sc), max(sc), ''l'' FROM lex),'
             ' fused AS ('
             '  SELECT coalesce(sem.rel, lex.rel) AS rel, coalesce(sem.ctid, lex.ctid) AS ctid,'
+            '   sem.r AS semantic_rank, lex.r AS lexical_rank,'
             '   coalesce(sem.j, lex.j) AS j,'
             '   CASE WHEN $4 = ''rrf'' THEN'
             '     coalesce($5 / ($7 + sem.r), 0) + coalesce($6 / ($7 + lex.r), 0)'
@@ -283,9 +287,10 @@ BEGIN
             '                      FROM norm n WHERE n.side = ''l''), 0)'
             '   END AS score'
             '  FROM sem FULL JOIN lex ON sem.rel = lex.rel AND sem.ctid = lex.ctid)'
-            ' SELECT row_number() OVER (ORDER BY f.score DESC, f.rel, f.ctid), f.score::double precision,'
+            ' SELECT row_number() OVER (ORDER BY f.score DESC, f.semantic_rank, f.lexical_rank, f.rel, f.ctid),'
+            '   f.score::double precision,'
             '   f.ctid, f.j, f.rel'
-            ' FROM fused f ORDER BY f.score DESC, f.rel, f.ctid LIMIT $2',
+            ' FROM fused f ORDER BY f.score DESC, f.semantic_rank, f.lexical_rank, f.rel, f.ctid LIMIT $2',
             semantic_list, lexical_list)
         USING query, k, depth, fusion, semantic_weight, lexical_weight, rrf_k::double precision,
             query_vector;

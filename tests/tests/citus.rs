@@ -252,26 +252,37 @@ fn semantic_search_on_a_distributed_table_answers_as_one_node() {
             );
             // Hybrid: reciprocal rank fusion (k 60) of those two lists (5 x 10 = 50 deep),
             // joined on (relation, row_id), each row once (whatever the lists' scores).
-            let mut fused: HashMap<(String, String), (i32, f64)> = HashMap::new();
-            for list in [&semantic, &lexical] {
+            // Each row: (id, fused score, its rank on each side), keyed by (relation, row_id).
+            type Fused = (i32, f64, [Option<usize>; 2]);
+            let mut fused: HashMap<(String, String), Fused> = HashMap::new();
+            for (side, list) in [&semantic, &lexical].into_iter().enumerate() {
                 for (rank, h) in list.iter().enumerate() {
-                    let entry = fused
-                        .entry((h.0.clone(), h.1.clone()))
-                        .or_insert((h.2, 0.0));
+                    let entry =
+                        fused
+                            .entry((h.0.clone(), h.1.clone()))
+                            .or_insert((h.2, 0.0, [None, None]));
                     assert_eq!(entry.0, h.2, "one (relation, row_id), two rows");
                     entry.1 += 1.0 / (60.0 + rank as f64 + 1.0);
+                    entry.2[side] = Some(rank);
                 }
             }
-            let mut want: Vec<(f64, (String, String), i32)> = fused
+            // Best first; ties by semantic rank, then lexical rank (a side without the row last).
+            let mut want: Vec<(f64, (String, String), Fused)> = fused
                 .into_iter()
-                .map(|(key, (id, score))| (score, key, id))
+                .map(|(key, row)| (row.1, key, row))
                 .collect();
-            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let last = |r: Option<usize>| r.unwrap_or(usize::MAX);
+            want.sort_by(|a, b| {
+                b.0.total_cmp(&a.0)
+                    .then(last(a.2 .2[0]).cmp(&last(b.2 .2[0])))
+                    .then(last(a.2 .2[1]).cmp(&last(b.2 .2[1])))
+                    .then(a.1.cmp(&b.1))
+            });
             let hybrid = search(&mut c, query, 10, "docs_faiss", "hybrid");
             assert_eq!(hybrid.len(), 10);
             for (i, (got, want)) in hybrid.iter().zip(&want).enumerate() {
                 assert!(
-                    (got.3 - want.0).abs() < 1e-9 && got.2 == want.2,
+                    (got.3 - want.0).abs() < 1e-9 && got.2 == want.2 .0,
                     "{shards} shards, {query}, rank {}: {got:?} vs {want:?}",
                     i + 1
                 );
