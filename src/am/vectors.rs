@@ -288,5 +288,8 @@ pub unsafe fn text_query_vector(meta: &Meta, index: pg_sys::Relation, text: &str
     if let Err(e) = check_fingerprint(meta, &index_name, &embedding.fingerprint) {
         crate::errors::raise_encoder_error(e);
     }
+    // Where queries get embedded (on which node of a Citus cluster, how often) shows in the
+    // server log at log_min_messages = debug1.
+    pgrx::debug1!("semantic: embedded a query for index \"{index_name}\"");
     embedding.vector
 }

@@ -567,3 +567,60 @@ fn moved_and_rebalanced_shards_answer_the_same_and_a_lost_worker_fails_the_searc
         "after a rebalance onto a third worker",
     );
 }
+
+#[test]
+fn semantic_search_embeds_its_query_once_not_once_per_shard() {
+    let Some(cluster) = citus("citus_embeddings") else {
+        return;
+    };
+    let mut c = cluster.coordinator.connect();
+    load_docs(&mut c, 4);
+    let nodes: Vec<&Cluster> = std::iter::once(&cluster.coordinator)
+        .chain(&cluster.workers)
+        .collect();
+    for node in &nodes {
+        let mut n = node.connect();
+        n.batch_execute("ALTER SYSTEM SET log_min_messages = debug1")
+            .unwrap();
+        n.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Query embeddings so far: the coordinator's, and the workers' together.
+    let embedded = || -> (usize, usize) {
+        let count = |node: &Cluster| node.log().matches("semantic: embedded a query").count();
+        (
+            count(&cluster.coordinator),
+            cluster.workers.iter().map(count).sum(),
+        )
+    };
+    let mut c = cluster.coordinator.connect();
+    for mode in ["semantic", "hybrid"] {
+        let before = embedded();
+        assert_eq!(
+            search(&mut c, "storm at the harbour", 10, "docs_faiss", mode).len(),
+            10
+        );
+        let after = embedded();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (1, 0),
+            "{mode}: one embedding, on the coordinator"
+        );
+    }
+    // A plain ORDER BY with the query text embeds it on every shard: 4.
+    let before = embedded();
+    c.batch_execute(
+        "BEGIN; SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL enable_seqscan = off",
+    )
+    .unwrap();
+    let rows = c
+        .query(
+            "SELECT id FROM docs ORDER BY body <=> 'storm at the harbour' LIMIT 10",
+            &[],
+        )
+        .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    assert_eq!(rows.len(), 10);
+    let after = embedded();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 4));
+}
