@@ -142,6 +142,12 @@ BEGIN
         INTO tbl, found_am
         FROM pg_class c LEFT JOIN pg_am a ON a.oid = c.relam LEFT JOIN pg_index i ON i.indexrelid = c.oid
         WHERE c.oid = idx;
+        IF EXISTS (SELECT FROM pg_class c JOIN pg_am a ON a.oid = c.relam
+                   WHERE c.oid = idx AND c.relkind = 'I' AND a.amname IN ('faiss', 'bm25')) THEN
+            RAISE EXCEPTION '"%" is the index of a partitioned table, which semantic_search does not search', target
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Name the index of one partition, or search the parent table with ORDER BY col <=> ''query'' LIMIT k.';
+        END IF;
         IF found_am IN ('faiss', 'bm25') AND found_am <> am THEN
             -- The index (named, or the default) is of the other kind: take the index of this
             -- mode's kind on the same column (a lexical search naming a faiss index uses its

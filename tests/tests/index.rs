@@ -997,6 +997,58 @@ fn semantic_search_names_its_index_and_rejects_bad_input() {
         &SqlState::UNDEFINED_TABLE,
         "does not exist",
     );
+    // A partitioned table's index: one index per partition. semantic_search names the
+    // partitioned one as such and takes a partition's; ORDER BY on the parent searches them all.
+    client
+        .batch_execute(
+            "CREATE TABLE parts (id int, body text) PARTITION BY RANGE (id);
+             CREATE TABLE parts_low PARTITION OF parts FOR VALUES FROM (0) TO (100);
+             CREATE TABLE parts_high PARTITION OF parts FOR VALUES FROM (100) TO (200);
+             INSERT INTO parts SELECT g, 'note number ' || g FROM generate_series(1, 150) g;
+             CREATE INDEX parts_body ON parts USING faiss (body);",
+        )
+        .unwrap();
+    expect_error(
+        &mut client,
+        "SELECT * FROM semantic_search('number 120', 3, 'parts_body')",
+        &SqlState::FEATURE_NOT_SUPPORTED,
+        "index of a partitioned table",
+    );
+    let relations: Vec<String> = client
+        .query(
+            "SELECT DISTINCT relation FROM semantic_search('number 120', 3, 'parts_high_body_idx')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(relations, ["parts_high"]);
+    client.batch_execute("SET enable_seqscan = off").unwrap();
+    let plan: String = client
+        .query(
+            "EXPLAIN SELECT id FROM parts ORDER BY body <=> 'number 120' LIMIT 3",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect();
+    assert!(
+        plan.contains("Index Scan using parts_low_body_idx")
+            && plan.contains("Index Scan using parts_high_body_idx"),
+        "{plan}"
+    );
+    let found = client
+        .query(
+            "SELECT id FROM parts ORDER BY body <=> 'number 120' LIMIT 3",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(found.len(), 3);
+    client
+        .batch_execute("RESET enable_seqscan; DROP TABLE parts")
+        .unwrap();
     // An index given as a regclass value answers like its name.
     let by_oid: Vec<String> = client
         .query(
