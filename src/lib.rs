@@ -4,6 +4,7 @@
 use pgrx::prelude::*;
 
 mod am;
+mod citus;
 mod compat;
 mod embed;
 mod errors;

@@ -220,6 +220,20 @@ fn semantic_index_info(
         let opened = cache::opened((*rel).rd_id);
         let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
         let lower = |s: String| s.to_lowercase();
+        // A Citus coordinator's index is an empty shell: the shards hold the rows.
+        let counts = crate::citus::shard_sums(
+            (*rel).rd_id,
+            &["rows", "vectors", "pages", "free_pages", "appended"],
+        )
+        .unwrap_or_else(|| {
+            vec![
+                meta.rows as i64,
+                meta.record_count as i64,
+                i64::from(pages),
+                meta.free_blocks() as i64,
+                meta.appended() as i64,
+            ]
+        });
         TableIterator::once((
             meta.model.clone(),
             meta.fingerprint.clone(),
@@ -228,12 +242,12 @@ fn semantic_index_info(
             meta.ef_construction as i32,
             lower(format!("{:?}", meta.long_text)),
             meta.dim as i32,
-            meta.rows as i64,
-            meta.record_count as i64,
+            counts[0],
+            counts[1],
             meta.generation as i64,
-            i64::from(pages),
-            meta.free_blocks() as i64,
-            meta.appended() as i64,
+            counts[2],
+            counts[3],
+            counts[4],
             opened.map(|(n, _)| n as i64),
             opened.map(|(_, shared)| shared),
         ))

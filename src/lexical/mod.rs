@@ -122,16 +122,31 @@ fn semantic_lexical_info(
             .map(|sealed| sealed.view().term_entries())
             .unwrap_or(0);
         let pages = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        // A Citus coordinator's index is an empty shell: the shards hold the rows (their
+        // dictionaries' entries are summed, a term of several shards counted in each).
+        let counts = crate::citus::shard_sums(
+            (*rel).rd_id,
+            &["rows", "documents", "terms", "appended", "pages"],
+        )
+        .unwrap_or_else(|| {
+            vec![
+                meta.rows as i64,
+                meta.snapshot_records as i64,
+                terms as i64,
+                meta.appended() as i64,
+                i64::from(pages),
+            ]
+        });
         TableIterator::once((
             settings.config,
             settings.k1,
             settings.b,
-            meta.rows as i64,
-            meta.snapshot_records as i64,
-            terms as i64,
-            meta.appended() as i64,
+            counts[0],
+            counts[1],
+            counts[2],
+            counts[3],
             meta.generation as i64,
-            i64::from(pages),
+            counts[4],
             cache::shared((*rel).rd_id),
         ))
     }

@@ -318,6 +318,18 @@ fn semantic_index_shards_reports_every_shard() {
         assert_eq!(shards.iter().map(|s| s.2).sum::<i64>(), 160, "{shards:?}");
         assert!(shards.iter().all(|s| s.2 > 0 && s.2 < 160), "{shards:?}");
     }
+    // The info functions on the coordinator report the whole, not its empty shell.
+    let whole: (i64, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT f.rows, f.vectors, l.documents
+                 FROM semantic_index_info('docs_faiss') f, semantic_lexical_info('docs_bm25') l",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(whole, (160, 160, 160));
     // A plain table's index: one row, its own.
     let local: (Option<i64>, i64) = {
         let r = c

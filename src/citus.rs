@@ -1,0 +1,56 @@
+//! Citus glue: an index of a distributed table lives as one index per shard on the workers,
+//! and the coordinator holds an empty shell of it. The info functions report the whole by
+//! summing what `semantic_index_shards` (sql/semantic_search.sql) reads from every shard.
+
+use pgrx::prelude::*;
+use pgrx::spi::Spi;
+
+use crate::errors::raise;
+
+/// For an index of a Citus distributed table (seen from a node with Citus's metadata), the
+/// sums over its shards (each shard once, whatever its placements) of the integer `fields` of
+/// its info row; None for any other index. A field a shard's row lacks counts as 0.
+pub fn shard_sums(index: pg_sys::Oid, fields: &[&str]) -> Option<Vec<i64>> {
+    let distributed = Spi::get_one_with_args::<bool>(
+        "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+                AND current_setting('citus.propagate_set_commands', true) IS NOT NULL",
+        &[],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+        && Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_dist_partition p ON p.logicalrelid = i.indrelid
+                            WHERE i.indexrelid = $1)",
+            &[index.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if !distributed {
+        return None;
+    }
+    let sums: Vec<String> = fields
+        .iter()
+        .map(|f| format!("coalesce(sum((info->>'{f}')::bigint), 0)::bigint"))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM (SELECT DISTINCT ON (shardid) info FROM semantic_index_shards($1::regclass)
+                         ORDER BY shardid) s",
+        sums.join(", ")
+    );
+    Spi::connect(|client| {
+        let row = client.select(&sql, None, &[index.into()])?.first();
+        (1..=fields.len())
+            .map(|i| row.get::<i64>(i).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<i64>, _>>()
+    })
+    .map(Some)
+    .unwrap_or_else(|e: pgrx::spi::SpiError| {
+        raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("cannot sum the shards of the index: {e}"),
+            None,
+        )
+    })
+}
