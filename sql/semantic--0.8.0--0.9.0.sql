@@ -3,8 +3,9 @@
 -- repeats across partitions and shards; on Citus it sets its search settings again as SET LOCAL
 -- (through the new semantic_set_local) so that they reach the shards, and scores lexical and
 -- hybrid searches with the corpus statistics of every shard summed (semantic_lexical_statistics,
--- semantic.bm25_statistics); semantic_index_shards reports each shard of a distributed index.
--- A new result column: the functions are dropped and created.
+-- semantic.bm25_statistics); semantic_index_shards reports each shard of a distributed index,
+-- and semantic_index_metric gives a faiss index's metric (what semantic_search reads). A new
+-- result column: the functions are dropped and created.
 \echo Use "ALTER EXTENSION semantic UPDATE" to load this file. \quit
 
 DROP FUNCTION semantic_search(text, integer, regclass, text, text, double precision, double precision, integer);
@@ -17,6 +18,13 @@ CREATE FUNCTION "semantic_lexical_statistics"(
 STABLE STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'semantic_lexical_statistics_wrapper';
+
+CREATE FUNCTION "semantic_index_metric"(
+	"index" regclass
+) RETURNS TEXT
+STABLE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'semantic_index_metric_wrapper';
 
 -- SET LOCAL, run from inside a query. Citus forwards a SET LOCAL to the shards only when it
 -- runs inside a function called by a query or in a transaction block (its test of "in a
@@ -210,7 +218,7 @@ BEGIN
         END IF;
     END IF;
     IF mode <> 'lexical' THEN
-        SELECT i.metric INTO metric FROM semantic_index_info(idx) i;
+        metric := semantic_index_metric(idx);
         -- The query is embedded here, once, and searched for as a vector: a distributed table
         -- (Citus) passes the vector to every shard instead of each shard embedding the text.
         query_vector := semantic_query_vector(idx, query);

@@ -204,7 +204,7 @@ BEGIN
         END IF;
     END IF;
     IF mode <> 'lexical' THEN
-        SELECT i.metric INTO metric FROM semantic_index_info(idx) i;
+        metric := semantic_index_metric(idx);
         -- The query is embedded here, once, and searched for as a vector: a distributed table
         -- (Citus) passes the vector to every shard instead of each shard embedding the text.
         query_vector := semantic_query_vector(idx, query);

@@ -186,6 +186,18 @@ impl IndexKind {
     }
 }
 
+/// The metric a faiss index ranks by (`cosine`, `dot`, `l2` or `l1`): what semantic_search
+/// needs to turn distances into scores, without semantic_index_info's sizes (which on a Citus
+/// coordinator are read from every shard).
+#[pg_extern(stable, strict)]
+fn semantic_index_metric(index: pgrx::PgRelation) -> String {
+    // SAFETY: an open index relation, checked to be a faiss one.
+    unsafe {
+        IndexKind::expect(&index, &[IndexKind::Faiss]);
+        storage::read_meta(index.as_ptr()).metric.name().to_string()
+    }
+}
+
 /// What a faiss index holds: its model and settings, sizes and free space, the records
 /// appended since its snapshot, and the snapshot this backend searches (its vectors, and
 /// whether it is the server's shared file; NULL when this backend has opened none).
