@@ -11,22 +11,26 @@ use crate::errors::raise;
 /// sums over its shards (each shard once, whatever its placements) of the integer `fields` of
 /// its info row; None for any other index. A field a shard's row lacks counts as 0.
 pub fn shard_sums(index: pg_sys::Oid, fields: &[&str]) -> Option<Vec<i64>> {
-    let distributed = Spi::get_one_with_args::<bool>(
-        "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
-                AND current_setting('citus.propagate_set_commands', true) IS NOT NULL",
-        &[],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
-        && Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_dist_partition p ON p.logicalrelid = i.indrelid
-                            WHERE i.indexrelid = $1)",
-            &[index.into()],
-        )
+    // Read-only SPI (`select`): pgrx's get_one* helpers run as updates, which assign a
+    // transaction id, and a standby has none to give.
+    let yes = |sql: &str| -> bool {
+        Spi::connect(|client| {
+            client
+                .select(sql, Some(1), &[index.into()])?
+                .first()
+                .get::<bool>(1)
+        })
         .ok()
         .flatten()
-        .unwrap_or(false);
+        .unwrap_or(false)
+    };
+    let distributed = yes(
+        "SELECT $1 IS NOT NULL AND to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+                AND current_setting('citus.propagate_set_commands', true) IS NOT NULL",
+    ) && yes(
+        "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_dist_partition p ON p.logicalrelid = i.indrelid
+                        WHERE i.indexrelid = $1)",
+    );
     if !distributed {
         return None;
     }
