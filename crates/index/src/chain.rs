@@ -720,22 +720,19 @@ fn read_chain_with<R: Relation>(
     Ok(total == chain.bytes)
 }
 
-/// Passes the bytes of the snapshot in `pages` to `visit`, in order: its chain's, with its
-/// vectors' segments' put in where they go. Ok(false) if a chain was freed and reused under
-/// the reader.
+/// Passes the bytes of the snapshot in `pages` to `visit`, in order: its chain's (its graph
+/// unpacked), with its vectors' segments' put in where they go. Ok(false) if a chain was freed
+/// and reused under the reader.
 pub fn read_snapshot_with<R: Relation>(
     rel: &R,
     pages: &SnapshotPages,
     mut visit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<bool> {
-    if pages.vectors.is_empty() {
-        return read_chain_with(rel, &pages.chain, &mut visit);
-    }
     // The chain's bytes before the vectors, the vectors, then the chain's other bytes.
     let mut passed = 0u64;
-    let mut vectors_done = false;
+    let mut vectors_done = pages.vectors.is_empty();
     let mut complete = true;
-    let whole = read_chain_with(rel, &pages.chain, &mut |mut bytes: &[u8]| {
+    let mut splice = |mut bytes: &[u8]| -> std::io::Result<()> {
         if !vectors_done && passed + bytes.len() as u64 >= pages.vectors_at {
             let before = (pages.vectors_at - passed) as usize;
             visit(&bytes[..before])?;
@@ -748,7 +745,20 @@ pub fn read_snapshot_with<R: Relation>(
         }
         passed += bytes.len() as u64;
         visit(bytes)
-    })?;
+    };
+    let whole = if pages.packed_graph {
+        let mut unpacker = crate::packed_graph::Unpacker::new();
+        let whole = read_chain_with(rel, &pages.chain, &mut |bytes: &[u8]| {
+            unpacker.feed(bytes, &mut splice)
+        })?;
+        // A chain rewritten under the reader may stop anywhere: only a whole one must unpack.
+        if whole {
+            unpacker.finish()?;
+        }
+        whole
+    } else {
+        read_chain_with(rel, &pages.chain, &mut splice)?
+    };
     Ok(whole && complete && vectors_done)
 }
 
@@ -1002,6 +1012,40 @@ fn copy_to_chain<R: Relation>(
     Ok(())
 }
 
+/// Copies the next `len` bytes of `snapshot` (what comes before its vectors) to `writer`'s
+/// chain in full pages, its HNSW graph packed (see [`crate::packed_graph`]): (the bytes
+/// written, whether it packed).
+fn pack_to_chain<R: Relation>(
+    snapshot: &mut dyn std::io::Read,
+    len: u64,
+    writer: &mut ChainWriter<'_, R>,
+    pool: &mut Pool,
+) -> Result<(u64, bool), LayoutError> {
+    let mut page = Vec::with_capacity(PAGE_CAPACITY);
+    let mut written = 0u64;
+    let mut push = |page: &mut Vec<u8>| {
+        writer.push(pool, page, page.len() as u16);
+        written += page.len() as u64;
+        page.clear();
+    };
+    let packed = crate::packed_graph::pack(snapshot, len, &mut |mut bytes: &[u8]| {
+        while !bytes.is_empty() {
+            let n = (PAGE_CAPACITY - page.len()).min(bytes.len());
+            page.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if page.len() == PAGE_CAPACITY {
+                push(&mut page);
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| LayoutError::Io(format!("could not read the new snapshot back: {e}")))?;
+    if !page.is_empty() {
+        push(&mut page);
+    }
+    Ok((written, packed))
+}
+
 /// `records` cut into pages, each with its `used` count: whole records a page, or, when they
 /// span pages, full pages of the byte stream (`used` counts bytes).
 fn record_pages(records: &[u8], dim: usize) -> impl Iterator<Item = (&[u8], u16)> {
@@ -1063,7 +1107,8 @@ pub fn rewrite<R: Relation>(
             "a new snapshot's vectors do not fit it".into(),
         ));
     }
-    copy_to_chain(new.snapshot, vectors_at, Some(&mut writer), &mut pool)?;
+    let (mut chain_bytes, packed_graph) =
+        pack_to_chain(new.snapshot, vectors_at, &mut writer, &mut pool)?;
     copy_to_chain::<R>(new.snapshot, kept_vectors, None, &mut pool)?;
     let mut vectors_writer = ChainWriter::new(rel, PageKind::Snapshot, generation);
     let new_vectors = vectors_len - kept_vectors;
@@ -1076,6 +1121,7 @@ pub fn rewrite<R: Relation>(
     let (vectors_head, _) = vectors_writer.finish();
     let rest = new.snapshot_bytes - vectors_at - vectors_len;
     copy_to_chain(new.snapshot, rest, Some(&mut writer), &mut pool)?;
+    chain_bytes += rest;
     let (snapshot_head, _) = writer.finish();
     let mut segments = new.kept.clone();
     if new_vectors > 0 {
@@ -1224,8 +1270,9 @@ pub fn rewrite<R: Relation>(
         terms_tail,
         terms_bytes: carried_terms.len() as u64,
         reserved: Vec::new(),
-        snapshot_bytes: new.snapshot_bytes - vectors_len,
+        snapshot_bytes: chain_bytes,
         vectors_at: new.vectors.map(|(at, _)| at),
+        packed_graph,
         segments,
         ..now
     };

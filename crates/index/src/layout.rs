@@ -5,7 +5,8 @@
 //!   inserts and rewritten by vacuum;
 //! - the snapshot chain: a [`crate::snapshot`] (FAISS index, row ids, text hashes) covering the
 //!   rows up to [`Meta::snapshot_end`], so a backend need not rebuild an HNSW graph to search;
-//!   every backend searches it through the server's snapshot file of its [`Meta::cache_key`];
+//!   every backend searches it through the server's snapshot file of its [`Meta::cache_key`]
+//!   (an HNSW graph is kept packed, see [`crate::packed_graph`]);
 //! - when the snapshot keeps vectors exactly (Flat, HNSW), the records chain holds only the
 //!   records appended since the snapshot: every vector is stored once;
 //! - the marks chain: the snapshot positions (u32 each) whose rows VACUUM found dead, which
@@ -107,6 +108,8 @@ pub struct SnapshotPages {
     pub chain: SnapshotChain,
     pub vectors: Vec<SnapshotChain>,
     pub vectors_at: u64,
+    /// Whether the chain holds its HNSW graph packed (see [`crate::packed_graph`]).
+    pub packed_graph: bool,
 }
 
 /// A chain of snapshot bytes that a rewrite kept from an earlier generation. bm25 indexes fold
@@ -132,6 +135,7 @@ impl Segment {
             chain: self.chain(),
             vectors: Vec::new(),
             vectors_at: 0,
+            packed_graph: false,
         }
     }
 
@@ -245,6 +249,10 @@ pub struct Meta {
     /// and left out of the snapshot chain (`snapshot_bytes` then counts the chain's bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vectors_at: Option<u64>,
+    /// faiss: whether the snapshot chain holds its HNSW graph packed (see
+    /// [`crate::packed_graph`]); absent in indexes written before packing, read as they are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packed_graph: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +323,7 @@ impl Meta {
             lexical: None,
             segments: Vec::new(),
             vectors_at: None,
+            packed_graph: false,
         }
     }
 
@@ -412,11 +421,13 @@ impl Meta {
                 chain: self.snapshot_chain(),
                 vectors: self.segments.iter().map(Segment::chain).collect(),
                 vectors_at: at,
+                packed_graph: self.packed_graph,
             },
             None => SnapshotPages {
                 chain: self.snapshot_chain(),
                 vectors: Vec::new(),
                 vectors_at: 0,
+                packed_graph: self.packed_graph,
             },
         }
     }

@@ -38,6 +38,7 @@ mod io;
 pub mod layout;
 pub mod metric;
 pub mod options;
+pub mod packed_graph;
 pub mod records;
 pub mod relation;
 pub mod snapshot;

@@ -1,5 +1,6 @@
 //! The snapshot: a FAISS index with the row id (and text hash) of each of its vectors, as one
-//! byte string that is both what the index pages hold and, unchanged, the server's cache file.
+//! byte string that is the server's cache file and, but for the vectors kept in segments and the
+//! HNSW graph kept packed (see [`crate::packed_graph`]), what the index pages hold.
 //!
 //! ```text
 //! offset                size      field

@@ -880,3 +880,60 @@ fn vectors_kept_in_segments_are_written_once() {
     assert!(meta.free_blocks() >= freed);
     assert_eq!(rel.pinned.get(), 0);
 }
+
+/// An HNSW snapshot: its chain holds the graph packed (see semantic_index::packed_graph), in
+/// fewer pages than FAISS's bytes take, and reading the pages gives FAISS's bytes back, after
+/// the build and after a fold that adds vectors to the graph.
+#[test]
+fn hnsw_graphs_are_packed_in_the_pages() {
+    use semantic_index::snapshot::{encode_snapshot, flat_vectors_range};
+    use semantic_index::{Metric, VectorIndex};
+    let rel = MemoryRelation::default();
+    let mut meta = new_index(&rel);
+    let mut index = VectorIndex::new(DIM, "HNSW16", Metric::L2).unwrap();
+    let mut added = 0;
+    for (round, n) in [(1u8, 3000usize), (2, 3300)] {
+        let vectors: Vec<f32> = (added..n).flat_map(vector).collect();
+        let ids: Vec<i64> = (added as i64..n as i64).collect();
+        index.add(&ids, &vectors).unwrap();
+        added = n;
+        let bytes = encode_snapshot(&index, &[], &[round; 16]).unwrap();
+        let (at, len) = flat_vectors_range(bytes.len() as u64, DIM, |at, buf| {
+            buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]);
+            Ok(())
+        })
+        .unwrap();
+        let kept = meta.segments.clone();
+        rewrite_now(
+            &rel,
+            &mut meta,
+            DIM,
+            Generation {
+                records: &[],
+                rows: n as u64,
+                snapshot: &mut &bytes[..],
+                snapshot_bytes: bytes.len() as u64,
+                cache_key: [round; 16],
+                snapshot_vectors: n as u64,
+                snapshot_has_vectors: true,
+                marks: &[],
+                kept,
+                vectors: Some((at, len)),
+            },
+        )
+        .unwrap();
+        assert!(meta.packed_graph);
+        let unpacked = bytes.len() as u64 - len;
+        assert!(
+            meta.snapshot_bytes * 10 < unpacked * 8,
+            "{} packed bytes for {unpacked}",
+            meta.snapshot_bytes
+        );
+        assert!(
+            read_snapshot(&rel, &meta.snapshot_pages()) == Some(bytes),
+            "the pages do not give the snapshot back (round {round})"
+        );
+    }
+    assert_eq!(meta.segments.len(), 2);
+    assert_eq!(rel.pinned.get(), 0);
+}
