@@ -1,14 +1,15 @@
 """Driver of benchmarks/write_workload.sh (run it through that script, which starts the cluster
 and installs pgvector).
 
-  bench_write.py PORT N
+  bench_write.py PORT N [QUERIES=1000]
 
 For each index (pgvector HNSW, faiss HNSW16), on a table of its own holding the same N vectors
 (clustered.py's, seeded): CREATE INDEX (2 build processes: pgvector leader + 1 worker,
 semantic.threads 2), DELETE of 1% of the rows (id % 100 = 0), then VACUUM of the table while
 one client inserts one new vector per transaction and another runs top-10 searches at
-ef_search 100, both for as long as the VACUUM runs. Then recall@10 of 200 queries against the
-exact top-10 of the live rows (numpy). Autovacuum is off: the one VACUUM is the one measured.
+ef_search 100, both for as long as the VACUUM runs. Then recall@10 of QUERIES queries against
+the exact top-10 of the live rows (numpy), with its standard error, and the paired difference
+between the two indexes (same queries) with its standard error. Autovacuum is off: the one VACUUM is the one measured.
 """
 import sys
 import threading
@@ -20,8 +21,9 @@ import psycopg
 from clustered import DIM, Clustered, copy_real_arrays
 
 port, n = sys.argv[1], int(sys.argv[2])
+NQ = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
 DSN = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-NQ, K = 200, 10
+K = 10
 
 
 def connect():
@@ -124,8 +126,11 @@ for name, spec in INDEXES.items():
     # recall@10 after, against the exact top-10 of the live rows (the base's and the inserted).
     vectors = np.vstack([base[live], extra[:len(inserted)]])
     ids = np.concatenate([np.arange(1, n + 1)[live], n + 1 + np.array(inserted, dtype=np.int64)])
-    scores = queries @ vectors.T
-    truth = [set(ids[np.argpartition(-scores[q], K)[:K]].tolist()) for q in range(NQ)]
+    truth = []
+    for s in range(0, NQ, 100):  # 100 queries at a time: 100 x 1M scores is 400 MB
+        scores = queries[s:s + 100] @ vectors.T
+        truth += [set(ids[np.argpartition(-row, K)[:K]].tolist()) for row in scores]
+    del scores
     with connect() as c:
         for s in spec["settings"]:
             c.execute(s)
@@ -136,14 +141,16 @@ for name, spec in INDEXES.items():
         size = c.execute(f"SELECT pg_size_pretty(pg_relation_size('{table}_idx'))").fetchone()[0]
     r = dict(build=build, vacuum=vacuum, ins_max=max(during) * 1000, ins_p99=float(np.percentile(np.array(during) * 1000, 99)),
              ins_n=len(during), search_max=max(searches) * 1000, search_p50=float(np.percentile(np.array(searches) * 1000, 50)),
-             recall=float(np.mean(rec)), size=size)
+             recall=float(np.mean(rec)), recall_se=float(np.std(rec) / np.sqrt(NQ)), per_query=np.array(rec), size=size)
     results[name] = r
     print(f"{name}: build {build:.1f} s; VACUUM {vacuum:.2f} s; during it {r['ins_n']} INSERTs, longest {r['ins_max']:.1f} ms, "
           f"p99 {r['ins_p99']:.1f} ms; searches: longest {r['search_max']:.1f} ms, p50 {r['search_p50']:.2f} ms; "
-          f"recall@10 after {r['recall']:.4f}; index {size}")
+          f"recall@10 after {r['recall']:.4f} (SE {r['recall_se']:.4f}, {NQ} queries); index {size}")
 
 pg, fa = results["pgvector HNSW"], results["faiss HNSW16"]
 print(f"--- faiss / pgvector, N = {n}")
 print(f"VACUUM {fa['vacuum']:.2f} s / {pg['vacuum']:.2f} s = {fa['vacuum'] / pg['vacuum']:.2f}x; "
       f"longest INSERT {fa['ins_max']:.1f} / {pg['ins_max']:.1f} ms; INSERT p99 {fa['ins_p99']:.1f} / {pg['ins_p99']:.1f} ms; "
       f"longest search {fa['search_max']:.1f} / {pg['search_max']:.1f} ms; recall@10 {fa['recall']:.4f} / {pg['recall']:.4f}")
+diff = fa["per_query"] - pg["per_query"]
+print(f"recall@10 faiss - pgvector, paired over the same {NQ} queries: {diff.mean():+.4f} (SE {diff.std() / np.sqrt(NQ):.4f})")

@@ -24,9 +24,14 @@ pub fn shard_sums(index: pg_sys::Oid, fields: &[&str]) -> Option<Vec<i64>> {
         .flatten()
         .unwrap_or(false)
     };
-    let distributed = yes(
-        "SELECT $1 IS NOT NULL AND to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
-                AND current_setting('citus.propagate_set_commands', true) IS NOT NULL",
+    // Without Citus loaded (its settings unknown) there is nothing to ask SPI.
+    // SAFETY: a lookup by a constant name, missing_ok.
+    let citus_loaded = unsafe {
+        !pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false).is_null()
+    };
+    let distributed = citus_loaded
+        && yes(
+        "SELECT $1 IS NOT NULL AND to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL",
     ) && yes(
         "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_dist_partition p ON p.logicalrelid = i.indrelid
                         WHERE i.indexrelid = $1)",
