@@ -131,6 +131,37 @@ fn rewrite_now(
     Ok(())
 }
 
+/// A rewrite to a faiss snapshot `bytes` of `n` vectors, which lie at `vectors` (start, length)
+/// and are kept in segments (`kept`: those earlier segments hold the first of them).
+fn rewrite_vectors_kept(
+    rel: &MemoryRelation,
+    meta: &mut Meta,
+    bytes: &[u8],
+    n: usize,
+    key: u8,
+    kept: Vec<semantic_index::layout::Segment>,
+    vectors: (u64, u64),
+) {
+    rewrite_now(
+        rel,
+        meta,
+        DIM,
+        Generation {
+            records: &[],
+            rows: n as u64,
+            snapshot: &mut &bytes[..],
+            snapshot_bytes: bytes.len() as u64,
+            cache_key: [key; 16],
+            snapshot_vectors: n as u64,
+            snapshot_has_vectors: true,
+            marks: &[],
+            kept,
+            vectors: Some(vectors),
+        },
+    )
+    .unwrap();
+}
+
 fn all_records(rel: &MemoryRelation, meta: &Meta) -> (ChainRead, Vec<(RecordKey, Vec<f32>)>) {
     let mut out = Vec::new();
     let from = ChainPos {
@@ -826,24 +857,7 @@ fn vectors_kept_in_segments_are_written_once() {
     let write =
         |meta: &mut Meta, n: usize, salt: u8, kept: Vec<semantic_index::layout::Segment>| {
             let (bytes, at, len) = snapshot(n, salt);
-            rewrite_now(
-                &rel,
-                meta,
-                DIM,
-                Generation {
-                    records: &[],
-                    rows: n as u64,
-                    snapshot: &mut &bytes[..],
-                    snapshot_bytes: bytes.len() as u64,
-                    cache_key: [salt; 16],
-                    snapshot_vectors: n as u64,
-                    snapshot_has_vectors: true,
-                    marks: &[],
-                    kept,
-                    vectors: Some((at, len)),
-                },
-            )
-            .unwrap();
+            rewrite_vectors_kept(&rel, meta, &bytes, n, salt, kept, (at, len));
             assert!(
                 read_snapshot(&rel, &meta.snapshot_pages()) == Some(bytes),
                 "the pages do not give the snapshot back"
@@ -904,24 +918,7 @@ fn hnsw_graphs_are_packed_in_the_pages() {
         })
         .unwrap();
         let kept = meta.segments.clone();
-        rewrite_now(
-            &rel,
-            &mut meta,
-            DIM,
-            Generation {
-                records: &[],
-                rows: n as u64,
-                snapshot: &mut &bytes[..],
-                snapshot_bytes: bytes.len() as u64,
-                cache_key: [round; 16],
-                snapshot_vectors: n as u64,
-                snapshot_has_vectors: true,
-                marks: &[],
-                kept,
-                vectors: Some((at, len)),
-            },
-        )
-        .unwrap();
+        rewrite_vectors_kept(&rel, &mut meta, &bytes, n, round, kept, (at, len));
         assert!(meta.packed_graph);
         let unpacked = bytes.len() as u64 - len;
         assert!(
