@@ -42,10 +42,11 @@ for v in $SEMANTIC_PG_VERSIONS; do
     # The Citus suite (issue 23), with Citus built from ../shared's source tarball where it is
     # there; its tests then must run (SEMANTIC_TEST_CITUS=required), not skip.
     pg_config="$ROOT/.semantic/postgres/$v/bin/pg_config"
-    if [ ! -f "$("$pg_config" --pkglibdir)/citus.so" ] && [ -f "$ROOT/../shared/vendor/citus-14.0.1.tar.gz" ]; then
+    citus_so="$("$pg_config" --pkglibdir)/citus.so"
+    if [ ! -f "$citus_so" ] && [ -f "$ROOT/../shared/vendor/citus-14.0.1.tar.gz" ]; then
       PG_CONFIG="$pg_config" "$ROOT/scripts/citus.sh" build
     fi
-    if [ -f "$("$pg_config" --pkglibdir)/citus.so" ]; then
+    if [ -f "$citus_so" ]; then
       log "PostgreSQL $v: the Citus suite"
       SEMANTIC_TEST_CITUS=required SEMANTIC_TEST_PG_BINDIR="$ROOT/.semantic/postgres/$v/bin" \
         cargo test --release -p semantic-tests --test citus "$@"
