@@ -494,14 +494,16 @@ impl Plan<'_> {
             }
             None => None,
         };
-        let names = self.int8_weights(&product)?;
+        let Int8Names {
+            values,
+            scales,
+            divisors,
+            float_part,
+        } = self.int8_weights(&product)?;
         let node_name = node.name.as_deref().unwrap_or("MatMul").to_string();
         let mut nodes = Vec::new();
         // Scaling the input feature by feature: smoothing it, or zeroing its float part.
-        let scaled_by = names
-            .divisors
-            .clone()
-            .or_else(|| names.float_part.as_ref().map(|f| f.mask.clone()));
+        let scaled_by = divisors.or_else(|| float_part.as_ref().map(|f| f.mask.clone()));
         let input = match scaled_by {
             Some(factors) => {
                 let scaled = self.fresh_name(&format!("{}_scaled", product.input));
@@ -516,7 +518,6 @@ impl Plan<'_> {
             }
             None => product.input.to_string(),
         };
-        let Int8Names { values, scales, .. } = names.clone();
         let mut inputs = vec![input, values, scales];
         if let Some((c, beta, bias)) = bias {
             let raw = bias.iter().flat_map(|b| (beta * b).to_le_bytes()).collect();
@@ -529,7 +530,7 @@ impl Plan<'_> {
                 raw,
             ));
         }
-        let Some(float_part) = names.float_part else {
+        let Some(float_part) = float_part else {
             nodes.push(NodeProto {
                 input: inputs,
                 output: node.output.clone(),

@@ -1341,6 +1341,23 @@ fn feature_ranges(values: &[f32], width: usize) -> Vec<f32> {
     ranges
 }
 
+/// How far `model`'s output Y lies from `float`'s on input X = `x` (`shape`), relative to the
+/// latter's norm.
+fn relative_error(float: &[u8], model: &[u8], shape: [usize; 2], x: &[f32]) -> f64 {
+    let y_of = |model: &[u8]| -> Vec<f64> {
+        let mut s = session(model);
+        let dims = [shape[0] as i64, shape[1] as i64];
+        let outputs = s
+            .run(ort::inputs!["X" => Tensor::from_array((dims, x.to_vec())).unwrap()])
+            .unwrap();
+        let (_, y) = outputs["Y"].try_extract_tensor::<f32>().unwrap();
+        y.iter().map(|&v| f64::from(v)).collect()
+    };
+    let (exact, y) = (y_of(float), y_of(model));
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|d| d * d).sum::<f64>().sqrt();
+    norm(&mut y.iter().zip(&exact).map(|(a, b)| a - b)) / norm(&mut exact.iter().copied())
+}
+
 #[test]
 fn inputs_with_an_outlying_feature_are_smoothed() {
     // Y = (X + B) W, where feature 0 of X + B is about 40 times the others: one scale for
@@ -1403,27 +1420,7 @@ fn inputs_with_an_outlying_feature_are_smoothed() {
 
     // On rows the ranges were not measured on: the same product as float, with a smaller
     // error than without smoothing.
-    let y_of = |model: &[u8]| -> Vec<f32> {
-        let mut s = session(model);
-        let outputs = s
-            .run(ort::inputs!["X" => Tensor::from_array(([rows as i64, k as i64], check.clone())).unwrap()])
-            .unwrap();
-        outputs["Y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
-    };
-    let exact = y_of(&float);
-    let error = |model: &[u8]| -> f64 {
-        y_of(model)
-            .iter()
-            .zip(&exact)
-            .map(|(a, b)| f64::from(a - b).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            / exact
-                .iter()
-                .map(|v| f64::from(*v).powi(2))
-                .sum::<f64>()
-                .sqrt()
-    };
+    let error = |model: &[u8]| relative_error(&float, model, [rows, k], &check);
     let (smoothed_error, plain_error) = (error(&smoothed), error(&plain));
     assert!(
         smoothed_error < plain_error / 2.0 && smoothed_error < 0.01,
@@ -1507,20 +1504,7 @@ fn narrowing_products_multiply_outlying_features_in_float() {
 
     // On rows the ranges were not measured on: the float product, with a far smaller error
     // than quantised whole.
-    let y_of = |model: &[u8]| -> Vec<f32> {
-        let mut s = session(model);
-        let outputs = s
-            .run(ort::inputs!["X" => Tensor::from_array(([rows as i64, k as i64], check.clone())).unwrap()])
-            .unwrap();
-        outputs["Y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
-    };
-    let exact = y_of(&float);
-    let error = |model: &[u8]| -> f64 {
-        let y = y_of(model);
-        let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|d| d * d).sum::<f64>().sqrt();
-        norm(&mut y.iter().zip(&exact).map(|(a, b)| f64::from(a - b)))
-            / norm(&mut exact.iter().map(|v| f64::from(*v)))
-    };
+    let error = |model: &[u8]| relative_error(&float, model, [rows, k], &check);
     let (split_error, whole_error) = (error(&split), error(&whole));
     assert!(
         split_error < whole_error / 2.0 && split_error < 0.01,
