@@ -24,7 +24,7 @@ pub use family::{
 pub use graph_io::{read_graph_io, GraphIo, GraphOutput};
 pub use quantize::{
     activation_probe, quantize_columns, quantize_int8, InputRanges, Int8Scope, Int8Weights,
-    ORT_DOMAIN, QUANTIZED_MATMUL,
+    MATMUL_OF_QUANTIZED, ORT_DOMAIN, QUANTIZED_MATMUL,
 };
 
 /// The little-endian elements of a safetensors tensor as float32, for the float types

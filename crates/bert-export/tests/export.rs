@@ -21,7 +21,7 @@ use safetensors::Dtype;
 use semantic_bert_export::onnx_proto::{self, ModelProto};
 use semantic_bert_export::{
     activation_probe, export_onnx, quantize_int8, BertConfig, ExportError, InputRanges, Int8Scope,
-    ORT_DOMAIN, QUANTIZED_MATMUL,
+    MATMUL_OF_QUANTIZED, ORT_DOMAIN, QUANTIZED_MATMUL,
 };
 
 // ---------------------------------------------------------------- helpers --
@@ -1074,6 +1074,29 @@ fn count_ops(graph: &onnx_proto::GraphProto, op: &str) -> usize {
         .count()
 }
 
+/// The int8 products of a quantised graph: those that quantise their own input, and those
+/// that read an input quantised once for several (a layer's query, key and value). Every
+/// one must add its bias itself: the exporter's graphs have one after each weight product.
+fn int8_products(graph: &onnx_proto::GraphProto) -> (usize, usize) {
+    for n in &graph.node {
+        let bias_at = match n.op_type.as_deref() {
+            Some(QUANTIZED_MATMUL) => 4,
+            Some(MATMUL_OF_QUANTIZED) => 6,
+            _ => continue,
+        };
+        assert!(
+            n.input.get(bias_at).is_some_and(|b| !b.is_empty()),
+            "{:?} adds no bias: {:?}",
+            n.name,
+            n.input
+        );
+    }
+    (
+        count_ops(graph, QUANTIZED_MATMUL),
+        count_ops(graph, MATMUL_OF_QUANTIZED),
+    )
+}
+
 /// MatMuls whose right-hand side is an initializer (weights).
 fn weight_matmuls(graph: &onnx_proto::GraphProto) -> usize {
     let initializers: Vec<&str> = graph
@@ -1107,7 +1130,10 @@ fn int8_graphs_of_each_family_run_close_to_float() {
             .unwrap()
             .graph
             .unwrap();
-        assert_eq!(count_ops(&graph, QUANTIZED_MATMUL), 5 * cfg.layers);
+        // Query, key and value read one input, quantised once; attention output and FFN in
+        // quantise theirs.
+        assert_eq!(int8_products(&graph), (2 * cfg.layers, 3 * cfg.layers));
+        assert_eq!(count_ops(&graph, "DynamicQuantizeLinear"), cfg.layers);
         assert_eq!(weight_matmuls(&graph), cfg.layers);
         let int8 = quantize_int8(&float, Int8Scope::AllWeights, &no_ranges()).unwrap();
         let model = ModelProto::decode(int8.as_slice()).unwrap();
@@ -1118,8 +1144,8 @@ fn int8_graphs_of_each_family_run_close_to_float() {
         let graph = model.graph.unwrap();
         // Query, key, value, attention output, FFN in and out: six weight matrices a layer.
         assert_eq!(
-            count_ops(&graph, QUANTIZED_MATMUL),
-            6 * cfg.layers,
+            int8_products(&graph),
+            (3 * cfg.layers, 3 * cfg.layers),
             "{:?}",
             cfg.family
         );
@@ -1555,8 +1581,9 @@ fn graphs_that_cannot_be_quantised_are_refused() {
     )
     .unwrap();
     let e = refusal(&once);
+    // The first quantised node is the shared quantisation of layer 0's query, key and value.
     assert!(
-        e.contains("quantised already") && e.contains(QUANTIZED_MATMUL),
+        e.contains("quantised already") && e.contains("DynamicQuantizeLinear"),
         "{e}"
     );
 }
