@@ -21,8 +21,9 @@
 //! factors from all their weights) and its quantisation: one `DynamicQuantizeLinear`, then a
 //! `com.microsoft.MatMulIntegerToFloat` each, where separate operators would smooth and
 //! quantise the same input three times. A bias `Add` after a product is folded into it (both
-//! operators add a bias as they scale back to float). On SciFact abstracts (240 tokens,
-//! one a run) the two cut all-MiniLM-L6-v2's int8 run time by about a tenth.
+//! operators add a bias as they scale back to float). With the two, all-MiniLM-L6-v2's int8
+//! CREATE INDEX of SciFact's abstracts took 73.8 s where it had taken 86.9-88.7 s, on a CPU
+//! without AMX (BENCHMARKS.md: separate runs; fp32's 158.5 s and 153.2-155.8 s beside them).
 //!
 //! The graph is edited at the level of its protobuf fields: only the nodes and initializers
 //! that change are decoded and written again, and every other byte is kept as it was. The
