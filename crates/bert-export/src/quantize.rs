@@ -274,6 +274,27 @@ fn value_count(tensor: &TensorProto) -> Option<usize> {
     }
 }
 
+/// Whether `tensor` is a bias for `columns` output columns: that many floats, held in the graph.
+fn is_bias(tensor: &TensorProto, columns: usize) -> bool {
+    tensor.data_type == Some(data_type::FLOAT)
+        && tensor.data_location != Some(1)
+        && value_count(tensor) == Some(columns)
+}
+
+/// A DynamicQuantizeMatMul's inputs: `input` times the int8 weights, plus `bias` if any.
+fn quantized_matmul_inputs(
+    input: String,
+    values: String,
+    scales: String,
+    bias: Option<String>,
+) -> Vec<String> {
+    let mut inputs = vec![input, values, scales];
+    if let Some(bias) = bias {
+        inputs.extend([String::new(), bias]); // no zero point: the weights are symmetric
+    }
+    inputs
+}
+
 /// `node` as a [`WeightProduct`] of `scope`, when it is one.
 fn weight_product<'n>(
     node: &'n NodeProto,
@@ -321,13 +342,9 @@ fn weight_product<'n>(
         .get(2)
         .filter(|c| gemm && !c.is_empty())
         .map(|c| (c.as_str(), float("beta")));
-    // A bias must be one float per output column, held in the graph.
+    let columns = usize::try_from(columns).ok()?;
     if let Some((c, _)) = bias {
-        let tensor = initializers.get(c)?;
-        let is_vector = tensor.data_type == Some(data_type::FLOAT)
-            && tensor.data_location != Some(1)
-            && value_count(tensor) == usize::try_from(columns).ok();
-        if !is_vector {
+        if !is_bias(initializers.get(c)?, columns) {
             return None;
         }
     }
@@ -336,7 +353,7 @@ fn weight_product<'n>(
         weights,
         transposed,
         inputs: usize::try_from(inputs).ok()?,
-        columns: usize::try_from(columns).ok()?,
+        columns,
         bias,
     })
 }
@@ -545,13 +562,13 @@ impl<'a> Plan<'a> {
                 continue;
             };
             let output = node.output[0].as_str();
-            let (Some([j]), false) = (
-                readers.get(output).map(Vec::as_slice),
-                graph_outputs.contains(output) || product.bias.is_some(),
-            ) else {
+            if graph_outputs.contains(output) || product.bias.is_some() {
+                continue;
+            }
+            let Some(&[j]) = readers.get(output).map(Vec::as_slice) else {
                 continue;
             };
-            let add = &nodes[*j];
+            let add = &nodes[j];
             let is_add = add.op_type.as_deref() == Some("Add")
                 && add.domain.as_deref().unwrap_or_default().is_empty()
                 && add.output.len() == 1;
@@ -561,13 +578,11 @@ impl<'a> Plan<'a> {
                 _ => continue,
             };
             let is_vector = self.initializers.get(bias.as_str()).is_some_and(|t| {
-                t.data_type == Some(data_type::FLOAT)
-                    && t.dims[..] == [product.columns as i64]
-                    && float_values(t).is_some()
+                t.dims[..] == [product.columns as i64] && is_bias(t, product.columns)
             });
             if is_vector {
                 self.folded_bias.insert(i, (bias, add.output[0].as_str()));
-                self.folded_adds.insert(*j);
+                self.folded_adds.insert(j);
             }
         }
     }
@@ -665,13 +680,12 @@ impl<'a> Plan<'a> {
         }
         let product = self.products[index].take()?;
         let node_name = node.name.as_deref().unwrap_or("MatMul").to_string();
-        // A Gemm's bias (times beta), or a bias Add folded in.
-        let bias = match (product.bias, self.folded_bias.get(&index)) {
+        let folded = self.folded_bias.get(&index).copied();
+        // A Gemm's bias (times beta; `weight_product` checked its length), or a bias Add
+        // folded in.
+        let bias = match (product.bias, folded) {
             (Some((c, beta)), _) => {
                 let (_, values) = float_values(self.initializers.get(c)?)?;
-                if values.len() != product.columns {
-                    return None;
-                }
                 let raw = values
                     .iter()
                     .flat_map(|b| (beta * b).to_le_bytes())
@@ -687,7 +701,7 @@ impl<'a> Plan<'a> {
             (None, Some((bias, _))) => Some(bias.to_string()),
             (None, None) => None,
         };
-        let output = match self.folded_bias.get(&index) {
+        let output = match folded {
             Some((_, add_output)) => add_output.to_string(),
             None => node.output[0].clone(),
         };
@@ -713,10 +727,7 @@ impl<'a> Plan<'a> {
                     ort_node(MATMUL_OF_QUANTIZED, inputs, output, node.name.clone())
                 }
                 None => {
-                    let mut inputs = vec![float, values, scales];
-                    if let Some(bias) = bias {
-                        inputs.extend([String::new(), bias]); // no zero point
-                    }
+                    let inputs = quantized_matmul_inputs(float, values, scales, bias);
                     ort_node(QUANTIZED_MATMUL, inputs, output, node.name.clone())
                 }
             });
@@ -731,14 +742,8 @@ impl<'a> Plan<'a> {
             scales,
             float_part,
         } = self.int8_weights(&product, None, &outlying)?;
-        let with_bias = |mut inputs: Vec<String>| {
-            if let Some(bias) = bias {
-                inputs.extend([String::new(), bias]); // no zero point
-            }
-            inputs
-        };
         let Some(float_part) = float_part else {
-            let inputs = with_bias(vec![product.input.to_string(), values, scales]);
+            let inputs = quantized_matmul_inputs(product.input.to_string(), values, scales, bias);
             nodes.push(ort_node(
                 QUANTIZED_MATMUL,
                 inputs,
@@ -759,7 +764,7 @@ impl<'a> Plan<'a> {
             op_type: Some("Mul".to_string()),
             ..Default::default()
         });
-        let inputs = with_bias(vec![masked, values, scales]);
+        let inputs = quantized_matmul_inputs(masked, values, scales, bias);
         nodes.push(ort_node(
             QUANTIZED_MATMUL,
             inputs,
